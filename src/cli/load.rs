@@ -1,0 +1,97 @@
+//! Reading manifests from files and directories for the offline commands, with errors that
+//! name the file, the document and the field.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::capability::CapabilitySet;
+use crate::crd::{AgentDeployment, Capability, DeploymentPolicy};
+use crate::identity::RoleMapping;
+use crate::policy;
+
+/// The YAML files under `path` (itself, if a file), sorted, recursively.
+pub fn yaml_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(path).with_context(|| format!("cannot read directory {}", path.display()))?;
+    for entry in entries {
+        let p = entry?.path();
+        if p.is_dir() {
+            out.extend(yaml_files(&p)?);
+        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every document of kind `kind` in the YAML files under `path`, parsed as `T`.
+pub fn objects<T: DeserializeOwned>(path: &Path, kind: &str) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for file in yaml_files(path)? {
+        let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value = serde_yaml::Value::deserialize(doc).map_err(|e| anyhow!("{} (document {}): invalid YAML: {e}", file.display(), i + 1))?;
+            if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some(kind) {
+                continue;
+            }
+            let name = value
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(|n| n.as_str())
+                .unwrap_or("<no name>")
+                .to_owned();
+            let obj = serde_yaml::from_value(value).map_err(|e| anyhow!("{}: {kind} {name}: {e}", file.display()))?;
+            out.push(obj);
+        }
+    }
+    Ok(out)
+}
+
+/// The single AgentDeployment in a file.
+pub fn agent_deployment(file: &Path) -> Result<AgentDeployment> {
+    let mut all: Vec<AgentDeployment> = objects(file, "AgentDeployment")?;
+    match all.len() {
+        1 => Ok(all.remove(0)),
+        0 => bail!("{}: no AgentDeployment found (kind: AgentDeployment)", file.display()),
+        n => bail!("{}: {n} AgentDeployments found; give a file with one", file.display()),
+    }
+}
+
+/// Policies under `path`, each checked with `validate()`: an invalid policy is an error here
+/// (the cluster would refuse it at admission).
+pub fn policies(path: &Path) -> Result<Vec<(String, crate::crd::DeploymentPolicySpec)>> {
+    let mut out = Vec::new();
+    for p in objects::<DeploymentPolicy>(path, "DeploymentPolicy")? {
+        let name = p.metadata.name.clone().ok_or_else(|| anyhow!("{}: a DeploymentPolicy has no metadata.name", path.display()))?;
+        if let Err(errors) = policy::validate(&p.spec) {
+            bail!("{}: DeploymentPolicy {name} is invalid: {}", path.display(), errors.join("; "));
+        }
+        out.push((name, p.spec));
+    }
+    Ok(out)
+}
+
+/// Capability settings under `path` (defaults when `None`).
+pub fn capabilities(path: Option<&Path>) -> Result<CapabilitySet> {
+    let Some(path) = path else { return Ok(CapabilitySet::default()) };
+    let caps: Vec<Capability> = objects(path, "Capability")?;
+    let named: Vec<(String, _)> = caps
+        .into_iter()
+        .map(|c| (c.metadata.name.unwrap_or_default(), c.spec))
+        .collect();
+    CapabilitySet::new(named.iter().map(|(n, s)| (n.as_str(), s.clone()))).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// A role mapping file (empty mapping when `None`).
+pub fn role_mapping(path: Option<&Path>) -> Result<RoleMapping> {
+    let Some(path) = path else { return Ok(RoleMapping::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_yaml::from_str(&text).map_err(|e| anyhow!("{}: invalid role mapping: {e}", path.display()))
+}

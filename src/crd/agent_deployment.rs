@@ -1,0 +1,206 @@
+//! `AgentDeployment`: the request to run one agent in one environment.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{DeployAction, Platform};
+use crate::policy::Decision;
+
+/// Runs one AI agent in one environment, once policy allows it and the required people approved
+/// this exact spec. While a changed spec waits, the previously approved one keeps running.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "dvo.caat.io",
+    version = "v1alpha1",
+    kind = "AgentDeployment",
+    namespaced,
+    shortname = "adep",
+    category = "dvo",
+    status = "AgentDeploymentStatus",
+    derive = "PartialEq",
+    doc = "Runs one AI agent in one environment, gated by policy and approval.",
+    printcolumn(name = "Agent", type_ = "string", json_path = ".spec.agent"),
+    printcolumn(name = "Platform", type_ = "string", json_path = ".spec.platform"),
+    printcolumn(name = "Environment", type_ = "string", json_path = ".spec.environment"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Approval", type_ = "string", json_path = ".status.approvalRequest", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("self.platform == 'copilot-studio' || has(self.template)")
+    .message("spec.template is required for platforms that run in the cluster (langchain, fastapi)")
+    .field_path(".template"))]
+#[x_kube(validation = Rule::new("self.platform != 'copilot-studio' || !has(self.template)")
+    .message("spec.template must be empty for copilot-studio: nothing runs in the cluster")
+    .field_path(".template"))]
+#[serde(rename_all = "camelCase")]
+pub struct AgentDeploymentSpec {
+    /// The agent's code, e.g. `GHA`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"))]
+    pub agent: String,
+    /// Where the agent runs: `langchain`, `fastapi` or `copilot-studio`.
+    pub platform: Platform,
+    /// The target environment: `development`, `staging`, `production` or a name an admin
+    /// configured with a tier.
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
+    pub environment: String,
+    /// `deploy` (default) or `rollback`.
+    #[serde(default)]
+    pub action: DeployAction,
+    /// How the workload is rolled out. Default `RollingUpdate`.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Number of agent pods. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    /// The pod template of the agent workload (not for `copilot-studio`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<PodTemplateSpec>,
+    /// Steps around the rollout.
+    #[serde(default)]
+    pub steps: Steps,
+    /// Free key/values that policy conditions can read by key (for example `change_ticket`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "context_schema")]
+    pub context: BTreeMap<String, serde_json::Value>,
+    /// Why this change is needed, shown to approvers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub justification: Option<String>,
+}
+
+fn context_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": { "x-kubernetes-preserve-unknown-fields": true },
+    })
+}
+
+/// How the workload is rolled out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Strategy {
+    /// A Deployment rolling update.
+    #[default]
+    RollingUpdate,
+    /// A second workload, switched over at once (needs the `blue-green-deploy` capability).
+    BlueGreen,
+    /// A share of traffic first (needs the `canary-deploy` capability).
+    Canary,
+}
+
+/// Steps around the rollout; each needs the capability of the same name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Steps {
+    /// Wait for the workload to become available within its progress deadline. Default true.
+    #[serde(default = "default_true")]
+    pub health_check: bool,
+    /// Roll back to the last deployed spec when the health check fails. Default true.
+    #[serde(default = "default_true")]
+    pub auto_rollback: bool,
+    /// A Job that runs integration tests after the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integration_tests: Option<HookStep>,
+    /// A Job that synchronises the agent's knowledge base after the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kb_sync: Option<HookStep>,
+}
+
+impl Default for Steps {
+    fn default() -> Self {
+        Steps {
+            health_check: true,
+            auto_rollback: true,
+            integration_tests: None,
+            kb_sync: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A container run as a Job after the rollout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HookStep {
+    /// The container image.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// The command (entrypoint) to run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments to the command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Seconds the Job may run before it counts as failed. Default 600.
+    #[serde(default = "default_hook_deadline")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub active_deadline_seconds: i64,
+}
+
+fn default_hook_deadline() -> i64 {
+    600
+}
+
+/// Where an AgentDeployment stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Phase {
+    /// Not evaluated yet.
+    Pending,
+    /// Waiting for the approvals in `status.approvalRequest`.
+    PendingApproval,
+    /// Refused by policy, a window, a blackout or a capability; see `status.decision.violations`.
+    Blocked,
+    /// An approver rejected this spec.
+    Rejected,
+    /// The approval request expired.
+    ApprovalExpired,
+    /// A person must act; see `status.decision.manualInstructions`.
+    ManualActionRequired,
+    /// Rolling out.
+    Progressing,
+    /// Rolled out and healthy.
+    Deployed,
+    /// Rolled out without some steps; see `status.decision.degradedSteps`.
+    Degraded,
+    /// The rollout or a required step failed.
+    Failed,
+}
+
+/// Observed state of an AgentDeployment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentDeploymentStatus {
+    /// Where the deployment stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `sha256:` digest of the spec that was evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_digest: Option<String>,
+    /// The policy decision for that spec, with its trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+    /// The ApprovalRequest for that spec, when approval is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_request: Option<String>,
+    /// Digest of the spec that is rolled out now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_digest: Option<String>,
+    /// A one-line summary of the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `PolicyEvaluated`, `Approved`, `CapabilitiesAvailable`, `Ready`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,11 @@
+//! dvo-operator: governance in front of deployments of AI agents on Kubernetes.
+//!
+//! The pure core (`policy`, `capability`, `identity`) decides; the shells (CLI, controllers,
+//! webhook) gather inputs, call the core and write results.
+#![warn(missing_docs)]
+
+pub mod capability;
+pub mod cli;
+pub mod crd;
+pub mod identity;
+pub mod policy;

@@ -1,0 +1,139 @@
+//! Condition operators and their type rules, and dotted-path lookup in the evaluation context.
+//!
+//! Type rules: `Equals`, `NotEquals`, `In` and `NotIn` compare any JSON values (numbers by
+//! value, so 1 equals 1.0; a missing field is null). `Matches` needs a string field;
+//! `GreaterThan` and `LessThan` need a number field and a number value; `Contains` needs a
+//! string field and a string value, or a list field. Anything else, null included, is an
+//! evaluation error that the policy's `failurePolicy` decides about.
+
+use regex::Regex;
+use serde_json::Value;
+
+use crate::crd::deployment_policy::Operator;
+
+/// A condition ready to evaluate (its regex compiled).
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// Dotted field path.
+    pub field: String,
+    /// Operator.
+    pub operator: Operator,
+    /// The policy's value.
+    pub value: Value,
+    regex: Option<Regex>,
+}
+
+impl Compiled {
+    /// Checks a condition's value against its operator and compiles its regex.
+    pub fn new(field: &str, operator: Operator, value: &Value) -> Result<Compiled, String> {
+        let regex = match operator {
+            Operator::Matches => {
+                let pattern = value
+                    .as_str()
+                    .ok_or_else(|| format!("condition on {field}: Matches needs a regular expression string, found {}", type_name(value)))?;
+                Some(Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("condition on {field}: invalid regular expression {pattern:?}: {e}"))?)
+            }
+            Operator::In | Operator::NotIn if !value.is_array() => {
+                return Err(format!("condition on {field}: {operator:?} needs a list value, found {}", type_name(value)));
+            }
+            Operator::GreaterThan | Operator::LessThan if !value.is_number() => {
+                return Err(format!("condition on {field}: {operator:?} needs a number value, found {}", type_name(value)));
+            }
+            Operator::Contains if value.is_null() || value.is_array() || value.is_object() => {
+                return Err(format!("condition on {field}: Contains needs a string, number or boolean value, found {}", type_name(value)));
+            }
+            _ => None,
+        };
+        Ok(Compiled {
+            field: field.to_owned(),
+            operator,
+            value: value.clone(),
+            regex,
+        })
+    }
+
+    /// Evaluates the condition against a field's value.
+    pub fn holds(&self, actual: &Value) -> Result<bool, String> {
+        let expected = &self.value;
+        let op = self.operator;
+        let wrong = |needs: &str| {
+            Err(format!(
+                "{op:?} on {} needs {needs}, found {}",
+                self.field,
+                type_name(actual)
+            ))
+        };
+        match op {
+            Operator::Equals => Ok(json_eq(actual, expected)),
+            Operator::NotEquals => Ok(!json_eq(actual, expected)),
+            Operator::In => Ok(list(expected).iter().any(|v| json_eq(actual, v))),
+            Operator::NotIn => Ok(!list(expected).iter().any(|v| json_eq(actual, v))),
+            Operator::Matches => match (actual, &self.regex) {
+                (Value::String(s), Some(re)) => Ok(re.is_match(s)),
+                _ => wrong("a string field"),
+            },
+            Operator::GreaterThan | Operator::LessThan => match (actual.as_f64(), expected.as_f64()) {
+                (Some(a), Some(e)) => Ok(if op == Operator::GreaterThan { a > e } else { a < e }),
+                _ => wrong("a number field"),
+            },
+            Operator::Contains => match (actual, expected) {
+                (Value::String(s), Value::String(e)) => Ok(s.contains(e.as_str())),
+                (Value::Array(items), e) => Ok(items.iter().any(|v| json_eq(v, e))),
+                _ => wrong("a string field (with a string value) or a list field"),
+            },
+        }
+    }
+}
+
+fn list(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// JSON equality with numbers compared by value.
+pub fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// The JSON type of a value, for messages.
+pub fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Looks up a dotted path. Keys may themselves contain dots (label keys such as
+/// `app.kubernetes.io/name`): at each level the longest key that matches wins. Missing → null.
+pub fn lookup<'a>(root: &'a Value, path: &str) -> &'a Value {
+    const NULL: &Value = &Value::Null;
+    let parts: Vec<&str> = path.split('.').collect();
+    let mut node = root;
+    let mut i = 0;
+    'outer: while i < parts.len() {
+        let Value::Object(map) = node else { return NULL };
+        for j in (i + 1..=parts.len()).rev() {
+            if let Some(next) = map.get(&parts[i..j].join(".")) {
+                node = next;
+                i = j;
+                continue 'outer;
+            }
+        }
+        return NULL;
+    }
+    node
+}
+
+#[cfg(test)]
+#[path = "condition_tests.rs"]
+mod tests;

@@ -1,0 +1,110 @@
+//! The evaluation context: the facts about one AgentDeployment request that policy conditions
+//! read by dotted path.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono_tz::Tz;
+use serde_json::{Map, Value, json};
+
+use crate::crd::AgentDeploymentSpec;
+use crate::identity::{Identity, Subject};
+
+/// Everything `decide()` needs to know about one AgentDeployment spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    /// Namespace of the AgentDeployment.
+    pub namespace: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its spec.
+    pub spec: AgentDeploymentSpec,
+    /// The verified requester, when known. Unknown requesters are never privileged.
+    pub requester: Option<Identity>,
+    /// Whether the same agent is `Deployed` and Ready in staging with the same images
+    /// (computed by the operator, never read from the spec).
+    pub staging_validated: bool,
+}
+
+/// Names the operator computes; a `spec.context` key of the same name never overrides them.
+const BUILT_INS: &[&str] = &[
+    "agent",
+    "agent_id",
+    "platform",
+    "environment",
+    "action",
+    "strategy",
+    "replicas",
+    "namespace",
+    "labels",
+    "user",
+    "staging_validated",
+    "deployment_hour",
+    "deployment_weekday",
+    "is_weekend",
+    "timestamp",
+    "context",
+];
+
+/// Builds the context for one request at `now`, with the time fields in zone `tz`.
+///
+/// Fields: `agent`, `agent_id` (alias), `platform`, `environment`, `action`, `strategy`,
+/// `replicas`, `namespace`, `labels`, `user` (`username`, `groups`, `roles`, `known`),
+/// `staging_validated`, `deployment_hour`, `deployment_weekday` (`monday`...), `is_weekend`,
+/// `timestamp` (RFC 3339, UTC), `context` (all of `spec.context`), and every key of
+/// `spec.context` that is not one of these names.
+pub fn build(request: &Request, subject: &Subject, now: DateTime<Utc>, tz: Tz) -> Value {
+    let spec = &request.spec;
+    let mut ctx = Map::new();
+    for (k, v) in &spec.context {
+        if !BUILT_INS.contains(&k.as_str()) {
+            ctx.insert(k.clone(), v.clone());
+        }
+    }
+    let local = now.with_timezone(&tz);
+    let weekday = local.weekday();
+    let built: [(&str, Value); 16] = [
+        ("agent", json!(spec.agent)),
+        ("agent_id", json!(spec.agent)),
+        ("platform", json!(spec.platform)),
+        ("environment", json!(spec.environment)),
+        ("action", json!(spec.action)),
+        ("strategy", json!(spec.strategy)),
+        ("replicas", json!(spec.replicas.unwrap_or(1))),
+        ("namespace", json!(request.namespace)),
+        ("labels", json!(request.labels)),
+        (
+            "user",
+            json!({
+                "username": subject.username,
+                "groups": subject.groups,
+                "roles": subject.roles,
+                "known": request.requester.is_some(),
+            }),
+        ),
+        ("staging_validated", json!(request.staging_validated)),
+        ("deployment_hour", json!(local.hour())),
+        ("deployment_weekday", json!(weekday_name(weekday))),
+        ("is_weekend", json!(weekday.number_from_monday() >= 6)),
+        ("timestamp", json!(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))),
+        ("context", json!(spec.context)),
+    ];
+    for (k, v) in built {
+        ctx.insert(k.to_owned(), v);
+    }
+    Value::Object(ctx)
+}
+
+/// The full lowercase day name, as window `days` spell it.
+fn weekday_name(day: chrono::Weekday) -> &'static str {
+    use chrono::Weekday::*;
+    match day {
+        Mon => "monday",
+        Tue => "tuesday",
+        Wed => "wednesday",
+        Thu => "thursday",
+        Fri => "friday",
+        Sat => "saturday",
+        Sun => "sunday",
+    }
+}

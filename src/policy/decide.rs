@@ -1,0 +1,399 @@
+//! `decide()`: policies, permissions and capabilities combined into one Decision.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use chrono_tz::Tz;
+use serde_json::Value;
+
+use super::condition::lookup;
+use super::context::{self, Request};
+use super::decision::*;
+use super::rules::{Policy, Rules, human};
+use crate::capability::{self, Effect};
+use crate::crd::deployment_policy::{FailurePolicy, MatchMode, Notify, PolicyAction, PolicyScope};
+use crate::identity::{Check, Identity, Permission, Role, Subject};
+
+/// How long an approval request stays open when nothing else says so.
+const DEFAULT_EXPIRY: &str = "24h";
+/// How far ahead `nextWindowOpensAt` is searched.
+const HORIZON_DAYS: i64 = 400;
+
+/// When a time-caused violation could clear at the earliest.
+#[derive(Clone, Copy, Debug)]
+enum Clearance {
+    /// Not before this instant.
+    At(DateTime<Utc>),
+    /// A time condition: re-check at the next quarter hour (every zone offset is a multiple of it).
+    NextQuarterHour,
+}
+
+/// Decides what happens to `request` at `now`. Pure and deterministic: the same inputs always
+/// give the same Decision.
+pub fn decide(rules: &Rules, request: &Request, now: DateTime<Utc>) -> Decision {
+    let (mut decision, clearances) = evaluate(rules, request, now);
+    let only_time = decision.outcome == Outcome::Deny && clearances.len() == decision.violations.len();
+    if only_time {
+        decision.next_window_opens_at = next_opening(rules, request, now, clearances);
+    }
+    decision
+}
+
+/// The first moment after `now` at which no time-caused violation remains.
+fn next_opening(rules: &Rules, request: &Request, now: DateTime<Utc>, mut clearances: Vec<Clearance>) -> Option<DateTime<Utc>> {
+    let horizon = now + Duration::days(HORIZON_DAYS);
+    let mut t = now;
+    while t <= horizon {
+        let quarter = next_quarter_hour(t);
+        let next = clearances
+            .iter()
+            .map(|c| match c {
+                Clearance::At(at) => *at,
+                Clearance::NextQuarterHour => quarter,
+            })
+            .max()?;
+        t = if next > t { next } else { quarter };
+        let (d, c) = evaluate(rules, request, t);
+        if d.violations.is_empty() {
+            return Some(t);
+        }
+        if c.len() != d.violations.len() {
+            return None; // something other than time refuses it then
+        }
+        clearances = c;
+    }
+    None
+}
+
+fn next_quarter_hour(t: DateTime<Utc>) -> DateTime<Utc> {
+    let q = Duration::minutes(15);
+    t.duration_trunc(q).expect("quarter hours are representable") + q
+}
+
+fn unknown_requester() -> Identity {
+    Identity {
+        username: "(unknown requester)".into(),
+        uid: None,
+        groups: vec![],
+    }
+}
+
+fn in_scope(scope: &PolicyScope, request: &Request) -> bool {
+    let spec = &request.spec;
+    let any = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == "*" || x == v);
+    any(&scope.environments, &spec.environment)
+        && any(&scope.platforms, spec.platform.as_str())
+        && any(&scope.agents, &spec.agent)
+        && any(&scope.namespaces, &request.namespace)
+        && any(&scope.actions, spec.action.as_str())
+}
+
+/// Accumulates the parts of a decision while policies are evaluated.
+struct Builder {
+    d: Decision,
+    clearances: Vec<Clearance>,
+    manual: bool,
+    requirements: BTreeSet<crate::crd::deployment_policy::Requirement>,
+    on_deploy: BTreeSet<String>,
+    on_failure: BTreeSet<String>,
+}
+
+impl Builder {
+    fn violation(&mut self, source: String, kind: ViolationKind, message: String, clearance: Option<Clearance>) {
+        self.d.violations.push(Violation { source, kind, message });
+        self.clearances.extend(clearance);
+    }
+
+    fn require_approval(&mut self, req: ApprovalRequirement) {
+        if !self.d.approval_requirements.iter().any(|r| r.source == req.source) {
+            self.d.approval_requirements.push(req);
+        }
+    }
+}
+
+fn evaluate(rules: &Rules, request: &Request, now: DateTime<Utc>) -> (Decision, Vec<Clearance>) {
+    let spec = &request.spec;
+    let env = spec.environment.as_str();
+    let identity = request.requester.clone().unwrap_or_else(unknown_requester);
+    let subject = rules.mapping.subject(&identity, env);
+    let mut b = Builder {
+        d: Decision {
+            outcome: Outcome::Allow,
+            evaluated_at: now,
+            matched_policies: vec![],
+            violations: vec![],
+            warnings: vec![],
+            approval_requirements: vec![],
+            requirements: vec![],
+            notify: Notify::default(),
+            skipped_steps: vec![],
+            degraded_steps: vec![],
+            manual_instructions: vec![],
+            next_window_opens_at: None,
+            trace: vec![],
+        },
+        clearances: vec![],
+        manual: false,
+        requirements: BTreeSet::new(),
+        on_deploy: BTreeSet::new(),
+        on_failure: BTreeSet::new(),
+    };
+
+    evaluate_policies(rules, request, &subject, now, &mut b);
+    check_permission(rules, request, &subject, &mut b);
+    apply_capabilities(rules, request, &subject, &mut b);
+
+    let Builder {
+        mut d,
+        clearances,
+        manual,
+        requirements,
+        on_deploy,
+        on_failure,
+    } = b;
+    d.requirements = requirements.into_iter().collect();
+    d.notify = Notify {
+        on_deploy: on_deploy.into_iter().collect(),
+        on_failure: on_failure.into_iter().collect(),
+    };
+    d.outcome = if !d.violations.is_empty() {
+        Outcome::Deny
+    } else if manual {
+        Outcome::ManualActionRequired
+    } else if !d.approval_requirements.is_empty() {
+        Outcome::RequireApproval
+    } else {
+        Outcome::Allow
+    };
+    (d, clearances)
+}
+
+fn evaluate_policies(rules: &Rules, request: &Request, subject: &Subject, now: DateTime<Utc>, b: &mut Builder) {
+    let mut contexts: HashMap<Tz, Value> = HashMap::new();
+    let mut ended = false;
+    for policy in rules.policies.iter().filter(|p| in_scope(&p.spec.scope, request)) {
+        let spec = &policy.spec;
+        let mut trace = PolicyTrace {
+            policy: policy.name.clone(),
+            priority: spec.priority,
+            action: spec.action,
+            result: TraceResult::NotReached,
+            conditions: vec![],
+            note: None,
+        };
+        if ended {
+            b.d.trace.push(trace);
+            continue;
+        }
+        if !spec.enabled {
+            trace.result = TraceResult::Disabled;
+            b.d.trace.push(trace);
+            continue;
+        }
+        let outcome = match &policy.parsed {
+            Err(e) => Err(format!("policy {} is invalid: {e}", policy.name)),
+            Ok(parsed) => {
+                let ctx = contexts
+                    .entry(parsed.tz)
+                    .or_insert_with(|| context::build(request, subject, now, parsed.tz));
+                let mut error = None;
+                let mut held = Vec::with_capacity(parsed.conditions.len());
+                for c in &parsed.conditions {
+                    let actual = lookup(ctx, &c.field);
+                    let r = c.holds(actual);
+                    trace.conditions.push(ConditionTrace {
+                        field: c.field.clone(),
+                        operator: c.operator,
+                        expected: c.value.clone(),
+                        actual: actual.clone(),
+                        held: *r.as_ref().unwrap_or(&false),
+                        error: r.as_ref().err().cloned(),
+                    });
+                    match r {
+                        Ok(h) => held.push(h),
+                        Err(e) => error = error.or(Some(e)),
+                    }
+                }
+                match error {
+                    Some(e) => Err(format!("policy {} could not be evaluated: {e}", policy.name)),
+                    None => Ok(held.is_empty()
+                        || match spec.match_ {
+                            MatchMode::All => held.iter().all(|h| *h),
+                            MatchMode::Any => held.iter().any(|h| *h),
+                        }),
+                }
+            }
+        };
+        match outcome {
+            Err(e) => {
+                trace.note = Some(e.clone());
+                match spec.failure_policy {
+                    FailurePolicy::Fail => {
+                        trace.result = TraceResult::ErrorFailed;
+                        b.violation(format!("policy/{}", policy.name), ViolationKind::EvaluationError, e, None);
+                        ended = true;
+                    }
+                    FailurePolicy::Ignore => {
+                        trace.result = TraceResult::ErrorIgnored;
+                        b.d.warnings.push(format!("{e} (ignored: failurePolicy Ignore)"));
+                    }
+                }
+            }
+            Ok(false) => trace.result = TraceResult::NotMatched,
+            Ok(true) => {
+                trace.result = TraceResult::Matched;
+                ended = apply_match(policy, request, now, &mut trace, b);
+            }
+        }
+        b.d.trace.push(trace);
+    }
+}
+
+/// Applies a matching policy: restrictions, then its action. True when evaluation ends here.
+fn apply_match(policy: &Policy, request: &Request, now: DateTime<Utc>, trace: &mut PolicyTrace, b: &mut Builder) -> bool {
+    let spec = &policy.spec;
+    let parsed = policy.parsed.as_ref().expect("only parsed policies match");
+    let source = format!("policy/{}", policy.name);
+    let reason = if trace.conditions.is_empty() {
+        "no conditions: matches everything in scope".to_owned()
+    } else {
+        let held: Vec<String> = trace
+            .conditions
+            .iter()
+            .filter(|c| c.held)
+            .map(|c| format!("{} {:?} {} (found {})", c.field, c.operator, c.expected, c.actual))
+            .collect();
+        format!("held: {}", held.join("; "))
+    };
+    b.d.matched_policies.push(MatchedPolicy {
+        name: policy.name.clone(),
+        action: spec.action,
+        reason,
+    });
+    b.requirements.extend(spec.requirements.iter().copied());
+    b.on_deploy.extend(spec.notify.on_deploy.iter().cloned());
+    b.on_failure.extend(spec.notify.on_failure.iter().cloned());
+
+    let mut notes = vec![];
+    if spec.blocked_actions.contains(&request.spec.action) {
+        let msg = format!("action {} is blocked by policy {}", request.spec.action.as_str(), policy.name);
+        b.violation(source.clone(), ViolationKind::BlockedAction, msg, None);
+    }
+    if !parsed.windows.is_empty() && !parsed.windows.iter().any(|w| w.is_open(now)) {
+        let opens = parsed.windows.iter().filter_map(|w| w.next_open(now)).min();
+        let msg = match opens {
+            Some(at) => format!("outside the allowed windows of policy {}; the next window opens at {}", policy.name, at.to_rfc3339()),
+            None => format!("outside the allowed windows of policy {}", policy.name),
+        };
+        notes.push(msg.clone());
+        b.violation(source.clone(), ViolationKind::OutsideWindow, msg, opens.map(Clearance::At));
+    }
+    let inside: Vec<_> = parsed.blackouts.iter().filter(|p| p.contains(now)).collect();
+    if let Some(end) = inside.iter().map(|p| p.end).max() {
+        let reasons: Vec<&str> = inside.iter().map(|p| p.reason.as_str()).collect();
+        let msg = format!("inside a blackout of policy {} ({}) until {}", policy.name, reasons.join(", "), end.to_rfc3339());
+        notes.push(msg.clone());
+        b.violation(source.clone(), ViolationKind::Blackout, msg, Some(Clearance::At(end)));
+    }
+    if !notes.is_empty() {
+        trace.note = Some(notes.join("; "));
+    }
+
+    let message = spec.message.clone();
+    match spec.action {
+        PolicyAction::Allow => true,
+        PolicyAction::Deny => {
+            let msg = message.unwrap_or_else(|| format!("denied by policy {}", policy.name));
+            let clearance = parsed.time_dependent.then_some(Clearance::NextQuarterHour);
+            b.violation(source, ViolationKind::PolicyDenied, msg, clearance);
+            true
+        }
+        PolicyAction::RequireApproval => {
+            let a = spec.approval.as_ref().expect("parsed RequireApproval policies have approval");
+            b.require_approval(ApprovalRequirement {
+                source,
+                roles: human(a.roles.iter().copied()),
+                min_approvals: a.min_approvals,
+                expiry: a.expiry.clone(),
+                allow_self_approval: a.allow_self_approval,
+            });
+            false
+        }
+        PolicyAction::Warn => {
+            b.d.warnings.push(message.unwrap_or_else(|| format!("warning from policy {}", policy.name)));
+            false
+        }
+        PolicyAction::AuditOnly => false,
+    }
+}
+
+/// An approval by holders of `permission`, asked for by `source`.
+fn approval_by_holders(source: String, permissions: &[Permission]) -> ApprovalRequirement {
+    let mut roles = human(Role::ALL.into_iter().filter(|r| permissions.iter().all(|p| r.grants(*p))));
+    if roles.is_empty() {
+        roles = vec![Role::Admin];
+    }
+    ApprovalRequirement {
+        source,
+        roles,
+        min_approvals: 1,
+        expiry: DEFAULT_EXPIRY.to_owned(),
+        allow_self_approval: false,
+    }
+}
+
+fn check_permission(rules: &Rules, request: &Request, subject: &Subject, b: &mut Builder) {
+    let env = request.spec.environment.as_str();
+    let permission = rules.mapping.permission_for(request.spec.action, env);
+    gate_on_permission(rules, subject, permission, env, format!("permission/{permission}"), b);
+}
+
+/// Records what the requester's lack of `permission` means: nothing, an approval, or a refusal.
+fn gate_on_permission(rules: &Rules, subject: &Subject, permission: Permission, env: &str, source: String, b: &mut Builder) {
+    match rules.mapping.can(subject, permission, env) {
+        Check::Allowed { .. } => {}
+        Check::NeedsApproval { reason } => {
+            b.d.warnings.push(reason);
+            b.require_approval(approval_by_holders(format!("permission/{permission}"), &[permission]));
+        }
+        Check::Denied { reason } => b.violation(source, ViolationKind::PermissionDenied, reason, None),
+    }
+}
+
+fn apply_capabilities(rules: &Rules, request: &Request, subject: &Subject, b: &mut Builder) {
+    let env = request.spec.environment.as_str();
+    for name in capability::needed(&request.spec, rules.mapping.tier(env)) {
+        let source = format!("capability/{name}");
+        let note = |message: String| StepNote {
+            capability: name.as_str().to_owned(),
+            message,
+        };
+        match capability::effect(name, &rules.capabilities.get(name)) {
+            Effect::Available {
+                permissions,
+                requires_approval,
+            } => {
+                for p in &permissions {
+                    gate_on_permission(rules, subject, *p, env, source.clone(), b);
+                }
+                if requires_approval {
+                    b.require_approval(approval_by_holders(source, &permissions));
+                }
+            }
+            Effect::Blocked(message) => b.violation(source, ViolationKind::CapabilityUnavailable, message, None),
+            Effect::Manual(message) => {
+                b.manual = true;
+                b.d.manual_instructions.push(message);
+            }
+            Effect::Skipped(message) => b.d.skipped_steps.push(note(message)),
+            Effect::Degraded(message) => {
+                b.d.warnings.push(message.clone());
+                b.d.degraded_steps.push(note(message));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

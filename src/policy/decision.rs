@@ -1,0 +1,200 @@
+//! The result of `decide()`: what happens to one AgentDeployment spec, and why.
+
+use chrono::{DateTime, Utc};
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::crd::deployment_policy::{Notify, Operator, PolicyAction, Requirement};
+use crate::identity::Role;
+
+/// What happens to the spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Outcome {
+    /// Roll out now.
+    Allow,
+    /// Roll out once every approval requirement has its quorum.
+    RequireApproval,
+    /// A person must act; nothing is rolled out.
+    ManualActionRequired,
+    /// Refused; see the violations (and `nextWindowOpensAt` for a closed window).
+    Deny,
+}
+
+/// The full decision, as recorded in `AgentDeployment.status.decision`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// What happens to the spec.
+    pub outcome: Outcome,
+    /// The moment the decision was made for (time conditions, windows and blackouts).
+    pub evaluated_at: DateTime<Utc>,
+    /// Policies whose conditions matched, in evaluation order, with the reason each matched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matched_policies: Vec<MatchedPolicy>,
+    /// Everything that refuses the spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
+    /// Warnings from `Warn` policies, ignored policy errors and degraded capabilities.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Approvals the spec needs, each with its own quorum.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approval_requirements: Vec<ApprovalRequirement>,
+    /// Steps that matching policies require.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requirements: Vec<Requirement>,
+    /// Recipients gathered from matching policies.
+    #[serde(default, skip_serializing_if = "Notify::is_empty")]
+    pub notify: Notify,
+    /// Steps skipped because their capability is disabled with fallback `Skip`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_steps: Vec<StepNote>,
+    /// Steps left out because their capability is disabled with fallback `Degrade`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub degraded_steps: Vec<StepNote>,
+    /// What a person must do, when the outcome is `ManualActionRequired`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manual_instructions: Vec<String>,
+    /// For a spec refused only by time (windows, blackouts, time conditions): the first moment
+    /// at which it would no longer be refused for that reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_window_opens_at: Option<DateTime<Utc>>,
+    /// Every policy in scope, in evaluation order, with the conditions that held and did not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<PolicyTrace>,
+}
+
+/// A policy whose conditions matched.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MatchedPolicy {
+    /// Policy name.
+    pub name: String,
+    /// Its action.
+    pub action: PolicyAction,
+    /// Why it matched, in words.
+    pub reason: String,
+}
+
+/// What kind of refusal a violation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum ViolationKind {
+    /// A `Deny` policy matched.
+    PolicyDenied,
+    /// The action is in a matching policy's `blockedActions`.
+    BlockedAction,
+    /// Outside every allowed window of a matching policy.
+    OutsideWindow,
+    /// Inside a blackout of a matching policy.
+    Blackout,
+    /// A policy could not be evaluated and its `failurePolicy` is `Fail`.
+    EvaluationError,
+    /// A needed capability is disabled with fallback `Error`.
+    CapabilityUnavailable,
+    /// The requester lacks the permission for the environment.
+    PermissionDenied,
+}
+
+/// One reason the spec is refused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Violation {
+    /// What refused it: `policy/NAME`, `capability/NAME` or `permission/NAME`.
+    pub source: String,
+    /// The kind of refusal.
+    pub kind: ViolationKind,
+    /// The message for people.
+    pub message: String,
+}
+
+impl Violation {
+    /// Whether the refusal depends only on the time of evaluation.
+    pub fn is_temporal(&self) -> bool {
+        matches!(self.kind, ViolationKind::OutsideWindow | ViolationKind::Blackout)
+    }
+}
+
+/// One approval requirement: `minApprovals` distinct people holding one of `roles`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRequirement {
+    /// What asked for it: `policy/NAME`, `capability/NAME` or `permission/NAME`.
+    pub source: String,
+    /// Roles whose human holders may approve.
+    pub roles: Vec<Role>,
+    /// Distinct people needed.
+    pub min_approvals: i32,
+    /// How long the request stays open, e.g. `24h`.
+    pub expiry: String,
+    /// Whether the requester may count.
+    pub allow_self_approval: bool,
+}
+
+/// A step changed by a capability fallback.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepNote {
+    /// The capability.
+    pub capability: String,
+    /// Its message.
+    pub message: String,
+}
+
+/// How one policy in scope was evaluated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyTrace {
+    /// Policy name.
+    pub policy: String,
+    /// Its priority.
+    pub priority: i32,
+    /// Its action.
+    pub action: PolicyAction,
+    /// What came of it.
+    pub result: TraceResult,
+    /// Each condition with the value found and whether it held.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<ConditionTrace>,
+    /// Extra detail (the error, the window or blackout that applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// What came of one policy in scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TraceResult {
+    /// Conditions held: the action applied.
+    Matched,
+    /// Conditions did not hold.
+    NotMatched,
+    /// The policy is disabled.
+    Disabled,
+    /// Evaluation failed; `failurePolicy: Fail` turned it into a violation.
+    ErrorFailed,
+    /// Evaluation failed; `failurePolicy: Ignore` skipped it.
+    ErrorIgnored,
+    /// An earlier `Allow` or `Deny` ended evaluation before this policy.
+    NotReached,
+}
+
+/// How one condition was evaluated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionTrace {
+    /// The field path.
+    pub field: String,
+    /// The operator.
+    pub operator: Operator,
+    /// The policy's value.
+    #[schemars(schema_with = "crate::crd::deployment_policy::any_value_schema")]
+    pub expected: serde_json::Value,
+    /// The value found in the context (null when missing).
+    #[schemars(schema_with = "crate::crd::deployment_policy::any_value_schema")]
+    pub actual: serde_json::Value,
+    /// Whether it held.
+    pub held: bool,
+    /// The evaluation error, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

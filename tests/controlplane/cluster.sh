@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Starts a real Kubernetes control plane on loopback for tests and local use: etcd,
+# kube-apiserver (TLS, RBAC, service-account keys, static test identities) and
+# kube-controller-manager (garbage collector, Deployments, ReplicaSets, Jobs, namespaces).
+# There is no kubelet: pods are never run.
+#
+#   cluster.sh up [--dir DIR] [--watch-pid PID]
+#
+# Runs in the foreground until interrupted (or until process PID exits), then stops every
+# process it started and deletes its data. DIR (default: a new temporary directory) receives
+# one kubeconfig per identity (kubeconfig-<name>; `kubeconfig` is the admin), `env` with the
+# export line, and `ready` once /readyz answers ok.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bin="$here/bin"
+
+usage() { echo "usage: $0 up [--dir DIR] [--watch-pid PID]" >&2; exit 2; }
+[[ "${1:-}" == "up" ]] || usage
+shift
+dir=""
+watch_pid=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dir) dir="$2"; shift 2 ;;
+    --watch-pid) watch_pid="$2"; shift 2 ;;
+    *) usage ;;
+  esac
+done
+
+"$here/build.sh"
+[[ -n "$dir" ]] || dir="$(mktemp -d "${TMPDIR:-/tmp}/dvo-controlplane.XXXXXX")"
+mkdir -p "$dir"
+dir="$(cd "$dir" && pwd)"
+rm -f "$dir/ready"
+
+pids=()
+stop() {
+  trap - EXIT INT TERM
+  # Newest first (controller-manager, apiserver, etcd), each given 5s to exit before SIGKILL.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    pid="${pids[$i]}"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$dir"
+}
+trap stop EXIT
+trap 'exit 0' INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# --- certificates and keys -------------------------------------------------------------------
+pki="$dir/pki"
+mkdir -p "$pki"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=dvo-test-ca" \
+  -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+  -keyout "$pki/apiserver.key" -out "$pki/apiserver.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n' > "$pki/san.ext"
+openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+  -days 2 -extfile "$pki/san.ext" -out "$pki/apiserver.crt" 2>/dev/null
+openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+
+# --- test identities: name, user, groups ----------------------------------------------------
+# Groups named like Entra ID object IDs stand for directory groups; the role mapping maps them.
+identities=(
+  "admin|alice-admin|system:masters,dvo-admins"
+  "release-manager-1|rosa-release|3f2a8c1e-5b7d-4e9a-a1c2-0d4e6f8b9a10"
+  "release-manager-2|raj-release|3f2a8c1e-5b7d-4e9a-a1c2-0d4e6f8b9a10"
+  "developer|dev-dana|a7c4e2b9-1d3f-4a6b-8e5c-9f0a1b2c3d4e"
+  "operator|ops-omar|dvo-operators"
+  "viewer|vera-viewer|dvo-viewers"
+  "ci|system:serviceaccount:ci:deployer|system:serviceaccounts,system:serviceaccounts:ci"
+  "controller-manager|system:kube-controller-manager|system:masters"
+)
+: > "$pki/tokens.csv"
+for entry in "${identities[@]}"; do
+  IFS='|' read -r name user groups <<< "$entry"
+  token="$(openssl rand -hex 24)"
+  printf '%s,%s,%s,"%s"\n' "$token" "$user" "uid-$name" "$groups" >> "$pki/tokens.csv"
+  printf '%s' "$token" > "$pki/token-$name"
+done
+
+# --- etcd ------------------------------------------------------------------------------------
+etcd_port="$(free_port)"
+peer_port="$(free_port)"
+"$bin/etcd" --name dvo-test --data-dir "$dir/etcd" \
+  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+  --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+  --initial-cluster "dvo-test=http://127.0.0.1:$peer_port" \
+  --unsafe-no-fsync --log-level warn > "$dir/etcd.log" 2>&1 &
+pids+=($!)
+
+# --- kube-apiserver --------------------------------------------------------------------------
+api_port="$(free_port)"
+"$bin/kube-apiserver" \
+  --etcd-servers "http://127.0.0.1:$etcd_port" \
+  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+  --cert-dir "$dir/apiserver-certs" \
+  --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+  --client-ca-file "$pki/ca.crt" \
+  --token-auth-file "$pki/tokens.csv" \
+  --authorization-mode RBAC \
+  --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+  --service-account-issuer https://kubernetes.default.svc \
+  --service-cluster-ip-range 10.96.0.0/24 \
+  --endpoint-reconciler-type none \
+  --profiling=false \
+  > "$dir/kube-apiserver.log" 2>&1 &
+pids+=($!)
+
+server="https://127.0.0.1:$api_port"
+write_kubeconfig() { # name
+  cat > "$dir/kubeconfig-$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: dvo-test
+  cluster:
+    server: $server
+    certificate-authority: $pki/ca.crt
+users:
+- name: $1
+  user:
+    token: $(cat "$pki/token-$1")
+contexts:
+- name: $1
+  context: {cluster: dvo-test, user: $1, namespace: default}
+current-context: $1
+EOF
+}
+for entry in "${identities[@]}"; do write_kubeconfig "${entry%%|*}"; done
+cp "$dir/kubeconfig-admin" "$dir/kubeconfig"
+
+deadline=$((SECONDS + 120))
+until curl -fsS --cacert "$pki/ca.crt" -H "Authorization: Bearer $(cat "$pki/token-admin")" \
+    "$server/readyz" > /dev/null 2>&1; do
+  if ((SECONDS > deadline)); then
+    echo "controlplane: kube-apiserver not ready after 120s; last log lines:" >&2
+    tail -n 30 "$dir/kube-apiserver.log" >&2
+    exit 1
+  fi
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { echo "controlplane: a process died; logs in $dir" >&2; tail -n 30 "$dir"/*.log >&2; exit 1; }
+  done
+  sleep 0.2
+done
+
+# --- kube-controller-manager -----------------------------------------------------------------
+"$bin/kube-controller-manager" \
+  --kubeconfig "$dir/kubeconfig-controller-manager" \
+  --leader-elect=false --secure-port 0 \
+  --controllers garbage-collector-controller,deployment-controller,replicaset-controller,job-controller,namespace-controller,serviceaccount-controller,root-ca-certificate-publisher-controller \
+  --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
+  > "$dir/kube-controller-manager.log" 2>&1 &
+pids+=($!)
+
+echo "export KUBECONFIG=$dir/kubeconfig" > "$dir/env"
+touch "$dir/ready"
+echo "controlplane: ready at $server (Kubernetes $("$bin/kube-apiserver" --version | cut -d' ' -f2))"
+echo "controlplane: identities: $(for e in "${identities[@]}"; do printf '%s ' "${e%%|*}"; done)(kubeconfig-<name> in $dir)"
+echo "export KUBECONFIG=$dir/kubeconfig"
+
+while true; do
+  if [[ -n "$watch_pid" ]] && ! kill -0 "$watch_pid" 2>/dev/null; then exit 0; fi
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { echo "controlplane: a process exited; see logs in $dir" >&2; tail -n 20 "$dir"/*.log >&2; exit 1; }
+  done
+  sleep 1
+done
