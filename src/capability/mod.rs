@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use crate::crd::Platform;
 use crate::crd::agent_deployment::{AgentDeploymentSpec, Strategy};
 use crate::crd::capability::{CapabilitySpec, Fallback};
-use crate::crd::Platform;
 use crate::identity::{Permission, Tier};
 
 /// Every capability the operator knows, named as the Capability objects are.
@@ -72,9 +72,27 @@ impl CapabilityName {
     /// advanced rollout strategies are off until an admin creates their object.
     pub fn default_spec(self) -> CapabilitySpec {
         use CapabilityName::*;
-        let (enabled, fallback, message, perms, approval): (bool, Fallback, &str, &[Permission], bool) = match self {
-            DeployLangchain => (true, Fallback::Error, "LangChain deployment is not available in this environment", &[], false),
-            DeployFastapi => (true, Fallback::Error, "FastAPI deployment is not available in this environment", &[], false),
+        let (enabled, fallback, message, perms, approval): (
+            bool,
+            Fallback,
+            &str,
+            &[Permission],
+            bool,
+        ) = match self {
+            DeployLangchain => (
+                true,
+                Fallback::Error,
+                "LangChain deployment is not available in this environment",
+                &[],
+                false,
+            ),
+            DeployFastapi => (
+                true,
+                Fallback::Error,
+                "FastAPI deployment is not available in this environment",
+                &[],
+                false,
+            ),
             DeployCopilot => (
                 true,
                 Fallback::Manual,
@@ -89,13 +107,55 @@ impl CapabilityName {
                 &[Permission::DeployProduction],
                 true,
             ),
-            DeployToStaging => (true, Fallback::Error, "Staging deployment is disabled in this environment", &[], false),
-            DeployToDevelopment => (true, Fallback::Error, "Development deployment is disabled in this environment", &[], false),
-            AutoRollback => (true, Fallback::Skip, "Auto-rollback disabled; manual rollback available if needed", &[], false),
-            KbSync => (true, Fallback::Degrade, "KB sync unavailable; deployment will proceed without KB update", &[], false),
-            HealthCheck => (true, Fallback::Degrade, "Health check unavailable; deployment proceeds without health verification", &[], false),
-            IntegrationTests => (true, Fallback::Skip, "Integration tests skipped; manual verification recommended", &[], false),
-            ParallelDeploy => (false, Fallback::Error, "Parallel deployment is not enabled; create the parallel-deploy Capability to enable it", &[], false),
+            DeployToStaging => (
+                true,
+                Fallback::Error,
+                "Staging deployment is disabled in this environment",
+                &[],
+                false,
+            ),
+            DeployToDevelopment => (
+                true,
+                Fallback::Error,
+                "Development deployment is disabled in this environment",
+                &[],
+                false,
+            ),
+            AutoRollback => (
+                true,
+                Fallback::Skip,
+                "Auto-rollback disabled; manual rollback available if needed",
+                &[],
+                false,
+            ),
+            KbSync => (
+                true,
+                Fallback::Degrade,
+                "KB sync unavailable; deployment will proceed without KB update",
+                &[],
+                false,
+            ),
+            HealthCheck => (
+                true,
+                Fallback::Degrade,
+                "Health check unavailable; deployment proceeds without health verification",
+                &[],
+                false,
+            ),
+            IntegrationTests => (
+                true,
+                Fallback::Skip,
+                "Integration tests skipped; manual verification recommended",
+                &[],
+                false,
+            ),
+            ParallelDeploy => (
+                false,
+                Fallback::Error,
+                "Parallel deployment is not enabled; create the parallel-deploy Capability to enable it",
+                &[],
+                false,
+            ),
             BlueGreenDeploy => (
                 false,
                 Fallback::Error,
@@ -103,7 +163,13 @@ impl CapabilityName {
                 &[],
                 false,
             ),
-            CanaryDeploy => (false, Fallback::Error, "Canary deployment is not enabled; create the canary-deploy Capability to enable it", &[], false),
+            CanaryDeploy => (
+                false,
+                Fallback::Error,
+                "Canary deployment is not enabled; create the canary-deploy Capability to enable it",
+                &[],
+                false,
+            ),
         };
         CapabilitySpec {
             enabled,
@@ -118,7 +184,8 @@ impl CapabilityName {
     fn role(self) -> Use {
         use CapabilityName::*;
         match self {
-            DeployLangchain | DeployFastapi | DeployCopilot | DeployToProduction | DeployToStaging | DeployToDevelopment => Use::Essential,
+            DeployLangchain | DeployFastapi | DeployCopilot | DeployToProduction
+            | DeployToStaging | DeployToDevelopment => Use::Essential,
             BlueGreenDeploy | CanaryDeploy | ParallelDeploy => Use::Strategy,
             AutoRollback | KbSync | HealthCheck | IntegrationTests => Use::Step,
         }
@@ -161,7 +228,9 @@ pub struct CapabilitySet {
 
 impl CapabilitySet {
     /// Settings from Capability objects (name, spec). Unknown names are refused, naming them.
-    pub fn new<'a>(objects: impl IntoIterator<Item = (&'a str, CapabilitySpec)>) -> Result<Self, String> {
+    pub fn new<'a>(
+        objects: impl IntoIterator<Item = (&'a str, CapabilitySpec)>,
+    ) -> Result<Self, String> {
         let mut configured = BTreeMap::new();
         for (name, spec) in objects {
             configured.insert(name.parse()?, spec);
@@ -171,7 +240,10 @@ impl CapabilitySet {
 
     /// The setting of one capability.
     pub fn get(&self, name: CapabilityName) -> CapabilitySpec {
-        self.configured.get(&name).cloned().unwrap_or_else(|| name.default_spec())
+        self.configured
+            .get(&name)
+            .cloned()
+            .unwrap_or_else(|| name.default_spec())
     }
 }
 

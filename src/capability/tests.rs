@@ -26,7 +26,13 @@ fn defaults_follow_the_seed_table() {
         (DeployLangchain, true, Fallback::Error, false, &[]),
         (DeployFastapi, true, Fallback::Error, false, &[]),
         (DeployCopilot, true, Fallback::Manual, false, &[]),
-        (DeployToProduction, true, Fallback::Error, true, &[Permission::DeployProduction]),
+        (
+            DeployToProduction,
+            true,
+            Fallback::Error,
+            true,
+            &[Permission::DeployProduction],
+        ),
         (DeployToStaging, true, Fallback::Error, false, &[]),
         (DeployToDevelopment, true, Fallback::Error, false, &[]),
         (AutoRollback, true, Fallback::Skip, false, &[]),
@@ -40,7 +46,11 @@ fn defaults_follow_the_seed_table() {
     assert_eq!(table.len(), CapabilityName::ALL.len());
     for (name, enabled, fallback, approval, perms) in table {
         let d = CapabilitySet::default().get(*name);
-        assert_eq!((d.enabled, d.fallback, d.requires_approval), (*enabled, *fallback, *approval), "{name}");
+        assert_eq!(
+            (d.enabled, d.fallback, d.requires_approval),
+            (*enabled, *fallback, *approval),
+            "{name}"
+        );
         assert_eq!(d.required_permissions, perms.to_vec(), "{name}");
         assert!(!d.message.unwrap().is_empty());
         assert_eq!(name.as_str().parse::<CapabilityName>().unwrap(), *name);
@@ -67,21 +77,57 @@ fn needed_capabilities_follow_platform_environment_strategy_and_steps() {
         kb_sync: None,
     };
     let cases = [
-        (Platform::Langchain, Strategy::RollingUpdate, no_steps.clone(), Tier::Production, vec![DeployLangchain, DeployToProduction]),
-        (Platform::Fastapi, Strategy::Canary, no_steps.clone(), Tier::Staging, vec![DeployFastapi, DeployToStaging, CanaryDeploy]),
+        (
+            Platform::Langchain,
+            Strategy::RollingUpdate,
+            no_steps.clone(),
+            Tier::Production,
+            vec![DeployLangchain, DeployToProduction],
+        ),
+        (
+            Platform::Fastapi,
+            Strategy::Canary,
+            no_steps.clone(),
+            Tier::Staging,
+            vec![DeployFastapi, DeployToStaging, CanaryDeploy],
+        ),
         (
             Platform::Fastapi,
             Strategy::BlueGreen,
             all_steps.clone(),
             Tier::Development,
-            vec![DeployFastapi, DeployToDevelopment, BlueGreenDeploy, HealthCheck, AutoRollback, IntegrationTests, KbSync],
+            vec![
+                DeployFastapi,
+                DeployToDevelopment,
+                BlueGreenDeploy,
+                HealthCheck,
+                AutoRollback,
+                IntegrationTests,
+                KbSync,
+            ],
         ),
-        (Platform::Langchain, Strategy::RollingUpdate, Steps::default(), Tier::Staging, vec![DeployLangchain, DeployToStaging, HealthCheck, AutoRollback]),
+        (
+            Platform::Langchain,
+            Strategy::RollingUpdate,
+            Steps::default(),
+            Tier::Staging,
+            vec![DeployLangchain, DeployToStaging, HealthCheck, AutoRollback],
+        ),
         // Copilot Studio has no workload, so no workload steps.
-        (Platform::CopilotStudio, Strategy::RollingUpdate, all_steps, Tier::Production, vec![DeployCopilot, DeployToProduction]),
+        (
+            Platform::CopilotStudio,
+            Strategy::RollingUpdate,
+            all_steps,
+            Tier::Production,
+            vec![DeployCopilot, DeployToProduction],
+        ),
     ];
     for (platform, strategy, steps, tier, want) in cases {
-        assert_eq!(needed(&spec(platform, strategy, steps), tier), want, "{platform:?} {strategy:?} {tier:?}");
+        assert_eq!(
+            needed(&spec(platform, strategy, steps), tier),
+            want,
+            "{platform:?} {strategy:?} {tier:?}"
+        );
     }
 }
 
@@ -96,21 +142,37 @@ fn fallbacks_by_kind_of_use() {
         requires_approval: false,
     };
     let blocked = Effect::Blocked("msg".into());
-    let essential = |f: &str| Effect::Blocked(format!("msg (capability deploy-fastapi is essential: fallback {f} cannot skip it)"));
+    let essential = |f: &str| {
+        Effect::Blocked(format!(
+            "msg (capability deploy-fastapi is essential: fallback {f} cannot skip it)"
+        ))
+    };
     // (capability, fallback, expected effect)
     let table = [
         (DeployFastapi, Fallback::Error, blocked.clone()),
-        (DeployFastapi, Fallback::Manual, Effect::Manual("msg".into())),
+        (
+            DeployFastapi,
+            Fallback::Manual,
+            Effect::Manual("msg".into()),
+        ),
         (DeployFastapi, Fallback::Skip, essential("Skip")),
         (DeployFastapi, Fallback::Degrade, essential("Degrade")),
         (CanaryDeploy, Fallback::Error, blocked.clone()),
         (CanaryDeploy, Fallback::Skip, Effect::Skipped("msg".into())),
-        (CanaryDeploy, Fallback::Degrade, Effect::Degraded("msg".into())),
+        (
+            CanaryDeploy,
+            Fallback::Degrade,
+            Effect::Degraded("msg".into()),
+        ),
         (CanaryDeploy, Fallback::Manual, Effect::Manual("msg".into())),
         (KbSync, Fallback::Error, blocked.clone()),
         (KbSync, Fallback::Skip, Effect::Skipped("msg".into())),
         (KbSync, Fallback::Degrade, Effect::Degraded("msg".into())),
-        (IntegrationTests, Fallback::Manual, Effect::Manual("msg".into())),
+        (
+            IntegrationTests,
+            Fallback::Manual,
+            Effect::Manual("msg".into()),
+        ),
     ];
     for (name, fallback, want) in table {
         assert_eq!(effect(name, &off(fallback)), want, "{name} {fallback:?}");
@@ -121,11 +183,20 @@ fn fallbacks_by_kind_of_use() {
 fn copilot_is_always_manual_and_enabled_capabilities_carry_permissions() {
     let set = CapabilitySet::default();
     assert_eq!(
-        effect(CapabilityName::DeployCopilot, &set.get(CapabilityName::DeployCopilot)),
-        Effect::Manual("Copilot Studio deployment requires manual action. Please contact your administrator.".into())
+        effect(
+            CapabilityName::DeployCopilot,
+            &set.get(CapabilityName::DeployCopilot)
+        ),
+        Effect::Manual(
+            "Copilot Studio deployment requires manual action. Please contact your administrator."
+                .into()
+        )
     );
     assert_eq!(
-        effect(CapabilityName::DeployToProduction, &set.get(CapabilityName::DeployToProduction)),
+        effect(
+            CapabilityName::DeployToProduction,
+            &set.get(CapabilityName::DeployToProduction)
+        ),
         Effect::Available {
             permissions: vec![Permission::DeployProduction],
             requires_approval: true
@@ -144,8 +215,14 @@ fn copilot_is_always_manual_and_enabled_capabilities_carry_permissions() {
     )])
     .unwrap();
     assert_eq!(
-        effect(CapabilityName::KbSync, &configured.get(CapabilityName::KbSync)),
+        effect(
+            CapabilityName::KbSync,
+            &configured.get(CapabilityName::KbSync)
+        ),
         Effect::Skipped("KB sync unavailable; deployment will proceed without KB update".into())
     );
-    assert_eq!(CapabilitySet::new([("teleport", configured.get(CapabilityName::KbSync))]).unwrap_err(), "unknown capability \"teleport\"");
+    assert_eq!(
+        CapabilitySet::new([("teleport", configured.get(CapabilityName::KbSync))]).unwrap_err(),
+        "unknown capability \"teleport\""
+    );
 }

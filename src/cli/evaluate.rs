@@ -66,9 +66,17 @@ pub fn exit_code(outcome: Outcome) -> u8 {
 }
 
 /// The request `decide()` sees for an AgentDeployment read from a file.
-pub fn request_for(adep: &AgentDeployment, requester: Option<Identity>, staging_validated: bool) -> Request {
+pub fn request_for(
+    adep: &AgentDeployment,
+    requester: Option<Identity>,
+    staging_validated: bool,
+) -> Request {
     Request {
-        namespace: adep.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        namespace: adep
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         labels: adep.metadata.labels.clone().unwrap_or_default(),
         spec: adep.spec.clone(),
         requester,
@@ -103,8 +111,14 @@ pub fn run(args: &EvaluateArgs) -> Result<(String, u8)> {
 pub fn table(adep: &AgentDeployment, rules: &Rules, request: &Request, d: &Decision) -> String {
     let mut s = String::new();
     let spec = &adep.spec;
-    let who = request.requester.as_ref().map_or("(unknown requester)".to_owned(), |r| r.username.clone());
-    let subject = rules.mapping().subject(request.requester.as_ref().unwrap_or(&Identity::default()), &spec.environment);
+    let who = request
+        .requester
+        .as_ref()
+        .map_or("(unknown requester)".to_owned(), |r| r.username.clone());
+    let subject = rules.mapping().subject(
+        request.requester.as_ref().unwrap_or(&Identity::default()),
+        &spec.environment,
+    );
     let roles: Vec<_> = subject.roles.iter().map(|r| r.as_str()).collect();
     let _ = writeln!(
         s,
@@ -117,7 +131,12 @@ pub fn table(adep: &AgentDeployment, rules: &Rules, request: &Request, d: &Decis
         spec.action.as_str()
     );
     let _ = writeln!(s, "Requester:   {who} (roles: {})", roles.join(", "));
-    let _ = writeln!(s, "Evaluated at {} ({})", d.evaluated_at.to_rfc3339(), d.evaluated_at.format("%A"));
+    let _ = writeln!(
+        s,
+        "Evaluated at {} ({})",
+        d.evaluated_at.to_rfc3339(),
+        d.evaluated_at.format("%A")
+    );
     let _ = writeln!(s, "Outcome:     {:?}", d.outcome);
     if let Some(at) = d.next_window_opens_at {
         let _ = writeln!(s, "Next window: {} ({})", at.to_rfc3339(), at.format("%A"));
@@ -130,34 +149,87 @@ pub fn table(adep: &AgentDeployment, rules: &Rules, request: &Request, d: &Decis
             }
         }
     };
-    section("Violations", d.violations.iter().map(|v| format!("[{:?}] {}: {}", v.kind, v.source, v.message)).collect());
+    section(
+        "Violations",
+        d.violations
+            .iter()
+            .map(|v| format!("[{:?}] {}: {}", v.kind, v.source, v.message))
+            .collect(),
+    );
     section(
         "Approvals required",
         d.approval_requirements
             .iter()
             .map(|r| {
                 let roles: Vec<_> = r.roles.iter().map(|r| r.as_str()).collect();
-                format!("{}: {} of {} within {}{}", r.source, r.min_approvals, roles.join(" or "), r.expiry, if r.allow_self_approval { " (self-approval allowed)" } else { "" })
+                format!(
+                    "{}: {} of {} within {}{}",
+                    r.source,
+                    r.min_approvals,
+                    roles.join(" or "),
+                    r.expiry,
+                    if r.allow_self_approval {
+                        " (self-approval allowed)"
+                    } else {
+                        ""
+                    }
+                )
             })
             .collect(),
     );
     section("Manual action", d.manual_instructions.clone());
     section("Warnings", d.warnings.clone());
-    section("Skipped steps", d.skipped_steps.iter().map(|n| format!("{}: {}", n.capability, n.message)).collect());
-    section("Degraded steps", d.degraded_steps.iter().map(|n| format!("{}: {}", n.capability, n.message)).collect());
-    section("Requirements", d.requirements.iter().map(|r| format!("{r:?}")).collect());
-    section("Matched policies", d.matched_policies.iter().map(|m| format!("{} ({:?}): {}", m.name, m.action, m.reason)).collect());
+    section(
+        "Skipped steps",
+        d.skipped_steps
+            .iter()
+            .map(|n| format!("{}: {}", n.capability, n.message))
+            .collect(),
+    );
+    section(
+        "Degraded steps",
+        d.degraded_steps
+            .iter()
+            .map(|n| format!("{}: {}", n.capability, n.message))
+            .collect(),
+    );
+    section(
+        "Requirements",
+        d.requirements.iter().map(|r| format!("{r:?}")).collect(),
+    );
+    section(
+        "Matched policies",
+        d.matched_policies
+            .iter()
+            .map(|m| format!("{} ({:?}): {}", m.name, m.action, m.reason))
+            .collect(),
+    );
     let _ = writeln!(s, "\nTrace (policies in scope, in evaluation order):");
-    let _ = writeln!(s, "  {:<8} {:<32} {:<16} RESULT", "PRIORITY", "POLICY", "ACTION");
+    let _ = writeln!(
+        s,
+        "  {:<8} {:<32} {:<16} RESULT",
+        "PRIORITY", "POLICY", "ACTION"
+    );
     for t in &d.trace {
-        let _ = writeln!(s, "  {:<8} {:<32} {:<16} {:?}", t.priority, t.policy, format!("{:?}", t.action), t.result);
+        let _ = writeln!(
+            s,
+            "  {:<8} {:<32} {:<16} {:?}",
+            t.priority,
+            t.policy,
+            format!("{:?}", t.action),
+            t.result
+        );
         for c in &t.conditions {
             let verdict = match (&c.error, c.held) {
                 (Some(e), _) => format!("error: {e}"),
                 (None, true) => "held".into(),
                 (None, false) => "did not hold".into(),
             };
-            let _ = writeln!(s, "      {} {:?} {}: {verdict} (found {})", c.field, c.operator, c.expected, c.actual);
+            let _ = writeln!(
+                s,
+                "      {} {:?} {}: {verdict} (found {})",
+                c.field, c.operator, c.expected, c.actual
+            );
         }
         if let Some(n) = &t.note {
             let _ = writeln!(s, "      note: {n}");

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::capability::CapabilitySet;
 use crate::crd::{AgentDeployment, Capability, DeploymentPolicy};
@@ -18,7 +18,8 @@ pub fn yaml_files(path: &Path) -> Result<Vec<PathBuf>> {
         return Ok(vec![path.to_owned()]);
     }
     let mut out = Vec::new();
-    let entries = std::fs::read_dir(path).with_context(|| format!("cannot read directory {}", path.display()))?;
+    let entries = std::fs::read_dir(path)
+        .with_context(|| format!("cannot read directory {}", path.display()))?;
     for entry in entries {
         let p = entry?.path();
         if p.is_dir() {
@@ -35,9 +36,12 @@ pub fn yaml_files(path: &Path) -> Result<Vec<PathBuf>> {
 pub fn objects<T: DeserializeOwned>(path: &Path, kind: &str) -> Result<Vec<T>> {
     let mut out = Vec::new();
     for file in yaml_files(path)? {
-        let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
         for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let value = serde_yaml::Value::deserialize(doc).map_err(|e| anyhow!("{} (document {}): invalid YAML: {e}", file.display(), i + 1))?;
+            let value = serde_yaml::Value::deserialize(doc).map_err(|e| {
+                anyhow!("{} (document {}): invalid YAML: {e}", file.display(), i + 1)
+            })?;
             if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some(kind) {
                 continue;
             }
@@ -47,7 +51,8 @@ pub fn objects<T: DeserializeOwned>(path: &Path, kind: &str) -> Result<Vec<T>> {
                 .and_then(|n| n.as_str())
                 .unwrap_or("<no name>")
                 .to_owned();
-            let obj = serde_yaml::from_value(value).map_err(|e| anyhow!("{}: {kind} {name}: {e}", file.display()))?;
+            let obj = serde_yaml::from_value(value)
+                .map_err(|e| anyhow!("{}: {kind} {name}: {e}", file.display()))?;
             out.push(obj);
         }
     }
@@ -59,8 +64,14 @@ pub fn agent_deployment(file: &Path) -> Result<AgentDeployment> {
     let mut all: Vec<AgentDeployment> = objects(file, "AgentDeployment")?;
     match all.len() {
         1 => Ok(all.remove(0)),
-        0 => bail!("{}: no AgentDeployment found (kind: AgentDeployment)", file.display()),
-        n => bail!("{}: {n} AgentDeployments found; give a file with one", file.display()),
+        0 => bail!(
+            "{}: no AgentDeployment found (kind: AgentDeployment)",
+            file.display()
+        ),
+        n => bail!(
+            "{}: {n} AgentDeployments found; give a file with one",
+            file.display()
+        ),
     }
 }
 
@@ -69,9 +80,18 @@ pub fn agent_deployment(file: &Path) -> Result<AgentDeployment> {
 pub fn policies(path: &Path) -> Result<Vec<(String, crate::crd::DeploymentPolicySpec)>> {
     let mut out = Vec::new();
     for p in objects::<DeploymentPolicy>(path, "DeploymentPolicy")? {
-        let name = p.metadata.name.clone().ok_or_else(|| anyhow!("{}: a DeploymentPolicy has no metadata.name", path.display()))?;
+        let name = p.metadata.name.clone().ok_or_else(|| {
+            anyhow!(
+                "{}: a DeploymentPolicy has no metadata.name",
+                path.display()
+            )
+        })?;
         if let Err(errors) = policy::validate(&p.spec) {
-            bail!("{}: DeploymentPolicy {name} is invalid: {}", path.display(), errors.join("; "));
+            bail!(
+                "{}: DeploymentPolicy {name} is invalid: {}",
+                path.display(),
+                errors.join("; ")
+            );
         }
         out.push((name, p.spec));
     }
@@ -80,18 +100,25 @@ pub fn policies(path: &Path) -> Result<Vec<(String, crate::crd::DeploymentPolicy
 
 /// Capability settings under `path` (defaults when `None`).
 pub fn capabilities(path: Option<&Path>) -> Result<CapabilitySet> {
-    let Some(path) = path else { return Ok(CapabilitySet::default()) };
+    let Some(path) = path else {
+        return Ok(CapabilitySet::default());
+    };
     let caps: Vec<Capability> = objects(path, "Capability")?;
     let named: Vec<(String, _)> = caps
         .into_iter()
         .map(|c| (c.metadata.name.unwrap_or_default(), c.spec))
         .collect();
-    CapabilitySet::new(named.iter().map(|(n, s)| (n.as_str(), s.clone()))).map_err(|e| anyhow!("{}: {e}", path.display()))
+    CapabilitySet::new(named.iter().map(|(n, s)| (n.as_str(), s.clone())))
+        .map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 /// A role mapping file (empty mapping when `None`).
 pub fn role_mapping(path: Option<&Path>) -> Result<RoleMapping> {
-    let Some(path) = path else { return Ok(RoleMapping::default()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_yaml::from_str(&text).map_err(|e| anyhow!("{}: invalid role mapping: {e}", path.display()))
+    let Some(path) = path else {
+        return Ok(RoleMapping::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_yaml::from_str(&text)
+        .map_err(|e| anyhow!("{}: invalid role mapping: {e}", path.display()))
 }

@@ -103,12 +103,17 @@ pub fn run(path: &Path) -> Result<(String, Summary)> {
             }
         }
     }
-    let _ = writeln!(out, "\n{} passed, {} failed", summary.passed, summary.failed);
+    let _ = writeln!(
+        out,
+        "\n{} passed, {} failed",
+        summary.passed, summary.failed
+    );
     Ok((out, summary))
 }
 
 fn run_suite(file: &Path, out: &mut String, summary: &mut Summary) -> Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let suite: Suite = serde_yaml::from_str(&text).map_err(|e| anyhow!("not a test suite: {e}"))?;
     let base = file.parent().unwrap_or(Path::new("."));
     let rules = Rules::new(
@@ -118,14 +123,23 @@ fn run_suite(file: &Path, out: &mut String, summary: &mut Summary) -> Result<()>
     );
     let mut resources: Vec<AgentDeployment> = Vec::new();
     for r in &suite.resources {
-        resources.extend(load::objects::<AgentDeployment>(&base.join(r), "AgentDeployment")?);
+        resources.extend(load::objects::<AgentDeployment>(
+            &base.join(r),
+            "AgentDeployment",
+        )?);
     }
     let _ = writeln!(out, "{} ({})", suite.name, file.display());
     for case in &suite.cases {
         let adep = resources
             .iter()
             .find(|a| a.metadata.name.as_deref() == Some(case.resource.as_str()))
-            .ok_or_else(|| anyhow!("case {:?}: no AgentDeployment named {:?} in resources", case.name, case.resource))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "case {:?}: no AgentDeployment named {:?} in resources",
+                    case.name,
+                    case.resource
+                )
+            })?;
         let request = request_for(adep, case.as_user.clone(), case.staging_validated);
         let decision = policy::decide(&rules, &request, case.at);
         let failures = check(&case.expect, &decision);
@@ -147,7 +161,10 @@ fn run_suite(file: &Path, out: &mut String, summary: &mut Summary) -> Result<()>
 fn check(e: &Expect, d: &Decision) -> Vec<String> {
     let mut f = Vec::new();
     if e.outcome != d.outcome {
-        f.push(format!("outcome: expected {:?}, got {:?}", e.outcome, d.outcome));
+        f.push(format!(
+            "outcome: expected {:?}, got {:?}",
+            e.outcome, d.outcome
+        ));
     }
     let texts = |want: &Option<Vec<String>>, have: Vec<String>, what: &str, f: &mut Vec<String>| {
         let Some(want) = want else { return };
@@ -156,15 +173,25 @@ fn check(e: &Expect, d: &Decision) -> Vec<String> {
         }
         for w in want {
             if !have.iter().any(|h| h.contains(w.as_str())) {
-                f.push(format!("{what}: expected one containing {w:?}, got {have:?}"));
+                f.push(format!(
+                    "{what}: expected one containing {w:?}, got {have:?}"
+                ));
             }
         }
     };
-    let violations = d.violations.iter().map(|v| format!("{}: {}", v.source, v.message)).collect();
+    let violations = d
+        .violations
+        .iter()
+        .map(|v| format!("{}: {}", v.source, v.message))
+        .collect();
     texts(&e.violations, violations, "violations", &mut f);
     texts(&e.warnings, d.warnings.clone(), "warnings", &mut f);
     if let Some(want) = &e.approvals {
-        let mut have: Vec<_> = d.approval_requirements.iter().map(|r| r.source.clone()).collect();
+        let mut have: Vec<_> = d
+            .approval_requirements
+            .iter()
+            .map(|r| r.source.clone())
+            .collect();
         let mut want = want.clone();
         have.sort();
         want.sort();
@@ -179,7 +206,10 @@ fn check(e: &Expect, d: &Decision) -> Vec<String> {
         }
     }
     if e.next_window_opens_at.is_some() && e.next_window_opens_at != d.next_window_opens_at {
-        f.push(format!("nextWindowOpensAt: expected {:?}, got {:?}", e.next_window_opens_at, d.next_window_opens_at));
+        f.push(format!(
+            "nextWindowOpensAt: expected {:?}, got {:?}",
+            e.next_window_opens_at, d.next_window_opens_at
+        ));
     }
     f
 }

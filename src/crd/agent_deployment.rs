@@ -26,10 +26,23 @@ use crate::policy::Decision;
     doc = "Runs one AI agent in one environment, gated by policy and approval.",
     printcolumn(name = "Agent", type_ = "string", json_path = ".spec.agent"),
     printcolumn(name = "Platform", type_ = "string", json_path = ".spec.platform"),
-    printcolumn(name = "Environment", type_ = "string", json_path = ".spec.environment"),
+    printcolumn(
+        name = "Environment",
+        type_ = "string",
+        json_path = ".spec.environment"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Approval", type_ = "string", json_path = ".status.approvalRequest", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Approval",
+        type_ = "string",
+        json_path = ".status.approvalRequest",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.platform == 'copilot-studio' || has(self.template)")
     .message("spec.template is required for platforms that run in the cluster (langchain, fastapi)")

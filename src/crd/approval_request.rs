@@ -23,11 +23,23 @@ use crate::identity::Role;
     status = "ApprovalRequestStatus",
     derive = "PartialEq",
     doc = "The approvals one AgentDeployment spec needs, and who gave them.",
-    printcolumn(name = "Deployment", type_ = "string", json_path = ".spec.deploymentRef.name"),
-    printcolumn(name = "Environment", type_ = "string", json_path = ".spec.environment"),
+    printcolumn(
+        name = "Deployment",
+        type_ = "string",
+        json_path = ".spec.deploymentRef.name"
+    ),
+    printcolumn(
+        name = "Environment",
+        type_ = "string",
+        json_path = ".spec.environment"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Expires", type_ = "date", json_path = ".spec.expiresAt"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable: a changed deployment gets a new ApprovalRequest"))]
 #[serde(rename_all = "camelCase")]

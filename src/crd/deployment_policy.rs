@@ -25,7 +25,11 @@ use crate::identity::Role;
     printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
     printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
     printcolumn(name = "Enabled", type_ = "boolean", json_path = ".spec.enabled"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.action != 'RequireApproval' || has(self.approval)")
     .message("spec.approval is required when action is RequireApproval")
@@ -152,7 +156,10 @@ pub struct PolicyCondition {
     /// Dotted path into the evaluation context, e.g. `environment`, `user.roles`,
     /// `labels.team` or any key of the AgentDeployment's `spec.context`. A missing field reads
     /// as null.
-    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_/-]+)*$"), length(max = 253))]
+    #[schemars(
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_/-]+)*$"),
+        length(max = 253)
+    )]
     pub field: String,
     /// How the field is compared with `value`.
     pub operator: Operator,
@@ -199,7 +206,9 @@ pub enum MatchMode {
 }
 
 /// What a matching policy does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 pub enum PolicyAction {
     /// Allow and stop evaluating further policies.
     Allow,
@@ -243,7 +252,9 @@ fn default_expiry() -> String {
 }
 
 /// Day of the week, in the window's time zone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 #[allow(missing_docs)]
 pub enum Weekday {
@@ -271,7 +282,10 @@ pub struct TimeWindow {
     #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"), length(max = 5))]
     pub start: String,
     /// Closing time, `HH:MM` (24-hour); `24:00` means midnight at the end of the day.
-    #[schemars(regex(pattern = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"), length(max = 5))]
+    #[schemars(
+        regex(pattern = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"),
+        length(max = 5)
+    )]
     pub end: String,
     /// IANA time zone of `start`, `end` and `days`, e.g. `America/New_York`. Default `UTC`.
     #[serde(default = "default_time_zone")]
@@ -290,10 +304,20 @@ pub struct TimeWindow {
     .message(Message::Expression("'blackout end ' + self.end + ' is before its start ' + self.start".into())))]
 pub struct Blackout {
     /// First day (`YYYY-MM-DD`) or moment (`YYYY-MM-DDTHH:MM`) of the blackout.
-    #[schemars(regex(pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])(T([01][0-9]|2[0-3]):[0-5][0-9])?$"), length(max = 16))]
+    #[schemars(
+        regex(
+            pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])(T([01][0-9]|2[0-3]):[0-5][0-9])?$"
+        ),
+        length(max = 16)
+    )]
     pub start: String,
     /// Last day (included) or end moment (excluded) of the blackout, same form as `start`.
-    #[schemars(regex(pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])(T([01][0-9]|2[0-3]):[0-5][0-9])?$"), length(max = 16))]
+    #[schemars(
+        regex(
+            pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])(T([01][0-9]|2[0-3]):[0-5][0-9])?$"
+        ),
+        length(max = 16)
+    )]
     pub end: String,
     /// IANA time zone of `start` and `end`. Default `UTC`.
     #[serde(default = "default_time_zone")]
@@ -309,7 +333,9 @@ fn default_time_zone() -> String {
 }
 
 /// A step a policy requires before a deployment counts as done.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum Requirement {
     /// The agent must pass validation.

@@ -7,7 +7,9 @@ use super::{Permission, Role, RoleMapping, Subject};
 use crate::crd::DeployAction;
 
 /// How strict an environment is; decides which deploy and rollback permissions it needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     /// Needs `deploy_development` (rollback too).
@@ -46,7 +48,11 @@ impl RoleMapping {
             "development" => Tier::Development,
             "staging" => Tier::Staging,
             "production" => Tier::Production,
-            other => self.environment_tiers.get(other).copied().unwrap_or(Tier::Production),
+            other => self
+                .environment_tiers
+                .get(other)
+                .copied()
+                .unwrap_or(Tier::Production),
         }
     }
 
@@ -84,7 +90,12 @@ impl RoleMapping {
             .map(|r| r.as_str())
             .collect::<Vec<_>>()
             .join(", ");
-        let roles = subject.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ");
+        let roles = subject
+            .roles
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         let missing = format!(
             "{} (roles: {roles}) lacks permission {permission}, which roles {holders} have",
             subject.username
@@ -139,7 +150,14 @@ environmentTiers: {qa: staging, sandbox: development}
             ("ci", ['A', 'A', 'P', 'A', 'A', 'P']),
             ("viewer", ['D', 'D', 'P', 'D', 'D', 'P']),
         ];
-        let envs = ["development", "staging", "production", "qa", "sandbox", "eu-prod"];
+        let envs = [
+            "development",
+            "staging",
+            "production",
+            "qa",
+            "sandbox",
+            "eu-prod",
+        ];
         for (user, expected) in table {
             for (env, want) in envs.iter().zip(expected) {
                 for action in [DeployAction::Deploy, DeployAction::Rollback] {
@@ -150,7 +168,10 @@ environmentTiers: {qa: staging, sandbox: development}
                         Check::Denied { .. } => 'D',
                     };
                     // Rollback in staging needs rollback_staging, which developers and CI lack too.
-                    let want = if action == DeployAction::Rollback && m.tier(env) == Tier::Staging && (*user == "ci") {
+                    let want = if action == DeployAction::Rollback
+                        && m.tier(env) == Tier::Staging
+                        && (*user == "ci")
+                    {
                         'D'
                     } else {
                         *want
@@ -165,8 +186,13 @@ environmentTiers: {qa: staging, sandbox: development}
     fn overrides_refuse_even_admins_and_messages_name_the_holders() {
         let m = mapping();
         let adm = subject(&m, "adm", "production");
-        assert!(matches!(m.can(&adm, BypassApproval, "production"), Check::Denied { reason } if reason.contains("disabled in environment production")));
-        assert_eq!(m.can(&adm, BypassApproval, "staging"), Check::Allowed { role: Role::Admin });
+        assert!(
+            matches!(m.can(&adm, BypassApproval, "production"), Check::Denied { reason } if reason.contains("disabled in environment production"))
+        );
+        assert_eq!(
+            m.can(&adm, BypassApproval, "staging"),
+            Check::Allowed { role: Role::Admin }
+        );
         let dev = subject(&m, "dev", "staging");
         match m.can(&dev, DeployStaging, "staging") {
             Check::Denied { reason } => assert_eq!(

@@ -70,10 +70,18 @@ pub struct Grants {
 type RoleTable = BTreeMap<String, BTreeSet<Role>>;
 
 /// Adds to `into` the roles that the three tables give `identity`.
-fn collect_roles(users: &RoleTable, groups: &RoleTable, service_accounts: &RoleTable, identity: &Identity, into: &mut BTreeSet<Role>) {
+fn collect_roles(
+    users: &RoleTable,
+    groups: &RoleTable,
+    service_accounts: &RoleTable,
+    identity: &Identity,
+    into: &mut BTreeSet<Role>,
+) {
     let lookups = [
         users.get(&identity.username),
-        identity.service_account().and_then(|sa| service_accounts.get(&sa)),
+        identity
+            .service_account()
+            .and_then(|sa| service_accounts.get(&sa)),
     ];
     into.extend(lookups.into_iter().flatten().flatten().copied());
     for group in &identity.groups {
@@ -110,15 +118,30 @@ impl RoleMapping {
     /// The roles and machine flag of `identity` in `environment`.
     pub fn subject(&self, identity: &Identity, environment: &str) -> Subject {
         let mut roles = BTreeSet::new();
-        collect_roles(&self.users, &self.groups, &self.service_accounts, identity, &mut roles);
+        collect_roles(
+            &self.users,
+            &self.groups,
+            &self.service_accounts,
+            identity,
+            &mut roles,
+        );
         if let Some(env) = self.environments.get(environment) {
-            collect_roles(&env.users, &env.groups, &env.service_accounts, identity, &mut roles);
+            collect_roles(
+                &env.users,
+                &env.groups,
+                &env.service_accounts,
+                identity,
+                &mut roles,
+            );
         }
         if roles.is_empty() {
             roles.insert(Role::Viewer);
         }
         let machine = identity.service_account().is_some()
-            || identity.groups.iter().any(|g| g == "system:serviceaccounts")
+            || identity
+                .groups
+                .iter()
+                .any(|g| g == "system:serviceaccounts")
             || roles.contains(&Role::ServiceAccount);
         Subject {
             username: identity.username.clone(),
@@ -170,15 +193,63 @@ environmentTiers:
     fn roles_come_from_users_groups_service_accounts_and_environments() {
         let m = mapping();
         let cases: &[(&str, &[&str], &str, &[Role], bool)] = &[
-            ("alice@example.com", &[], "production", &[Role::Admin], false),
-            ("bob", &["3f2a8c1e-5b7d-4e9a-a1c2-0d4e6f8b9a10"], "production", &[Role::ReleaseManager], false),
-            ("dora", &["developers"], "development", &[Role::Developer], false),
-            ("dora", &["developers"], "staging", &[Role::Developer, Role::Operator], false),
-            ("nobody", &["unknown-group"], "production", &[Role::Viewer], false),
-            ("system:serviceaccount:ci:deployer", &["system:serviceaccounts"], "staging", &[Role::ServiceAccount], true),
+            (
+                "alice@example.com",
+                &[],
+                "production",
+                &[Role::Admin],
+                false,
+            ),
+            (
+                "bob",
+                &["3f2a8c1e-5b7d-4e9a-a1c2-0d4e6f8b9a10"],
+                "production",
+                &[Role::ReleaseManager],
+                false,
+            ),
+            (
+                "dora",
+                &["developers"],
+                "development",
+                &[Role::Developer],
+                false,
+            ),
+            (
+                "dora",
+                &["developers"],
+                "staging",
+                &[Role::Developer, Role::Operator],
+                false,
+            ),
+            (
+                "nobody",
+                &["unknown-group"],
+                "production",
+                &[Role::Viewer],
+                false,
+            ),
+            (
+                "system:serviceaccount:ci:deployer",
+                &["system:serviceaccounts"],
+                "staging",
+                &[Role::ServiceAccount],
+                true,
+            ),
             // A service account mapped to a human role is still a machine.
-            ("system:serviceaccount:argocd:argocd-application-controller", &[], "staging", &[Role::Operator], true),
-            ("system:serviceaccount:other:sa", &[], "staging", &[Role::Viewer], true),
+            (
+                "system:serviceaccount:argocd:argocd-application-controller",
+                &[],
+                "staging",
+                &[Role::Operator],
+                true,
+            ),
+            (
+                "system:serviceaccount:other:sa",
+                &[],
+                "staging",
+                &[Role::Viewer],
+                true,
+            ),
         ];
         for (user, groups, env, roles, machine) in cases {
             let s = m.subject(&id(user, groups), env);
@@ -189,9 +260,13 @@ environmentTiers:
 
     #[test]
     fn unknown_keys_are_refused() {
-        let err = serde_yaml::from_str::<RoleMapping>("user: {}").unwrap_err().to_string();
+        let err = serde_yaml::from_str::<RoleMapping>("user: {}")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `user`"), "{err}");
-        let err = serde_yaml::from_str::<RoleMapping>("users: {a: [root]}").unwrap_err().to_string();
+        let err = serde_yaml::from_str::<RoleMapping>("users: {a: [root]}")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown variant `root`"), "{err}");
     }
 }

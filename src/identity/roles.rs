@@ -6,7 +6,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A governance role. People and machines get roles from the role mapping; no role means `viewer`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Can view status, cannot make changes.
@@ -24,7 +26,9 @@ pub enum Role {
 }
 
 /// A fine-grained permission from the seed's table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Permission {
     /// See status.
@@ -71,7 +75,12 @@ impl Role {
         use Permission::*;
         match self {
             Role::Viewer => &[ViewStatus, ViewDeployments],
-            Role::Developer => &[ViewStatus, ViewDeployments, ValidateAgents, DeployDevelopment],
+            Role::Developer => &[
+                ViewStatus,
+                ViewDeployments,
+                ValidateAgents,
+                DeployDevelopment,
+            ],
             Role::Operator => &[
                 ViewStatus,
                 ViewDeployments,
@@ -141,7 +150,10 @@ impl Permission {
     /// The seed's approval-eligible permissions: lacking them sends a request to approval
     /// instead of refusing it.
     pub fn approval_eligible(self) -> bool {
-        matches!(self, Permission::DeployProduction | Permission::RollbackProduction)
+        matches!(
+            self,
+            Permission::DeployProduction | Permission::RollbackProduction
+        )
     }
 
     /// The name used in manifests and messages.
@@ -192,10 +204,26 @@ mod tests {
     fn role_table_matches_the_seed() {
         let granted: &[(Role, &[Permission])] = &[
             (Viewer, &[ViewStatus, ViewDeployments]),
-            (Developer, &[ViewStatus, ViewDeployments, ValidateAgents, DeployDevelopment]),
+            (
+                Developer,
+                &[
+                    ViewStatus,
+                    ViewDeployments,
+                    ValidateAgents,
+                    DeployDevelopment,
+                ],
+            ),
             (
                 Operator,
-                &[ViewStatus, ViewDeployments, ViewAuditLog, ValidateAgents, DeployDevelopment, DeployStaging, RollbackStaging],
+                &[
+                    ViewStatus,
+                    ViewDeployments,
+                    ViewAuditLog,
+                    ValidateAgents,
+                    DeployDevelopment,
+                    DeployStaging,
+                    RollbackStaging,
+                ],
             ),
             (
                 ReleaseManager,
@@ -212,7 +240,10 @@ mod tests {
                 ],
             ),
             (Admin, &Permission::ALL),
-            (ServiceAccount, &[ViewStatus, ValidateAgents, DeployDevelopment, DeployStaging]),
+            (
+                ServiceAccount,
+                &[ViewStatus, ValidateAgents, DeployDevelopment, DeployStaging],
+            ),
         ];
         for (role, perms) in granted {
             for p in Permission::ALL {
@@ -237,7 +268,10 @@ mod tests {
 
     #[test]
     fn only_production_permissions_are_approval_eligible() {
-        let eligible: Vec<_> = Permission::ALL.into_iter().filter(|p| p.approval_eligible()).collect();
+        let eligible: Vec<_> = Permission::ALL
+            .into_iter()
+            .filter(|p| p.approval_eligible())
+            .collect();
         assert_eq!(eligible, vec![DeployProduction, RollbackProduction]);
         assert_eq!(BypassApproval.granted_by(), vec![Admin]);
         assert_eq!(DeployProduction.granted_by(), vec![ReleaseManager, Admin]);

@@ -28,19 +28,33 @@ impl Compiled {
     pub fn new(field: &str, operator: Operator, value: &Value) -> Result<Compiled, String> {
         let regex = match operator {
             Operator::Matches => {
-                let pattern = value
-                    .as_str()
-                    .ok_or_else(|| format!("condition on {field}: Matches needs a regular expression string, found {}", type_name(value)))?;
-                Some(Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("condition on {field}: invalid regular expression {pattern:?}: {e}"))?)
+                let pattern = value.as_str().ok_or_else(|| {
+                    format!(
+                        "condition on {field}: Matches needs a regular expression string, found {}",
+                        type_name(value)
+                    )
+                })?;
+                Some(Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+                    format!("condition on {field}: invalid regular expression {pattern:?}: {e}")
+                })?)
             }
             Operator::In | Operator::NotIn if !value.is_array() => {
-                return Err(format!("condition on {field}: {operator:?} needs a list value, found {}", type_name(value)));
+                return Err(format!(
+                    "condition on {field}: {operator:?} needs a list value, found {}",
+                    type_name(value)
+                ));
             }
             Operator::GreaterThan | Operator::LessThan if !value.is_number() => {
-                return Err(format!("condition on {field}: {operator:?} needs a number value, found {}", type_name(value)));
+                return Err(format!(
+                    "condition on {field}: {operator:?} needs a number value, found {}",
+                    type_name(value)
+                ));
             }
             Operator::Contains if value.is_null() || value.is_array() || value.is_object() => {
-                return Err(format!("condition on {field}: Contains needs a string, number or boolean value, found {}", type_name(value)));
+                return Err(format!(
+                    "condition on {field}: Contains needs a string, number or boolean value, found {}",
+                    type_name(value)
+                ));
             }
             _ => None,
         };
@@ -72,10 +86,16 @@ impl Compiled {
                 (Value::String(s), Some(re)) => Ok(re.is_match(s)),
                 _ => wrong("a string field"),
             },
-            Operator::GreaterThan | Operator::LessThan => match (actual.as_f64(), expected.as_f64()) {
-                (Some(a), Some(e)) => Ok(if op == Operator::GreaterThan { a > e } else { a < e }),
-                _ => wrong("a number field"),
-            },
+            Operator::GreaterThan | Operator::LessThan => {
+                match (actual.as_f64(), expected.as_f64()) {
+                    (Some(a), Some(e)) => Ok(if op == Operator::GreaterThan {
+                        a > e
+                    } else {
+                        a < e
+                    }),
+                    _ => wrong("a number field"),
+                }
+            }
             Operator::Contains => match (actual, expected) {
                 (Value::String(s), Value::String(e)) => Ok(s.contains(e.as_str())),
                 (Value::Array(items), e) => Ok(items.iter().any(|v| json_eq(v, e))),
@@ -93,9 +113,13 @@ fn list(v: &Value) -> &[Value] {
 pub fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
+        }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
         }
         _ => a == b,
     }
@@ -121,7 +145,9 @@ pub fn lookup<'a>(root: &'a Value, path: &str) -> &'a Value {
     let mut node = root;
     let mut i = 0;
     'outer: while i < parts.len() {
-        let Value::Object(map) = node else { return NULL };
+        let Value::Object(map) = node else {
+            return NULL;
+        };
         for j in (i + 1..=parts.len()).rev() {
             if let Some(next) = map.get(&parts[i..j].join(".")) {
                 node = next;

@@ -78,20 +78,52 @@ fn operator_by_value_type() {
         (Contains, json!("a"), json!(5), R::E),
     ];
     for (op, value, actual, want) in table {
-        assert_eq!(eval(op, value.clone(), actual.clone()), want, "{op:?} {value} against {actual}");
+        assert_eq!(
+            eval(op, value.clone(), actual.clone()),
+            want,
+            "{op:?} {value} against {actual}"
+        );
     }
 }
 
 #[test]
 fn bad_values_are_refused_when_compiled() {
     let cases = [
-        (Matches, json!("(unclosed"), "invalid regular expression \"(unclosed\""),
-        (Matches, json!(5), "Matches needs a regular expression string, found a number"),
-        (In, json!("production"), "In needs a list value, found a string"),
-        (NotIn, json!({"a": 1}), "NotIn needs a list value, found an object"),
-        (GreaterThan, json!("9"), "GreaterThan needs a number value, found a string"),
-        (LessThan, Value::Null, "LessThan needs a number value, found null"),
-        (Contains, json!(["a"]), "Contains needs a string, number or boolean value, found a list"),
+        (
+            Matches,
+            json!("(unclosed"),
+            "invalid regular expression \"(unclosed\"",
+        ),
+        (
+            Matches,
+            json!(5),
+            "Matches needs a regular expression string, found a number",
+        ),
+        (
+            In,
+            json!("production"),
+            "In needs a list value, found a string",
+        ),
+        (
+            NotIn,
+            json!({"a": 1}),
+            "NotIn needs a list value, found an object",
+        ),
+        (
+            GreaterThan,
+            json!("9"),
+            "GreaterThan needs a number value, found a string",
+        ),
+        (
+            LessThan,
+            Value::Null,
+            "LessThan needs a number value, found null",
+        ),
+        (
+            Contains,
+            json!(["a"]),
+            "Contains needs a string, number or boolean value, found a list",
+        ),
     ];
     for (op, value, want) in cases {
         let err = Compiled::new("spec.x", op, &value).unwrap_err();
@@ -103,7 +135,10 @@ fn bad_values_are_refused_when_compiled() {
 #[test]
 fn errors_name_operator_field_and_type() {
     let c = Compiled::new("deployment_hour", GreaterThan, &json!(17)).unwrap();
-    assert_eq!(c.holds(&Value::Null).unwrap_err(), "GreaterThan on deployment_hour needs a number field, found null");
+    assert_eq!(
+        c.holds(&Value::Null).unwrap_err(),
+        "GreaterThan on deployment_hour needs a number field, found null"
+    );
 }
 
 #[test]

@@ -86,7 +86,10 @@ pub fn build(request: &Request, subject: &Subject, now: DateTime<Utc>, tz: Tz) -
         ("deployment_hour", json!(local.hour())),
         ("deployment_weekday", json!(weekday_name(weekday))),
         ("is_weekend", json!(weekday.number_from_monday() >= 6)),
-        ("timestamp", json!(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))),
+        (
+            "timestamp",
+            json!(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        ),
         ("context", json!(spec.context)),
     ];
     for (k, v) in built {

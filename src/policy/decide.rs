@@ -32,7 +32,8 @@ enum Clearance {
 /// give the same Decision.
 pub fn decide(rules: &Rules, request: &Request, now: DateTime<Utc>) -> Decision {
     let (mut decision, clearances) = evaluate(rules, request, now);
-    let only_time = decision.outcome == Outcome::Deny && clearances.len() == decision.violations.len();
+    let only_time =
+        decision.outcome == Outcome::Deny && clearances.len() == decision.violations.len();
     if only_time {
         decision.next_window_opens_at = next_opening(rules, request, now, clearances);
     }
@@ -40,7 +41,12 @@ pub fn decide(rules: &Rules, request: &Request, now: DateTime<Utc>) -> Decision 
 }
 
 /// The first moment after `now` at which no time-caused violation remains.
-fn next_opening(rules: &Rules, request: &Request, now: DateTime<Utc>, mut clearances: Vec<Clearance>) -> Option<DateTime<Utc>> {
+fn next_opening(
+    rules: &Rules,
+    request: &Request,
+    now: DateTime<Utc>,
+    mut clearances: Vec<Clearance>,
+) -> Option<DateTime<Utc>> {
     let horizon = now + Duration::days(HORIZON_DAYS);
     let mut t = now;
     while t <= horizon {
@@ -67,7 +73,9 @@ fn next_opening(rules: &Rules, request: &Request, now: DateTime<Utc>, mut cleara
 
 fn next_quarter_hour(t: DateTime<Utc>) -> DateTime<Utc> {
     let q = Duration::minutes(15);
-    t.duration_trunc(q).expect("quarter hours are representable") + q
+    t.duration_trunc(q)
+        .expect("quarter hours are representable")
+        + q
 }
 
 fn unknown_requester() -> Identity {
@@ -99,13 +107,28 @@ struct Builder {
 }
 
 impl Builder {
-    fn violation(&mut self, source: String, kind: ViolationKind, message: String, clearance: Option<Clearance>) {
-        self.d.violations.push(Violation { source, kind, message });
+    fn violation(
+        &mut self,
+        source: String,
+        kind: ViolationKind,
+        message: String,
+        clearance: Option<Clearance>,
+    ) {
+        self.d.violations.push(Violation {
+            source,
+            kind,
+            message,
+        });
         self.clearances.extend(clearance);
     }
 
     fn require_approval(&mut self, req: ApprovalRequirement) {
-        if !self.d.approval_requirements.iter().any(|r| r.source == req.source) {
+        if !self
+            .d
+            .approval_requirements
+            .iter()
+            .any(|r| r.source == req.source)
+        {
             self.d.approval_requirements.push(req);
         }
     }
@@ -168,10 +191,20 @@ fn evaluate(rules: &Rules, request: &Request, now: DateTime<Utc>) -> (Decision, 
     (d, clearances)
 }
 
-fn evaluate_policies(rules: &Rules, request: &Request, subject: &Subject, now: DateTime<Utc>, b: &mut Builder) {
+fn evaluate_policies(
+    rules: &Rules,
+    request: &Request,
+    subject: &Subject,
+    now: DateTime<Utc>,
+    b: &mut Builder,
+) {
     let mut contexts: HashMap<Tz, Value> = HashMap::new();
     let mut ended = false;
-    for policy in rules.policies.iter().filter(|p| in_scope(&p.spec.scope, request)) {
+    for policy in rules
+        .policies
+        .iter()
+        .filter(|p| in_scope(&p.spec.scope, request))
+    {
         let spec = &policy.spec;
         let mut trace = PolicyTrace {
             policy: policy.name.clone(),
@@ -215,7 +248,10 @@ fn evaluate_policies(rules: &Rules, request: &Request, subject: &Subject, now: D
                     }
                 }
                 match error {
-                    Some(e) => Err(format!("policy {} could not be evaluated: {e}", policy.name)),
+                    Some(e) => Err(format!(
+                        "policy {} could not be evaluated: {e}",
+                        policy.name
+                    )),
                     None => Ok(held.is_empty()
                         || match spec.match_ {
                             MatchMode::All => held.iter().all(|h| *h),
@@ -230,12 +266,18 @@ fn evaluate_policies(rules: &Rules, request: &Request, subject: &Subject, now: D
                 match spec.failure_policy {
                     FailurePolicy::Fail => {
                         trace.result = TraceResult::ErrorFailed;
-                        b.violation(format!("policy/{}", policy.name), ViolationKind::EvaluationError, e, None);
+                        b.violation(
+                            format!("policy/{}", policy.name),
+                            ViolationKind::EvaluationError,
+                            e,
+                            None,
+                        );
                         ended = true;
                     }
                     FailurePolicy::Ignore => {
                         trace.result = TraceResult::ErrorIgnored;
-                        b.d.warnings.push(format!("{e} (ignored: failurePolicy Ignore)"));
+                        b.d.warnings
+                            .push(format!("{e} (ignored: failurePolicy Ignore)"));
                     }
                 }
             }
@@ -250,7 +292,13 @@ fn evaluate_policies(rules: &Rules, request: &Request, subject: &Subject, now: D
 }
 
 /// Applies a matching policy: restrictions, then its action. True when evaluation ends here.
-fn apply_match(policy: &Policy, request: &Request, now: DateTime<Utc>, trace: &mut PolicyTrace, b: &mut Builder) -> bool {
+fn apply_match(
+    policy: &Policy,
+    request: &Request,
+    now: DateTime<Utc>,
+    trace: &mut PolicyTrace,
+    b: &mut Builder,
+) -> bool {
     let spec = &policy.spec;
     let parsed = policy.parsed.as_ref().expect("only parsed policies match");
     let source = format!("policy/{}", policy.name);
@@ -261,7 +309,12 @@ fn apply_match(policy: &Policy, request: &Request, now: DateTime<Utc>, trace: &m
             .conditions
             .iter()
             .filter(|c| c.held)
-            .map(|c| format!("{} {:?} {} (found {})", c.field, c.operator, c.expected, c.actual))
+            .map(|c| {
+                format!(
+                    "{} {:?} {} (found {})",
+                    c.field, c.operator, c.expected, c.actual
+                )
+            })
             .collect();
         format!("held: {}", held.join("; "))
     };
@@ -276,24 +329,51 @@ fn apply_match(policy: &Policy, request: &Request, now: DateTime<Utc>, trace: &m
 
     let mut notes = vec![];
     if spec.blocked_actions.contains(&request.spec.action) {
-        let msg = format!("action {} is blocked by policy {}", request.spec.action.as_str(), policy.name);
+        let msg = format!(
+            "action {} is blocked by policy {}",
+            request.spec.action.as_str(),
+            policy.name
+        );
         b.violation(source.clone(), ViolationKind::BlockedAction, msg, None);
     }
     if !parsed.windows.is_empty() && !parsed.windows.iter().any(|w| w.is_open(now)) {
         let opens = parsed.windows.iter().filter_map(|w| w.next_open(now)).min();
         let msg = match opens {
-            Some(at) => format!("outside the allowed windows of policy {}; the next window opens at {}", policy.name, at.to_rfc3339()),
+            Some(at) => format!(
+                "outside the allowed windows of policy {}; the next window opens at {}",
+                policy.name,
+                at.to_rfc3339()
+            ),
             None => format!("outside the allowed windows of policy {}", policy.name),
         };
         notes.push(msg.clone());
-        b.violation(source.clone(), ViolationKind::OutsideWindow, msg, opens.map(Clearance::At));
+        b.violation(
+            source.clone(),
+            ViolationKind::OutsideWindow,
+            msg,
+            opens.map(Clearance::At),
+        );
     }
-    let inside: Vec<_> = parsed.blackouts.iter().filter(|p| p.contains(now)).collect();
+    let inside: Vec<_> = parsed
+        .blackouts
+        .iter()
+        .filter(|p| p.contains(now))
+        .collect();
     if let Some(end) = inside.iter().map(|p| p.end).max() {
         let reasons: Vec<&str> = inside.iter().map(|p| p.reason.as_str()).collect();
-        let msg = format!("inside a blackout of policy {} ({}) until {}", policy.name, reasons.join(", "), end.to_rfc3339());
+        let msg = format!(
+            "inside a blackout of policy {} ({}) until {}",
+            policy.name,
+            reasons.join(", "),
+            end.to_rfc3339()
+        );
         notes.push(msg.clone());
-        b.violation(source.clone(), ViolationKind::Blackout, msg, Some(Clearance::At(end)));
+        b.violation(
+            source.clone(),
+            ViolationKind::Blackout,
+            msg,
+            Some(Clearance::At(end)),
+        );
     }
     if !notes.is_empty() {
         trace.note = Some(notes.join("; "));
@@ -309,7 +389,10 @@ fn apply_match(policy: &Policy, request: &Request, now: DateTime<Utc>, trace: &m
             true
         }
         PolicyAction::RequireApproval => {
-            let a = spec.approval.as_ref().expect("parsed RequireApproval policies have approval");
+            let a = spec
+                .approval
+                .as_ref()
+                .expect("parsed RequireApproval policies have approval");
             b.require_approval(ApprovalRequirement {
                 source,
                 roles: human(a.roles.iter().copied()),
@@ -320,7 +403,8 @@ fn apply_match(policy: &Policy, request: &Request, now: DateTime<Utc>, trace: &m
             false
         }
         PolicyAction::Warn => {
-            b.d.warnings.push(message.unwrap_or_else(|| format!("warning from policy {}", policy.name)));
+            b.d.warnings
+                .push(message.unwrap_or_else(|| format!("warning from policy {}", policy.name)));
             false
         }
         PolicyAction::AuditOnly => false,
@@ -329,7 +413,11 @@ fn apply_match(policy: &Policy, request: &Request, now: DateTime<Utc>, trace: &m
 
 /// An approval by holders of `permission`, asked for by `source`.
 fn approval_by_holders(source: String, permissions: &[Permission]) -> ApprovalRequirement {
-    let mut roles = human(Role::ALL.into_iter().filter(|r| permissions.iter().all(|p| r.grants(*p))));
+    let mut roles = human(
+        Role::ALL
+            .into_iter()
+            .filter(|r| permissions.iter().all(|p| r.grants(*p))),
+    );
     if roles.is_empty() {
         roles = vec![Role::Admin];
     }
@@ -345,18 +433,37 @@ fn approval_by_holders(source: String, permissions: &[Permission]) -> ApprovalRe
 fn check_permission(rules: &Rules, request: &Request, subject: &Subject, b: &mut Builder) {
     let env = request.spec.environment.as_str();
     let permission = rules.mapping.permission_for(request.spec.action, env);
-    gate_on_permission(rules, subject, permission, env, format!("permission/{permission}"), b);
+    gate_on_permission(
+        rules,
+        subject,
+        permission,
+        env,
+        format!("permission/{permission}"),
+        b,
+    );
 }
 
 /// Records what the requester's lack of `permission` means: nothing, an approval, or a refusal.
-fn gate_on_permission(rules: &Rules, subject: &Subject, permission: Permission, env: &str, source: String, b: &mut Builder) {
+fn gate_on_permission(
+    rules: &Rules,
+    subject: &Subject,
+    permission: Permission,
+    env: &str,
+    source: String,
+    b: &mut Builder,
+) {
     match rules.mapping.can(subject, permission, env) {
         Check::Allowed { .. } => {}
         Check::NeedsApproval { reason } => {
             b.d.warnings.push(reason);
-            b.require_approval(approval_by_holders(format!("permission/{permission}"), &[permission]));
+            b.require_approval(approval_by_holders(
+                format!("permission/{permission}"),
+                &[permission],
+            ));
         }
-        Check::Denied { reason } => b.violation(source, ViolationKind::PermissionDenied, reason, None),
+        Check::Denied { reason } => {
+            b.violation(source, ViolationKind::PermissionDenied, reason, None)
+        }
     }
 }
 
@@ -380,7 +487,9 @@ fn apply_capabilities(rules: &Rules, request: &Request, subject: &Subject, b: &m
                     b.require_approval(approval_by_holders(source, &permissions));
                 }
             }
-            Effect::Blocked(message) => b.violation(source, ViolationKind::CapabilityUnavailable, message, None),
+            Effect::Blocked(message) => {
+                b.violation(source, ViolationKind::CapabilityUnavailable, message, None)
+            }
             Effect::Manual(message) => {
                 b.manual = true;
                 b.d.manual_instructions.push(message);

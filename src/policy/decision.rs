@@ -9,7 +9,9 @@ use crate::crd::deployment_policy::{Notify, Operator, PolicyAction, Requirement}
 use crate::identity::Role;
 
 /// What happens to the spec.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 pub enum Outcome {
     /// Roll out now.
     Allow,
@@ -78,7 +80,9 @@ pub struct MatchedPolicy {
 }
 
 /// What kind of refusal a violation is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 pub enum ViolationKind {
     /// A `Deny` policy matched.
     PolicyDenied,
@@ -111,7 +115,10 @@ pub struct Violation {
 impl Violation {
     /// Whether the refusal depends only on the time of evaluation.
     pub fn is_temporal(&self) -> bool {
-        matches!(self.kind, ViolationKind::OutsideWindow | ViolationKind::Blackout)
+        matches!(
+            self.kind,
+            ViolationKind::OutsideWindow | ViolationKind::Blackout
+        )
     }
 }
 

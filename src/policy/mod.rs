@@ -27,7 +27,9 @@ pub fn parse_expiry(s: &str) -> Result<chrono::Duration, String> {
     };
     let total = chrono::Duration::hours(hours) + chrono::Duration::minutes(minutes);
     if total <= chrono::Duration::zero() || total > chrono::Duration::days(30) {
-        return Err(format!("approval.expiry {s:?} must be more than 0 and at most 30 days (720h)"));
+        return Err(format!(
+            "approval.expiry {s:?} must be more than 0 and at most 30 days (720h)"
+        ));
     }
     Ok(total)
 }

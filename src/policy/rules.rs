@@ -9,7 +9,12 @@ use crate::crd::deployment_policy::{DeploymentPolicySpec, PolicyAction};
 use crate::identity::{Role, RoleMapping};
 
 /// Context fields whose value depends on the moment of evaluation.
-const TIME_FIELDS: &[&str] = &["deployment_hour", "deployment_weekday", "is_weekend", "timestamp"];
+const TIME_FIELDS: &[&str] = &[
+    "deployment_hour",
+    "deployment_weekday",
+    "is_weekend",
+    "timestamp",
+];
 
 /// One policy with its regexes, time zones, windows and blackouts parsed.
 #[derive(Clone, Debug)]
@@ -53,11 +58,23 @@ fn parse(spec: &DeploymentPolicySpec) -> Result<Parsed, Vec<String>> {
         .iter()
         .filter_map(|c| keep(e, condition::Compiled::new(&c.field, c.operator, &c.value)))
         .collect();
-    let windows: Vec<_> = spec.windows.iter().filter_map(|w| keep(e, Window::parse(w))).collect();
-    let blackouts: Vec<_> = spec.blackouts.iter().filter_map(|b| keep(e, Period::parse(b))).collect();
-    let tz = keep(e, parse_tz(&spec.time_zone).map_err(|e| format!("timeZone: {e}")));
+    let windows: Vec<_> = spec
+        .windows
+        .iter()
+        .filter_map(|w| keep(e, Window::parse(w)))
+        .collect();
+    let blackouts: Vec<_> = spec
+        .blackouts
+        .iter()
+        .filter_map(|b| keep(e, Period::parse(b)))
+        .collect();
+    let tz = keep(
+        e,
+        parse_tz(&spec.time_zone).map_err(|e| format!("timeZone: {e}")),
+    );
     match (spec.action, &spec.approval) {
-        (PolicyAction::RequireApproval, None) => errors.push("action RequireApproval needs spec.approval (roles and minApprovals)".into()),
+        (PolicyAction::RequireApproval, None) => errors
+            .push("action RequireApproval needs spec.approval (roles and minApprovals)".into()),
         (PolicyAction::RequireApproval, Some(a)) => {
             if a.roles.is_empty() || a.roles.iter().all(|r| !r.is_human()) {
                 errors.push(format!(
@@ -72,21 +89,39 @@ fn parse(spec: &DeploymentPolicySpec) -> Result<Parsed, Vec<String>> {
                 errors.push(e);
             }
         }
-        (_, Some(_)) => errors.push(format!("spec.approval is only allowed with action RequireApproval, not {:?}", spec.action)),
+        (_, Some(_)) => errors.push(format!(
+            "spec.approval is only allowed with action RequireApproval, not {:?}",
+            spec.action
+        )),
         (_, None) => {}
     }
     let known = |list: &[String], allowed: &[&str], what: &str, errors: &mut Vec<String>| {
         for v in list {
             if v != "*" && !allowed.contains(&v.as_str()) {
-                errors.push(format!("scope.{what}: unknown value {v:?} (expected one of {}, or \"*\")", allowed.join(", ")));
+                errors.push(format!(
+                    "scope.{what}: unknown value {v:?} (expected one of {}, or \"*\")",
+                    allowed.join(", ")
+                ));
             }
         }
     };
-    known(&spec.scope.platforms, &["langchain", "fastapi", "copilot-studio"], "platforms", &mut errors);
-    known(&spec.scope.actions, &["deploy", "rollback"], "actions", &mut errors);
+    known(
+        &spec.scope.platforms,
+        &["langchain", "fastapi", "copilot-studio"],
+        "platforms",
+        &mut errors,
+    );
+    known(
+        &spec.scope.actions,
+        &["deploy", "rollback"],
+        "actions",
+        &mut errors,
+    );
     match (errors.is_empty(), tz) {
         (true, Some(tz)) => Ok(Parsed {
-            time_dependent: conditions.iter().any(|c| TIME_FIELDS.contains(&c.field.as_str())),
+            time_dependent: conditions
+                .iter()
+                .any(|c| TIME_FIELDS.contains(&c.field.as_str())),
             conditions,
             windows,
             blackouts,
@@ -118,13 +153,24 @@ pub struct Rules {
 
 /// Evaluation order: priority (lower first), then `Deny` before other actions, then name.
 fn order_key(p: &Policy) -> (i32, bool, &str) {
-    (p.spec.priority, p.spec.action != PolicyAction::Deny, &p.name)
+    (
+        p.spec.priority,
+        p.spec.action != PolicyAction::Deny,
+        &p.name,
+    )
 }
 
 impl Rules {
     /// Builds the environment from policies (name, spec), capability settings and the role mapping.
-    pub fn new(policies: impl IntoIterator<Item = (String, DeploymentPolicySpec)>, capabilities: CapabilitySet, mapping: RoleMapping) -> Rules {
-        let mut policies: Vec<Policy> = policies.into_iter().map(|(n, s)| Policy::new(n, s)).collect();
+    pub fn new(
+        policies: impl IntoIterator<Item = (String, DeploymentPolicySpec)>,
+        capabilities: CapabilitySet,
+        mapping: RoleMapping,
+    ) -> Rules {
+        let mut policies: Vec<Policy> = policies
+            .into_iter()
+            .map(|(n, s)| Policy::new(n, s))
+            .collect();
         policies.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
         Rules {
             policies,

@@ -9,7 +9,9 @@
 //! - a blackout given as dates runs from the start day's midnight to the end of the end day; one
 //!   given as date-times runs from `start` (inclusive) to `end` (exclusive).
 
-use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+use chrono::{
+    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc,
+};
 use chrono_tz::Tz;
 
 use crate::crd::deployment_policy::{Blackout, TimeWindow, Weekday};
@@ -91,7 +93,10 @@ impl Window {
             return Err("window has no days: list at least one day, e.g. [monday, tuesday]".into());
         }
         if (sh, sm) == (eh, em) || (eh, em) == (0, 0) && (sh, sm) == (0, 0) {
-            return Err(format!("window start {} and end {} are the same: use 00:00-24:00 for a whole day", w.start, w.end));
+            return Err(format!(
+                "window start {} and end {} are the same: use 00:00-24:00 for a whole day",
+                w.start, w.end
+            ));
         }
         let start_min = i64::from(sh * 60 + sm);
         let mut end_min = i64::from(eh * 60 + em);
@@ -138,12 +143,21 @@ impl Window {
 
 fn parse_bound(s: &str, tz: Tz, is_end: bool) -> Result<DateTime<Utc>, String> {
     if let Ok(day) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        let day = if is_end { day.succ_opt().ok_or("date out of range")? } else { day };
-        return Ok(resolve_local(tz, day.and_hms_opt(0, 0, 0).expect("midnight exists")));
+        let day = if is_end {
+            day.succ_opt().ok_or("date out of range")?
+        } else {
+            day
+        };
+        return Ok(resolve_local(
+            tz,
+            day.and_hms_opt(0, 0, 0).expect("midnight exists"),
+        ));
     }
     NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M")
         .map(|local| resolve_local(tz, local))
-        .map_err(|_| format!("{s:?} is neither a date (YYYY-MM-DD) nor a date-time (YYYY-MM-DDTHH:MM)"))
+        .map_err(|_| {
+            format!("{s:?} is neither a date (YYYY-MM-DD) nor a date-time (YYYY-MM-DDTHH:MM)")
+        })
 }
 
 impl Period {
@@ -159,8 +173,15 @@ impl Period {
         let start = parse_bound(&b.start, tz, false)?;
         let end = parse_bound(&b.end, tz, true)?;
         if end <= start {
-            let relation = if b.end < b.start { "is before" } else { "is the same moment as" };
-            return Err(format!("blackout {:?}: end {} {relation} its start {}", b.reason, b.end, b.start));
+            let relation = if b.end < b.start {
+                "is before"
+            } else {
+                "is the same moment as"
+            };
+            return Err(format!(
+                "blackout {:?}: end {} {relation} its start {}",
+                b.reason, b.end, b.start
+            ));
         }
         Ok(Period {
             start,
