@@ -89,7 +89,40 @@ pub fn crds_yaml() -> String {
         Capability::crd(),
     ];
     crds.iter()
-        .map(|crd| serde_yaml::to_string(crd).expect("a CRD serializes to YAML"))
+        .map(|crd| {
+            let mut value = serde_json::to_value(crd).expect("a CRD serializes");
+            unwrap_descriptions(&mut value);
+            serde_yaml::to_string(&value).expect("a CRD serializes to YAML")
+        })
         .collect::<Vec<_>>()
         .join("---\n")
+}
+
+/// Doc comments keep their source line breaks; `kubectl explain` reads better when a paragraph
+/// is one line. Joins lines within paragraphs of every `description`, keeping blank lines.
+fn unwrap_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match v {
+                    serde_json::Value::String(text) if key == "description" => {
+                        *text = text
+                            .split("\n\n")
+                            .map(|paragraph| {
+                                paragraph
+                                    .split('\n')
+                                    .map(str::trim)
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n\n");
+                    }
+                    other => unwrap_descriptions(other),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
 }

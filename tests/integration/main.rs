@@ -1,0 +1,6 @@
+//! Integration tests against a real kube-apiserver, etcd and kube-controller-manager built from
+//! the Kubernetes Go modules (tests/controlplane). One control plane serves the whole run;
+//! each test works in its own namespace.
+
+mod crds;
+mod support;

@@ -1,0 +1,202 @@
+//! Test support: one real control plane per test run (started on first use, or reused from
+//! `DVO_TEST_CLUSTER_DIR`), clients per test identity, a fresh namespace per test, the CRDs
+//! installed once, and waits built on watches with a deadline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{Condition, await_condition, conditions};
+use kube::{Client, Config, Discovery, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::OnceCell;
+
+/// Field manager of objects the tests apply.
+pub const TEST_MANAGER: &str = "dvo-tests";
+
+/// A running control plane.
+pub struct ControlPlane {
+    dir: PathBuf,
+    _process: Option<Child>,
+}
+
+static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The control plane of this test run, started on first use. It stops by itself when this
+/// process exits (the script watches our pid).
+pub fn control_plane() -> &'static ControlPlane {
+    CONTROL_PLANE.get_or_init(|| {
+        if let Ok(dir) = std::env::var("DVO_TEST_CLUSTER_DIR") {
+            let dir = PathBuf::from(dir);
+            assert!(
+                dir.join("ready").exists(),
+                "DVO_TEST_CLUSTER_DIR={} has no ready control plane",
+                dir.display()
+            );
+            return ControlPlane {
+                dir,
+                _process: None,
+            };
+        }
+        let dir = std::env::temp_dir().join(format!("dvo-it-{}", std::process::id()));
+        let log = dir.with_extension("log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(repo().join("tests/controlplane/cluster.sh"))
+            .args(["up", "--dir"])
+            .arg(&dir)
+            .args(["--watch-pid", &std::process::id().to_string()])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file)
+            .spawn()
+            .expect("start tests/controlplane/cluster.sh");
+        // A cold start builds the binaries first, which takes minutes on two cores.
+        let deadline = Instant::now() + Duration::from_secs(30 * 60);
+        while !dir.join("ready").exists() {
+            if let Some(status) = child.try_wait().expect("poll control plane") {
+                panic!(
+                    "control plane exited ({status}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "control plane not ready in time; see {}",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ControlPlane {
+            dir,
+            _process: Some(child),
+        }
+    })
+}
+
+impl ControlPlane {
+    /// The kubeconfig file of an identity: admin, release-manager-1, release-manager-2,
+    /// developer, operator, viewer, ci.
+    pub fn kubeconfig(&self, identity: &str) -> PathBuf {
+        self.dir.join(format!("kubeconfig-{identity}"))
+    }
+
+    /// A client authenticated as `identity`.
+    pub async fn client(&self, identity: &str) -> Client {
+        let kubeconfig = Kubeconfig::read_from(self.kubeconfig(identity)).expect("read kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
+        Client::try_from(config).expect("client")
+    }
+
+    /// `kubectl` as `identity`, with its output (stdout and stderr) and success.
+    pub fn kubectl(&self, identity: &str, args: &[&str]) -> (String, bool) {
+        let out = Command::new("kubectl")
+            .env("KUBECONFIG", self.kubeconfig(identity))
+            .env("KUBECACHEDIR", self.dir.join("kubectl-cache"))
+            .args(args)
+            .output()
+            .expect("run kubectl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (text, out.status.success())
+    }
+}
+
+/// An admin client, with the CRDs installed and Established.
+pub async fn admin() -> Client {
+    let client = control_plane().client("admin").await;
+    static CRDS: OnceCell<()> = OnceCell::const_new();
+    CRDS.get_or_init(|| install_crds(client.clone())).await;
+    client
+}
+
+async fn install_crds(client: Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let text =
+        std::fs::read_to_string(repo().join("crds/dvo-crds.yaml")).expect("crds/dvo-crds.yaml");
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc).expect("CRD YAML");
+        let name = crd.metadata.name.clone().expect("CRD name");
+        api.patch(
+            &name,
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("install CRD {name}: {e}"));
+        wait_for(
+            &api,
+            &name,
+            conditions::is_crd_established(),
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    // Established does not mean discoverable yet: poll discovery (kubectl needs it) until all
+    // four kinds are served.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let discovery = Discovery::new(client.clone())
+            .filter(&["dvo.caat.io"])
+            .run()
+            .await;
+        let kinds = discovery.ok().and_then(|d| {
+            d.get("dvo.caat.io")
+                .map(|g| g.recommended_resources().len())
+        });
+        if kinds == Some(4) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dvo.caat.io kinds not discoverable in time (found {kinds:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A fresh namespace for one test.
+pub async fn namespace(client: &Client, test: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "t-{test}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(name.clone());
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    name
+}
+
+/// Waits (on a watch) until `condition` holds for object `name`, or panics at the deadline.
+pub async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    condition: impl Condition<K>,
+    deadline: Duration,
+) -> K
+where
+    K: Resource + Clone + std::fmt::Debug + DeserializeOwned + Send + 'static,
+{
+    match tokio::time::timeout(deadline, await_condition(api.clone(), name, condition)).await {
+        Ok(Ok(Some(obj))) => obj,
+        Ok(Ok(None)) => panic!("{name} was deleted while waiting"),
+        Ok(Err(e)) => panic!("watching {name}: {e}"),
+        Err(_) => panic!("{name}: condition not met within {deadline:?}"),
+    }
+}
