@@ -32,8 +32,8 @@ pub fn yaml_files(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Every document of kind `kind` in the YAML files under `path`, parsed as `T`.
-pub fn objects<T: DeserializeOwned>(path: &Path, kind: &str) -> Result<Vec<T>> {
+/// Every document of kind `kind` in the YAML files under `path`, parsed as `T`, with its file.
+pub fn objects<T: DeserializeOwned>(path: &Path, kind: &str) -> Result<Vec<(PathBuf, T)>> {
     let mut out = Vec::new();
     for file in yaml_files(path)? {
         let text = std::fs::read_to_string(&file)
@@ -53,7 +53,7 @@ pub fn objects<T: DeserializeOwned>(path: &Path, kind: &str) -> Result<Vec<T>> {
                 .to_owned();
             let obj = serde_yaml::from_value(value)
                 .map_err(|e| anyhow!("{}: {kind} {name}: {e}", file.display()))?;
-            out.push(obj);
+            out.push((file.clone(), obj));
         }
     }
     Ok(out)
@@ -61,9 +61,9 @@ pub fn objects<T: DeserializeOwned>(path: &Path, kind: &str) -> Result<Vec<T>> {
 
 /// The single AgentDeployment in a file.
 pub fn agent_deployment(file: &Path) -> Result<AgentDeployment> {
-    let mut all: Vec<AgentDeployment> = objects(file, "AgentDeployment")?;
+    let mut all: Vec<(PathBuf, AgentDeployment)> = objects(file, "AgentDeployment")?;
     match all.len() {
-        1 => Ok(all.remove(0)),
+        1 => Ok(all.remove(0).1),
         0 => bail!(
             "{}: no AgentDeployment found (kind: AgentDeployment)",
             file.display()
@@ -79,17 +79,17 @@ pub fn agent_deployment(file: &Path) -> Result<AgentDeployment> {
 /// (the cluster would refuse it at admission).
 pub fn policies(path: &Path) -> Result<Vec<(String, crate::crd::DeploymentPolicySpec)>> {
     let mut out = Vec::new();
-    for p in objects::<DeploymentPolicy>(path, "DeploymentPolicy")? {
+    for (file, p) in objects::<DeploymentPolicy>(path, "DeploymentPolicy")? {
         let name = p.metadata.name.clone().ok_or_else(|| {
             anyhow!(
                 "{}: a DeploymentPolicy has no metadata.name",
-                path.display()
+                file.display()
             )
         })?;
         if let Err(errors) = policy::validate(&p.spec) {
             bail!(
                 "{}: DeploymentPolicy {name} is invalid: {}",
-                path.display(),
+                file.display(),
                 errors.join("; ")
             );
         }
@@ -103,10 +103,10 @@ pub fn capabilities(path: Option<&Path>) -> Result<CapabilitySet> {
     let Some(path) = path else {
         return Ok(CapabilitySet::default());
     };
-    let caps: Vec<Capability> = objects(path, "Capability")?;
+    let caps: Vec<(PathBuf, Capability)> = objects(path, "Capability")?;
     let named: Vec<(String, _)> = caps
         .into_iter()
-        .map(|c| (c.metadata.name.unwrap_or_default(), c.spec))
+        .map(|(_, c)| (c.metadata.name.unwrap_or_default(), c.spec))
         .collect();
     CapabilitySet::new(named.iter().map(|(n, s)| (n.as_str(), s.clone())))
         .map_err(|e| anyhow!("{}: {e}", path.display()))

@@ -123,10 +123,8 @@ fn run_suite(file: &Path, out: &mut String, summary: &mut Summary) -> Result<()>
     );
     let mut resources: Vec<AgentDeployment> = Vec::new();
     for r in &suite.resources {
-        resources.extend(load::objects::<AgentDeployment>(
-            &base.join(r),
-            "AgentDeployment",
-        )?);
+        let found = load::objects::<AgentDeployment>(&base.join(r), "AgentDeployment")?;
+        resources.extend(found.into_iter().map(|(_, a)| a));
     }
     let _ = writeln!(out, "{} ({})", suite.name, file.display());
     for case in &suite.cases {

@@ -4,6 +4,10 @@
 //! Everything the API server can refuse by itself (enums, ranges, formats, cross-field CEL
 //! rules) is declared here; the rest is checked by the admission webhook.
 
+// The kube derive takes one `printcolumn(...)` per column; clippy reads repeated `type_ = ...`
+// arguments across them as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod agent_deployment;
 pub mod approval_request;
 pub mod capability;

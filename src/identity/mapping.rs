@@ -192,7 +192,9 @@ environmentTiers:
     #[test]
     fn roles_come_from_users_groups_service_accounts_and_environments() {
         let m = mapping();
-        let cases: &[(&str, &[&str], &str, &[Role], bool)] = &[
+        // (user, groups, environment, roles, machine)
+        type Case<'a> = (&'a str, &'a [&'a str], &'a str, &'a [Role], bool);
+        let cases: &[Case] = &[
             (
                 "alice@example.com",
                 &[],

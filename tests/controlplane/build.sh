@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager and etcd from the Kubernetes Go modules pinned in
+# Builds kube-apiserver, kube-controller-manager, kubectl and etcd from the Kubernetes Go modules pinned in
 # go.mod/go.sum into tests/controlplane/bin/. Rebuilds only when a binary is missing or when go.mod,
 # go.sum or this script changed since the last build (the stamp file records their digest).
 set -euo pipefail
@@ -10,12 +10,12 @@ cd "$here"
 k8s_version="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' go.mod)"
 stamp="$(cat go.mod go.sum build.sh | sha256sum | cut -d' ' -f1)"
 
-if [[ -x "$bin/kube-apiserver" && -x "$bin/kube-controller-manager" && -x "$bin/etcd" \
+if [[ -x "$bin/kube-apiserver" && -x "$bin/kube-controller-manager" && -x "$bin/kubectl" && -x "$bin/etcd" \
       && "$(cat "$bin/.stamp" 2>/dev/null)" == "$stamp" ]]; then
   exit 0
 fi
 
-echo "controlplane: building Kubernetes $k8s_version (kube-apiserver, kube-controller-manager, etcd)..." >&2
+echo "controlplane: building Kubernetes $k8s_version (kube-apiserver, kube-controller-manager, kubectl, etcd)..." >&2
 start=$SECONDS
 mkdir -p "$bin"
 rm -f "$bin/.stamp"
@@ -23,7 +23,7 @@ minor="${k8s_version#v1.}"; minor="${minor%%.*}"
 pkg=k8s.io/component-base/version
 ldflags="-s -w -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 GOFLAGS=-mod=readonly go build -trimpath -ldflags "$ldflags" -o "$bin/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
 GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3
 echo "$stamp" > "$bin/.stamp"
 echo "controlplane: built in $((SECONDS - start))s into $bin" >&2

@@ -146,8 +146,21 @@ async fn crds_are_established_and_every_example_applies() {
             && out.contains("FALLBACK"),
         "{out}"
     );
-    let (out, ok) = control_plane().kubectl("admin", &["explain", "adep.spec.environment"]);
-    assert!(ok && out.contains("The target environment"), "{out}");
+    // The OpenAPI document behind `kubectl explain` is published asynchronously: poll it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (out, ok) =
+            control_plane().kubectl("admin", &["explain", "agentdeployments.spec.environment"]);
+        if ok {
+            assert!(out.contains("The target environment"), "{out}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kubectl explain never worked: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test]
@@ -204,7 +217,13 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
         )
     };
     let window = json!({"days": ["monday"], "start": "06:00", "end": "18:00"});
-    let cases: Vec<((&str, Value, Value), Option<&str>, &str)> = vec![
+    // ((kind, valid spec, overlay: a field set, or removed when null), object name, message)
+    type Case = (
+        (&'static str, Value, Value),
+        Option<&'static str>,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
         (
             adep(json!({"platform": "lambda"})),
             None,

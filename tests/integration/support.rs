@@ -99,9 +99,10 @@ impl ControlPlane {
         Client::try_from(config).expect("client")
     }
 
-    /// `kubectl` as `identity`, with its output (stdout and stderr) and success.
+    /// `kubectl` (built at the pinned version) as `identity`, with its output (stdout and
+    /// stderr) and success.
     pub fn kubectl(&self, identity: &str, args: &[&str]) -> (String, bool) {
-        let out = Command::new("kubectl")
+        let out = Command::new(repo().join("tests/controlplane/bin/kubectl"))
             .env("KUBECONFIG", self.kubeconfig(identity))
             .env("KUBECACHEDIR", self.dir.join("kubectl-cache"))
             .args(args)

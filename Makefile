@@ -1,0 +1,46 @@
+# dvo-operator. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: test build controlplane cluster crds bench fmt clippy unit integration clean
+
+## Everything CI checks: format, lints, unit and CLI tests, integration tests against a real
+## control plane (built on first use, cached in tests/controlplane/bin).
+test: controlplane
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) test --locked
+
+build:
+	$(CARGO) build --locked
+
+## Build kube-apiserver, kube-controller-manager, kubectl and etcd (only when missing or changed).
+controlplane:
+	tests/controlplane/build.sh
+
+## Start a control plane for a person; prints the KUBECONFIG export line. Ctrl-C stops it.
+cluster:
+	tests/controlplane/cluster.sh up
+
+## Regenerate crds/ from the Rust types (a test fails when it is stale).
+crds:
+	$(CARGO) run --quiet -- crds > crds/dvo-crds.yaml
+
+bench:
+	$(CARGO) bench --bench decide
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --lib --test cli
+
+integration: controlplane
+	$(CARGO) test --test integration
+
+clean:
+	$(CARGO) clean
+	rm -rf tests/controlplane/bin

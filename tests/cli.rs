@@ -1,0 +1,238 @@
+//! The `dvo` binary as a user runs it: `crds`, `evaluate` and `test`.
+
+use std::path::Path;
+use std::process::Command;
+
+fn dvo(args: &[&str]) -> (String, String, i32) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dvo"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .expect("run dvo");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().expect("exit code"),
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("dvo-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn committed_crds_are_up_to_date() {
+    let (out, _, code) = dvo(&["crds"]);
+    assert_eq!(code, 0);
+    let committed =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/dvo-crds.yaml"))
+            .unwrap();
+    assert!(
+        out == committed,
+        "crds/dvo-crds.yaml is stale: run `make crds` and commit it"
+    );
+    for kind in [
+        "AgentDeployment",
+        "DeploymentPolicy",
+        "ApprovalRequest",
+        "Capability",
+    ] {
+        assert!(out.contains(&format!("kind: {kind}\n")), "{kind} missing");
+    }
+}
+
+const SEED: [&str; 8] = [
+    "--policies",
+    "examples/policies",
+    "--capabilities",
+    "examples/capabilities",
+    "--role-mapping",
+    "examples/role-mapping.yaml",
+    "--group",
+    "3f2a8c1e-5b7d-4e9a-a1c2-0d4e6f8b9a10",
+];
+
+fn evaluate(file: &str, at: &str, extra: &[&str]) -> (String, String, i32) {
+    let mut args = vec!["evaluate", "-f", file, "--at", at, "--as", "rosa-release"];
+    args.extend(SEED);
+    args.extend(extra);
+    dvo(&args)
+}
+
+#[test]
+fn evaluate_production_on_a_saturday() {
+    let (out, err, code) = evaluate(
+        "examples/gha-production.yaml",
+        "2026-11-21T15:00:00Z",
+        &["--staging-validated"],
+    );
+    assert_eq!(code, 3, "deny exits 3: {out}{err}");
+    for want in [
+        "Requester:   rosa-release (roles: release_manager)",
+        "Evaluated at 2026-11-21T15:00:00+00:00 (Saturday)",
+        "Outcome:     Deny",
+        "Next window: 2026-11-23T00:00:00+00:00 (Monday)",
+        "[PolicyDenied] policy/mc-weekend-block: Production deployments blocked on weekends.",
+        "  8        mc-weekend-block                 Deny             Matched",
+        "      is_weekend Equals true: held (found true)",
+        "  10       mc-prod-approval                 RequireApproval  NotReached",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn evaluate_exit_codes_and_formats() {
+    // Tuesday, validated in staging: approval required (4).
+    let (out, _, code) = evaluate(
+        "examples/gha-production.yaml",
+        "2026-11-24T14:00:00Z",
+        &["--staging-validated", "-o", "json"],
+    );
+    assert_eq!(code, 4, "{out}");
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d["outcome"], "RequireApproval");
+    assert_eq!(
+        d["approvalRequirements"][0]["source"],
+        "policy/mc-prod-approval"
+    );
+    // Staging on a Tuesday morning by a release manager: allowed (0), as YAML.
+    let (out, _, code) = evaluate(
+        "examples/agentdeployment.yaml",
+        "2026-11-24T10:00:00Z",
+        &["-o", "yaml"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("outcome: Allow\n"), "{out}");
+    // Copilot Studio: manual action (5).
+    let (out, _, code) = evaluate(
+        "examples/copilot-agentdeployment.yaml",
+        "2026-11-24T10:00:00Z",
+        &[],
+    );
+    assert_eq!(code, 5, "{out}");
+    assert!(
+        out.contains("Manual action:\n  - Copilot Studio deployment requires manual action."),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_input_names_the_file_and_field() {
+    let dir = scratch("bad");
+    let bad_adep = write(
+        &dir,
+        "adep.yaml",
+        "apiVersion: dvo.caat.io/v1alpha1\nkind: AgentDeployment\nmetadata: {name: x}\nspec: {agent: GHA, platform: lambda, environment: staging}\n",
+    );
+    let (_, err, code) = dvo(&[
+        "evaluate",
+        "-f",
+        &bad_adep,
+        "--policies",
+        "examples/policies",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("adep.yaml: AgentDeployment x:") && err.contains("unknown variant `lambda`"),
+        "{err}"
+    );
+
+    let pol_dir = dir.join("policies");
+    std::fs::create_dir_all(&pol_dir).unwrap();
+    write(
+        &pol_dir,
+        "freeze.yaml",
+        "apiVersion: dvo.caat.io/v1alpha1\nkind: DeploymentPolicy\nmetadata: {name: freeze}\nspec:\n  action: Deny\n  blackouts: [{start: '2026-12-20', end: '2026-01-02', reason: Holiday freeze}]\n",
+    );
+    let (_, err, code) = dvo(&[
+        "evaluate",
+        "-f",
+        "examples/gha-production.yaml",
+        "--policies",
+        pol_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("freeze.yaml: DeploymentPolicy freeze is invalid: blackout \"Holiday freeze\": end 2026-01-02 is before its start 2026-12-20"), "{err}");
+
+    let (_, err, code) = dvo(&[
+        "evaluate",
+        "-f",
+        "no/such.yaml",
+        "--policies",
+        "examples/policies",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no/such.yaml"), "{err}");
+    let (_, err, code) = dvo(&[
+        "evaluate",
+        "-f",
+        "examples/gha-production.yaml",
+        "--policies",
+        "examples/policies",
+        "--at",
+        "tomorrow",
+    ]);
+    assert_eq!(code, 2, "usage error: {err}");
+    assert!(err.contains("invalid value 'tomorrow' for '--at"), "{err}");
+    let not_yaml = write(&dir, "broken.yaml", "kind: [unclosed\n");
+    let (_, err, code) = dvo(&[
+        "evaluate",
+        "-f",
+        &not_yaml,
+        "--policies",
+        "examples/policies",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("broken.yaml (document 1): invalid YAML"),
+        "{err}"
+    );
+}
+
+#[test]
+fn policy_tests_pass_and_fail_like_a_test_runner() {
+    let (out, err, code) = dvo(&["test", "examples/tests"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("  PASS weekend production block (Saturday), reopening Monday 00:00 UTC"),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("8 passed, 0 failed"), "{out}");
+
+    let dir = scratch("suite");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    write(
+        &dir,
+        "suite.yaml",
+        &format!(
+            "name: wrong on purpose\npolicies: {0}/policies\nresources: [{0}/gha-production.yaml]\ncases:\n- name: expects allow on Saturday\n  resource: gha-production\n  at: 2026-11-21T15:00:00Z\n  stagingValidated: true\n  expect: {{outcome: Allow, violations: []}}\n- name: expects deny\n  resource: gha-production\n  at: 2026-11-21T15:00:00Z\n  stagingValidated: true\n  expect: {{outcome: Deny}}\n",
+            examples.display()
+        ),
+    );
+    let (out, _, code) = dvo(&["test", dir.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("  FAIL expects allow on Saturday\n       outcome: expected Allow, got Deny"),
+        "{out}"
+    );
+    assert!(out.contains("violations: expected none, got"), "{out}");
+    assert!(out.contains("  PASS expects deny"), "{out}");
+    assert!(out.trim_end().ends_with("1 passed, 1 failed"), "{out}");
+
+    write(&dir, "suite.yaml", "name: typo\npolicy: x\n");
+    let (out, _, code) = dvo(&["test", dir.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("suite.yaml: not a test suite: unknown field `policy`"),
+        "{out}"
+    );
+}
