@@ -22,9 +22,10 @@ controlplane:
 cluster:
 	tests/controlplane/cluster.sh up
 
-## Regenerate crds/ from the Rust types (a test fails when it is stale).
+## Regenerate crds/ (and the chart's copy) from the Rust types (a test fails when stale).
 crds:
 	$(CARGO) run --quiet -- crds > crds/dvo-crds.yaml
+	cp crds/dvo-crds.yaml charts/dvo-operator/crds/dvo-crds.yaml
 
 bench:
 	$(CARGO) bench --bench decide
