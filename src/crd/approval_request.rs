@@ -148,9 +148,30 @@ pub struct ApprovalRequestStatus {
     /// The rejection, when rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejection: Option<ApprovalRecord>,
+    /// The cancellation, when the requester or an admin withdrew the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancellation: Option<ApprovalRecord>,
+    /// Progress of each requirement: who counted for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub progress: Vec<RequirementProgress>,
     /// Conditions in the `metav1.Condition` shape.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// How far one requirement is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequirementProgress {
+    /// The requirement's source.
+    pub source: String,
+    /// Distinct eligible people who approved, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// How many are needed.
+    pub needed: i32,
+    /// Whether the quorum is reached.
+    pub met: bool,
 }
 
 /// One verified act on a request.
@@ -173,4 +194,7 @@ pub struct ApprovalRecord {
     /// Their comment or reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// Why this act counts for nothing, if it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored: Option<String>,
 }

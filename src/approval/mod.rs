@@ -1,0 +1,182 @@
+//! The ApprovalRequest life cycle as a pure state machine.
+//!
+//! `Pending` → `Approved` when every requirement has its quorum of distinct eligible people;
+//! `Rejected` by an eligible person; `Cancelled` by the requester or an admin; `Expired` at
+//! `expiresAt`; `Superseded` when the AgentDeployment's spec moved on. Every phase but
+//! `Pending` is final. Eligibility: a human (never a service account) holding one of the
+//! requirement's roles, not the requester unless the requirement allows self-approval, acting
+//! before the request expired.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+
+use crate::crd::approval_request::{ApprovalPhase, ApprovalRequestSpec, RequirementProgress, RequirementSpec};
+use crate::identity::{Role, Subject};
+
+/// One act (approve, reject, cancel) by a person whose roles are resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Act {
+    /// Who, with their roles in the request's environment.
+    pub subject: Subject,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Everything the state machine looks at.
+#[derive(Clone, Debug)]
+pub struct Input<'a> {
+    /// The request.
+    pub spec: &'a ApprovalRequestSpec,
+    /// The phase recorded so far (None: new).
+    pub current: Option<ApprovalPhase>,
+    /// Approvals in the order given.
+    pub approvals: &'a [Act],
+    /// A rejection, if one was given.
+    pub rejection: Option<&'a Act>,
+    /// A cancellation, if one was given.
+    pub cancellation: Option<&'a Act>,
+    /// Whether the AgentDeployment is gone or its spec no longer has this digest.
+    pub superseded: bool,
+    /// Now.
+    pub now: DateTime<Utc>,
+}
+
+/// The result of one step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    /// The new phase.
+    pub phase: ApprovalPhase,
+    /// For each approval (same order as the input): the requirement sources it counts for, or
+    /// why it counts for nothing.
+    pub approvals: Vec<Result<Vec<String>, String>>,
+    /// Why the rejection or cancellation was ignored, when it was.
+    pub ignored_rejection: Option<String>,
+    /// Why the cancellation was ignored, when it was.
+    pub ignored_cancellation: Option<String>,
+    /// Progress of each requirement.
+    pub progress: Vec<RequirementProgress>,
+    /// A sentence for the `Approved` condition and events.
+    pub message: String,
+    /// When to look again by itself (the expiry, while pending).
+    pub requeue_at: Option<DateTime<Utc>>,
+}
+
+fn requester_name(spec: &ApprovalRequestSpec) -> Option<&str> {
+    spec.requester.as_ref().map(|r| r.username.as_str())
+}
+
+/// Why `act` cannot count for `req`, if it cannot.
+pub fn ineligible(spec: &ApprovalRequestSpec, req: &RequirementSpec, act: &Act) -> Option<String> {
+    let who = &act.subject.username;
+    if act.subject.machine {
+        return Some(format!("{who} is a service account; service accounts never count as human approvers"));
+    }
+    if requester_name(spec) == Some(who.as_str()) && !req.allow_self_approval {
+        return Some(format!("{who} requested this deployment and cannot approve it ({})", req.source));
+    }
+    if !req.roles.iter().any(|r| act.subject.roles.contains(r)) {
+        let roles: Vec<&str> = req.roles.iter().map(|r| r.as_str()).collect();
+        let held: Vec<&str> = act.subject.roles.iter().map(|r| r.as_str()).collect();
+        return Some(format!(
+            "{who} (roles: {}) holds none of the roles {} that {} needs",
+            held.join(", "),
+            roles.join(", "),
+            req.source
+        ));
+    }
+    if act.at >= spec.expires_at {
+        return Some(format!("{who} acted at {} after the request expired at {}", act.at.to_rfc3339(), spec.expires_at.to_rfc3339()));
+    }
+    None
+}
+
+/// Why `act` cannot count for any requirement, if it cannot (the first requirement's reason).
+fn ineligible_for_all(spec: &ApprovalRequestSpec, act: &Act) -> Option<String> {
+    let reasons: Vec<String> = spec.requirements.iter().filter_map(|r| ineligible(spec, r, act)).collect();
+    (reasons.len() == spec.requirements.len()).then(|| reasons.into_iter().next().unwrap_or_default())
+}
+
+/// One step of the life cycle.
+pub fn evaluate(input: &Input) -> Evaluation {
+    let spec = input.spec;
+    let mut progress: Vec<RequirementProgress> = spec
+        .requirements
+        .iter()
+        .map(|r| RequirementProgress {
+            source: r.source.clone(),
+            approvers: vec![],
+            needed: r.min_approvals,
+            met: false,
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    let approvals = input
+        .approvals
+        .iter()
+        .map(|act| {
+            if !seen.insert(act.subject.username.clone()) {
+                return Err(format!("{} already approved; each person counts once", act.subject.username));
+            }
+            let mut satisfies = Vec::new();
+            let mut reasons = Vec::new();
+            for (req, prog) in spec.requirements.iter().zip(progress.iter_mut()) {
+                match ineligible(spec, req, act) {
+                    None => {
+                        prog.approvers.push(act.subject.username.clone());
+                        satisfies.push(req.source.clone());
+                    }
+                    Some(why) => reasons.push(why),
+                }
+            }
+            if satisfies.is_empty() { Err(reasons.into_iter().next().unwrap_or_default()) } else { Ok(satisfies) }
+        })
+        .collect();
+    for p in &mut progress {
+        p.met = p.approvers.len() as i64 >= i64::from(p.needed);
+    }
+
+    let ignored_rejection = input.rejection.and_then(|act| ineligible_for_all(spec, act));
+    let ignored_cancellation = input.cancellation.and_then(|act| {
+        let is_requester = requester_name(spec) == Some(act.subject.username.as_str());
+        let is_admin = act.subject.roles.contains(&Role::Admin) && !act.subject.machine;
+        (!is_requester && !is_admin).then(|| format!("{} is neither the requester nor an admin and cannot cancel", act.subject.username))
+    });
+
+    let all_met = progress.iter().all(|p| p.met);
+    let pending = matches!(input.current, None | Some(ApprovalPhase::Pending));
+    let (phase, message) = if !pending {
+        let phase = input.current.expect("not pending means a recorded phase");
+        (phase, format!("{phase:?} (final)"))
+    } else if input.superseded {
+        (ApprovalPhase::Superseded, "the AgentDeployment's spec changed; a new request replaces this one".to_owned())
+    } else if let (Some(act), None) = (input.cancellation, &ignored_cancellation) {
+        (ApprovalPhase::Cancelled, format!("cancelled by {}", act.subject.username))
+    } else if let (Some(act), None) = (input.rejection, &ignored_rejection) {
+        (ApprovalPhase::Rejected, format!("rejected by {}", act.subject.username))
+    } else if all_met {
+        let who: BTreeSet<&str> = progress.iter().flat_map(|p| p.approvers.iter().map(String::as_str)).collect();
+        (ApprovalPhase::Approved, format!("approved by {}", who.into_iter().collect::<Vec<_>>().join(", ")))
+    } else if input.now >= spec.expires_at {
+        (ApprovalPhase::Expired, format!("expired at {} without its approvals", spec.expires_at.to_rfc3339()))
+    } else {
+        let missing: Vec<String> = progress
+            .iter()
+            .filter(|p| !p.met)
+            .map(|p| format!("{}: {} of {}", p.source, p.approvers.len(), p.needed))
+            .collect();
+        (ApprovalPhase::Pending, format!("waiting for approvals ({})", missing.join("; ")))
+    };
+    Evaluation {
+        requeue_at: (phase == ApprovalPhase::Pending).then_some(spec.expires_at),
+        phase,
+        approvals,
+        ignored_rejection,
+        ignored_cancellation,
+        progress,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests;

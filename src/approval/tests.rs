@@ -1,0 +1,184 @@
+use super::*;
+use ApprovalPhase::*;
+use Role::*;
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+const EXPIRES: &str = "2026-11-24T12:00:00Z";
+
+fn spec(reqs: &[(&str, &[Role], i32, bool)]) -> ApprovalRequestSpec {
+    serde_json::from_value(serde_json::json!({
+        "deploymentRef": {"name": "gha", "uid": "u1"},
+        "specDigest": format!("sha256:{}", "a".repeat(64)),
+        "requester": {"username": "omar"},
+        "environment": "production", "agent": "GHA", "platform": "langchain",
+        "requirements": reqs.iter().map(|(s, roles, n, selfok)| serde_json::json!({
+            "source": s, "roles": roles, "minApprovals": n, "allowSelfApproval": selfok,
+        })).collect::<Vec<_>>(),
+        "expiresAt": EXPIRES,
+    }))
+    .unwrap()
+}
+
+fn act(user: &str, roles: &[Role], when: &str) -> Act {
+    Act {
+        subject: Subject {
+            username: user.into(),
+            groups: vec![],
+            roles: roles.iter().copied().collect(),
+            machine: user.starts_with("system:serviceaccount:") || roles.contains(&ServiceAccount),
+        },
+        at: at(when),
+    }
+}
+
+const BEFORE: &str = "2026-11-24T09:00:00Z";
+
+fn run(spec: &ApprovalRequestSpec, approvals: &[Act], now: &str) -> Evaluation {
+    evaluate(&Input {
+        spec,
+        current: Some(Pending),
+        approvals,
+        rejection: None,
+        cancellation: None,
+        superseded: false,
+        now: at(now),
+    })
+}
+
+#[test]
+fn quorum_of_distinct_eligible_people() {
+    let two_rms = spec(&[("policy/prod", &[ReleaseManager, Admin], 2, false)]);
+    // (approvals, expected phase)
+    let table: Vec<(Vec<Act>, ApprovalPhase)> = vec![
+        (vec![], Pending),
+        (vec![act("rosa", &[ReleaseManager], BEFORE)], Pending),
+        (vec![act("rosa", &[ReleaseManager], BEFORE), act("raj", &[ReleaseManager], BEFORE)], Approved),
+        (vec![act("rosa", &[ReleaseManager], BEFORE), act("alice", &[Admin], BEFORE)], Approved),
+        // The same person twice counts once.
+        (vec![act("rosa", &[ReleaseManager], BEFORE), act("rosa", &[ReleaseManager], BEFORE)], Pending),
+        // Wrong role.
+        (vec![act("rosa", &[ReleaseManager], BEFORE), act("dana", &[Developer, Operator], BEFORE)], Pending),
+        // Service accounts never count, whatever roles they hold.
+        (vec![act("rosa", &[ReleaseManager], BEFORE), act("system:serviceaccount:ci:deployer", &[Admin], BEFORE)], Pending),
+        (vec![act("rosa", &[ReleaseManager], BEFORE), act("bot", &[Admin, ServiceAccount], BEFORE)], Pending),
+        // The requester cannot approve their own deployment.
+        (vec![act("rosa", &[ReleaseManager], BEFORE), act("omar", &[ReleaseManager], BEFORE)], Pending),
+        // After expiry an approval does not count.
+        (vec![act("rosa", &[ReleaseManager], BEFORE), act("raj", &[ReleaseManager], "2026-11-24T12:00:00Z")], Pending),
+    ];
+    for (i, (approvals, want)) in table.into_iter().enumerate() {
+        assert_eq!(run(&two_rms, &approvals, "2026-11-24T10:00:00Z").phase, want, "case {i}");
+    }
+}
+
+#[test]
+fn reasons_for_approvals_that_do_not_count() {
+    let s = spec(&[("policy/prod", &[ReleaseManager], 1, false)]);
+    let e = run(
+        &s,
+        &[
+            act("omar", &[ReleaseManager], BEFORE),
+            act("dana", &[Developer], BEFORE),
+            act("system:serviceaccount:ci:deployer", &[ReleaseManager], BEFORE),
+            act("rosa", &[ReleaseManager], BEFORE),
+            act("rosa", &[ReleaseManager], BEFORE),
+        ],
+        "2026-11-24T10:00:00Z",
+    );
+    assert_eq!(e.phase, Approved);
+    assert_eq!(
+        e.approvals,
+        vec![
+            Err("omar requested this deployment and cannot approve it (policy/prod)".to_owned()),
+            Err("dana (roles: developer) holds none of the roles release_manager that policy/prod needs".to_owned()),
+            Err("system:serviceaccount:ci:deployer is a service account; service accounts never count as human approvers".to_owned()),
+            Ok(vec!["policy/prod".to_owned()]),
+            Err("rosa already approved; each person counts once".to_owned()),
+        ]
+    );
+    assert_eq!(e.message, "approved by rosa");
+    assert_eq!(e.requeue_at, None);
+}
+
+#[test]
+fn several_requirements_each_need_their_quorum() {
+    let s = spec(&[("policy/prod", &[ReleaseManager, Admin], 1, false), ("policy/security", &[Admin], 1, false), ("permission/deploy_production", &[ReleaseManager, Admin], 2, false)]);
+    let rosa = act("rosa", &[ReleaseManager], BEFORE);
+    let alice = act("alice", &[Admin], BEFORE);
+    let e = run(&s, std::slice::from_ref(&rosa), "2026-11-24T10:00:00Z");
+    assert_eq!(e.phase, Pending);
+    assert_eq!(e.message, "waiting for approvals (policy/security: 0 of 1; permission/deploy_production: 1 of 2)");
+    assert_eq!(e.requeue_at, Some(at(EXPIRES)));
+    let e = run(&s, &[rosa, alice], "2026-11-24T10:00:00Z");
+    assert_eq!(e.phase, Approved);
+    assert_eq!(e.approvals[1], Ok(vec!["policy/prod".to_owned(), "policy/security".to_owned(), "permission/deploy_production".to_owned()]));
+    assert!(e.progress.iter().all(|p| p.met));
+}
+
+#[test]
+fn self_approval_when_allowed() {
+    let s = spec(&[("policy/p", &[ReleaseManager], 1, true)]);
+    assert_eq!(run(&s, &[act("omar", &[ReleaseManager], BEFORE)], "2026-11-24T10:00:00Z").phase, Approved);
+}
+
+#[test]
+fn rejection_cancellation_expiry_and_supersession() {
+    let s = spec(&[("policy/prod", &[ReleaseManager], 1, false)]);
+    let step = |rejection: Option<Act>, cancellation: Option<Act>, superseded: bool, now: &str| {
+        evaluate(&Input {
+            spec: &s,
+            current: Some(Pending),
+            approvals: &[],
+            rejection: rejection.as_ref(),
+            cancellation: cancellation.as_ref(),
+            superseded,
+            now: at(now),
+        })
+    };
+    let now = "2026-11-24T10:00:00Z";
+    // (rejection, cancellation, superseded, now, phase)
+    let table: Vec<(Option<Act>, Option<Act>, bool, &str, ApprovalPhase)> = vec![
+        (Some(act("rosa", &[ReleaseManager], BEFORE)), None, false, now, Rejected),
+        (Some(act("dana", &[Developer], BEFORE)), None, false, now, Pending),
+        (Some(act("omar", &[ReleaseManager], BEFORE)), None, false, now, Pending),
+        (None, Some(act("omar", &[Operator], BEFORE)), false, now, Cancelled),
+        (None, Some(act("alice", &[Admin], BEFORE)), false, now, Cancelled),
+        (None, Some(act("rosa", &[ReleaseManager], BEFORE)), false, now, Pending),
+        (None, None, false, EXPIRES, Expired),
+        (None, None, false, "2026-11-24T11:59:59Z", Pending),
+        (None, None, true, now, Superseded),
+        // Supersession wins over everything else.
+        (Some(act("rosa", &[ReleaseManager], BEFORE)), None, true, now, Superseded),
+    ];
+    for (i, (r, c, sup, now, want)) in table.into_iter().enumerate() {
+        assert_eq!(step(r, c, sup, now).phase, want, "case {i}");
+    }
+    let e = step(None, Some(act("rosa", &[ReleaseManager], BEFORE)), false, now);
+    assert_eq!(e.ignored_cancellation.as_deref(), Some("rosa is neither the requester nor an admin and cannot cancel"));
+    let e = step(Some(act("dana", &[Developer], BEFORE)), None, false, now);
+    assert!(e.ignored_rejection.unwrap().contains("holds none of the roles"));
+}
+
+#[test]
+fn final_phases_stay_final() {
+    let s = spec(&[("policy/prod", &[ReleaseManager], 1, false)]);
+    for phase in [Approved, Rejected, Expired, Cancelled, Superseded] {
+        let e = evaluate(&Input {
+            spec: &s,
+            current: Some(phase),
+            approvals: &[],
+            rejection: None,
+            cancellation: None,
+            superseded: true,
+            now: at("2027-01-01T00:00:00Z"),
+        });
+        assert_eq!(e.phase, phase);
+        assert_eq!(e.requeue_at, None);
+    }
+    // A request approved before it expired stays approved when observed after expiry.
+    let e = run(&s, &[act("rosa", &[ReleaseManager], BEFORE)], "2026-11-25T00:00:00Z");
+    assert_eq!(e.phase, Approved);
+}
