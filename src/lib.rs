@@ -10,3 +10,8 @@ pub mod cli;
 pub mod crd;
 pub mod identity;
 pub mod policy;
+
+/// Lowercase hexadecimal of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -11,7 +11,9 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
-use crate::crd::approval_request::{ApprovalPhase, ApprovalRequestSpec, RequirementProgress, RequirementSpec};
+use crate::crd::approval_request::{
+    ApprovalPhase, ApprovalRequestSpec, RequirementProgress, RequirementSpec,
+};
 use crate::identity::{Role, Subject};
 
 /// One act (approve, reject, cancel) by a person whose roles are resolved.
@@ -70,10 +72,15 @@ fn requester_name(spec: &ApprovalRequestSpec) -> Option<&str> {
 pub fn ineligible(spec: &ApprovalRequestSpec, req: &RequirementSpec, act: &Act) -> Option<String> {
     let who = &act.subject.username;
     if act.subject.machine {
-        return Some(format!("{who} is a service account; service accounts never count as human approvers"));
+        return Some(format!(
+            "{who} is a service account; service accounts never count as human approvers"
+        ));
     }
     if requester_name(spec) == Some(who.as_str()) && !req.allow_self_approval {
-        return Some(format!("{who} requested this deployment and cannot approve it ({})", req.source));
+        return Some(format!(
+            "{who} requested this deployment and cannot approve it ({})",
+            req.source
+        ));
     }
     if !req.roles.iter().any(|r| act.subject.roles.contains(r)) {
         let roles: Vec<&str> = req.roles.iter().map(|r| r.as_str()).collect();
@@ -86,15 +93,24 @@ pub fn ineligible(spec: &ApprovalRequestSpec, req: &RequirementSpec, act: &Act) 
         ));
     }
     if act.at >= spec.expires_at {
-        return Some(format!("{who} acted at {} after the request expired at {}", act.at.to_rfc3339(), spec.expires_at.to_rfc3339()));
+        return Some(format!(
+            "{who} acted at {} after the request expired at {}",
+            act.at.to_rfc3339(),
+            spec.expires_at.to_rfc3339()
+        ));
     }
     None
 }
 
 /// Why `act` cannot count for any requirement, if it cannot (the first requirement's reason).
 fn ineligible_for_all(spec: &ApprovalRequestSpec, act: &Act) -> Option<String> {
-    let reasons: Vec<String> = spec.requirements.iter().filter_map(|r| ineligible(spec, r, act)).collect();
-    (reasons.len() == spec.requirements.len()).then(|| reasons.into_iter().next().unwrap_or_default())
+    let reasons: Vec<String> = spec
+        .requirements
+        .iter()
+        .filter_map(|r| ineligible(spec, r, act))
+        .collect();
+    (reasons.len() == spec.requirements.len())
+        .then(|| reasons.into_iter().next().unwrap_or_default())
 }
 
 /// One step of the life cycle.
@@ -116,7 +132,10 @@ pub fn evaluate(input: &Input) -> Evaluation {
         .iter()
         .map(|act| {
             if !seen.insert(act.subject.username.clone()) {
-                return Err(format!("{} already approved; each person counts once", act.subject.username));
+                return Err(format!(
+                    "{} already approved; each person counts once",
+                    act.subject.username
+                ));
             }
             let mut satisfies = Vec::new();
             let mut reasons = Vec::new();
@@ -129,18 +148,29 @@ pub fn evaluate(input: &Input) -> Evaluation {
                     Some(why) => reasons.push(why),
                 }
             }
-            if satisfies.is_empty() { Err(reasons.into_iter().next().unwrap_or_default()) } else { Ok(satisfies) }
+            if satisfies.is_empty() {
+                Err(reasons.into_iter().next().unwrap_or_default())
+            } else {
+                Ok(satisfies)
+            }
         })
         .collect();
     for p in &mut progress {
         p.met = p.approvers.len() as i64 >= i64::from(p.needed);
     }
 
-    let ignored_rejection = input.rejection.and_then(|act| ineligible_for_all(spec, act));
+    let ignored_rejection = input
+        .rejection
+        .and_then(|act| ineligible_for_all(spec, act));
     let ignored_cancellation = input.cancellation.and_then(|act| {
         let is_requester = requester_name(spec) == Some(act.subject.username.as_str());
         let is_admin = act.subject.roles.contains(&Role::Admin) && !act.subject.machine;
-        (!is_requester && !is_admin).then(|| format!("{} is neither the requester nor an admin and cannot cancel", act.subject.username))
+        (!is_requester && !is_admin).then(|| {
+            format!(
+                "{} is neither the requester nor an admin and cannot cancel",
+                act.subject.username
+            )
+        })
     });
 
     let all_met = progress.iter().all(|p| p.met);
@@ -149,23 +179,50 @@ pub fn evaluate(input: &Input) -> Evaluation {
         let phase = input.current.expect("not pending means a recorded phase");
         (phase, format!("{phase:?} (final)"))
     } else if input.superseded {
-        (ApprovalPhase::Superseded, "the AgentDeployment's spec changed; a new request replaces this one".to_owned())
+        (
+            ApprovalPhase::Superseded,
+            "the AgentDeployment's spec changed; a new request replaces this one".to_owned(),
+        )
     } else if let (Some(act), None) = (input.cancellation, &ignored_cancellation) {
-        (ApprovalPhase::Cancelled, format!("cancelled by {}", act.subject.username))
+        (
+            ApprovalPhase::Cancelled,
+            format!("cancelled by {}", act.subject.username),
+        )
     } else if let (Some(act), None) = (input.rejection, &ignored_rejection) {
-        (ApprovalPhase::Rejected, format!("rejected by {}", act.subject.username))
+        (
+            ApprovalPhase::Rejected,
+            format!("rejected by {}", act.subject.username),
+        )
     } else if all_met {
-        let who: BTreeSet<&str> = progress.iter().flat_map(|p| p.approvers.iter().map(String::as_str)).collect();
-        (ApprovalPhase::Approved, format!("approved by {}", who.into_iter().collect::<Vec<_>>().join(", ")))
+        let who: BTreeSet<&str> = progress
+            .iter()
+            .flat_map(|p| p.approvers.iter().map(String::as_str))
+            .collect();
+        (
+            ApprovalPhase::Approved,
+            format!(
+                "approved by {}",
+                who.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        )
     } else if input.now >= spec.expires_at {
-        (ApprovalPhase::Expired, format!("expired at {} without its approvals", spec.expires_at.to_rfc3339()))
+        (
+            ApprovalPhase::Expired,
+            format!(
+                "expired at {} without its approvals",
+                spec.expires_at.to_rfc3339()
+            ),
+        )
     } else {
         let missing: Vec<String> = progress
             .iter()
             .filter(|p| !p.met)
             .map(|p| format!("{}: {} of {}", p.source, p.approvers.len(), p.needed))
             .collect();
-        (ApprovalPhase::Pending, format!("waiting for approvals ({})", missing.join("; ")))
+        (
+            ApprovalPhase::Pending,
+            format!("waiting for approvals ({})", missing.join("; ")),
+        )
     };
     Evaluation {
         requeue_at: (phase == ApprovalPhase::Pending).then_some(spec.expires_at),

@@ -55,22 +55,74 @@ fn quorum_of_distinct_eligible_people() {
     let table: Vec<(Vec<Act>, ApprovalPhase)> = vec![
         (vec![], Pending),
         (vec![act("rosa", &[ReleaseManager], BEFORE)], Pending),
-        (vec![act("rosa", &[ReleaseManager], BEFORE), act("raj", &[ReleaseManager], BEFORE)], Approved),
-        (vec![act("rosa", &[ReleaseManager], BEFORE), act("alice", &[Admin], BEFORE)], Approved),
+        (
+            vec![
+                act("rosa", &[ReleaseManager], BEFORE),
+                act("raj", &[ReleaseManager], BEFORE),
+            ],
+            Approved,
+        ),
+        (
+            vec![
+                act("rosa", &[ReleaseManager], BEFORE),
+                act("alice", &[Admin], BEFORE),
+            ],
+            Approved,
+        ),
         // The same person twice counts once.
-        (vec![act("rosa", &[ReleaseManager], BEFORE), act("rosa", &[ReleaseManager], BEFORE)], Pending),
+        (
+            vec![
+                act("rosa", &[ReleaseManager], BEFORE),
+                act("rosa", &[ReleaseManager], BEFORE),
+            ],
+            Pending,
+        ),
         // Wrong role.
-        (vec![act("rosa", &[ReleaseManager], BEFORE), act("dana", &[Developer, Operator], BEFORE)], Pending),
+        (
+            vec![
+                act("rosa", &[ReleaseManager], BEFORE),
+                act("dana", &[Developer, Operator], BEFORE),
+            ],
+            Pending,
+        ),
         // Service accounts never count, whatever roles they hold.
-        (vec![act("rosa", &[ReleaseManager], BEFORE), act("system:serviceaccount:ci:deployer", &[Admin], BEFORE)], Pending),
-        (vec![act("rosa", &[ReleaseManager], BEFORE), act("bot", &[Admin, ServiceAccount], BEFORE)], Pending),
+        (
+            vec![
+                act("rosa", &[ReleaseManager], BEFORE),
+                act("system:serviceaccount:ci:deployer", &[Admin], BEFORE),
+            ],
+            Pending,
+        ),
+        (
+            vec![
+                act("rosa", &[ReleaseManager], BEFORE),
+                act("bot", &[Admin, ServiceAccount], BEFORE),
+            ],
+            Pending,
+        ),
         // The requester cannot approve their own deployment.
-        (vec![act("rosa", &[ReleaseManager], BEFORE), act("omar", &[ReleaseManager], BEFORE)], Pending),
+        (
+            vec![
+                act("rosa", &[ReleaseManager], BEFORE),
+                act("omar", &[ReleaseManager], BEFORE),
+            ],
+            Pending,
+        ),
         // After expiry an approval does not count.
-        (vec![act("rosa", &[ReleaseManager], BEFORE), act("raj", &[ReleaseManager], "2026-11-24T12:00:00Z")], Pending),
+        (
+            vec![
+                act("rosa", &[ReleaseManager], BEFORE),
+                act("raj", &[ReleaseManager], "2026-11-24T12:00:00Z"),
+            ],
+            Pending,
+        ),
     ];
     for (i, (approvals, want)) in table.into_iter().enumerate() {
-        assert_eq!(run(&two_rms, &approvals, "2026-11-24T10:00:00Z").phase, want, "case {i}");
+        assert_eq!(
+            run(&two_rms, &approvals, "2026-11-24T10:00:00Z").phase,
+            want,
+            "case {i}"
+        );
     }
 }
 
@@ -82,7 +134,11 @@ fn reasons_for_approvals_that_do_not_count() {
         &[
             act("omar", &[ReleaseManager], BEFORE),
             act("dana", &[Developer], BEFORE),
-            act("system:serviceaccount:ci:deployer", &[ReleaseManager], BEFORE),
+            act(
+                "system:serviceaccount:ci:deployer",
+                &[ReleaseManager],
+                BEFORE,
+            ),
             act("rosa", &[ReleaseManager], BEFORE),
             act("rosa", &[ReleaseManager], BEFORE),
         ],
@@ -105,23 +161,50 @@ fn reasons_for_approvals_that_do_not_count() {
 
 #[test]
 fn several_requirements_each_need_their_quorum() {
-    let s = spec(&[("policy/prod", &[ReleaseManager, Admin], 1, false), ("policy/security", &[Admin], 1, false), ("permission/deploy_production", &[ReleaseManager, Admin], 2, false)]);
+    let s = spec(&[
+        ("policy/prod", &[ReleaseManager, Admin], 1, false),
+        ("policy/security", &[Admin], 1, false),
+        (
+            "permission/deploy_production",
+            &[ReleaseManager, Admin],
+            2,
+            false,
+        ),
+    ]);
     let rosa = act("rosa", &[ReleaseManager], BEFORE);
     let alice = act("alice", &[Admin], BEFORE);
     let e = run(&s, std::slice::from_ref(&rosa), "2026-11-24T10:00:00Z");
     assert_eq!(e.phase, Pending);
-    assert_eq!(e.message, "waiting for approvals (policy/security: 0 of 1; permission/deploy_production: 1 of 2)");
+    assert_eq!(
+        e.message,
+        "waiting for approvals (policy/security: 0 of 1; permission/deploy_production: 1 of 2)"
+    );
     assert_eq!(e.requeue_at, Some(at(EXPIRES)));
     let e = run(&s, &[rosa, alice], "2026-11-24T10:00:00Z");
     assert_eq!(e.phase, Approved);
-    assert_eq!(e.approvals[1], Ok(vec!["policy/prod".to_owned(), "policy/security".to_owned(), "permission/deploy_production".to_owned()]));
+    assert_eq!(
+        e.approvals[1],
+        Ok(vec![
+            "policy/prod".to_owned(),
+            "policy/security".to_owned(),
+            "permission/deploy_production".to_owned()
+        ])
+    );
     assert!(e.progress.iter().all(|p| p.met));
 }
 
 #[test]
 fn self_approval_when_allowed() {
     let s = spec(&[("policy/p", &[ReleaseManager], 1, true)]);
-    assert_eq!(run(&s, &[act("omar", &[ReleaseManager], BEFORE)], "2026-11-24T10:00:00Z").phase, Approved);
+    assert_eq!(
+        run(
+            &s,
+            &[act("omar", &[ReleaseManager], BEFORE)],
+            "2026-11-24T10:00:00Z"
+        )
+        .phase,
+        Approved
+    );
 }
 
 #[test]
@@ -141,25 +224,79 @@ fn rejection_cancellation_expiry_and_supersession() {
     let now = "2026-11-24T10:00:00Z";
     // (rejection, cancellation, superseded, now, phase)
     let table: Vec<(Option<Act>, Option<Act>, bool, &str, ApprovalPhase)> = vec![
-        (Some(act("rosa", &[ReleaseManager], BEFORE)), None, false, now, Rejected),
-        (Some(act("dana", &[Developer], BEFORE)), None, false, now, Pending),
-        (Some(act("omar", &[ReleaseManager], BEFORE)), None, false, now, Pending),
-        (None, Some(act("omar", &[Operator], BEFORE)), false, now, Cancelled),
-        (None, Some(act("alice", &[Admin], BEFORE)), false, now, Cancelled),
-        (None, Some(act("rosa", &[ReleaseManager], BEFORE)), false, now, Pending),
+        (
+            Some(act("rosa", &[ReleaseManager], BEFORE)),
+            None,
+            false,
+            now,
+            Rejected,
+        ),
+        (
+            Some(act("dana", &[Developer], BEFORE)),
+            None,
+            false,
+            now,
+            Pending,
+        ),
+        (
+            Some(act("omar", &[ReleaseManager], BEFORE)),
+            None,
+            false,
+            now,
+            Pending,
+        ),
+        (
+            None,
+            Some(act("omar", &[Operator], BEFORE)),
+            false,
+            now,
+            Cancelled,
+        ),
+        (
+            None,
+            Some(act("alice", &[Admin], BEFORE)),
+            false,
+            now,
+            Cancelled,
+        ),
+        (
+            None,
+            Some(act("rosa", &[ReleaseManager], BEFORE)),
+            false,
+            now,
+            Pending,
+        ),
         (None, None, false, EXPIRES, Expired),
         (None, None, false, "2026-11-24T11:59:59Z", Pending),
         (None, None, true, now, Superseded),
         // Supersession wins over everything else.
-        (Some(act("rosa", &[ReleaseManager], BEFORE)), None, true, now, Superseded),
+        (
+            Some(act("rosa", &[ReleaseManager], BEFORE)),
+            None,
+            true,
+            now,
+            Superseded,
+        ),
     ];
     for (i, (r, c, sup, now, want)) in table.into_iter().enumerate() {
         assert_eq!(step(r, c, sup, now).phase, want, "case {i}");
     }
-    let e = step(None, Some(act("rosa", &[ReleaseManager], BEFORE)), false, now);
-    assert_eq!(e.ignored_cancellation.as_deref(), Some("rosa is neither the requester nor an admin and cannot cancel"));
+    let e = step(
+        None,
+        Some(act("rosa", &[ReleaseManager], BEFORE)),
+        false,
+        now,
+    );
+    assert_eq!(
+        e.ignored_cancellation.as_deref(),
+        Some("rosa is neither the requester nor an admin and cannot cancel")
+    );
     let e = step(Some(act("dana", &[Developer], BEFORE)), None, false, now);
-    assert!(e.ignored_rejection.unwrap().contains("holds none of the roles"));
+    assert!(
+        e.ignored_rejection
+            .unwrap()
+            .contains("holds none of the roles")
+    );
 }
 
 #[test]
@@ -179,6 +316,10 @@ fn final_phases_stay_final() {
         assert_eq!(e.requeue_at, None);
     }
     // A request approved before it expired stays approved when observed after expiry.
-    let e = run(&s, &[act("rosa", &[ReleaseManager], BEFORE)], "2026-11-25T00:00:00Z");
+    let e = run(
+        &s,
+        &[act("rosa", &[ReleaseManager], BEFORE)],
+        "2026-11-25T00:00:00Z",
+    );
     assert_eq!(e.phase, Approved);
 }

@@ -217,3 +217,34 @@ pub struct AgentDeploymentStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
+
+/// The `sha256:` digest of a spec: SHA-256 over its JSON with object keys sorted. Only `spec`
+/// counts, so labels and annotations added by GitOps tools never change it.
+pub fn spec_digest(spec: &AgentDeploymentSpec) -> String {
+    use sha2::{Digest, Sha256};
+    // serde_json::Value keeps object keys sorted (BTreeMap), which makes the text canonical.
+    let canonical = serde_json::to_value(spec)
+        .expect("a spec serializes")
+        .to_string();
+    format!(
+        "sha256:{}",
+        crate::hex(&Sha256::digest(canonical.as_bytes()))
+    )
+}
+
+/// The container images of a spec's pod template, sorted.
+pub fn images(spec: &AgentDeploymentSpec) -> Vec<String> {
+    let mut out: Vec<String> = spec
+        .template
+        .iter()
+        .filter_map(|t| t.spec.as_ref())
+        .flat_map(|p| {
+            p.containers
+                .iter()
+                .chain(p.init_containers.iter().flatten())
+        })
+        .filter_map(|c| c.image.clone())
+        .collect();
+    out.sort();
+    out
+}

@@ -7,6 +7,7 @@
 mod access;
 mod mapping;
 mod roles;
+pub mod stamp;
 
 pub use access::{Check, Tier};
 pub use mapping::{Identity, RoleMapping, Subject};

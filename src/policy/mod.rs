@@ -5,12 +5,14 @@ mod condition;
 mod context;
 mod decide;
 pub mod decision;
+mod evidence;
 mod rules;
 pub mod time;
 
 pub use context::Request;
 pub use decide::decide;
 pub use decision::{Decision, Outcome};
+pub use evidence::staging_validated;
 pub use rules::{Policy, Rules, validate};
 
 /// Parses an approval expiry such as `24h`, `90m` or `1h30m`.
