@@ -7,7 +7,9 @@
 pub mod approval;
 pub mod capability;
 pub mod cli;
+pub mod controller;
 pub mod crd;
+pub mod health;
 pub mod identity;
 pub mod policy;
 

@@ -16,6 +16,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator: the controllers and the health endpoints. Uses the in-cluster service
+    /// account, or the kubeconfig (KUBECONFIG, ~/.kube/config) out of cluster.
+    Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML (what crds/ holds).
     Crds,
     /// Decide offline what happens to one AgentDeployment, with the trace. Exit code: 0 allow,
@@ -29,9 +32,71 @@ enum Command {
     },
 }
 
+/// Arguments of `dvo run`.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The operator's namespace (role mapping ConfigMap, keys Secret).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "dvo-system")]
+    namespace: String,
+    /// Address of the /healthz and /readyz endpoints.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    health_addr: std::net::SocketAddr,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let client = kube::Client::try_default().await.map_err(|e| anyhow::anyhow!("cannot reach the API server: {e}"))?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        });
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let health = tokio::spawn(dvo_operator::health::serve(args.health_addr, ready.clone(), stopped()));
+        let settings = dvo_operator::controller::Settings { namespace: args.namespace };
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        let result = dvo_operator::controller::run(client, settings, stopped()).await;
+        ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        health.abort();
+        result.map(|()| 0)
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run(args),
         Command::Crds => {
             print!("{}", dvo_operator::crd::crds_yaml());
             Ok(0)

@@ -74,6 +74,10 @@ pub struct AgentDeploymentSpec {
     /// The pod template of the agent workload (not for `copilot-studio`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<PodTemplateSpec>,
+    /// Seconds a rollout may take to become available before it counts as failed. Default 600.
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub progress_deadline_seconds: i32,
     /// Steps around the rollout.
     #[serde(default)]
     pub steps: Steps,
@@ -138,6 +142,10 @@ impl Default for Steps {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_progress_deadline() -> i32 {
+    600
 }
 
 /// A container run as a Job after the rollout.
@@ -207,9 +215,15 @@ pub struct AgentDeploymentStatus {
     /// The ApprovalRequest for that spec, when approval is required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_request: Option<String>,
-    /// Digest of the spec that is rolled out now.
+    /// Digest of the spec the workload runs now (applied to the Deployment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployed_digest: Option<String>,
+    /// Digest of the last spec whose rollout passed its health check: where auto-rollback returns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_digest: Option<String>,
+    /// Digest of a spec whose rollout failed; it is not applied again until the spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_digest: Option<String>,
     /// A one-line summary of the phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -1,0 +1,213 @@
+//! The operator's controllers: thin shells that gather inputs from the API server, call the pure
+//! core (`policy::decide`, `approval::evaluate`, `policy::validate`) and write the results with
+//! Server-Side Apply under the field manager `dvo-operator`.
+
+pub mod agent_deployment;
+pub mod approval_request;
+pub mod conditions;
+pub mod deployment_policy;
+pub mod workload;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::ByteString;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+
+use crate::crd::{AgentDeployment, ApprovalRequest, Capability, DeploymentPolicy};
+use crate::identity::RoleMapping;
+
+/// The Server-Side Apply field manager of everything the operator writes.
+pub const MANAGER: &str = "dvo-operator";
+/// ConfigMap (in the operator's namespace) holding the role mapping under [`ROLE_MAPPING_KEY`].
+pub const ROLE_MAPPING_CONFIGMAP: &str = "dvo-role-mapping";
+/// Key of the role mapping YAML in its ConfigMap.
+pub const ROLE_MAPPING_KEY: &str = "roles.yaml";
+/// Secret (in the operator's namespace) holding the operator's keys.
+pub const KEYS_SECRET: &str = "dvo-operator-keys";
+/// Key of the requester-stamp HMAC key in [`KEYS_SECRET`].
+pub const STAMP_KEY: &str = "requester-stamp-key";
+
+/// What the operator needs to know about where it runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The operator's own namespace (role mapping, keys).
+    pub namespace: String,
+}
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Settings.
+    pub settings: Settings,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// HMAC key of requester stamps.
+    pub stamp_key: Vec<u8>,
+}
+
+/// Why a reconcile did not finish; it is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a call.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Configuration the operator cannot use (the rollout waits until it is fixed).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Context {
+    /// The role mapping from its ConfigMap: empty when there is none, an error when it is invalid
+    /// (fail closed: nothing is decided on a mapping the operator cannot read).
+    pub async fn role_mapping(&self) -> Result<RoleMapping, Error> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        let Some(cm) = api.get_opt(ROLE_MAPPING_CONFIGMAP).await? else {
+            return Ok(RoleMapping::default());
+        };
+        let text = cm.data.as_ref().and_then(|d| d.get(ROLE_MAPPING_KEY)).cloned().unwrap_or_default();
+        if text.trim().is_empty() {
+            return Ok(RoleMapping::default());
+        }
+        serde_yaml::from_str(&text).map_err(|e| {
+            Error::Config(format!(
+                "ConfigMap {}/{ROLE_MAPPING_CONFIGMAP} key {ROLE_MAPPING_KEY} is not a valid role mapping: {e}",
+                self.settings.namespace
+            ))
+        })
+    }
+}
+
+/// Fails with a clear message when a CRD of ours is not installed.
+pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
+    let lp = ListParams::default().limit(1);
+    let missing = |kind: &str, e: kube::Error| match e {
+        kube::Error::Api(ae) if ae.code == 404 => anyhow::anyhow!(
+            "the {kind} CRD (dvo.caat.io/v1alpha1) is not installed: run `kubectl apply --server-side -f crds/` (or install the Helm chart)"
+        ),
+        e => anyhow::anyhow!("cannot list {kind}s: {e}"),
+    };
+    Api::<AgentDeployment>::all(client.clone()).list_metadata(&lp).await.map_err(|e| missing("AgentDeployment", e))?;
+    Api::<ApprovalRequest>::all(client.clone()).list_metadata(&lp).await.map_err(|e| missing("ApprovalRequest", e))?;
+    Api::<DeploymentPolicy>::all(client.clone()).list_metadata(&lp).await.map_err(|e| missing("DeploymentPolicy", e))?;
+    Api::<Capability>::all(client.clone()).list_metadata(&lp).await.map_err(|e| missing("Capability", e))?;
+    Ok(())
+}
+
+/// The requester-stamp key from the keys Secret, created with 32 random bytes when absent
+/// (idempotent: a second replica that loses the race reads the winner's key).
+pub async fn ensure_stamp_key(client: &Client, namespace: &str) -> anyhow::Result<Vec<u8>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    loop {
+        if let Some(secret) = api.get_opt(KEYS_SECRET).await? {
+            let key = secret.data.as_ref().and_then(|d| d.get(STAMP_KEY)).map(|b| b.0.clone());
+            return key
+                .filter(|k| k.len() >= 32)
+                .ok_or_else(|| anyhow::anyhow!("Secret {namespace}/{KEYS_SECRET} has no {STAMP_KEY} of at least 32 bytes"));
+        }
+        let mut key = vec![0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no randomness for the stamp key: {e}"))?;
+        let mut secret = Secret::default();
+        secret.metadata.name = Some(KEYS_SECRET.to_owned());
+        secret.data = Some([(STAMP_KEY.to_owned(), ByteString(key))].into());
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn error_policy<K>(obj: Arc<K>, error: &Error, _: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    tracing::warn!(kind = %K::kind(&()), name = %obj.meta().name.as_deref().unwrap_or(""), namespace = ?obj.meta().namespace, %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn all_refs<K: Resource<DynamicType = ()> + Clone>(store: &kube::runtime::reflector::Store<K>) -> Vec<ObjectRef<K>> {
+    store.state().iter().map(|o| ObjectRef::from_obj(o.as_ref())).collect()
+}
+
+/// Runs the AgentDeployment, ApprovalRequest and DeploymentPolicy controllers until `shutdown`
+/// completes; then lets reconciles in flight finish.
+pub async fn run(client: Client, settings: Settings, shutdown: impl Future<Output = ()> + Send + Sync + 'static) -> anyhow::Result<()> {
+    check_crds(&client).await?;
+    let stamp_key = ensure_stamp_key(&client, &settings.namespace).await?;
+    let reporter = Reporter {
+        controller: MANAGER.to_owned(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        settings: settings.clone(),
+        stamp_key,
+    });
+    let shutdown = shutdown.shared();
+
+    let ads = Controller::new(Api::<AgentDeployment>::all(client.clone()), watcher::Config::default());
+    let ad_store = ads.store();
+    let (s1, s2, s3, s4) = (ad_store.clone(), ad_store.clone(), ad_store.clone(), ad_store.clone());
+    let ads = ads
+        .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default().labels(workload::OWNER_LABEL))
+        .owns(Api::<ApprovalRequest>::all(client.clone()), watcher::Config::default())
+        .watches(Api::<DeploymentPolicy>::all(client.clone()), watcher::Config::default(), move |_| all_refs(&s1))
+        .watches(Api::<Capability>::all(client.clone()), watcher::Config::default(), move |_| all_refs(&s2))
+        .watches(
+            Api::<ConfigMap>::namespaced(client.clone(), &settings.namespace),
+            watcher::Config::default().fields(&format!("metadata.name={ROLE_MAPPING_CONFIGMAP}")),
+            move |_| all_refs(&s3),
+        )
+        // Staging evidence: a change to one AgentDeployment can validate others of the same agent.
+        .watches(Api::<AgentDeployment>::all(client.clone()), watcher::Config::default(), move |changed| {
+            s4.state()
+                .iter()
+                .filter(|o| o.spec.agent == changed.spec.agent && o.metadata.uid != changed.metadata.uid)
+                .map(|o| ObjectRef::from_obj(o.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown.clone())
+        .run(agent_deployment::reconcile, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Ok((obj, _)) = r {
+                tracing::debug!(name = %obj.name, namespace = ?obj.namespace, "reconciled AgentDeployment");
+            }
+        });
+
+    let aprs = Controller::new(Api::<ApprovalRequest>::all(client.clone()), watcher::Config::default());
+    let apr_store = aprs.store();
+    let aprs = aprs
+        .watches(Api::<AgentDeployment>::all(client.clone()), watcher::Config::default(), move |ad| {
+            apr_store
+                .state()
+                .iter()
+                .filter(|a| a.metadata.namespace == ad.metadata.namespace && a.spec.deployment_ref.name == ad.name_any())
+                .map(|a| ObjectRef::from_obj(a.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown.clone())
+        .run(approval_request::reconcile, error_policy, ctx.clone())
+        .for_each(|_| async {});
+
+    let policies = Controller::new(Api::<DeploymentPolicy>::all(client.clone()), watcher::Config::default())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(deployment_policy::reconcile, error_policy, ctx.clone())
+        .for_each(|_| async {});
+
+    tracing::info!(namespace = %settings.namespace, "controllers started");
+    tokio::join!(ads, aprs, policies);
+    tracing::info!("controllers stopped");
+    Ok(())
+}
