@@ -53,7 +53,8 @@ enum LogFormat {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match args.log_format {
         LogFormat::Json => builder.json().init(),
@@ -61,7 +62,9 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let client = kube::Client::try_default().await.map_err(|e| anyhow::anyhow!("cannot reach the API server: {e}"))?;
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the API server: {e}"))?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;
@@ -75,18 +78,23 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
             }
         };
         let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let health = tokio::spawn(dvo_operator::health::serve(args.health_addr, ready.clone(), stopped()));
-        let settings = dvo_operator::controller::Settings { namespace: args.namespace };
-        ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        let result = dvo_operator::controller::run(client, settings, stopped()).await;
-        ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        let health = tokio::spawn(dvo_operator::health::serve(
+            args.health_addr,
+            ready.clone(),
+            stopped(),
+        ));
+        let settings = dvo_operator::controller::Settings {
+            namespace: args.namespace,
+        };
+        let result = dvo_operator::controller::run(client, settings, ready, stopped()).await;
         health.abort();
         result.map(|()| 0)
     })
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -223,7 +223,8 @@ fn rejection_cancellation_expiry_and_supersession() {
     };
     let now = "2026-11-24T10:00:00Z";
     // (rejection, cancellation, superseded, now, phase)
-    let table: Vec<(Option<Act>, Option<Act>, bool, &str, ApprovalPhase)> = vec![
+    type Case<'a> = (Option<Act>, Option<Act>, bool, &'a str, ApprovalPhase);
+    let table: Vec<Case> = vec![
         (
             Some(act("rosa", &[ReleaseManager], BEFORE)),
             None,

@@ -16,7 +16,9 @@ use super::workload::{self, Rollout};
 use super::{Context, Error, MANAGER, conditions};
 use crate::capability::CapabilitySet;
 use crate::crd::agent_deployment::{AgentDeploymentStatus, Phase, spec_digest};
-use crate::crd::approval_request::{ApprovalPhase, ApprovalRequestSpec, DeploymentRef, Requester, RequirementSpec};
+use crate::crd::approval_request::{
+    ApprovalPhase, ApprovalRequestSpec, DeploymentRef, Requester, RequirementSpec,
+};
 use crate::crd::{AgentDeployment, ApprovalRequest, Capability, DeploymentPolicy};
 use crate::identity::stamp::{self, Stamp};
 use crate::identity::{Identity, Tier};
@@ -46,7 +48,11 @@ fn requester(ad: &AgentDeployment, key: &[u8], digest: &str) -> (Option<Identity
 
 /// One line naming what holds the spec back.
 fn violations_summary(d: &Decision) -> String {
-    let mut parts: Vec<String> = d.violations.iter().map(|v| format!("{}: {}", v.source, v.message)).collect();
+    let mut parts: Vec<String> = d
+        .violations
+        .iter()
+        .map(|v| format!("{}: {}", v.source, v.message))
+        .collect();
     if let Some(at) = d.next_window_opens_at {
         parts.push(format!("re-evaluated at {}", at.to_rfc3339()));
     }
@@ -66,17 +72,32 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
 
     let (requester, stamp_problem) = requester(&ad, &ctx.stamp_key, &digest);
     let mapping = ctx.role_mapping().await?;
-    let policies = Api::<DeploymentPolicy>::all(client.clone()).list(&ListParams::default()).await?;
-    let capabilities = Api::<Capability>::all(client.clone()).list(&ListParams::default()).await?;
-    let capabilities = CapabilitySet::new(capabilities.iter().map(|c| (c.metadata.name.as_deref().unwrap_or(""), c.spec.clone()))).map_err(Error::Config)?;
+    let policies = Api::<DeploymentPolicy>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    let capabilities = Api::<Capability>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    let capabilities = CapabilitySet::new(
+        capabilities
+            .iter()
+            .map(|c| (c.metadata.name.as_deref().unwrap_or(""), c.spec.clone())),
+    )
+    .map_err(Error::Config)?;
     let staging_validated = match mapping.tier(&ad.spec.environment) {
         Tier::Staging => false,
         _ => {
-            let all = Api::<AgentDeployment>::all(client.clone()).list(&ListParams::default()).await?;
+            let all = Api::<AgentDeployment>::all(client.clone())
+                .list(&ListParams::default())
+                .await?;
             policy::staging_validated(&ad, all.iter(), &mapping)
         }
     };
-    let rules = Rules::new(policies.into_iter().map(|p| (p.name_any(), p.spec)), capabilities, mapping);
+    let rules = Rules::new(
+        policies.into_iter().map(|p| (p.name_any(), p.spec)),
+        capabilities,
+        mapping,
+    );
     let request = Request {
         namespace: ns.clone(),
         labels: ad.labels().clone(),
@@ -92,7 +113,11 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
     st.spec_digest = Some(digest.clone());
     let generation = ad.metadata.generation;
     let mut requeue = Some(RESYNC);
-    let mut approved = (decision.outcome == Outcome::Allow, "NotRequired".to_owned(), "no approval required".to_owned());
+    let mut approved = (
+        decision.outcome == Outcome::Allow,
+        "NotRequired".to_owned(),
+        "no approval required".to_owned(),
+    );
 
     let (phase, message) = match decision.outcome {
         Outcome::Deny => {
@@ -102,9 +127,13 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
             }
             (Phase::Blocked, violations_summary(&decision))
         }
-        Outcome::ManualActionRequired => (Phase::ManualActionRequired, decision.manual_instructions.join("; ")),
+        Outcome::ManualActionRequired => (
+            Phase::ManualActionRequired,
+            decision.manual_instructions.join("; "),
+        ),
         Outcome::RequireApproval => {
-            let apr = ensure_approval_request(&ctx, &ad, &digest, &decision, requester.as_ref()).await?;
+            let apr =
+                ensure_approval_request(&ctx, &ad, &digest, &decision, requester.as_ref()).await?;
             let apr_name = apr.name_any();
             st.approval_request = Some(apr_name.clone());
             let apr_phase = apr.status.as_ref().and_then(|s| s.phase);
@@ -114,13 +143,31 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
                 .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Approved"))
                 .map(|c| c.message.clone())
                 .unwrap_or_else(|| "waiting for approvals".to_owned());
-            approved = (apr_phase == Some(ApprovalPhase::Approved), format!("{apr_phase:?}"), format!("ApprovalRequest {apr_name}: {apr_message}"));
+            approved = (
+                apr_phase == Some(ApprovalPhase::Approved),
+                format!("{apr_phase:?}"),
+                format!("ApprovalRequest {apr_name}: {apr_message}"),
+            );
             match apr_phase {
-                Some(ApprovalPhase::Approved) => rollout(&ctx, &ad, &digest, &decision, &mut st).await?,
-                Some(ApprovalPhase::Rejected) => (Phase::Rejected, format!("ApprovalRequest {apr_name}: {apr_message}")),
-                Some(ApprovalPhase::Expired) => (Phase::ApprovalExpired, format!("ApprovalRequest {apr_name}: {apr_message}")),
-                Some(ApprovalPhase::Cancelled) => (Phase::Blocked, format!("ApprovalRequest {apr_name}: {apr_message}")),
-                _ => (Phase::PendingApproval, format!("ApprovalRequest {apr_name}: {apr_message}")),
+                Some(ApprovalPhase::Approved) => {
+                    rollout(&ctx, &ad, &digest, &decision, &mut st).await?
+                }
+                Some(ApprovalPhase::Rejected) => (
+                    Phase::Rejected,
+                    format!("ApprovalRequest {apr_name}: {apr_message}"),
+                ),
+                Some(ApprovalPhase::Expired) => (
+                    Phase::ApprovalExpired,
+                    format!("ApprovalRequest {apr_name}: {apr_message}"),
+                ),
+                Some(ApprovalPhase::Cancelled) => (
+                    Phase::Blocked,
+                    format!("ApprovalRequest {apr_name}: {apr_message}"),
+                ),
+                _ => (
+                    Phase::PendingApproval,
+                    format!("ApprovalRequest {apr_name}: {apr_message}"),
+                ),
             }
         }
         Outcome::Allow => {
@@ -134,8 +181,28 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
         None => message,
     };
     let cs = &mut st.conditions;
-    conditions::set(cs, "PolicyEvaluated", true, &format!("{:?}", decision.outcome), &format!("{} policies in scope, {} matched", decision.trace.len(), decision.matched_policies.len()), generation, now);
-    conditions::set(cs, "Approved", approved.0, &approved.1, &approved.2, generation, now);
+    conditions::set(
+        cs,
+        "PolicyEvaluated",
+        true,
+        &format!("{:?}", decision.outcome),
+        &format!(
+            "{} policies in scope, {} matched",
+            decision.trace.len(),
+            decision.matched_policies.len()
+        ),
+        generation,
+        now,
+    );
+    conditions::set(
+        cs,
+        "Approved",
+        approved.0,
+        &approved.1,
+        &approved.2,
+        generation,
+        now,
+    );
     let capability_problem = decision
         .violations
         .iter()
@@ -143,11 +210,48 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
         .map(|v| v.message.clone())
         .chain(decision.manual_instructions.iter().cloned())
         .collect::<Vec<_>>();
-    conditions::set(cs, "CapabilitiesAvailable", capability_problem.is_empty(), if capability_problem.is_empty() { "Available" } else { "Unavailable" }, &capability_problem.join("; "), generation, now);
-    let degraded: Vec<String> = decision.skipped_steps.iter().chain(&decision.degraded_steps).map(|s| format!("{}: {}", s.capability, s.message)).collect();
-    conditions::set(cs, "Degraded", !degraded.is_empty(), if degraded.is_empty() { "Complete" } else { "StepsLeftOut" }, &degraded.join("; "), generation, now);
+    conditions::set(
+        cs,
+        "CapabilitiesAvailable",
+        capability_problem.is_empty(),
+        if capability_problem.is_empty() {
+            "Available"
+        } else {
+            "Unavailable"
+        },
+        &capability_problem.join("; "),
+        generation,
+        now,
+    );
+    let degraded: Vec<String> = decision
+        .skipped_steps
+        .iter()
+        .chain(&decision.degraded_steps)
+        .map(|s| format!("{}: {}", s.capability, s.message))
+        .collect();
+    conditions::set(
+        cs,
+        "Degraded",
+        !degraded.is_empty(),
+        if degraded.is_empty() {
+            "Complete"
+        } else {
+            "StepsLeftOut"
+        },
+        &degraded.join("; "),
+        generation,
+        now,
+    );
     let ready = matches!(phase, Phase::Deployed | Phase::Degraded);
-    conditions::set(cs, "Ready", ready, &format!("{phase:?}"), &message, generation, now);
+    conditions::set(
+        cs,
+        "Ready",
+        ready,
+        &format!("{phase:?}"),
+        &message,
+        generation,
+        now,
+    );
     st.phase = Some(phase);
     st.message = Some(message.clone());
     st.decision = Some(decision);
@@ -155,11 +259,22 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
     if differs(&old, &st) {
         let patch = serde_json::json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "status": st});
         Api::<AgentDeployment>::namespaced(client.clone(), &ns)
-            .patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+            .patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
             .await?;
     }
     if old.phase != Some(phase) {
-        let type_ = if matches!(phase, Phase::Blocked | Phase::Rejected | Phase::ApprovalExpired | Phase::Failed) { EventType::Warning } else { EventType::Normal };
+        let type_ = if matches!(
+            phase,
+            Phase::Blocked | Phase::Rejected | Phase::ApprovalExpired | Phase::Failed
+        ) {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
         let event = Event {
             type_,
             reason: format!("{phase:?}"),
@@ -189,7 +304,13 @@ fn differs(old: &AgentDeploymentStatus, new: &AgentDeploymentStatus) -> bool {
 
 /// The ApprovalRequest for this digest, created when missing (its name is derived from the
 /// digest, so a restart never creates a second one).
-async fn ensure_approval_request(ctx: &Context, ad: &AgentDeployment, digest: &str, decision: &Decision, requester: Option<&Identity>) -> Result<ApprovalRequest, Error> {
+async fn ensure_approval_request(
+    ctx: &Context,
+    ad: &AgentDeployment,
+    digest: &str,
+    decision: &Decision,
+    requester: Option<&Identity>,
+) -> Result<ApprovalRequest, Error> {
     let ns = ad.namespace().unwrap_or_default();
     let api: Api<ApprovalRequest> = Api::namespaced(ctx.client.clone(), &ns);
     let name = approval_request_name(&ad.name_any(), digest);
@@ -233,7 +354,16 @@ async fn ensure_approval_request(ctx: &Context, ad: &AgentDeployment, digest: &s
     let mut apr = ApprovalRequest::new(&name, spec);
     apr.metadata.owner_references = ad.controller_owner_ref(&()).map(|o| vec![o]);
     apr.metadata.labels = Some([(workload::OWNER_LABEL.to_owned(), ad.name_any())].into());
-    match api.create(&PostParams { dry_run: false, field_manager: Some(MANAGER.to_owned()) }, &apr).await {
+    match api
+        .create(
+            &PostParams {
+                dry_run: false,
+                field_manager: Some(MANAGER.to_owned()),
+            },
+            &apr,
+        )
+        .await
+    {
         Ok(created) => Ok(created),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get(&name).await?),
         Err(e) => Err(e.into()),
@@ -242,16 +372,32 @@ async fn ensure_approval_request(ctx: &Context, ad: &AgentDeployment, digest: &s
 
 /// Whether a step runs: asked for in the spec and not left out by its capability.
 fn step_active(wanted: bool, capability: &str, decision: &Decision) -> bool {
-    wanted && !decision.skipped_steps.iter().chain(&decision.degraded_steps).any(|s| s.capability == capability)
+    wanted
+        && !decision
+            .skipped_steps
+            .iter()
+            .chain(&decision.degraded_steps)
+            .any(|s| s.capability == capability)
 }
 
 /// Rolls out spec `digest` (allowed, and approved where required) and follows its health.
-async fn rollout(ctx: &Context, ad: &AgentDeployment, digest: &str, decision: &Decision, st: &mut AgentDeploymentStatus) -> Result<(Phase, String), Error> {
+async fn rollout(
+    ctx: &Context,
+    ad: &AgentDeployment,
+    digest: &str,
+    decision: &Decision,
+    st: &mut AgentDeploymentStatus,
+) -> Result<(Phase, String), Error> {
     let ns = ad.namespace().unwrap_or_default();
     let name = ad.name_any();
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     if st.failed_digest.as_deref() == Some(digest) {
-        return Ok((Phase::Failed, st.message.clone().unwrap_or_else(|| format!("the rollout of {digest} failed"))));
+        return Ok((
+            Phase::Failed,
+            st.message
+                .clone()
+                .unwrap_or_else(|| format!("the rollout of {digest} failed")),
+        ));
     }
     let current = api.get_opt(&name).await?;
     let Some(template) = ad.spec.template.clone() else {
@@ -264,7 +410,11 @@ async fn rollout(ctx: &Context, ad: &AgentDeployment, digest: &str, decision: &D
     }
     let deployment = current.expect("checked above");
     st.deployed_digest = Some(digest.to_owned());
-    let healthy_phase = if decision.skipped_steps.is_empty() && decision.degraded_steps.is_empty() { Phase::Deployed } else { Phase::Degraded };
+    let healthy_phase = if decision.skipped_steps.is_empty() && decision.degraded_steps.is_empty() {
+        Phase::Deployed
+    } else {
+        Phase::Degraded
+    };
     if !step_active(ad.spec.steps.health_check, "health-check", decision) {
         st.healthy_digest = Some(digest.to_owned());
         return Ok((healthy_phase, "rolled out (no health check)".into()));
@@ -279,14 +429,24 @@ async fn rollout(ctx: &Context, ad: &AgentDeployment, digest: &str, decision: &D
             st.failed_digest = Some(digest.to_owned());
             let target = st.healthy_digest.clone().filter(|h| h != digest);
             match target {
-                Some(good) if step_active(ad.spec.steps.auto_rollback, "auto-rollback", decision) => {
+                Some(good)
+                    if step_active(ad.spec.steps.auto_rollback, "auto-rollback", decision) =>
+                {
                     match previous_template(ctx, &ns, &name, &good).await? {
                         Some(template) => {
                             apply(ctx, ad, &ns, template, &good).await?;
                             st.deployed_digest = Some(good.clone());
-                            Ok((Phase::Failed, format!("rollout of {digest} failed ({m}); rolled back to {good}")))
+                            Ok((
+                                Phase::Failed,
+                                format!("rollout of {digest} failed ({m}); rolled back to {good}"),
+                            ))
                         }
-                        None => Ok((Phase::Failed, format!("rollout of {digest} failed ({m}); no ReplicaSet of {good} is left to roll back to"))),
+                        None => Ok((
+                            Phase::Failed,
+                            format!(
+                                "rollout of {digest} failed ({m}); no ReplicaSet of {good} is left to roll back to"
+                            ),
+                        )),
                     }
                 }
                 _ => Ok((Phase::Failed, format!("rollout of {digest} failed ({m})"))),
@@ -296,29 +456,50 @@ async fn rollout(ctx: &Context, ad: &AgentDeployment, digest: &str, decision: &D
 }
 
 /// Server-side applies the owned Deployment for `digest`.
-async fn apply(ctx: &Context, ad: &AgentDeployment, ns: &str, template: k8s_openapi::api::core::v1::PodTemplateSpec, digest: &str) -> Result<(), Error> {
-    let owner = ad.controller_owner_ref(&()).ok_or_else(|| Error::Config("AgentDeployment has no UID yet".into()))?;
+async fn apply(
+    ctx: &Context,
+    ad: &AgentDeployment,
+    ns: &str,
+    template: k8s_openapi::api::core::v1::PodTemplateSpec,
+    digest: &str,
+) -> Result<(), Error> {
+    let owner = ad
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::Config("AgentDeployment has no UID yet".into()))?;
     let deployment = workload::deployment(&ad.name_any(), ns, &ad.spec, template, digest, owner);
     Api::<Deployment>::namespaced(ctx.client.clone(), ns)
-        .patch(&ad.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&deployment))
+        .patch(
+            &ad.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&deployment),
+        )
         .await?;
     tracing::info!(namespace = %ns, name = %ad.name_any(), %digest, "applied Deployment");
     Ok(())
 }
 
 /// The pod template of spec `digest` from the Deployment's ReplicaSet history.
-async fn previous_template(ctx: &Context, ns: &str, name: &str, digest: &str) -> Result<Option<k8s_openapi::api::core::v1::PodTemplateSpec>, Error> {
+async fn previous_template(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    digest: &str,
+) -> Result<Option<k8s_openapi::api::core::v1::PodTemplateSpec>, Error> {
     let rs = Api::<ReplicaSet>::namespaced(ctx.client.clone(), ns)
         .list(&ListParams::default().labels(&format!("{}={name}", workload::OWNER_LABEL)))
         .await?;
-    let found = rs.items.into_iter().filter_map(|r| r.spec.template).find(|t| {
-        t.metadata
-            .as_ref()
-            .and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(workload::DIGEST_ANNOTATION))
-            .map(String::as_str)
-            == Some(digest)
-    });
+    let found = rs
+        .items
+        .into_iter()
+        .filter_map(|r| r.spec.template)
+        .find(|t| {
+            t.metadata
+                .as_ref()
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(workload::DIGEST_ANNOTATION))
+                .map(String::as_str)
+                == Some(digest)
+        });
     // The Deployment controller adds this label to ReplicaSet templates; it is not ours to apply.
     Ok(found.map(|mut t| {
         if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {

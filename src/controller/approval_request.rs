@@ -37,14 +37,23 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
     if matches!(old.phase, Some(p) if p != ApprovalPhase::Pending) {
         return Ok(Action::await_change());
     }
-    let ad = Api::<AgentDeployment>::namespaced(ctx.client.clone(), &ns).get_opt(&apr.spec.deployment_ref.name).await?;
+    let ad = Api::<AgentDeployment>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&apr.spec.deployment_ref.name)
+        .await?;
     let superseded = match &ad {
         None => true,
-        Some(ad) => ad.uid().as_deref() != Some(apr.spec.deployment_ref.uid.as_str()) || spec_digest(&ad.spec) != apr.spec.spec_digest,
+        Some(ad) => {
+            ad.uid().as_deref() != Some(apr.spec.deployment_ref.uid.as_str())
+                || spec_digest(&ad.spec) != apr.spec.spec_digest
+        }
     };
     let mapping = ctx.role_mapping().await?;
     let env = apr.spec.environment.as_str();
-    let approvals: Vec<Act> = old.approvals.iter().map(|r| act(&mapping, env, r)).collect();
+    let approvals: Vec<Act> = old
+        .approvals
+        .iter()
+        .map(|r| act(&mapping, env, r))
+        .collect();
     let rejection = old.rejection.as_ref().map(|r| act(&mapping, env, r));
     let cancellation = old.cancellation.as_ref().map(|r| act(&mapping, env, r));
     let now = Utc::now();
@@ -77,7 +86,15 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
         c.ignored = eval.ignored_cancellation.clone();
     }
     st.progress = eval.progress.clone();
-    conditions::set(&mut st.conditions, "Approved", eval.phase == ApprovalPhase::Approved, &format!("{:?}", eval.phase), &eval.message, apr.metadata.generation, now);
+    conditions::set(
+        &mut st.conditions,
+        "Approved",
+        eval.phase == ApprovalPhase::Approved,
+        &format!("{:?}", eval.phase),
+        &eval.message,
+        apr.metadata.generation,
+        now,
+    );
 
     if st != old {
         // resourceVersion makes the write conditional: an approval recorded meanwhile is never lost.
@@ -87,11 +104,19 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
             "status": st,
         });
         Api::<ApprovalRequest>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+            .patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
             .await?;
     }
     if old.phase != Some(eval.phase) {
-        let type_ = if matches!(eval.phase, ApprovalPhase::Rejected | ApprovalPhase::Expired) { EventType::Warning } else { EventType::Normal };
+        let type_ = if matches!(eval.phase, ApprovalPhase::Rejected | ApprovalPhase::Expired) {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
         let event = Event {
             type_,
             reason: format!("{:?}", eval.phase),
@@ -105,7 +130,9 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
         tracing::info!(namespace = %ns, name = %name, phase = ?eval.phase, message = %eval.message, "approval request phase");
     }
     Ok(match eval.requeue_at {
-        Some(at) => Action::requeue((at - now).to_std().unwrap_or_default() + Duration::from_millis(500)),
+        Some(at) => {
+            Action::requeue((at - now).to_std().unwrap_or_default() + Duration::from_millis(500))
+        }
         None => Action::await_change(),
     })
 }

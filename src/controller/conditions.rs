@@ -5,7 +5,15 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// Sets (adds or replaces) condition `type_`.
-pub fn set(conditions: &mut Vec<Condition>, type_: &str, status: bool, reason: &str, message: &str, generation: Option<i64>, now: DateTime<Utc>) {
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) {
     let status = if status { "True" } else { "False" }.to_owned();
     let previous = conditions.iter().position(|c| c.type_ == type_);
     let last_transition_time = match previous.map(|i| &conditions[i]) {
@@ -28,7 +36,9 @@ pub fn set(conditions: &mut Vec<Condition>, type_: &str, status: bool, reason: &
 
 /// Whether condition `type_` is `True`.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
 }
 
 /// A Kubernetes `Time` from a chrono instant (second precision, as the API stores it).
@@ -46,8 +56,19 @@ mod tests {
         let t1: DateTime<Utc> = "2026-11-24T11:00:00Z".parse().unwrap();
         let mut cs = vec![];
         set(&mut cs, "Ready", false, "Pending", "waiting", Some(1), t0);
-        set(&mut cs, "Ready", false, "Blocked", "still waiting", Some(2), t1);
-        assert_eq!((cs.len(), cs[0].reason.as_str(), cs[0].observed_generation), (1, "Blocked", Some(2)));
+        set(
+            &mut cs,
+            "Ready",
+            false,
+            "Blocked",
+            "still waiting",
+            Some(2),
+            t1,
+        );
+        assert_eq!(
+            (cs.len(), cs[0].reason.as_str(), cs[0].observed_generation),
+            (1, "Blocked", Some(2))
+        );
         assert_eq!(cs[0].last_transition_time, to_time(t0));
         set(&mut cs, "Ready", true, "Deployed", "ok", Some(2), t1);
         assert_eq!(cs[0].last_transition_time, to_time(t1));

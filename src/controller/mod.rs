@@ -10,12 +10,13 @@ pub mod workload;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::ByteString;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -75,7 +76,12 @@ impl Context {
         let Some(cm) = api.get_opt(ROLE_MAPPING_CONFIGMAP).await? else {
             return Ok(RoleMapping::default());
         };
-        let text = cm.data.as_ref().and_then(|d| d.get(ROLE_MAPPING_KEY)).cloned().unwrap_or_default();
+        let text = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(ROLE_MAPPING_KEY))
+            .cloned()
+            .unwrap_or_default();
         if text.trim().is_empty() {
             return Ok(RoleMapping::default());
         }
@@ -97,10 +103,22 @@ pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
         ),
         e => anyhow::anyhow!("cannot list {kind}s: {e}"),
     };
-    Api::<AgentDeployment>::all(client.clone()).list_metadata(&lp).await.map_err(|e| missing("AgentDeployment", e))?;
-    Api::<ApprovalRequest>::all(client.clone()).list_metadata(&lp).await.map_err(|e| missing("ApprovalRequest", e))?;
-    Api::<DeploymentPolicy>::all(client.clone()).list_metadata(&lp).await.map_err(|e| missing("DeploymentPolicy", e))?;
-    Api::<Capability>::all(client.clone()).list_metadata(&lp).await.map_err(|e| missing("Capability", e))?;
+    Api::<AgentDeployment>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+        .map_err(|e| missing("AgentDeployment", e))?;
+    Api::<ApprovalRequest>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+        .map_err(|e| missing("ApprovalRequest", e))?;
+    Api::<DeploymentPolicy>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+        .map_err(|e| missing("DeploymentPolicy", e))?;
+    Api::<Capability>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+        .map_err(|e| missing("Capability", e))?;
     Ok(())
 }
 
@@ -110,13 +128,20 @@ pub async fn ensure_stamp_key(client: &Client, namespace: &str) -> anyhow::Resul
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     loop {
         if let Some(secret) = api.get_opt(KEYS_SECRET).await? {
-            let key = secret.data.as_ref().and_then(|d| d.get(STAMP_KEY)).map(|b| b.0.clone());
-            return key
-                .filter(|k| k.len() >= 32)
-                .ok_or_else(|| anyhow::anyhow!("Secret {namespace}/{KEYS_SECRET} has no {STAMP_KEY} of at least 32 bytes"));
+            let key = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(STAMP_KEY))
+                .map(|b| b.0.clone());
+            return key.filter(|k| k.len() >= 32).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "Secret {namespace}/{KEYS_SECRET} has no {STAMP_KEY} of at least 32 bytes"
+                )
+            });
         }
         let mut key = vec![0u8; 32];
-        getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no randomness for the stamp key: {e}"))?;
+        getrandom::fill(&mut key)
+            .map_err(|e| anyhow::anyhow!("no randomness for the stamp key: {e}"))?;
         let mut secret = Secret::default();
         secret.metadata.name = Some(KEYS_SECRET.to_owned());
         secret.data = Some([(STAMP_KEY.to_owned(), ByteString(key))].into());
@@ -136,13 +161,25 @@ where
     Action::requeue(Duration::from_secs(5))
 }
 
-fn all_refs<K: Resource<DynamicType = ()> + Clone>(store: &kube::runtime::reflector::Store<K>) -> Vec<ObjectRef<K>> {
-    store.state().iter().map(|o| ObjectRef::from_obj(o.as_ref())).collect()
+fn all_refs<K: Resource<DynamicType = ()> + Clone>(
+    store: &kube::runtime::reflector::Store<K>,
+) -> Vec<ObjectRef<K>> {
+    store
+        .state()
+        .iter()
+        .map(|o| ObjectRef::from_obj(o.as_ref()))
+        .collect()
 }
 
 /// Runs the AgentDeployment, ApprovalRequest and DeploymentPolicy controllers until `shutdown`
-/// completes; then lets reconciles in flight finish.
-pub async fn run(client: Client, settings: Settings, shutdown: impl Future<Output = ()> + Send + Sync + 'static) -> anyhow::Result<()> {
+/// completes; then lets reconciles in flight finish. `ready` is set once the CRDs and keys are
+/// checked and the controllers start.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    ready: Arc<AtomicBool>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
     check_crds(&client).await?;
     let stamp_key = ensure_stamp_key(&client, &settings.namespace).await?;
     let reporter = Reporter {
@@ -157,9 +194,17 @@ pub async fn run(client: Client, settings: Settings, shutdown: impl Future<Outpu
     });
     let shutdown = shutdown.shared();
 
-    let ads = Controller::new(Api::<AgentDeployment>::all(client.clone()), watcher::Config::default());
+    let ads = Controller::new(
+        Api::<AgentDeployment>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let ad_store = ads.store();
-    let (s1, s2, s3, s4) = (ad_store.clone(), ad_store.clone(), ad_store.clone(), ad_store.clone());
+    let (s1, s2, s3, s4) = (
+        ad_store.clone(),
+        ad_store.clone(),
+        ad_store.clone(),
+        ad_store.clone(),
+    );
     let ads = ads
         .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default().labels(workload::OWNER_LABEL))
         .owns(Api::<ApprovalRequest>::all(client.clone()), watcher::Config::default())
@@ -186,28 +231,43 @@ pub async fn run(client: Client, settings: Settings, shutdown: impl Future<Outpu
             }
         });
 
-    let aprs = Controller::new(Api::<ApprovalRequest>::all(client.clone()), watcher::Config::default());
+    let aprs = Controller::new(
+        Api::<ApprovalRequest>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let apr_store = aprs.store();
     let aprs = aprs
-        .watches(Api::<AgentDeployment>::all(client.clone()), watcher::Config::default(), move |ad| {
-            apr_store
-                .state()
-                .iter()
-                .filter(|a| a.metadata.namespace == ad.metadata.namespace && a.spec.deployment_ref.name == ad.name_any())
-                .map(|a| ObjectRef::from_obj(a.as_ref()))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            Api::<AgentDeployment>::all(client.clone()),
+            watcher::Config::default(),
+            move |ad| {
+                apr_store
+                    .state()
+                    .iter()
+                    .filter(|a| {
+                        a.metadata.namespace == ad.metadata.namespace
+                            && a.spec.deployment_ref.name == ad.name_any()
+                    })
+                    .map(|a| ObjectRef::from_obj(a.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown.clone())
         .run(approval_request::reconcile, error_policy, ctx.clone())
         .for_each(|_| async {});
 
-    let policies = Controller::new(Api::<DeploymentPolicy>::all(client.clone()), watcher::Config::default())
-        .graceful_shutdown_on(shutdown.clone())
-        .run(deployment_policy::reconcile, error_policy, ctx.clone())
-        .for_each(|_| async {});
+    let policies = Controller::new(
+        Api::<DeploymentPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    .run(deployment_policy::reconcile, error_policy, ctx.clone())
+    .for_each(|_| async {});
 
     tracing::info!(namespace = %settings.namespace, "controllers started");
+    ready.store(true, Ordering::Relaxed);
     tokio::join!(ads, aprs, policies);
+    ready.store(false, Ordering::Relaxed);
     tracing::info!("controllers stopped");
     Ok(())
 }

@@ -17,21 +17,41 @@ pub const DIGEST_ANNOTATION: &str = "dvo.caat.io/spec-digest";
 /// The Deployment for spec `digest` of AgentDeployment `name`, owned by `owner`. Only the pod
 /// template from the spec is carried over: none of the AgentDeployment's own labels or
 /// annotations (GitOps tracking labels stay on the object they belong to).
-pub fn deployment(name: &str, namespace: &str, spec: &AgentDeploymentSpec, template: PodTemplateSpec, digest: &str, owner: OwnerReference) -> Deployment {
+pub fn deployment(
+    name: &str,
+    namespace: &str,
+    spec: &AgentDeploymentSpec,
+    template: PodTemplateSpec,
+    digest: &str,
+    owner: OwnerReference,
+) -> Deployment {
     let selector = BTreeMap::from([(OWNER_LABEL.to_owned(), name.to_owned())]);
     let mut template = template;
     let meta = template.metadata.get_or_insert_with(Default::default);
-    meta.labels.get_or_insert_with(Default::default).extend(selector.clone());
-    meta.annotations.get_or_insert_with(Default::default).insert(DIGEST_ANNOTATION.to_owned(), digest.to_owned());
+    meta.labels
+        .get_or_insert_with(Default::default)
+        .extend(selector.clone());
+    meta.annotations
+        .get_or_insert_with(Default::default)
+        .insert(DIGEST_ANNOTATION.to_owned(), digest.to_owned());
     let mut labels = selector.clone();
-    labels.insert("app.kubernetes.io/managed-by".to_owned(), "dvo-operator".to_owned());
-    labels.insert("app.kubernetes.io/name".to_owned(), spec.agent.to_lowercase());
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_owned(),
+        "dvo-operator".to_owned(),
+    );
+    labels.insert(
+        "app.kubernetes.io/name".to_owned(),
+        spec.agent.to_lowercase(),
+    );
     Deployment {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(namespace.to_owned()),
             labels: Some(labels),
-            annotations: Some(BTreeMap::from([(DIGEST_ANNOTATION.to_owned(), digest.to_owned())])),
+            annotations: Some(BTreeMap::from([(
+                DIGEST_ANNOTATION.to_owned(),
+                digest.to_owned(),
+            )])),
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
@@ -51,7 +71,11 @@ pub fn deployment(name: &str, namespace: &str, spec: &AgentDeploymentSpec, templ
 
 /// The digest a Deployment was applied with.
 pub fn digest_of(d: &Deployment) -> Option<&str> {
-    d.metadata.annotations.as_ref()?.get(DIGEST_ANNOTATION).map(String::as_str)
+    d.metadata
+        .annotations
+        .as_ref()?
+        .get(DIGEST_ANNOTATION)
+        .map(String::as_str)
 }
 
 /// Where a rollout stands.
@@ -71,11 +95,20 @@ pub fn rollout(d: &Deployment) -> Rollout {
         return Rollout::Progressing("waiting for the Deployment controller".into());
     };
     if status.observed_generation < d.metadata.generation {
-        return Rollout::Progressing("waiting for the Deployment controller to observe the new spec".into());
+        return Rollout::Progressing(
+            "waiting for the Deployment controller to observe the new spec".into(),
+        );
     }
     let conditions = status.conditions.as_deref().unwrap_or_default();
-    if let Some(c) = conditions.iter().find(|c| c.type_.as_deref() == Some("Progressing") && c.reason.as_deref() == Some("ProgressDeadlineExceeded")) {
-        return Rollout::Failed(c.message.clone().unwrap_or_else(|| "progress deadline exceeded".into()));
+    if let Some(c) = conditions.iter().find(|c| {
+        c.type_.as_deref() == Some("Progressing")
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    }) {
+        return Rollout::Failed(
+            c.message
+                .clone()
+                .unwrap_or_else(|| "progress deadline exceeded".into()),
+        );
     }
     let want = spec.replicas.unwrap_or(1);
     let updated = status.updated_replicas.unwrap_or(0);
@@ -84,9 +117,14 @@ pub fn rollout(d: &Deployment) -> Rollout {
     if updated < want {
         Rollout::Progressing(format!("{updated} of {want} replicas updated"))
     } else if total > updated {
-        Rollout::Progressing(format!("{} old replicas pending termination", total - updated))
+        Rollout::Progressing(format!(
+            "{} old replicas pending termination",
+            total - updated
+        ))
     } else if available < updated {
-        Rollout::Progressing(format!("{available} of {updated} updated replicas available"))
+        Rollout::Progressing(format!(
+            "{available} of {updated} updated replicas available"
+        ))
     } else {
         Rollout::Available
     }
@@ -116,23 +154,53 @@ mod tests {
             block_owner_deletion: Some(true),
         };
         let s = spec();
-        let d = deployment("gha", "ns", &s, s.template.clone().unwrap(), "sha256:x", owner.clone());
+        let d = deployment(
+            "gha",
+            "ns",
+            &s,
+            s.template.clone().unwrap(),
+            "sha256:x",
+            owner.clone(),
+        );
         assert_eq!(digest_of(&d), Some("sha256:x"));
         assert_eq!(d.metadata.owner_references, Some(vec![owner]));
         let ds = d.spec;
         assert_eq!(ds.replicas, Some(2));
         assert_eq!(ds.progress_deadline_seconds, Some(600));
-        let labels = ds.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        let labels = ds
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
         assert_eq!(labels.get("app").map(String::as_str), Some("gha"));
         assert_eq!(labels.get(OWNER_LABEL).map(String::as_str), Some("gha"));
-        assert_eq!(ds.selector.match_labels.unwrap().get(OWNER_LABEL).map(String::as_str), Some("gha"));
+        assert_eq!(
+            ds.selector
+                .match_labels
+                .unwrap()
+                .get(OWNER_LABEL)
+                .map(String::as_str),
+            Some("gha")
+        );
         let ann = ds.template.metadata.unwrap().annotations.unwrap();
-        assert_eq!(ann.get(DIGEST_ANNOTATION).map(String::as_str), Some("sha256:x"));
+        assert_eq!(
+            ann.get(DIGEST_ANNOTATION).map(String::as_str),
+            Some("sha256:x")
+        );
     }
 
     #[test]
     fn rollout_states() {
-        let with = |generation: i64, observed: i64, replicas: i32, updated: i32, available: i32, total: i32, deadline: bool| {
+        let with = |generation: i64,
+                    observed: i64,
+                    replicas: i32,
+                    updated: i32,
+                    available: i32,
+                    total: i32,
+                    deadline: bool| {
             let mut d = Deployment::default();
             d.metadata.generation = Some(generation);
             d.spec = DeploymentSpec {
@@ -157,12 +225,27 @@ mod tests {
             });
             rollout(&d)
         };
-        assert!(matches!(with(2, 1, 2, 2, 2, 2, false), Rollout::Progressing(_)));
-        assert!(matches!(with(2, 2, 2, 1, 1, 2, false), Rollout::Progressing(m) if m == "1 of 2 replicas updated"));
-        assert!(matches!(with(2, 2, 2, 2, 2, 3, false), Rollout::Progressing(m) if m.contains("old replicas")));
-        assert!(matches!(with(2, 2, 2, 2, 1, 2, false), Rollout::Progressing(m) if m == "1 of 2 updated replicas available"));
+        assert!(matches!(
+            with(2, 1, 2, 2, 2, 2, false),
+            Rollout::Progressing(_)
+        ));
+        assert!(
+            matches!(with(2, 2, 2, 1, 1, 2, false), Rollout::Progressing(m) if m == "1 of 2 replicas updated")
+        );
+        assert!(
+            matches!(with(2, 2, 2, 2, 2, 3, false), Rollout::Progressing(m) if m.contains("old replicas"))
+        );
+        assert!(
+            matches!(with(2, 2, 2, 2, 1, 2, false), Rollout::Progressing(m) if m == "1 of 2 updated replicas available")
+        );
         assert_eq!(with(2, 2, 2, 2, 2, 2, false), Rollout::Available);
-        assert_eq!(with(2, 2, 2, 0, 0, 2, true), Rollout::Failed("ReplicaSet \"x\" has timed out progressing.".into()));
-        assert!(matches!(rollout(&Deployment::default()), Rollout::Progressing(_)));
+        assert_eq!(
+            with(2, 2, 2, 0, 0, 2, true),
+            Rollout::Failed("ReplicaSet \"x\" has timed out progressing.".into())
+        );
+        assert!(matches!(
+            rollout(&Deployment::default()),
+            Rollout::Progressing(_)
+        ));
     }
 }

@@ -234,9 +234,13 @@ pub struct ApprovalPolicy {
     #[serde(default = "default_min_approvals")]
     #[schemars(range(min = 1, max = 10))]
     pub min_approvals: i32,
-    /// How long a request stays open, as a duration such as `24h`, `90m` or `1h30m`. Default `24h`.
+    /// How long a request stays open, as a duration such as `24h`, `90m`, `1h30m` or `45s`.
+    /// Default `24h`.
     #[serde(default = "default_expiry")]
-    #[schemars(regex(pattern = r"^([0-9]+h)?([0-9]+m)?$"), length(min = 2, max = 16))]
+    #[schemars(
+        regex(pattern = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"),
+        length(min = 2, max = 16)
+    )]
     pub expiry: String,
     /// Whether the requester may approve their own deployment. Default false.
     #[serde(default)]

@@ -165,6 +165,15 @@ fn evaluate(rules: &Rules, request: &Request, now: DateTime<Utc>) -> (Decision, 
     evaluate_policies(rules, request, &subject, now, &mut b);
     check_permission(rules, request, &subject, &mut b);
     apply_capabilities(rules, request, &subject, &mut b);
+    if request.requester.is_none() && !b.d.approval_requirements.is_empty() {
+        let msg = "the requester is unknown (no verified identity): approval cannot be asked for on behalf of nobody, as nobody could then be kept from approving their own change";
+        b.violation(
+            "requester".into(),
+            ViolationKind::UnverifiedRequester,
+            msg.into(),
+            None,
+        );
+    }
 
     let Builder {
         mut d,

@@ -492,7 +492,7 @@ fn windows_blackouts_and_the_next_opening() {
 
 #[test]
 fn permissions_of_the_requester() {
-    use decision::ViolationKind::PermissionDenied;
+    use decision::ViolationKind::{PermissionDenied, UnverifiedRequester};
     let r = rules(&[]);
     // (environment, user, outcome, approval sources, violation kinds)
     let table = [
@@ -529,12 +529,12 @@ fn permissions_of_the_requester() {
         (
             "production",
             "",
-            Outcome::RequireApproval,
+            Outcome::Deny,
             vec![
                 "permission/deploy_production",
                 "capability/deploy-to-production",
             ],
-            vec![],
+            vec![UnverifiedRequester],
         ),
         (
             "production",

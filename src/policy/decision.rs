@@ -98,6 +98,8 @@ pub enum ViolationKind {
     CapabilityUnavailable,
     /// The requester lacks the permission for the environment.
     PermissionDenied,
+    /// Approval is required but the requester is unknown: self-approval could not be ruled out.
+    UnverifiedRequester,
 }
 
 /// One reason the spec is refused.

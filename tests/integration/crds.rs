@@ -51,6 +51,8 @@ fn example_manifests() -> Vec<(String, Value)> {
 
 #[tokio::test]
 async fn crds_are_established_and_every_example_applies() {
+    // The examples include Capability objects, which every test sees.
+    let _lock = crate::support::CLUSTER_SCOPED.lock().await;
     let client = admin().await;
     let ns = namespace(&client, "examples").await;
     let manifests = example_manifests();
@@ -73,7 +75,12 @@ async fn crds_are_established_and_every_example_applies() {
         let kind = manifest["kind"].as_str().unwrap();
         let name = manifest["metadata"]["name"].as_str().unwrap();
         let api = api_for(&client, kind, &ns);
-        let obj: DynamicObject = serde_json::from_value(manifest.clone()).unwrap();
+        let mut manifest = manifest.clone();
+        if kind == "DeploymentPolicy" {
+            // Policies are cluster-wide: keep the examples' policies to this test's namespace.
+            manifest["spec"]["scope"]["namespaces"] = json!([ns]);
+        }
+        let obj: DynamicObject = serde_json::from_value(manifest).unwrap();
         api.patch(
             name,
             &PatchParams::apply(TEST_MANAGER).force(),

@@ -3,4 +3,5 @@
 //! each test works in its own namespace.
 
 mod crds;
+mod operator;
 mod support;

@@ -201,3 +201,132 @@ where
         Err(_) => panic!("{name}: condition not met within {deadline:?}"),
     }
 }
+
+/// The operator's namespace in the tests.
+pub const OPERATOR_NS: &str = "dvo-system";
+
+/// Test identities of the control plane (see tests/controlplane/cluster.sh): name → user, groups.
+pub fn identity(name: &str) -> dvo_operator::identity::Identity {
+    let (user, groups): (&str, &[&str]) = match name {
+        "admin" => ("alice-admin", &["system:masters", "dvo-admins"]),
+        "release-manager-1" => ("rosa-release", &["3f2a8c1e-5b7d-4e9a-a1c2-0d4e6f8b9a10"]),
+        "release-manager-2" => ("raj-release", &["3f2a8c1e-5b7d-4e9a-a1c2-0d4e6f8b9a10"]),
+        "developer" => ("dev-dana", &["a7c4e2b9-1d3f-4a6b-8e5c-9f0a1b2c3d4e"]),
+        "operator" => ("ops-omar", &["dvo-operators"]),
+        "viewer" => ("vera-viewer", &["dvo-viewers"]),
+        "ci" => (
+            "system:serviceaccount:ci:deployer",
+            &["system:serviceaccounts", "system:serviceaccounts:ci"],
+        ),
+        other => panic!("no test identity {other}"),
+    };
+    dvo_operator::identity::Identity {
+        username: user.to_owned(),
+        uid: Some(format!("uid-{name}")),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    }
+}
+
+/// Serialises tests that change cluster-scoped objects every test sees (Capabilities).
+pub static CLUSTER_SCOPED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+static OPERATOR: std::sync::Mutex<Option<Running>> = std::sync::Mutex::new(None);
+static OPERATOR_SETUP: OnceCell<()> = OnceCell::const_new();
+
+/// Starts the operator in this process, on a thread of its own (it outlives each test's runtime).
+fn start_operator() -> Running {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ready.clone();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let client = control_plane().client("admin").await;
+            let settings = dvo_operator::controller::Settings {
+                namespace: OPERATOR_NS.to_owned(),
+            };
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            dvo_operator::controller::run(client, settings, flag, shutdown)
+                .await
+                .expect("operator runs");
+        });
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(!thread.is_finished(), "the operator stopped while starting");
+        assert!(Instant::now() < deadline, "the operator did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Running { stop, thread }
+}
+
+/// An admin client, with the CRDs installed, the operator's namespace and role mapping in place
+/// and the operator running.
+pub async fn operator() -> Client {
+    let client = admin().await;
+    OPERATOR_SETUP
+        .get_or_init(|| async {
+            let mut ns = Namespace::default();
+            ns.metadata.name = Some(OPERATOR_NS.to_owned());
+            let _ = Api::<Namespace>::all(client.clone())
+                .create(&PostParams::default(), &ns)
+                .await;
+            let mapping = std::fs::read_to_string(repo().join("examples/role-mapping.yaml"))
+                .expect("role mapping");
+            let cm = serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": dvo_operator::controller::ROLE_MAPPING_CONFIGMAP},
+                "data": {(dvo_operator::controller::ROLE_MAPPING_KEY): mapping},
+            });
+            Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), OPERATOR_NS)
+                .patch(
+                    dvo_operator::controller::ROLE_MAPPING_CONFIGMAP,
+                    &PatchParams::apply(TEST_MANAGER).force(),
+                    &Patch::Apply(&cm),
+                )
+                .await
+                .expect("role mapping ConfigMap");
+            let running = tokio::task::spawn_blocking(start_operator)
+                .await
+                .expect("start operator");
+            *OPERATOR.lock().unwrap() = Some(running);
+        })
+        .await;
+    client
+}
+
+/// Stops the operator (letting reconciles in flight finish) and starts a new one.
+pub async fn restart_operator() {
+    tokio::task::spawn_blocking(|| {
+        let mut guard = OPERATOR.lock().unwrap();
+        if let Some(running) = guard.take() {
+            running.stop.send(true).expect("operator listens");
+            running.thread.join().expect("operator thread");
+        }
+        *guard = Some(start_operator());
+    })
+    .await
+    .expect("restart");
+}
+
+/// The requester-stamp key the operator created.
+pub async fn stamp_key(client: &Client) -> Vec<u8> {
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), OPERATOR_NS)
+        .get(dvo_operator::controller::KEYS_SECRET)
+        .await
+        .expect("keys Secret");
+    secret.data.unwrap()[dvo_operator::controller::STAMP_KEY]
+        .0
+        .clone()
+}

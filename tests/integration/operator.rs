@@ -1,0 +1,953 @@
+//! The operator against the real API server: rollouts gated by policy and approval, the
+//! ApprovalRequest life cycle, capability fallbacks, staging evidence, health and rollback,
+//! garbage collection and restarts. The control plane has no kubelet: tests play its part by
+//! marking pods Ready, as a privileged identity.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::conditions;
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::support::{
+    CLUSTER_SCOPED, control_plane, identity, namespace, operator, restart_operator, stamp_key,
+    wait_for,
+};
+use dvo_operator::controller::agent_deployment::approval_request_name;
+use dvo_operator::controller::workload::{DIGEST_ANNOTATION, OWNER_LABEL};
+use dvo_operator::crd::agent_deployment::{Phase, spec_digest};
+use dvo_operator::crd::approval_request::{ApprovalPhase, ApprovalRecord};
+use dvo_operator::crd::{AgentDeployment, ApprovalRequest, Capability, DeploymentPolicy};
+use dvo_operator::identity::stamp::{self, Stamp};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn manifest(name: &str, env: &str, image: &str, extra: Value) -> Value {
+    let mut spec = json!({
+        "agent": "GHA", "platform": "langchain", "environment": env, "replicas": 1,
+        "template": {"metadata": {"labels": {"app": "gha"}}, "spec": {"containers": [{"name": "agent", "image": image}]}},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": name}, "spec": spec})
+}
+
+/// The requester stamp for `spec`, as the admission webhook writes it.
+async fn stamp_for(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: &dvo_operator::crd::AgentDeploymentSpec,
+    who: &str,
+) -> String {
+    let stamp = Stamp::sign(
+        &stamp_key(client).await,
+        ns,
+        name,
+        &spec_digest(spec),
+        identity(who),
+    );
+    serde_json::to_string(&stamp).unwrap()
+}
+
+/// Creates an AgentDeployment requested by `who` (None: no requester stamp), stamped in the same
+/// write as the admission webhook does.
+async fn create(client: &Client, ns: &str, manifest: Value, who: Option<&str>) -> AgentDeployment {
+    let api = Api::<AgentDeployment>::namespaced(client.clone(), ns);
+    let mut ad: AgentDeployment = serde_json::from_value(manifest).unwrap();
+    if let Some(who) = who {
+        let stamp = stamp_for(client, ns, &ad.name_any(), &ad.spec, who).await;
+        ad.annotations_mut()
+            .insert(stamp::ANNOTATION.to_owned(), stamp);
+    }
+    api.create(&PostParams::default(), &ad).await.unwrap()
+}
+
+/// Changes the spec (fields merged into it) and stamps the new spec as requested by `who`, in
+/// one write.
+async fn change_spec(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    changes: Value,
+    who: &str,
+) -> AgentDeployment {
+    let api = Api::<AgentDeployment>::namespaced(client.clone(), ns);
+    let current = api.get(name).await.unwrap();
+    let mut spec = serde_json::to_value(&current.spec).unwrap();
+    for (k, v) in changes.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    let typed: dvo_operator::crd::AgentDeploymentSpec =
+        serde_json::from_value(spec.clone()).unwrap();
+    let stamp = stamp_for(client, ns, name, &typed, who).await;
+    let patch = json!({"metadata": {"annotations": {(stamp::ANNOTATION): stamp}}, "spec": spec});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap()
+}
+
+/// Waits until the AgentDeployment's status describes its current generation in `phase`.
+async fn phase(client: &Client, ns: &str, name: &str, want: Phase) -> AgentDeployment {
+    let api = Api::<AgentDeployment>::namespaced(client.clone(), ns);
+    let cond = move |o: Option<&AgentDeployment>| {
+        o.is_some_and(|a| {
+            let s = a.status.as_ref();
+            s.and_then(|s| s.phase) == Some(want)
+                && s.and_then(|s| s.observed_generation) == a.metadata.generation
+                && s.and_then(|s| s.spec_digest.clone()) == Some(spec_digest(&a.spec))
+        })
+    };
+    match tokio::time::timeout(
+        WAIT,
+        kube::runtime::wait::await_condition(api.clone(), name, cond),
+    )
+    .await
+    {
+        Ok(Ok(Some(a))) => a,
+        _ => panic!(
+            "{ns}/{name} never reached {want:?}; now: {:#?}",
+            api.get(name).await.ok().and_then(|a| a.status)
+        ),
+    }
+}
+
+/// A policy scoped to the test's namespace (policies are cluster-wide).
+async fn policy(client: &Client, ns: &str, name: &str, yaml: &str) -> String {
+    let mut spec: Value = serde_yaml::from_str(yaml).unwrap();
+    spec["scope"]["namespaces"] = json!([ns]);
+    let name = format!("{ns}-{name}");
+    let p: DeploymentPolicy = serde_json::from_value(json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "DeploymentPolicy", "metadata": {"name": name}, "spec": spec})).unwrap();
+    Api::<DeploymentPolicy>::all(client.clone())
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap();
+    name
+}
+
+/// Records an act on an ApprovalRequest as the operator does for a verified annotation
+/// (`approve`, `reject` or `cancel`).
+async fn act(client: &Client, ns: &str, apr: &str, who: &str, what: &str) {
+    let api = Api::<ApprovalRequest>::namespaced(client.clone(), ns);
+    let id = identity(who);
+    let record = ApprovalRecord {
+        username: id.username,
+        groups: id.groups,
+        roles: vec![],
+        satisfies: vec![],
+        at: Utc::now(),
+        comment: Some(format!("{what} by test")),
+        ignored: None,
+    };
+    for _ in 0..10 {
+        let current = api.get(apr).await.unwrap();
+        let mut status = current.status.clone().unwrap_or_default();
+        match what {
+            "approve" => status.approvals.push(record.clone()),
+            "reject" => status.rejection = Some(record.clone()),
+            "cancel" => status.cancellation = Some(record.clone()),
+            other => panic!("unknown act {other}"),
+        }
+        let patch =
+            json!({"metadata": {"resourceVersion": current.resource_version()}, "status": status});
+        match api
+            .patch_status(apr, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return,
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => panic!("record {what}: {e}"),
+        }
+    }
+    panic!("could not record {what} on {apr}");
+}
+
+async fn apr_phase(client: &Client, ns: &str, name: &str, want: ApprovalPhase) -> ApprovalRequest {
+    let api = Api::<ApprovalRequest>::namespaced(client.clone(), ns);
+    wait_for(
+        &api,
+        name,
+        move |o: Option<&ApprovalRequest>| {
+            o.and_then(|a| a.status.as_ref()).and_then(|s| s.phase) == Some(want)
+        },
+        WAIT,
+    )
+    .await
+}
+
+/// Plays the kubelet: marks every pod of the Deployment's current template Ready.
+async fn pods_ready(client: &Client, ns: &str, name: &str) {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+    let digest_of = |p: &Pod| p.annotations().get(DIGEST_ANNOTATION).cloned();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let Some(d) = deployments.get_opt(name).await.unwrap() else {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Deployment {name} never appeared"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let want = d.annotations().get(DIGEST_ANNOTATION).cloned();
+        let replicas = d.spec.replicas.unwrap_or(1) as usize;
+        let list = pods
+            .list(&ListParams::default().labels(&format!("{OWNER_LABEL}={name}")))
+            .await
+            .unwrap();
+        let current: Vec<&Pod> = list
+            .items
+            .iter()
+            .filter(|p| digest_of(p) == want && p.metadata.deletion_timestamp.is_none())
+            .collect();
+        if current.len() >= replicas {
+            for p in current {
+                let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                let status = json!({"status": {"phase": "Running", "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                    {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                ]}});
+                pods.patch_status(
+                    &p.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&status),
+                )
+                .await
+                .unwrap();
+            }
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pods of {name} never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn deployment_digest(client: &Client, ns: &str, name: &str) -> Option<String> {
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()?;
+    d.annotations().get(DIGEST_ANNOTATION).cloned()
+}
+
+#[tokio::test]
+async fn allowed_spec_rolls_out_and_becomes_ready() {
+    let client = operator().await;
+    let ns = namespace(&client, "allow").await;
+    let ad = create(
+        &client,
+        &ns,
+        manifest("gha", "development", "gha:1", json!({"replicas": 2})),
+        Some("developer"),
+    )
+    .await;
+    let digest = spec_digest(&ad.spec);
+    let ad = phase(&client, &ns, "gha", Phase::Progressing).await;
+    let d = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get("gha")
+        .await
+        .unwrap();
+    assert_eq!(d.annotations().get(DIGEST_ANNOTATION), Some(&digest));
+    assert_eq!(d.spec.replicas, Some(2));
+    let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("AgentDeployment", ad.uid().unwrap().as_str(), Some(true))
+    );
+    assert!(
+        d.metadata
+            .managed_fields
+            .unwrap()
+            .iter()
+            .any(|m| m.manager.as_deref() == Some("dvo-operator")
+                && m.operation.as_deref() == Some("Apply"))
+    );
+    pods_ready(&client, &ns, "gha").await;
+    let ad = phase(&client, &ns, "gha", Phase::Deployed).await;
+    let st = ad.status.unwrap();
+    assert_eq!(st.deployed_digest.as_deref(), Some(digest.as_str()));
+    assert_eq!(st.healthy_digest.as_deref(), Some(digest.as_str()));
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.observed_generation),
+        ("True", ad.metadata.generation)
+    );
+    for c in [
+        "PolicyEvaluated",
+        "Approved",
+        "CapabilitiesAvailable",
+        "Degraded",
+    ] {
+        assert!(
+            st.conditions.iter().any(|x| x.type_ == c),
+            "condition {c} missing"
+        );
+    }
+    // An Event per transition.
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let reasons: Vec<_> = events
+        .items
+        .iter()
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    assert!(
+        reasons.contains(&"Progressing".to_owned()) && reasons.contains(&"Deployed".to_owned()),
+        "{reasons:?}"
+    );
+    // Labels added by GitOps tools neither change the digest nor reach the Deployment.
+    let api = Api::<AgentDeployment>::namespaced(client.clone(), &ns);
+    api.patch(
+        "gha",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"labels": {"argocd.argoproj.io/instance": "agents"}}})),
+    )
+    .await
+    .unwrap();
+    let ad = phase(&client, &ns, "gha", Phase::Deployed).await;
+    assert_eq!(spec_digest(&ad.spec), digest);
+    let d = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get("gha")
+        .await
+        .unwrap();
+    assert!(!d.labels().contains_key("argocd.argoproj.io/instance"));
+    assert_eq!(
+        d.metadata.generation,
+        Some(1),
+        "the Deployment was applied once"
+    );
+}
+
+#[tokio::test]
+async fn unknown_or_forged_requesters_are_not_privileged() {
+    let client = operator().await;
+    let ns = namespace(&client, "nostamp").await;
+    create(
+        &client,
+        &ns,
+        manifest("gha", "staging", "gha:1", json!({})),
+        None,
+    )
+    .await;
+    let ad = phase(&client, &ns, "gha", Phase::Blocked).await;
+    assert!(
+        ad.status
+            .unwrap()
+            .message
+            .unwrap()
+            .contains("(unknown requester) (roles: viewer) lacks permission deploy_staging")
+    );
+    // A stamp signed with another key, claiming to be an admin, is not trusted.
+    let forged = Stamp::sign(
+        b"not the operator's key, not at all",
+        &ns,
+        "gha",
+        &spec_digest(&ad.spec),
+        identity("admin"),
+    );
+    assert_ne!(
+        serde_json::to_string(&forged).unwrap(),
+        stamp_for(&client, &ns, "gha", &ad.spec, "admin").await
+    );
+    let api = Api::<AgentDeployment>::namespaced(client.clone(), &ns);
+    let patch = json!({"metadata": {"annotations": {(stamp::ANNOTATION): serde_json::to_string(&forged).unwrap()}}});
+    api.patch("gha", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let ad = wait_for(
+        &api,
+        "gha",
+        |o: Option<&AgentDeployment>| {
+            o.and_then(|a| a.status.as_ref())
+                .and_then(|s| s.message.clone())
+                .is_some_and(|m| m.contains("signature does not verify"))
+        },
+        WAIT,
+    )
+    .await;
+    assert_eq!(ad.status.unwrap().phase, Some(Phase::Blocked));
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get_opt("gha")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn production_waits_for_two_release_managers_then_rolls_out_exactly_the_approved_spec() {
+    let client = operator().await;
+    let ns = namespace(&client, "prod").await;
+    policy(&client, &ns, "two-rms", "{action: RequireApproval, scope: {environments: [production]}, approval: {roles: [release_manager], minApprovals: 2}}").await;
+    let ad = create(
+        &client,
+        &ns,
+        manifest("gha", "production", "gha:1", json!({})),
+        Some("operator"),
+    )
+    .await;
+    let digest = spec_digest(&ad.spec);
+    let apr_name = approval_request_name("gha", &digest);
+    let ad = phase(&client, &ns, "gha", Phase::PendingApproval).await;
+    assert_eq!(
+        ad.status.as_ref().unwrap().approval_request.as_deref(),
+        Some(apr_name.as_str())
+    );
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get_opt("gha")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing rolls out before approval"
+    );
+    let apr = Api::<ApprovalRequest>::namespaced(client.clone(), &ns)
+        .get(&apr_name)
+        .await
+        .unwrap();
+    assert_eq!(apr.spec.spec_digest, digest);
+    assert_eq!(apr.spec.requester.as_ref().unwrap().username, "ops-omar");
+    let sources: Vec<_> = apr
+        .spec
+        .requirements
+        .iter()
+        .map(|r| r.source.as_str())
+        .collect();
+    assert!(
+        sources.contains(&format!("policy/{ns}-two-rms").as_str())
+            && sources.contains(&"permission/deploy_production"),
+        "{sources:?}"
+    );
+
+    // The requester, a developer and a service account do not count; the same person twice counts once.
+    act(&client, &ns, &apr_name, "operator", "approve").await;
+    act(&client, &ns, &apr_name, "developer", "approve").await;
+    act(&client, &ns, &apr_name, "ci", "approve").await;
+    act(&client, &ns, &apr_name, "release-manager-1", "approve").await;
+    act(&client, &ns, &apr_name, "release-manager-1", "approve").await;
+    let api = Api::<ApprovalRequest>::namespaced(client.clone(), &ns);
+    let apr = wait_for(
+        &api,
+        &apr_name,
+        |o: Option<&ApprovalRequest>| {
+            o.and_then(|a| a.status.as_ref()).is_some_and(|s| {
+                s.approvals.len() == 5 && s.approvals.iter().all(|r| !r.roles.is_empty())
+            })
+        },
+        WAIT,
+    )
+    .await;
+    let st = apr.status.unwrap();
+    assert_eq!(st.phase, Some(ApprovalPhase::Pending));
+    let ignored: Vec<_> = st.approvals.iter().map(|r| r.ignored.is_some()).collect();
+    assert_eq!(ignored, vec![true, true, true, false, true]);
+    assert!(
+        st.approvals[0]
+            .ignored
+            .as_ref()
+            .unwrap()
+            .contains("requested this deployment")
+    );
+    assert!(
+        st.approvals[2]
+            .ignored
+            .as_ref()
+            .unwrap()
+            .contains("service account")
+    );
+    assert_eq!(
+        phase(&client, &ns, "gha", Phase::PendingApproval)
+            .await
+            .status
+            .unwrap()
+            .deployed_digest,
+        None
+    );
+
+    act(&client, &ns, &apr_name, "release-manager-2", "approve").await;
+    apr_phase(&client, &ns, &apr_name, ApprovalPhase::Approved).await;
+    phase(&client, &ns, "gha", Phase::Progressing).await;
+    assert_eq!(
+        deployment_digest(&client, &ns, "gha").await,
+        Some(digest.clone())
+    );
+    pods_ready(&client, &ns, "gha").await;
+    phase(&client, &ns, "gha", Phase::Deployed).await;
+
+    // A new spec waits for its own approval while the approved one keeps running.
+    let ad = change_spec(&client, &ns, "gha", json!({"template": {"metadata": {"labels": {"app": "gha"}}, "spec": {"containers": [{"name": "agent", "image": "gha:2"}]}}}), "operator").await;
+    let digest2 = spec_digest(&ad.spec);
+    let ad = phase(&client, &ns, "gha", Phase::PendingApproval).await;
+    let apr2 = approval_request_name("gha", &digest2);
+    assert_eq!(
+        ad.status.unwrap().approval_request.as_deref(),
+        Some(apr2.as_str())
+    );
+    assert_eq!(
+        deployment_digest(&client, &ns, "gha").await,
+        Some(digest.clone()),
+        "the approved spec keeps running"
+    );
+    act(&client, &ns, &apr2, "release-manager-1", "approve").await;
+    act(&client, &ns, &apr2, "admin", "approve").await;
+    apr_phase(&client, &ns, &apr2, ApprovalPhase::Pending).await;
+    act(&client, &ns, &apr2, "release-manager-2", "approve").await;
+    phase(&client, &ns, "gha", Phase::Progressing).await;
+    assert_eq!(deployment_digest(&client, &ns, "gha").await, Some(digest2));
+}
+
+#[tokio::test]
+async fn a_spec_change_while_pending_supersedes_the_request() {
+    let client = operator().await;
+    let ns = namespace(&client, "supersede").await;
+    policy(
+        &client,
+        &ns,
+        "approve",
+        "{action: RequireApproval, approval: {roles: [release_manager]}}",
+    )
+    .await;
+    let ad = create(
+        &client,
+        &ns,
+        manifest("gha", "staging", "gha:1", json!({})),
+        Some("operator"),
+    )
+    .await;
+    let first = approval_request_name("gha", &spec_digest(&ad.spec));
+    phase(&client, &ns, "gha", Phase::PendingApproval).await;
+    let ad = change_spec(&client, &ns, "gha", json!({"replicas": 3}), "operator").await;
+    let second = approval_request_name("gha", &spec_digest(&ad.spec));
+    apr_phase(&client, &ns, &first, ApprovalPhase::Superseded).await;
+    phase(&client, &ns, "gha", Phase::PendingApproval).await;
+    // Approving the superseded request changes nothing.
+    act(&client, &ns, &first, "release-manager-1", "approve").await;
+    apr_phase(&client, &ns, &second, ApprovalPhase::Pending).await;
+    let aprs = Api::<ApprovalRequest>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(aprs.items.len(), 2);
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get_opt("gha")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn rejection_and_expiry() {
+    let client = operator().await;
+    let ns = namespace(&client, "reject").await;
+    policy(
+        &client,
+        &ns,
+        "approve",
+        "{action: RequireApproval, scope: {agents: [GHA]}, approval: {roles: [release_manager]}}",
+    )
+    .await;
+    policy(&client, &ns, "quick", "{action: RequireApproval, scope: {agents: [QCK]}, approval: {roles: [release_manager], expiry: 3s}}").await;
+    let ad = create(
+        &client,
+        &ns,
+        manifest("gha", "staging", "gha:1", json!({})),
+        Some("operator"),
+    )
+    .await;
+    let apr = approval_request_name("gha", &spec_digest(&ad.spec));
+    phase(&client, &ns, "gha", Phase::PendingApproval).await;
+    // A developer's rejection does not count; a release manager's does.
+    act(&client, &ns, &apr, "developer", "reject").await;
+    let got = wait_for(
+        &Api::<ApprovalRequest>::namespaced(client.clone(), &ns),
+        &apr,
+        |o: Option<&ApprovalRequest>| {
+            o.and_then(|a| a.status.as_ref())
+                .and_then(|s| s.rejection.as_ref())
+                .is_some_and(|r| r.ignored.is_some())
+        },
+        WAIT,
+    )
+    .await;
+    assert_eq!(got.status.unwrap().phase, Some(ApprovalPhase::Pending));
+    act(&client, &ns, &apr, "release-manager-1", "reject").await;
+    apr_phase(&client, &ns, &apr, ApprovalPhase::Rejected).await;
+    let ad = phase(&client, &ns, "gha", Phase::Rejected).await;
+    assert!(
+        ad.status
+            .unwrap()
+            .message
+            .unwrap()
+            .contains("rejected by rosa-release")
+    );
+
+    create(
+        &client,
+        &ns,
+        manifest("qck", "staging", "qck:1", json!({"agent": "QCK"})),
+        Some("operator"),
+    )
+    .await;
+    phase(&client, &ns, "qck", Phase::ApprovalExpired).await;
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get_opt("qck")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_closed_window_holds_the_rollout_until_it_opens() {
+    let client = operator().await;
+    let ns = namespace(&client, "window").await;
+    // A window that opens at the next minute boundary (every day, UTC).
+    let now = Utc::now();
+    let open = now + chrono::Duration::seconds(60 - i64::from(chrono::Timelike::second(&now)));
+    let start = open.format("%H:%M").to_string();
+    let end = (open + chrono::Duration::minutes(30))
+        .format("%H:%M")
+        .to_string();
+    let days = "[monday, tuesday, wednesday, thursday, friday, saturday, sunday]";
+    policy(
+        &client,
+        &ns,
+        "window",
+        &format!(
+            "{{action: AuditOnly, windows: [{{days: {days}, start: '{start}', end: '{end}'}}]}}"
+        ),
+    )
+    .await;
+    create(
+        &client,
+        &ns,
+        manifest("gha", "development", "gha:1", json!({})),
+        Some("developer"),
+    )
+    .await;
+    let ad = phase(&client, &ns, "gha", Phase::Blocked).await;
+    let decision = ad.status.unwrap().decision.unwrap();
+    assert_eq!(
+        decision.next_window_opens_at.map(|t| t.timestamp()),
+        Some(open.timestamp())
+    );
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get_opt("gha")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The operator re-evaluates by itself when the window opens.
+    phase(&client, &ns, "gha", Phase::Progressing).await;
+    assert!(Utc::now() >= open);
+}
+
+#[tokio::test]
+async fn capability_fallbacks() {
+    let _lock = CLUSTER_SCOPED.lock().await;
+    let client = operator().await;
+    let ns = namespace(&client, "caps").await;
+    let caps = Api::<Capability>::all(client.clone());
+    let set = |name: &'static str, enabled: bool, fallback: &'static str| {
+        let caps = caps.clone();
+        async move {
+            let c = json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "Capability", "metadata": {"name": name}, "spec": {"enabled": enabled, "fallback": fallback, "message": format!("{name} is switched off ({fallback})")}});
+            caps.patch(
+                name,
+                &PatchParams::apply("dvo-tests").force(),
+                &Patch::Apply(&c),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let fastapi = json!({"platform": "fastapi", "agent": "FST"});
+    // Error: blocked.
+    set("deploy-fastapi", false, "Error").await;
+    create(
+        &client,
+        &ns,
+        manifest("fst", "development", "fst:1", fastapi.clone()),
+        Some("developer"),
+    )
+    .await;
+    let ad = phase(&client, &ns, "fst", Phase::Blocked).await;
+    let st = ad.status.unwrap();
+    assert!(
+        st.message
+            .unwrap()
+            .contains("capability/deploy-fastapi: deploy-fastapi is switched off (Error)")
+    );
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "CapabilitiesAvailable" && c.status == "False")
+    );
+    // Manual: a person must act; no workload.
+    set("deploy-fastapi", false, "Manual").await;
+    phase(&client, &ns, "fst", Phase::ManualActionRequired).await;
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get_opt("fst")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Enabled again: rolls out.
+    set("deploy-fastapi", true, "Error").await;
+    phase(&client, &ns, "fst", Phase::Progressing).await;
+
+    // Skip and Degrade leave steps out and mark the deployment Degraded.
+    let hook = json!({"steps": {"kbSync": {"image": "kb:1"}, "integrationTests": {"image": "it:1"}}, "agent": "KBS"});
+    set("kb-sync", false, "Degrade").await;
+    set("integration-tests", false, "Skip").await;
+    create(
+        &client,
+        &ns,
+        manifest("kbs", "development", "kbs:1", hook),
+        Some("developer"),
+    )
+    .await;
+    pods_ready(&client, &ns, "kbs").await;
+    let ad = phase(&client, &ns, "kbs", Phase::Degraded).await;
+    let d = ad.status.unwrap().decision.unwrap();
+    assert_eq!(
+        d.degraded_steps
+            .iter()
+            .map(|s| s.capability.as_str())
+            .collect::<Vec<_>>(),
+        vec!["kb-sync"]
+    );
+    assert_eq!(
+        d.skipped_steps
+            .iter()
+            .map(|s| s.capability.as_str())
+            .collect::<Vec<_>>(),
+        vec!["integration-tests"]
+    );
+
+    // Copilot Studio is always a person's job.
+    let copilot = json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "hdc"}, "spec": {"agent": "HDC", "platform": "copilot-studio", "environment": "development"}});
+    create(&client, &ns, copilot, Some("developer")).await;
+    let ad = phase(&client, &ns, "hdc", Phase::ManualActionRequired).await;
+    assert!(
+        ad.status.unwrap().decision.unwrap().manual_instructions[0]
+            .contains("Copilot Studio deployment requires manual action")
+    );
+
+    for name in ["deploy-fastapi", "kb-sync", "integration-tests"] {
+        caps.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn production_is_validated_by_a_ready_staging_deployment_of_the_same_images() {
+    let client = operator().await;
+    let ns = namespace(&client, "evidence").await;
+    policy(&client, &ns, "deny-direct-prod", "{priority: 5, action: Deny, message: Production deployments require prior staging validation, conditions: [{field: environment, operator: Equals, value: production}, {field: staging_validated, operator: NotEquals, value: true}]}").await;
+    let agent = json!({"agent": format!("EV{}", &ns[ns.len() - 4..].replace('-', ""))});
+    create(
+        &client,
+        &ns,
+        manifest("prod", "production", "ev:7", agent.clone()),
+        Some("release-manager-1"),
+    )
+    .await;
+    let ad = phase(&client, &ns, "prod", Phase::Blocked).await;
+    assert!(
+        ad.status
+            .unwrap()
+            .message
+            .unwrap()
+            .contains("require prior staging validation")
+    );
+    create(
+        &client,
+        &ns,
+        manifest("stage", "staging", "ev:7", agent),
+        Some("operator"),
+    )
+    .await;
+    pods_ready(&client, &ns, "stage").await;
+    phase(&client, &ns, "stage", Phase::Deployed).await;
+    // Staging being Deployed and Ready re-evaluates production: now it only needs approval.
+    let ad = phase(&client, &ns, "prod", Phase::PendingApproval).await;
+    let trace = ad.status.unwrap().decision.unwrap().trace;
+    assert!(
+        trace[0]
+            .conditions
+            .iter()
+            .any(|c| c.field == "staging_validated" && c.actual == json!(true))
+    );
+}
+
+#[tokio::test]
+async fn a_failed_rollout_rolls_back_to_the_last_healthy_spec_unless_disabled() {
+    let client = operator().await;
+    let ns = namespace(&client, "rollback").await;
+    for (name, auto) in [("auto", true), ("manual", false)] {
+        let ad = create(
+            &client,
+            &ns,
+            manifest(
+                name,
+                "development",
+                "good:1",
+                json!({"steps": {"autoRollback": auto}}),
+            ),
+            Some("developer"),
+        )
+        .await;
+        let good = spec_digest(&ad.spec);
+        pods_ready(&client, &ns, name).await;
+        phase(&client, &ns, name, Phase::Deployed).await;
+        let template = json!({"metadata": {"labels": {"app": "gha"}}, "spec": {"containers": [{"name": "agent", "image": "bad:2"}]}});
+        let ad = change_spec(
+            &client,
+            &ns,
+            name,
+            json!({"template": template, "progressDeadlineSeconds": 2}),
+            "developer",
+        )
+        .await;
+        let bad = spec_digest(&ad.spec);
+        // Nobody makes the new pods ready: the Deployment controller gives up after 2s.
+        let ad = phase(&client, &ns, name, Phase::Failed).await;
+        let st = ad.status.unwrap();
+        assert_eq!(st.failed_digest.as_deref(), Some(bad.as_str()));
+        if auto {
+            assert!(
+                st.message
+                    .unwrap()
+                    .contains(&format!("rolled back to {good}"))
+            );
+            assert_eq!(
+                deployment_digest(&client, &ns, name).await,
+                Some(good.clone())
+            );
+            let d = Api::<Deployment>::namespaced(client.clone(), &ns)
+                .get(name)
+                .await
+                .unwrap();
+            let image = d.spec.template.spec.unwrap().containers[0].image.clone();
+            assert_eq!(image.as_deref(), Some("good:1"));
+        } else {
+            assert_eq!(deployment_digest(&client, &ns, name).await, Some(bad));
+        }
+    }
+}
+
+#[tokio::test]
+async fn deleting_the_agent_deployment_collects_its_deployment() {
+    let client = operator().await;
+    let ns = namespace(&client, "gc").await;
+    create(
+        &client,
+        &ns,
+        manifest("gha", "development", "gha:1", json!({})),
+        Some("developer"),
+    )
+    .await;
+    phase(&client, &ns, "gha", Phase::Progressing).await;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let uid = deployments.get("gha").await.unwrap().uid().unwrap();
+    Api::<AgentDeployment>::namespaced(client.clone(), &ns)
+        .delete("gha", &DeleteParams::default())
+        .await
+        .unwrap();
+    let gone =
+        kube::runtime::wait::await_condition(deployments, "gha", conditions::is_deleted(&uid));
+    tokio::time::timeout(WAIT, gone)
+        .await
+        .expect("the garbage collector deletes the Deployment")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_restart_mid_flow_resumes_without_duplicates() {
+    let client = operator().await;
+    let ns = namespace(&client, "restart").await;
+    policy(
+        &client,
+        &ns,
+        "approve",
+        "{action: RequireApproval, approval: {roles: [release_manager]}}",
+    )
+    .await;
+    let ad = create(
+        &client,
+        &ns,
+        manifest("gha", "staging", "gha:1", json!({})),
+        Some("operator"),
+    )
+    .await;
+    let apr = approval_request_name("gha", &spec_digest(&ad.spec));
+    phase(&client, &ns, "gha", Phase::PendingApproval).await;
+    restart_operator().await;
+    act(&client, &ns, &apr, "release-manager-1", "approve").await;
+    phase(&client, &ns, "gha", Phase::Progressing).await;
+    restart_operator().await;
+    pods_ready(&client, &ns, "gha").await;
+    phase(&client, &ns, "gha", Phase::Deployed).await;
+    let aprs = Api::<ApprovalRequest>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(aprs.items.len(), 1, "one request per digest");
+    let d = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get("gha")
+        .await
+        .unwrap();
+    assert_eq!(d.metadata.generation, Some(1), "one rollout");
+    let _ = control_plane();
+}
+
+#[tokio::test]
+async fn policies_report_whether_they_are_accepted() {
+    let client = operator().await;
+    let ns = namespace(&client, "accepted").await;
+    let good = policy(&client, &ns, "good", "{action: Warn}").await;
+    // The schema cannot see an unknown time zone; the controller (and the webhook) can.
+    let bad = policy(
+        &client,
+        &ns,
+        "bad",
+        "{action: Warn, timeZone: Mars/Olympus_Mons}",
+    )
+    .await;
+    let api = Api::<DeploymentPolicy>::all(client.clone());
+    let accepted = |want: &'static str| {
+        move |o: Option<&DeploymentPolicy>| {
+            o.and_then(|p| p.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Accepted" && c.status == want)
+            })
+        }
+    };
+    wait_for(&api, &good, accepted("True"), WAIT).await;
+    let p = wait_for(&api, &bad, accepted("False"), WAIT).await;
+    let st = p.status.unwrap();
+    assert!(
+        st.conditions[0]
+            .message
+            .contains("unknown time zone \"Mars/Olympus_Mons\"")
+    );
+    assert_eq!(st.observed_generation, p.metadata.generation);
+}
