@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -15,7 +16,9 @@ use kube::{Resource, ResourceExt};
 use super::workload::{self, Rollout};
 use super::{Context, Error, MANAGER, conditions};
 use crate::capability::CapabilitySet;
-use crate::crd::agent_deployment::{AgentDeploymentStatus, Phase, spec_digest};
+use crate::crd::agent_deployment::{
+    AgentDeploymentStatus, Phase, StepState, StepStatus, spec_digest,
+};
 use crate::crd::approval_request::{
     ApprovalPhase, ApprovalRequestSpec, DeploymentRef, Requester, RequirementSpec,
 };
@@ -349,7 +352,7 @@ async fn ensure_approval_request(
                 allow_self_approval: r.allow_self_approval,
             })
             .collect(),
-        expires_at: Utc::now() + expiry,
+        expires_at: (Utc::now() + expiry).trunc_subsecs(0),
     };
     let mut apr = ApprovalRequest::new(&name, spec);
     apr.metadata.owner_references = ad.controller_owner_ref(&()).map(|o| vec![o]);
@@ -420,39 +423,151 @@ async fn rollout(
         return Ok((healthy_phase, "rolled out (no health check)".into()));
     }
     match workload::rollout(&deployment) {
-        Rollout::Available => {
-            st.healthy_digest = Some(digest.to_owned());
-            Ok((healthy_phase, format!("{digest} is available")))
-        }
         Rollout::Progressing(m) => Ok((Phase::Progressing, m)),
-        Rollout::Failed(m) => {
-            st.failed_digest = Some(digest.to_owned());
-            let target = st.healthy_digest.clone().filter(|h| h != digest);
-            match target {
-                Some(good)
-                    if step_active(ad.spec.steps.auto_rollback, "auto-rollback", decision) =>
-                {
-                    match previous_template(ctx, &ns, &name, &good).await? {
-                        Some(template) => {
-                            apply(ctx, ad, &ns, template, &good).await?;
-                            st.deployed_digest = Some(good.clone());
-                            Ok((
-                                Phase::Failed,
-                                format!("rollout of {digest} failed ({m}); rolled back to {good}"),
-                            ))
-                        }
-                        None => Ok((
-                            Phase::Failed,
-                            format!(
-                                "rollout of {digest} failed ({m}); no ReplicaSet of {good} is left to roll back to"
-                            ),
-                        )),
-                    }
+        Rollout::Failed(m) => fail(ctx, ad, digest, decision, st, m).await,
+        Rollout::Available => match run_hooks(ctx, ad, digest, decision, st).await? {
+            Hooks::Running(m) => Ok((Phase::Progressing, m)),
+            Hooks::TestsFailed(m) => fail(ctx, ad, digest, decision, st, m).await,
+            Hooks::Done(problem) => {
+                st.healthy_digest = Some(digest.to_owned());
+                match problem {
+                    Some(m) => Ok((Phase::Degraded, format!("{digest} is available; {m}"))),
+                    None => Ok((healthy_phase, format!("{digest} is available"))),
                 }
-                _ => Ok((Phase::Failed, format!("rollout of {digest} failed ({m})"))),
+            }
+        },
+    }
+}
+
+/// Records a failed rollout of `digest` and rolls back to the last healthy spec when allowed.
+async fn fail(
+    ctx: &Context,
+    ad: &AgentDeployment,
+    digest: &str,
+    decision: &Decision,
+    st: &mut AgentDeploymentStatus,
+    why: String,
+) -> Result<(Phase, String), Error> {
+    let ns = ad.namespace().unwrap_or_default();
+    st.failed_digest = Some(digest.to_owned());
+    let target = st.healthy_digest.clone().filter(|h| h != digest);
+    match target {
+        Some(good) if step_active(ad.spec.steps.auto_rollback, "auto-rollback", decision) => {
+            match previous_template(ctx, &ns, &ad.name_any(), &good).await? {
+                Some(template) => {
+                    apply(ctx, ad, &ns, template, &good).await?;
+                    st.deployed_digest = Some(good.clone());
+                    Ok((
+                        Phase::Failed,
+                        format!("rollout of {digest} failed ({why}); rolled back to {good}"),
+                    ))
+                }
+                None => Ok((
+                    Phase::Failed,
+                    format!(
+                        "rollout of {digest} failed ({why}); no ReplicaSet of {good} is left to roll back to"
+                    ),
+                )),
             }
         }
+        _ => Ok((Phase::Failed, format!("rollout of {digest} failed ({why})"))),
     }
+}
+
+/// Where the hook steps of a rolled-out spec stand.
+enum Hooks {
+    /// A Job is still running.
+    Running(String),
+    /// Integration tests failed: the rollout failed.
+    TestsFailed(String),
+    /// All done; a KB sync failure degrades the deployment.
+    Done(Option<String>),
+}
+
+/// Creates (once) and follows the Jobs of the spec's hook steps that their capabilities allow.
+async fn run_hooks(
+    ctx: &Context,
+    ad: &AgentDeployment,
+    digest: &str,
+    decision: &Decision,
+    st: &mut AgentDeploymentStatus,
+) -> Result<Hooks, Error> {
+    let ns = ad.namespace().unwrap_or_default();
+    let name = ad.name_any();
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let steps = [
+        ("integration-tests", &ad.spec.steps.integration_tests),
+        ("kb-sync", &ad.spec.steps.kb_sync),
+    ];
+    let mut statuses = Vec::new();
+    for (step, hook) in steps {
+        let Some(hook) = hook.as_ref().filter(|_| step_active(true, step, decision)) else {
+            continue;
+        };
+        let job_name = workload::hook_job_name(&name, step, digest);
+        let job = match jobs.get_opt(&job_name).await? {
+            Some(job) => job,
+            None => {
+                let owner = ad
+                    .controller_owner_ref(&())
+                    .ok_or_else(|| Error::Config("AgentDeployment has no UID yet".into()))?;
+                let job = workload::hook_job(&name, &ns, step, hook, digest, owner);
+                match jobs
+                    .create(
+                        &PostParams {
+                            dry_run: false,
+                            field_manager: Some(MANAGER.to_owned()),
+                        },
+                        &job,
+                    )
+                    .await
+                {
+                    Ok(created) => created,
+                    Err(kube::Error::Api(e)) if e.code == 409 => jobs.get(&job_name).await?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let (state, message) = match workload::job_outcome(&job) {
+            None => (StepState::Running, None),
+            Some(Ok(())) => (StepState::Succeeded, None),
+            Some(Err(m)) => (StepState::Failed, Some(m)),
+        };
+        statuses.push(StepStatus {
+            name: step.to_owned(),
+            job: job_name,
+            digest: digest.to_owned(),
+            state,
+            message,
+        });
+    }
+    st.steps = statuses.clone();
+    let describe = |s: &StepStatus| {
+        format!(
+            "{} (Job {}): {}",
+            s.name,
+            s.job,
+            s.message.as_deref().unwrap_or("failed")
+        )
+    };
+    if let Some(s) = statuses.iter().find(|s| s.state == StepState::Running) {
+        return Ok(Hooks::Running(format!(
+            "running {} (Job {})",
+            s.name, s.job
+        )));
+    }
+    if let Some(s) = statuses
+        .iter()
+        .find(|s| s.state == StepState::Failed && s.name == "integration-tests")
+    {
+        return Ok(Hooks::TestsFailed(describe(s)));
+    }
+    Ok(Hooks::Done(
+        statuses
+            .iter()
+            .find(|s| s.state == StepState::Failed)
+            .map(describe),
+    ))
 }
 
 /// Server-side applies the owned Deployment for `digest`.

@@ -207,6 +207,7 @@ pub async fn run(
     );
     let ads = ads
         .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default().labels(workload::OWNER_LABEL))
+        .owns(Api::<k8s_openapi::api::batch::v1::Job>::all(client.clone()), watcher::Config::default().labels(workload::OWNER_LABEL))
         .owns(Api::<ApprovalRequest>::all(client.clone()), watcher::Config::default())
         .watches(Api::<DeploymentPolicy>::all(client.clone()), watcher::Config::default(), move |_| all_refs(&s1))
         .watches(Api::<Capability>::all(client.clone()), watcher::Config::default(), move |_| all_refs(&s2))

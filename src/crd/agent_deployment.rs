@@ -171,6 +171,34 @@ fn default_hook_deadline() -> i64 {
     600
 }
 
+/// The outcome of one hook step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStatus {
+    /// The step's capability name: `integration-tests` or `kb-sync`.
+    pub name: String,
+    /// The Job that runs it.
+    pub job: String,
+    /// The spec digest it ran for.
+    pub digest: String,
+    /// `Running`, `Succeeded` or `Failed`.
+    pub state: StepState,
+    /// Detail from the Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where a hook step stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StepState {
+    /// The Job runs.
+    Running,
+    /// The Job completed.
+    Succeeded,
+    /// The Job failed.
+    Failed,
+}
+
 /// Where an AgentDeployment stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Phase {
@@ -224,6 +252,9 @@ pub struct AgentDeploymentStatus {
     /// Digest of a spec whose rollout failed; it is not applied again until the spec changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_digest: Option<String>,
+    /// Hook steps (integration tests, KB sync) run for the deployed spec, with their outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepStatus>,
     /// A one-line summary of the phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

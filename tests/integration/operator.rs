@@ -94,6 +94,17 @@ async fn change_spec(
 
 /// Waits until the AgentDeployment's status describes its current generation in `phase`.
 async fn phase(client: &Client, ns: &str, name: &str, want: Phase) -> AgentDeployment {
+    phase_within(client, ns, name, want, WAIT).await
+}
+
+/// [`phase`] with a deadline of its own.
+async fn phase_within(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    want: Phase,
+    deadline: Duration,
+) -> AgentDeployment {
     let api = Api::<AgentDeployment>::namespaced(client.clone(), ns);
     let cond = move |o: Option<&AgentDeployment>| {
         o.is_some_and(|a| {
@@ -104,7 +115,7 @@ async fn phase(client: &Client, ns: &str, name: &str, want: Phase) -> AgentDeplo
         })
     };
     match tokio::time::timeout(
-        WAIT,
+        deadline,
         kube::runtime::wait::await_condition(api.clone(), name, cond),
     )
     .await
@@ -229,6 +240,13 @@ async fn pods_ready(client: &Client, ns: &str, name: &str) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Prints what a user sees at one step (`cargo test --test integration walkthrough -- --nocapture`).
+fn show(ns: &str, step: &str) {
+    let (out, ok) = control_plane().kubectl("admin", &["get", "adep,apr,deploy", "-n", ns]);
+    assert!(ok, "{out}");
+    println!("\n# {step}\n$ kubectl get adep,apr,deploy -n {ns}\n{out}");
 }
 
 async fn deployment_digest(client: &Client, ns: &str, name: &str) -> Option<String> {
@@ -387,7 +405,8 @@ async fn unknown_or_forged_requesters_are_not_privileged() {
 }
 
 #[tokio::test]
-async fn production_waits_for_two_release_managers_then_rolls_out_exactly_the_approved_spec() {
+async fn walkthrough_production_waits_for_two_release_managers_then_rolls_out_exactly_the_approved_spec()
+ {
     let client = operator().await;
     let ns = namespace(&client, "prod").await;
     policy(&client, &ns, "two-rms", "{action: RequireApproval, scope: {environments: [production]}, approval: {roles: [release_manager], minApprovals: 2}}").await;
@@ -429,6 +448,10 @@ async fn production_waits_for_two_release_managers_then_rolls_out_exactly_the_ap
         sources.contains(&format!("policy/{ns}-two-rms").as_str())
             && sources.contains(&"permission/deploy_production"),
         "{sources:?}"
+    );
+    show(
+        &ns,
+        "1. ops-omar applies gha for production: held for approval",
     );
 
     // The requester, a developer and a service account do not count; the same person twice counts once.
@@ -475,6 +498,10 @@ async fn production_waits_for_two_release_managers_then_rolls_out_exactly_the_ap
             .deployed_digest,
         None
     );
+    show(
+        &ns,
+        "2. approvals by the requester, a developer, a service account and rosa-release twice: still held",
+    );
 
     act(&client, &ns, &apr_name, "release-manager-2", "approve").await;
     apr_phase(&client, &ns, &apr_name, ApprovalPhase::Approved).await;
@@ -483,8 +510,13 @@ async fn production_waits_for_two_release_managers_then_rolls_out_exactly_the_ap
         deployment_digest(&client, &ns, "gha").await,
         Some(digest.clone())
     );
+    show(
+        &ns,
+        "3. raj-release approves: the approved digest rolls out",
+    );
     pods_ready(&client, &ns, "gha").await;
     phase(&client, &ns, "gha", Phase::Deployed).await;
+    show(&ns, "4. pods ready: Deployed");
 
     // A new spec waits for its own approval while the approved one keeps running.
     let ad = change_spec(&client, &ns, "gha", json!({"template": {"metadata": {"labels": {"app": "gha"}}, "spec": {"containers": [{"name": "agent", "image": "gha:2"}]}}}), "operator").await;
@@ -500,12 +532,17 @@ async fn production_waits_for_two_release_managers_then_rolls_out_exactly_the_ap
         Some(digest.clone()),
         "the approved spec keeps running"
     );
+    show(
+        &ns,
+        "5. the image changes to gha:2: held again while gha:1 keeps running",
+    );
     act(&client, &ns, &apr2, "release-manager-1", "approve").await;
     act(&client, &ns, &apr2, "admin", "approve").await;
     apr_phase(&client, &ns, &apr2, ApprovalPhase::Pending).await;
     act(&client, &ns, &apr2, "release-manager-2", "approve").await;
     phase(&client, &ns, "gha", Phase::Progressing).await;
     assert_eq!(deployment_digest(&client, &ns, "gha").await, Some(digest2));
+    show(&ns, "6. two release managers approve gha:2: it rolls out");
 }
 
 #[tokio::test]
@@ -653,8 +690,15 @@ async fn a_closed_window_holds_the_rollout_until_it_opens() {
             .unwrap()
             .is_none()
     );
-    // The operator re-evaluates by itself when the window opens.
-    phase(&client, &ns, "gha", Phase::Progressing).await;
+    // The operator re-evaluates by itself when the window opens (up to a minute from now).
+    phase_within(
+        &client,
+        &ns,
+        "gha",
+        Phase::Progressing,
+        Duration::from_secs(120),
+    )
+    .await;
     assert!(Utc::now() >= open);
 }
 
@@ -950,4 +994,131 @@ async fn policies_report_whether_they_are_accepted() {
             .contains("unknown time zone \"Mars/Olympus_Mons\"")
     );
     assert_eq!(st.observed_generation, p.metadata.generation);
+}
+
+/// Plays the kubelet for a hook Job: its pod ends with `phase` (`Succeeded` or `Failed`).
+async fn finish_job_pod(client: &Client, ns: &str, job: &str, pod_phase: &str) {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let deadline = std::time::Instant::now() + WAIT;
+    let pod = loop {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("job-name={job}")))
+            .await
+            .unwrap();
+        if let Some(p) = list.items.into_iter().next() {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pod of Job {job} never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let exit = if pod_phase == "Succeeded" { 0 } else { 1 };
+    let container = pod.spec.as_ref().unwrap().containers[0].name.clone();
+    let status = json!({"status": {"phase": pod_phase, "startTime": now, "containerStatuses": [{
+        "name": container, "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": exit, "reason": if exit == 0 { "Completed" } else { "Error" }, "startedAt": now, "finishedAt": now}},
+    }]}});
+    pods.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn hook_jobs_run_after_the_rollout_and_their_outcome_is_recorded() {
+    let client = operator().await;
+    let ns = namespace(&client, "hooks").await;
+    let steps = json!({"steps": {"integrationTests": {"image": "tests:1", "args": ["--smoke"]}, "kbSync": {"image": "kb:1"}}});
+    let ad = create(
+        &client,
+        &ns,
+        manifest("gha", "development", "gha:1", steps.clone()),
+        Some("developer"),
+    )
+    .await;
+    let digest = spec_digest(&ad.spec);
+    pods_ready(&client, &ns, "gha").await;
+    let tests_job =
+        dvo_operator::controller::workload::hook_job_name("gha", "integration-tests", &digest);
+    let kb_job = dvo_operator::controller::workload::hook_job_name("gha", "kb-sync", &digest);
+    let api = Api::<AgentDeployment>::namespaced(client.clone(), &ns);
+    let ad = wait_for(
+        &api,
+        "gha",
+        |o: Option<&AgentDeployment>| {
+            o.and_then(|a| a.status.as_ref())
+                .is_some_and(|s| s.steps.len() == 2)
+        },
+        WAIT,
+    )
+    .await;
+    assert_eq!(ad.status.unwrap().phase, Some(Phase::Progressing));
+    let job = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns)
+        .get(&tests_job)
+        .await
+        .unwrap();
+    let container = &job.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(
+        (container.image.as_deref(), container.args.clone()),
+        (Some("tests:1"), Some(vec!["--smoke".to_owned()]))
+    );
+    finish_job_pod(&client, &ns, &tests_job, "Succeeded").await;
+    finish_job_pod(&client, &ns, &kb_job, "Failed").await;
+    // Tests passed, KB sync failed: deployed, but degraded, with both outcomes recorded.
+    let ad = phase(&client, &ns, "gha", Phase::Degraded).await;
+    let st = ad.status.unwrap();
+    let states: Vec<_> = st
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.state))
+        .collect();
+    use dvo_operator::crd::agent_deployment::StepState;
+    assert_eq!(
+        states,
+        vec![
+            ("integration-tests", StepState::Succeeded),
+            ("kb-sync", StepState::Failed)
+        ]
+    );
+    assert!(st.message.unwrap().contains("kb-sync"));
+
+    // Failing integration tests fail the rollout.
+    let ad = create(
+        &client,
+        &ns,
+        manifest(
+            "orc",
+            "development",
+            "orc:1",
+            json!({"agent": "ORC", "steps": {"integrationTests": {"image": "tests:1"}}}),
+        ),
+        Some("developer"),
+    )
+    .await;
+    pods_ready(&client, &ns, "orc").await;
+    finish_job_pod(
+        &client,
+        &ns,
+        &dvo_operator::controller::workload::hook_job_name(
+            "orc",
+            "integration-tests",
+            &spec_digest(&ad.spec),
+        ),
+        "Failed",
+    )
+    .await;
+    let ad = phase(&client, &ns, "orc", Phase::Failed).await;
+    assert!(
+        ad.status
+            .unwrap()
+            .message
+            .unwrap()
+            .contains("integration-tests")
+    );
 }
