@@ -130,6 +130,87 @@ pub fn rollout(d: &Deployment) -> Rollout {
     }
 }
 
+/// The Job of hook step `step` (a capability name) for spec `digest`.
+pub fn hook_job(
+    ad_name: &str,
+    namespace: &str,
+    step: &str,
+    hook: &crate::crd::agent_deployment::HookStep,
+    digest: &str,
+    owner: OwnerReference,
+) -> k8s_openapi::api::batch::v1::Job {
+    use k8s_openapi::api::batch::v1::{Job, JobSpec};
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    let name = hook_job_name(ad_name, step, digest);
+    let labels = BTreeMap::from([
+        (OWNER_LABEL.to_owned(), ad_name.to_owned()),
+        ("dvo.caat.io/step".to_owned(), step.to_owned()),
+    ]);
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(
+                DIGEST_ANNOTATION.to_owned(),
+                digest.to_owned(),
+            )])),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(hook.active_deadline_seconds),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".to_owned()),
+                    containers: vec![Container {
+                        name: step.to_owned(),
+                        image: Some(hook.image.clone()),
+                        command: (!hook.command.is_empty()).then(|| hook.command.clone()),
+                        args: (!hook.args.is_empty()).then(|| hook.args.clone()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The name of a hook step's Job: the AgentDeployment, the step and the digest.
+pub fn hook_job_name(ad_name: &str, step: &str, digest: &str) -> String {
+    let short = digest.trim_start_matches("sha256:").get(..10).unwrap_or("");
+    let base: String = ad_name.chars().take(63 - step.len() - 12).collect();
+    format!("{base}-{step}-{short}")
+}
+
+/// How a hook Job ended, if it did: Ok(()) complete, Err(message) failed.
+pub fn job_outcome(job: &k8s_openapi::api::batch::v1::Job) -> Option<Result<(), String>> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    let is = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == t && c.status == "True")
+    };
+    if is("Complete").is_some() {
+        return Some(Ok(()));
+    }
+    is("Failed").map(|c| {
+        Err(c
+            .message
+            .clone()
+            .or_else(|| c.reason.clone())
+            .unwrap_or_else(|| "the Job failed".into()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,85 +329,4 @@ mod tests {
             Rollout::Progressing(_)
         ));
     }
-}
-
-/// The Job of hook step `step` (a capability name) for spec `digest`.
-pub fn hook_job(
-    ad_name: &str,
-    namespace: &str,
-    step: &str,
-    hook: &crate::crd::agent_deployment::HookStep,
-    digest: &str,
-    owner: OwnerReference,
-) -> k8s_openapi::api::batch::v1::Job {
-    use k8s_openapi::api::batch::v1::{Job, JobSpec};
-    use k8s_openapi::api::core::v1::{Container, PodSpec};
-    let name = hook_job_name(ad_name, step, digest);
-    let labels = BTreeMap::from([
-        (OWNER_LABEL.to_owned(), ad_name.to_owned()),
-        ("dvo.caat.io/step".to_owned(), step.to_owned()),
-    ]);
-    Job {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(labels.clone()),
-            annotations: Some(BTreeMap::from([(
-                DIGEST_ANNOTATION.to_owned(),
-                digest.to_owned(),
-            )])),
-            owner_references: Some(vec![owner]),
-            ..Default::default()
-        },
-        spec: Some(JobSpec {
-            backoff_limit: Some(0),
-            active_deadline_seconds: Some(hook.active_deadline_seconds),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".to_owned()),
-                    containers: vec![Container {
-                        name: step.to_owned(),
-                        image: Some(hook.image.clone()),
-                        command: (!hook.command.is_empty()).then(|| hook.command.clone()),
-                        args: (!hook.args.is_empty()).then(|| hook.args.clone()),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-            },
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
-/// The name of a hook step's Job: the AgentDeployment, the step and the digest.
-pub fn hook_job_name(ad_name: &str, step: &str, digest: &str) -> String {
-    let short = digest.trim_start_matches("sha256:").get(..10).unwrap_or("");
-    let base: String = ad_name.chars().take(63 - step.len() - 12).collect();
-    format!("{base}-{step}-{short}")
-}
-
-/// How a hook Job ended, if it did: Ok(()) complete, Err(message) failed.
-pub fn job_outcome(job: &k8s_openapi::api::batch::v1::Job) -> Option<Result<(), String>> {
-    let conditions = job.status.as_ref()?.conditions.as_ref()?;
-    let is = |t: &str| {
-        conditions
-            .iter()
-            .find(|c| c.type_ == t && c.status == "True")
-    };
-    if is("Complete").is_some() {
-        return Some(Ok(()));
-    }
-    is("Failed").map(|c| {
-        Err(c
-            .message
-            .clone()
-            .or_else(|| c.reason.clone())
-            .unwrap_or_else(|| "the Job failed".into()))
-    })
 }
