@@ -334,7 +334,10 @@ mod tests {
     fn hook_job_names_fit_a_label_and_outcomes_read_from_conditions() {
         let long = "a".repeat(200);
         let name = hook_job_name(&long, "integration-tests", "sha256:0123456789abcdef");
-        assert!(name.len() <= 63 && name.ends_with("-integration-tests-0123456789"), "{name}");
+        assert!(
+            name.len() <= 63 && name.ends_with("-integration-tests-0123456789"),
+            "{name}"
+        );
         use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
         let job = |t: &str, status: &str| Job {
             status: Some(JobStatus {
@@ -349,7 +352,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(job_outcome(&job("Complete", "True")), Some(Ok(())));
-        assert_eq!(job_outcome(&job("Failed", "True")), Some(Err("BackoffLimitExceeded".into())));
+        assert_eq!(
+            job_outcome(&job("Failed", "True")),
+            Some(Err("BackoffLimitExceeded".into()))
+        );
         assert_eq!(job_outcome(&job("Failed", "False")), None);
         assert_eq!(job_outcome(&Job::default()), None);
     }

@@ -4,4 +4,5 @@
 
 mod crds;
 mod operator;
+mod run;
 mod support;
