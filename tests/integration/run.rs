@@ -75,10 +75,8 @@ async fn run_serves_health_logs_json_and_stops_on_sigterm() {
     let mut child = dvo_run("admin", port, &log).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(reply) = get(port, "/readyz") {
-            if reply.starts_with("HTTP/1.1 200") {
-                break;
-            }
+        if get(port, "/readyz").is_some_and(|reply| reply.starts_with("HTTP/1.1 200")) {
+            break;
         }
         assert!(child.try_wait().unwrap().is_none(), "dvo run exited early");
         assert!(Instant::now() < deadline, "dvo run never became ready");
