@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{SubsecRound, Utc};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -357,20 +357,7 @@ async fn ensure_approval_request(
     let mut apr = ApprovalRequest::new(&name, spec);
     apr.metadata.owner_references = ad.controller_owner_ref(&()).map(|o| vec![o]);
     apr.metadata.labels = Some([(workload::OWNER_LABEL.to_owned(), ad.name_any())].into());
-    match api
-        .create(
-            &PostParams {
-                dry_run: false,
-                field_manager: Some(MANAGER.to_owned()),
-            },
-            &apr,
-        )
-        .await
-    {
-        Ok(created) => Ok(created),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get(&name).await?),
-        Err(e) => Err(e.into()),
-    }
+    Ok(super::create_or_get(&api, &name, &apr).await?)
 }
 
 /// Whether a step runs: asked for in the spec and not left out by its capability.
@@ -512,20 +499,7 @@ async fn run_hooks(
                     .controller_owner_ref(&())
                     .ok_or_else(|| Error::Config("AgentDeployment has no UID yet".into()))?;
                 let job = workload::hook_job(&name, &ns, step, hook, digest, owner);
-                match jobs
-                    .create(
-                        &PostParams {
-                            dry_run: false,
-                            field_manager: Some(MANAGER.to_owned()),
-                        },
-                        &job,
-                    )
-                    .await
-                {
-                    Ok(created) => created,
-                    Err(kube::Error::Api(e)) if e.code == 409 => jobs.get(&job_name).await?,
-                    Err(e) => return Err(e.into()),
-                }
+                super::create_or_get(&jobs, &job_name, &job).await?
             }
         };
         let (state, message) = match workload::job_outcome(&job) {

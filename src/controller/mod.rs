@@ -126,30 +126,43 @@ pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
 /// (idempotent: a second replica that loses the race reads the winner's key).
 pub async fn ensure_stamp_key(client: &Client, namespace: &str) -> anyhow::Result<Vec<u8>> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    loop {
-        if let Some(secret) = api.get_opt(KEYS_SECRET).await? {
-            let key = secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get(STAMP_KEY))
-                .map(|b| b.0.clone());
-            return key.filter(|k| k.len() >= 32).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "Secret {namespace}/{KEYS_SECRET} has no {STAMP_KEY} of at least 32 bytes"
-                )
-            });
+    let secret = match api.get_opt(KEYS_SECRET).await? {
+        Some(secret) => secret,
+        None => {
+            let mut key = vec![0u8; 32];
+            getrandom::fill(&mut key)
+                .map_err(|e| anyhow::anyhow!("no randomness for the stamp key: {e}"))?;
+            let mut secret = Secret::default();
+            secret.metadata.name = Some(KEYS_SECRET.to_owned());
+            secret.data = Some([(STAMP_KEY.to_owned(), ByteString(key))].into());
+            create_or_get(&api, KEYS_SECRET, &secret).await?
         }
-        let mut key = vec![0u8; 32];
-        getrandom::fill(&mut key)
-            .map_err(|e| anyhow::anyhow!("no randomness for the stamp key: {e}"))?;
-        let mut secret = Secret::default();
-        secret.metadata.name = Some(KEYS_SECRET.to_owned());
-        secret.data = Some([(STAMP_KEY.to_owned(), ByteString(key))].into());
-        match api.create(&PostParams::default(), &secret).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
+    };
+    let key = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(STAMP_KEY))
+        .map(|b| b.0.clone());
+    key.filter(|k| k.len() >= 32).ok_or_else(|| {
+        anyhow::anyhow!("Secret {namespace}/{KEYS_SECRET} has no {STAMP_KEY} of at least 32 bytes")
+    })
+}
+
+/// Creates `obj` as `name` (field manager `dvo-operator`), or returns the object that already
+/// exists under that name: deterministic names make creation idempotent across restarts and
+/// replicas.
+pub async fn create_or_get<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = PostParams {
+        dry_run: false,
+        field_manager: Some(MANAGER.to_owned()),
+    };
+    match api.create(&params, obj).await {
+        Ok(created) => Ok(created),
+        Err(kube::Error::Api(e)) if e.code == 409 => api.get(name).await,
+        Err(e) => Err(e),
     }
 }
 
@@ -173,7 +186,7 @@ fn all_refs<K: Resource<DynamicType = ()> + Clone>(
 
 /// Runs the AgentDeployment, ApprovalRequest and DeploymentPolicy controllers until `shutdown`
 /// completes; then lets reconciles in flight finish. `ready` is set once the CRDs and keys are
-/// checked and the controllers start.
+/// checked and the controllers' caches are synced.
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -237,6 +250,10 @@ pub async fn run(
         watcher::Config::default(),
     );
     let apr_store = aprs.store();
+    let synced = {
+        let (ads, aprs) = (ad_store.clone(), apr_store.clone());
+        async move { ads.wait_until_ready().await.is_ok() && aprs.wait_until_ready().await.is_ok() }
+    };
     let aprs = aprs
         .watches(
             Api::<AgentDeployment>::all(client.clone()),
@@ -266,8 +283,15 @@ pub async fn run(
     .for_each(|_| async {});
 
     tracing::info!(namespace = %settings.namespace, "controllers started");
-    ready.store(true, Ordering::Relaxed);
-    tokio::join!(ads, aprs, policies);
+    let flag = ready.clone();
+    let mark_ready = async move {
+        // Ready once the caches hold every object: decisions are never made on a partial view.
+        if synced.await {
+            flag.store(true, Ordering::Relaxed);
+            tracing::info!("caches synced; ready");
+        }
+    };
+    tokio::join!(ads, aprs, policies, mark_ready);
     ready.store(false, Ordering::Relaxed);
     tracing::info!("controllers stopped");
     Ok(())
