@@ -30,6 +30,7 @@ fn get(port: u16, path: &str) -> Option<String> {
 fn dvo_run(identity: &str, port: u16, log: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dvo"));
     cmd.env("KUBECONFIG", control_plane().kubeconfig(identity))
+        .env("RUST_LOG", "info,kube_runtime=debug")
         .args([
             "run",
             "--namespace",
