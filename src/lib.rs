@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod approval;
+pub mod audit;
 pub mod capability;
 pub mod cli;
 pub mod controller;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dvo_operator::cli::{evaluate, test_runner};
+use dvo_operator::cli::{audit, evaluate, test_runner};
 
 /// Governance for AI agent deployments on Kubernetes.
 #[derive(Parser)]
@@ -30,6 +30,16 @@ enum Command {
         /// Directory (or file) of test suites.
         dir: PathBuf,
     },
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify an exported audit log: every hash, link, seq, segment and checkpoint. Exit code 0
+    /// intact, 3 tampered (the first bad entry is named), 1 bad input.
+    Verify(audit::VerifyArgs),
 }
 
 /// Arguments of `dvo run`.
@@ -126,6 +136,10 @@ fn main() -> ExitCode {
             Ok(0)
         }
         Command::Evaluate(args) => evaluate::run(&args).map(|(text, code)| {
+            print!("{text}");
+            code
+        }),
+        Command::Audit(AuditCommand::Verify(args)) => audit::run(&args).map(|(text, code)| {
             print!("{text}");
             code
         }),

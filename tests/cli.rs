@@ -236,3 +236,79 @@ fn policy_tests_pass_and_fail_like_a_test_runner() {
         "{out}"
     );
 }
+
+#[test]
+fn audit_verify_reports_intact_and_tampered_exports() {
+    use dvo_operator::audit::{Draft, EventType, Segment, SigningKey, append};
+    let key = SigningKey::from_seed(&[3; 32]).unwrap();
+    let mut entries = Vec::new();
+    let mut head = None;
+    for i in 0..6 {
+        let mut d = Draft::new(
+            EventType::DeploymentStarted,
+            "dvo-operator",
+            "rollout",
+            &format!("agents/gha-{i}"),
+            "AgentDeployment",
+            "success",
+        );
+        d.idempotency_key = format!("k{i}");
+        let e = append(head.as_ref(), d).unwrap();
+        head = Some(e.link());
+        entries.push(e);
+    }
+    let checkpoint = key.sign(6, &entries[5].entry_hash, "2026-11-24T10:00:00Z");
+    let segment = Segment {
+        name: "dvo-audit-0".into(),
+        previous: None,
+        entries,
+    };
+    let dir = scratch("audit");
+    let pubkey: String = key
+        .public_key()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let write_export = |segment: &Segment| {
+        write(
+            &dir,
+            "export.json",
+            &serde_json::to_string(
+                &serde_json::json!({"segments": [segment], "checkpoints": [checkpoint]}),
+            )
+            .unwrap(),
+        )
+    };
+    let file = write_export(&segment);
+    let (out, err, code) = dvo(&["audit", "verify", "-f", &file, "--public-key", &pubkey]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("intact: 6 entries, seq 1..6, head "),
+        "{out}"
+    );
+    assert!(
+        out.trim_end().ends_with("1 checkpoints (newest at seq 6)"),
+        "{out}"
+    );
+
+    let mut tampered = segment.clone();
+    tampered.entries[2].draft.user_id = "mallory".into();
+    let file = write_export(&tampered);
+    let (out, _, code) = dvo(&["audit", "verify", "-f", &file, "--public-key", &pubkey]);
+    assert_eq!(code, 3);
+    assert_eq!(
+        out,
+        "TAMPERED: HashMismatch at seq 3 (segment dvo-audit-0): the entry's content does not match its entry_hash: it was altered\n"
+    );
+
+    let mut truncated = segment;
+    truncated.entries.truncate(4);
+    let file = write_export(&truncated);
+    let (out, _, code) = dvo(&["audit", "verify", "-f", &file, "--public-key", &pubkey]);
+    assert_eq!(code, 3);
+    assert!(out.starts_with("TAMPERED: Truncated at seq 5"), "{out}");
+
+    let (_, err, code) = dvo(&["audit", "verify", "-f", &file, "--public-key", "abc"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--public-key must be 64 hex digits"), "{err}");
+}

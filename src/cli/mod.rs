@@ -1,5 +1,6 @@
-//! The offline commands: `dvo evaluate` and `dvo test`, and manifest loading.
+//! The offline commands: `dvo evaluate`, `dvo test`, `dvo audit verify`, and manifest loading.
 
+pub mod audit;
 pub mod evaluate;
 pub mod load;
 pub mod test_runner;

@@ -1,0 +1,246 @@
+//! Verifying a chain: every hash, every link, every `seq`, every segment boundary and every
+//! checkpoint. The first fault found is named with its `seq` and kind.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::chain::{GENESIS, Link, entry_hash};
+use super::{Checkpoint, Entry, EventType};
+
+/// One stored segment (a ConfigMap), in chain order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Its name.
+    pub name: String,
+    /// The head of the chain before this segment (None for the chain's first segment).
+    pub previous: Option<Link>,
+    /// Its entries, in order.
+    pub entries: Vec<Entry>,
+}
+
+/// The kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FaultKind {
+    /// The entry's content does not hash to its `entry_hash`: it was altered.
+    HashMismatch,
+    /// `previous_hash` is not the previous entry's hash: an entry was removed, reordered or forged.
+    BrokenLink,
+    /// A `seq` is missing or repeated inside a segment.
+    SequenceGap,
+    /// Whole segments are missing (between two segments, or at the start without a retention
+    /// entry that accounts for them).
+    MissingSegment,
+    /// Entries a checkpoint covers are gone: the newest entries were deleted.
+    Truncated,
+    /// A checkpoint's signature does not verify with the public key.
+    BadCheckpointSignature,
+    /// A validly signed checkpoint names another head hash: the chain was rewritten.
+    CheckpointMismatch,
+}
+
+/// The first fault in a chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    /// Its kind.
+    pub kind: FaultKind,
+    /// The `seq` of the first bad entry (or of the checkpoint).
+    pub seq: u64,
+    /// The segment it was found in, when it concerns an entry.
+    pub segment: Option<String>,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} at seq {}", self.kind, self.seq)?;
+        if let Some(s) = &self.segment {
+            write!(f, " (segment {s})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// What a successful verification covered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Entries checked.
+    pub entries: u64,
+    /// First and last `seq` present.
+    pub first_seq: u64,
+    /// Last `seq` present.
+    pub last_seq: u64,
+    /// The head hash.
+    pub head_hash: String,
+    /// Checkpoints verified.
+    pub checkpoints: usize,
+    /// The newest checkpoint's `seq`: entries after it are protected by the hash chain only.
+    pub last_checkpoint_seq: Option<u64>,
+}
+
+fn fault(kind: FaultKind, seq: u64, segment: Option<&str>, message: String) -> Fault {
+    Fault {
+        kind,
+        seq,
+        segment: segment.map(str::to_owned),
+        message,
+    }
+}
+
+/// The highest `seq` that retention entries say were deleted.
+fn retained_through(segments: &[Segment]) -> u64 {
+    segments
+        .iter()
+        .flat_map(|s| &s.entries)
+        .filter(|e| e.draft.event_type == EventType::RetentionApplied)
+        .filter_map(|e| {
+            e.draft
+                .metadata
+                .get("deleted_through_seq")
+                .and_then(|v| v.as_u64())
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Verifies segments (in chain order) and checkpoints against the checkpoint public key.
+pub fn verify(
+    segments: &[Segment],
+    checkpoints: &[Checkpoint],
+    public_key: &[u8],
+) -> Result<Report, Fault> {
+    let mut head: Option<Link> = None;
+    let mut count = 0u64;
+    let mut first_seq = None;
+    for segment in segments {
+        let name = Some(segment.name.as_str());
+        let mut expected = match (&head, &segment.previous) {
+            // The chain's first segment: from seq 1, or after deleted segments that a retention
+            // entry accounts for.
+            (None, None) => Link {
+                seq: 0,
+                hash: GENESIS.to_owned(),
+            },
+            (None, Some(prev)) => {
+                if retained_through(segments) < prev.seq {
+                    return Err(fault(
+                        FaultKind::MissingSegment,
+                        prev.seq + 1,
+                        name,
+                        format!(
+                            "the log starts after seq {} but no retention entry accounts for the entries before it",
+                            prev.seq
+                        ),
+                    ));
+                }
+                prev.clone()
+            }
+            (Some(h), Some(prev)) if prev.seq > h.seq => {
+                return Err(fault(
+                    FaultKind::MissingSegment,
+                    h.seq + 1,
+                    name,
+                    format!(
+                        "entries {} to {} are missing before segment {}",
+                        h.seq + 1,
+                        prev.seq,
+                        segment.name
+                    ),
+                ));
+            }
+            (Some(h), _) => h.clone(),
+        };
+        for e in &segment.entries {
+            if e.seq != expected.seq + 1 {
+                return Err(fault(
+                    FaultKind::SequenceGap,
+                    expected.seq + 1,
+                    name,
+                    format!("expected seq {}, found {}", expected.seq + 1, e.seq),
+                ));
+            }
+            if entry_hash(e) != e.entry_hash {
+                return Err(fault(
+                    FaultKind::HashMismatch,
+                    e.seq,
+                    name,
+                    "the entry's content does not match its entry_hash: it was altered".into(),
+                ));
+            }
+            if e.previous_hash != expected.hash {
+                return Err(fault(
+                    FaultKind::BrokenLink,
+                    e.seq,
+                    name,
+                    format!(
+                        "previous_hash {} is not the hash {} of seq {}",
+                        e.previous_hash, expected.hash, expected.seq
+                    ),
+                ));
+            }
+            first_seq.get_or_insert(e.seq);
+            count += 1;
+            expected = e.link();
+        }
+        head = Some(expected);
+    }
+    let head = head.unwrap_or(Link {
+        seq: 0,
+        hash: GENESIS.to_owned(),
+    });
+    let first = first_seq.unwrap_or(0);
+    let hashes: std::collections::HashMap<u64, &str> = segments
+        .iter()
+        .flat_map(|s| &s.entries)
+        .map(|e| (e.seq, e.entry_hash.as_str()))
+        .collect();
+    let hash_at = |seq: u64| hashes.get(&seq).copied();
+    for c in checkpoints {
+        if !c.verifies(public_key) {
+            return Err(fault(
+                FaultKind::BadCheckpointSignature,
+                c.seq,
+                None,
+                format!(
+                    "the checkpoint signed at {} does not verify with the configured key",
+                    c.at
+                ),
+            ));
+        }
+        if c.seq > head.seq {
+            return Err(fault(
+                FaultKind::Truncated,
+                head.seq + 1,
+                None,
+                format!(
+                    "a checkpoint covers seq {} but the log ends at seq {}: the newest entries were deleted",
+                    c.seq, head.seq
+                ),
+            ));
+        }
+        if c.seq >= first && hash_at(c.seq) != Some(c.head_hash.as_str()) {
+            return Err(fault(
+                FaultKind::CheckpointMismatch,
+                c.seq,
+                None,
+                format!(
+                    "the checkpoint at seq {} names head {} but the log has another entry there: the chain was rewritten",
+                    c.seq, c.head_hash
+                ),
+            ));
+        }
+    }
+    Ok(Report {
+        entries: count,
+        first_seq: first,
+        last_seq: head.seq,
+        head_hash: head.hash,
+        checkpoints: checkpoints.len(),
+        last_checkpoint_seq: checkpoints.iter().map(|c| c.seq).max(),
+    })
+}
+
+#[cfg(test)]
+#[path = "verify_tests.rs"]
+mod tests;
