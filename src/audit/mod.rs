@@ -1,10 +1,12 @@
-//! The tamper-evident audit log, pure part: entries (the seed's event types and fields plus
+//! The tamper-evident audit log. Pure part: entries (the seed's event types and fields plus
 //! `seq`), the hash chain over RFC 8785 canonical JSON, Ed25519-signed checkpoints, and
-//! `verify()`, which names the first bad entry and the kind of fault.
+//! `verify()`, which names the first bad entry and the kind of fault. Shell: `store`, the log in
+//! ConfigMaps.
 
 mod chain;
 mod checkpoint;
 mod entry;
+pub mod store;
 mod verify;
 
 pub use chain::{GENESIS, Link, append, entry_hash};

@@ -14,7 +14,8 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
 use super::workload::{self, Rollout};
-use super::{Context, Error, MANAGER, conditions};
+use super::{Context, Error, MANAGER, conditions, record};
+use crate::audit::EventType as AuditEvent;
 use crate::capability::CapabilitySet;
 use crate::crd::agent_deployment::{
     AgentDeploymentStatus, Phase, StepState, StepStatus, spec_digest,
@@ -259,6 +260,11 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
     st.message = Some(message.clone());
     st.decision = Some(decision);
 
+    if old.phase != Some(phase) || old.spec_digest.as_deref() != Some(digest.as_str()) {
+        let decision = st.decision.as_ref().expect("set above");
+        let draft = record::transition(&ad, &digest, requester.as_ref(), phase, &message, decision);
+        ctx.audit.record(draft).await.map_err(Error::Audit)?;
+    }
     if differs(&old, &st) {
         let patch = serde_json::json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "status": st});
         Api::<AgentDeployment>::namespaced(client.clone(), &ns)
@@ -326,6 +332,16 @@ async fn ensure_approval_request(
         .filter_map(|r| policy::parse_expiry(&r.expiry).ok())
         .min()
         .unwrap_or(chrono::Duration::hours(24));
+    let asked = record::agent(
+        ad,
+        digest,
+        requester,
+        AuditEvent::ApprovalRequested,
+        "request approval",
+        "pending",
+        "approval-requested",
+    );
+    ctx.audit.record(asked).await.map_err(Error::Audit)?;
     let spec = ApprovalRequestSpec {
         deployment_ref: DeploymentRef {
             name: ad.name_any(),
@@ -394,6 +410,16 @@ async fn rollout(
         return Err(Error::Config("spec.template is missing".into()));
     };
     if current.as_ref().and_then(workload::digest_of) != Some(digest) {
+        let started = record::agent(
+            ad,
+            digest,
+            None,
+            AuditEvent::DeploymentStarted,
+            "roll out",
+            "success",
+            "rollout",
+        );
+        ctx.audit.record(started).await.map_err(Error::Audit)?;
         apply(ctx, ad, &ns, template, digest).await?;
         st.deployed_digest = Some(digest.to_owned());
         return Ok((Phase::Progressing, format!("rolling out {digest}")));
@@ -442,6 +468,17 @@ async fn fail(
         Some(good) if step_active(ad.spec.steps.auto_rollback, "auto-rollback", decision) => {
             match previous_template(ctx, &ns, &ad.name_any(), &good).await? {
                 Some(template) => {
+                    let key = format!("rollback-to/{good}");
+                    let rollback = record::agent(
+                        ad,
+                        digest,
+                        None,
+                        AuditEvent::RollbackStarted,
+                        "auto-rollback",
+                        "success",
+                        &key,
+                    );
+                    ctx.audit.record(rollback).await.map_err(Error::Audit)?;
                     apply(ctx, ad, &ns, template, &good).await?;
                     st.deployed_digest = Some(good.clone());
                     Ok((

@@ -10,8 +10,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
-use super::{Context, Error, MANAGER, conditions};
+use super::{Context, Error, MANAGER, conditions, record};
 use crate::approval::{self, Act};
+use crate::audit::EventType as AuditEvent;
 use crate::crd::agent_deployment::spec_digest;
 use crate::crd::approval_request::{ApprovalPhase, ApprovalRecord, ApprovalRequestStatus};
 use crate::crd::{AgentDeployment, ApprovalRequest};
@@ -96,6 +97,36 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
         now,
     );
 
+    if old.phase != Some(eval.phase) && eval.phase != ApprovalPhase::Pending {
+        let (event, status, actors) = match eval.phase {
+            ApprovalPhase::Approved => (
+                AuditEvent::ApprovalGranted,
+                "approved",
+                eval.progress
+                    .iter()
+                    .flat_map(|p| p.approvers.clone())
+                    .collect(),
+            ),
+            ApprovalPhase::Rejected => (
+                AuditEvent::ApprovalDenied,
+                "rejected",
+                st.rejection.iter().map(|r| r.username.clone()).collect(),
+            ),
+            ApprovalPhase::Cancelled => (
+                AuditEvent::ApprovalDenied,
+                "cancelled",
+                st.cancellation.iter().map(|r| r.username.clone()).collect(),
+            ),
+            ApprovalPhase::Expired => (AuditEvent::ApprovalDenied, "expired", vec![]),
+            ApprovalPhase::Superseded | ApprovalPhase::Pending => {
+                (AuditEvent::ApprovalDenied, "superseded", vec![])
+            }
+        };
+        let mut actors: Vec<String> = actors;
+        actors.dedup();
+        let draft = record::approval(&apr, event, status, &actors, &eval.message);
+        ctx.audit.record(draft).await.map_err(Error::Audit)?;
+    }
     if st != old {
         // resourceVersion makes the write conditional: an approval recorded meanwhile is never lost.
         let patch = serde_json::json!({

@@ -6,6 +6,7 @@ pub mod agent_deployment;
 pub mod approval_request;
 pub mod conditions;
 pub mod deployment_policy;
+pub mod record;
 pub mod workload;
 
 use std::future::Future;
@@ -55,6 +56,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// HMAC key of requester stamps.
     pub stamp_key: Vec<u8>,
+    /// The audit log: every decision is recorded here before it is acted on.
+    pub audit: crate::audit::store::AuditLog,
 }
 
 /// Why a reconcile did not finish; it is retried.
@@ -66,6 +69,9 @@ pub enum Error {
     /// Configuration the operator cannot use (the rollout waits until it is fixed).
     #[error("{0}")]
     Config(String),
+    /// The audit log did not record the fact: the action waits (fail closed).
+    #[error("audit: {0}")]
+    Audit(String),
 }
 
 impl Context {
@@ -122,30 +128,63 @@ pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The requester-stamp key from the keys Secret, created with 32 random bytes when absent
-/// (idempotent: a second replica that loses the race reads the winner's key).
-pub async fn ensure_stamp_key(client: &Client, namespace: &str) -> anyhow::Result<Vec<u8>> {
+/// Key of the audit checkpoint Ed25519 seed in [`KEYS_SECRET`].
+pub const CHECKPOINT_KEY: &str = "audit-checkpoint-key";
+
+/// The operator's keys.
+pub struct Keys {
+    /// HMAC key of requester stamps.
+    pub stamp: Vec<u8>,
+    /// Ed25519 seed of audit checkpoints.
+    pub checkpoint: Vec<u8>,
+}
+
+/// The operator's keys from the keys Secret, created with random bytes when absent (idempotent:
+/// a second replica that loses the race reads the winner's keys).
+pub async fn ensure_keys(client: &Client, namespace: &str) -> anyhow::Result<Keys> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = match api.get_opt(KEYS_SECRET).await? {
         Some(secret) => secret,
         None => {
-            let mut key = vec![0u8; 32];
-            getrandom::fill(&mut key)
-                .map_err(|e| anyhow::anyhow!("no randomness for the stamp key: {e}"))?;
             let mut secret = Secret::default();
             secret.metadata.name = Some(KEYS_SECRET.to_owned());
-            secret.data = Some([(STAMP_KEY.to_owned(), ByteString(key))].into());
+            let mut data = std::collections::BTreeMap::new();
+            for name in [STAMP_KEY, CHECKPOINT_KEY] {
+                let mut key = vec![0u8; 32];
+                getrandom::fill(&mut key)
+                    .map_err(|e| anyhow::anyhow!("no randomness for the operator's keys: {e}"))?;
+                data.insert(name.to_owned(), ByteString(key));
+            }
+            secret.data = Some(data);
             create_or_get(&api, KEYS_SECRET, &secret).await?
         }
     };
-    let key = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(STAMP_KEY))
-        .map(|b| b.0.clone());
-    key.filter(|k| k.len() >= 32).ok_or_else(|| {
-        anyhow::anyhow!("Secret {namespace}/{KEYS_SECRET} has no {STAMP_KEY} of at least 32 bytes")
+    let get = |name: &str| {
+        let key = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(name))
+            .map(|b| b.0.clone());
+        key.filter(|k| k.len() == 32).ok_or_else(|| {
+            anyhow::anyhow!("Secret {namespace}/{KEYS_SECRET} has no 32-byte {name}")
+        })
+    };
+    Ok(Keys {
+        stamp: get(STAMP_KEY)?,
+        checkpoint: get(CHECKPOINT_KEY)?,
     })
+}
+
+/// The audit checkpoint seed from the keys Secret, without creating anything (for verifiers).
+pub async fn checkpoint_seed(client: &Client, namespace: &str) -> anyhow::Result<Vec<u8>> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get(KEYS_SECRET)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read Secret {namespace}/{KEYS_SECRET} for the checkpoint key (or give --public-key): {e}"))?;
+    secret
+        .data
+        .and_then(|d| d.get(CHECKPOINT_KEY).map(|b| b.0.clone()))
+        .ok_or_else(|| anyhow::anyhow!("Secret {namespace}/{KEYS_SECRET} has no {CHECKPOINT_KEY}"))
 }
 
 /// Creates `obj` as `name` (field manager `dvo-operator`), or returns the object that already
@@ -194,7 +233,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     check_crds(&client).await?;
-    let stamp_key = ensure_stamp_key(&client, &settings.namespace).await?;
+    let keys = ensure_keys(&client, &settings.namespace).await?;
+    let signing =
+        crate::audit::SigningKey::from_seed(&keys.checkpoint).map_err(|e| anyhow::anyhow!(e))?;
+    let audit = crate::audit::store::AuditLog::start(client.clone(), &settings.namespace, signing);
     let reporter = Reporter {
         controller: MANAGER.to_owned(),
         instance: std::env::var("POD_NAME").ok(),
@@ -203,7 +245,8 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         settings: settings.clone(),
-        stamp_key,
+        stamp_key: keys.stamp,
+        audit: audit.clone(),
     });
     let shutdown = shutdown.shared();
 
@@ -293,6 +336,9 @@ pub async fn run(
     };
     tokio::join!(ads, aprs, policies, mark_ready);
     ready.store(false, Ordering::Relaxed);
+    if let Err(e) = audit.checkpoint().await {
+        tracing::warn!(%e, "no audit checkpoint at shutdown");
+    }
     tracing::info!("controllers stopped");
     Ok(())
 }

@@ -1,0 +1,349 @@
+//! The audit log in ConfigMaps: segments `dvo-audit-NNNNNN` in the operator's namespace, each
+//! well under the 1 MiB object limit. Appends replace the current segment with its
+//! `resourceVersion` (optimistic concurrency), so two writers can never fork the chain: the loser
+//! re-reads and retries. A full segment is sealed (`immutable: true`, with a checkpoint of its last
+//! entry) and the next one records the head it continues from. Concurrent appends are batched into
+//! one write (group commit).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Checkpoint, Draft, Entry, Link, Segment, SigningKey, append};
+
+/// Label on every segment.
+pub const SEGMENT_LABEL: &str = "dvo.caat.io/audit-segment";
+/// Annotation holding the head (JSON `Link`) a segment continues from.
+const PREVIOUS_ANNOTATION: &str = "dvo.caat.io/audit-previous";
+const ENTRIES_KEY: &str = "entries.jsonl";
+const CHECKPOINTS_KEY: &str = "checkpoints.jsonl";
+/// A segment is sealed once its entries exceed this many bytes (objects may hold 1 MiB).
+pub const SEGMENT_BYTES: usize = 256 * 1024;
+/// A checkpoint is signed every this many entries (and when a segment is sealed).
+pub const CHECKPOINT_EVERY: u64 = 100;
+
+fn segment_name(index: u64) -> String {
+    format!("dvo-audit-{index:06}")
+}
+
+fn index_of(name: &str) -> Option<u64> {
+    name.strip_prefix("dvo-audit-")?.parse().ok()
+}
+
+fn lines<T: serde::de::DeserializeOwned>(cm: &ConfigMap, key: &str) -> Result<Vec<T>, String> {
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(String::as_str)
+        .unwrap_or("");
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .map_err(|e| format!("ConfigMap {}: unreadable {key} line: {e}", cm.name_any()))
+        })
+        .collect()
+}
+
+/// A segment as stored, with its checkpoints.
+pub fn read_segment(cm: &ConfigMap) -> Result<(Segment, Vec<Checkpoint>), String> {
+    let previous = match cm.annotations().get(PREVIOUS_ANNOTATION) {
+        Some(v) => Some(serde_json::from_str(v).map_err(|e| {
+            format!(
+                "ConfigMap {}: unreadable {PREVIOUS_ANNOTATION}: {e}",
+                cm.name_any()
+            )
+        })?),
+        None => None,
+    };
+    let segment = Segment {
+        name: cm.name_any(),
+        previous,
+        entries: lines(cm, ENTRIES_KEY)?,
+    };
+    Ok((segment, lines(cm, CHECKPOINTS_KEY)?))
+}
+
+fn to_jsonl<T: serde::Serialize>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| serde_json::to_string(i).expect("serializes") + "\n")
+        .collect()
+}
+
+fn segment_cm(
+    index: u64,
+    previous: Option<&Link>,
+    entries: &[Entry],
+    checkpoints: &[Checkpoint],
+    sealed: bool,
+) -> ConfigMap {
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some(segment_name(index));
+    cm.metadata.labels = Some(BTreeMap::from([(
+        SEGMENT_LABEL.to_owned(),
+        "true".to_owned(),
+    )]));
+    if let Some(p) = previous {
+        cm.metadata.annotations = Some(BTreeMap::from([(
+            PREVIOUS_ANNOTATION.to_owned(),
+            serde_json::to_string(p).expect("a link serializes"),
+        )]));
+    }
+    cm.data = Some(BTreeMap::from([
+        (ENTRIES_KEY.to_owned(), to_jsonl(entries)),
+        (CHECKPOINTS_KEY.to_owned(), to_jsonl(checkpoints)),
+    ]));
+    cm.immutable = sealed.then_some(true);
+    cm
+}
+
+/// Every segment in chain order with all checkpoints: what `verify()` takes.
+pub async fn load(
+    client: &Client,
+    namespace: &str,
+) -> Result<(Vec<Segment>, Vec<Checkpoint>), String> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let mut cms = api
+        .list(&ListParams::default().labels(SEGMENT_LABEL))
+        .await
+        .map_err(|e| format!("cannot list audit segments: {e}"))?
+        .items;
+    cms.sort_by_key(|c| index_of(&c.name_any()));
+    let mut segments = Vec::new();
+    let mut checkpoints = Vec::new();
+    for cm in &cms {
+        let (s, c) = read_segment(cm)?;
+        segments.push(s);
+        checkpoints.extend(c);
+    }
+    Ok((segments, checkpoints))
+}
+
+type Reply = oneshot::Sender<Result<Option<Entry>, String>>;
+
+/// Appends to the log in the cluster. Cheap to clone; appends from many tasks are batched.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<(Option<Draft>, Reply)>,
+}
+
+struct Writer {
+    api: Api<ConfigMap>,
+    key: SigningKey,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl AuditLog {
+    /// Starts the writer task for the log in `namespace`, signing checkpoints with `key`.
+    pub fn start(client: Client, namespace: &str, key: SigningKey) -> AuditLog {
+        let (tx, mut rx) = mpsc::channel::<(Option<Draft>, Reply)>(1024);
+        let writer = Writer {
+            api: Api::namespaced(client, namespace),
+            key,
+        };
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                // Group commit: everything queued by now goes into one write. A `None` draft asks
+                // for a checkpoint of the head (at shutdown).
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let checkpoint = batch.iter().any(|(d, _)| d.is_none());
+                let drafts: Vec<Draft> = batch.iter().filter_map(|(d, _)| d.clone()).collect();
+                let result = writer.append(drafts, checkpoint).await;
+                let mut entries = result.as_ref().ok().map(|e| e.iter());
+                for (draft, reply) in batch {
+                    let answer = match (&result, draft) {
+                        (Err(e), _) => Err(e.clone()),
+                        (Ok(_), Some(_)) => Ok(entries.as_mut().and_then(Iterator::next).cloned()),
+                        (Ok(all), None) => Ok(all.last().cloned()),
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
+        });
+        AuditLog { tx }
+    }
+
+    /// Signs a checkpoint of the current head (at shutdown). Errors when the log is empty.
+    pub async fn checkpoint(&self) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((None, reply))
+            .await
+            .map_err(|_| "the audit writer has stopped".to_owned())?;
+        rx.await
+            .map_err(|_| "the audit writer has stopped".to_owned())?
+            .map(|_| ())
+    }
+
+    /// Appends one fact and returns its entry once it is stored; an entry with the same
+    /// idempotency key already in the current or previous segment is returned instead of a
+    /// duplicate. An error means nothing was recorded: the caller must not act.
+    pub async fn record(&self, draft: Draft) -> Result<Entry, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((Some(draft), reply))
+            .await
+            .map_err(|_| "the audit writer has stopped".to_owned())?;
+        rx.await
+            .map_err(|_| "the audit writer has stopped".to_owned())?
+            .and_then(|e| e.ok_or_else(|| "the audit writer returned no entry".to_owned()))
+    }
+}
+
+impl Writer {
+    /// Appends `drafts` in one write to the current segment (sealing and starting a new one when
+    /// it is full), retrying on a lost race.
+    async fn append(&self, drafts: Vec<Draft>, checkpoint: bool) -> Result<Vec<Entry>, String> {
+        let mut out = Vec::with_capacity(drafts.len() + 1);
+        let mut rest: &[Draft] = &drafts;
+        let mut conflicts = 0;
+        loop {
+            // A write takes what fits in the current segment; the rest goes to the next one.
+            match self.try_append(rest, checkpoint).await {
+                Ok((entries, taken)) => {
+                    out.extend(entries);
+                    rest = &rest[taken..];
+                    if rest.is_empty() {
+                        return Ok(out);
+                    }
+                }
+                Err(Retry::Conflict) if conflicts < 10 => conflicts += 1,
+                Err(Retry::Conflict) => {
+                    return Err(
+                        "the audit log changed under every attempt to append (10 conflicts)".into(),
+                    );
+                }
+                Err(Retry::Fatal(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// One conditional write: the entries of the drafts it took (a prefix) and how many it took.
+    async fn try_append(
+        &self,
+        drafts: &[Draft],
+        checkpoint: bool,
+    ) -> Result<(Vec<Entry>, usize), Retry> {
+        let fatal = |e: kube::Error| Retry::Fatal(format!("audit append failed: {e}"));
+        let mut cms = self
+            .api
+            .list(&ListParams::default().labels(SEGMENT_LABEL))
+            .await
+            .map_err(fatal)?
+            .items;
+        cms.sort_by_key(|c| index_of(&c.name_any()));
+        let Some(current) = cms.last().cloned() else {
+            // The first segment of the log.
+            let cm = segment_cm(0, None, &[], &[], false);
+            return match self.api.create(&PostParams::default(), &cm).await {
+                Ok(_) => Err(Retry::Conflict),
+                Err(kube::Error::Api(e)) if e.code == 409 => Err(Retry::Conflict),
+                Err(e) => Err(fatal(e)),
+            };
+        };
+        let index = index_of(&current.name_any()).unwrap_or(0);
+        let (segment, mut checkpoints) = read_segment(&current).map_err(Retry::Fatal)?;
+        if current.immutable == Some(true) {
+            // Sealed by another writer that has not created the next one yet: create it.
+            let head = segment
+                .entries
+                .last()
+                .map(Entry::link)
+                .or(segment.previous.clone());
+            let next = segment_cm(index + 1, head.as_ref(), &[], &[], false);
+            return match self.api.create(&PostParams::default(), &next).await {
+                Ok(_) => Err(Retry::Conflict),
+                Err(kube::Error::Api(e)) if e.code == 409 => Err(Retry::Conflict),
+                Err(e) => Err(fatal(e)),
+            };
+        }
+        let mut known: BTreeMap<String, Entry> = BTreeMap::new();
+        if let Some(prev) = cms.iter().rev().nth(1) {
+            let (s, _) = read_segment(prev).map_err(Retry::Fatal)?;
+            known.extend(
+                s.entries
+                    .into_iter()
+                    .map(|e| (e.draft.idempotency_key.clone(), e)),
+            );
+        }
+        known.extend(
+            segment
+                .entries
+                .iter()
+                .map(|e| (e.draft.idempotency_key.clone(), e.clone())),
+        );
+        let mut entries = segment.entries.clone();
+        let mut head = entries.last().map(Entry::link).or(segment.previous.clone());
+        let mut out: Vec<Entry> = Vec::with_capacity(drafts.len() + 1);
+        let mut size: usize = entries
+            .iter()
+            .map(|e| serde_json::to_string(e).map_or(0, |s| s.len() + 1))
+            .sum();
+        let mut taken = 0;
+        for draft in drafts {
+            if size > SEGMENT_BYTES {
+                break;
+            }
+            taken += 1;
+            if let Some(existing) = known
+                .get(&draft.idempotency_key)
+                .filter(|_| !draft.idempotency_key.is_empty())
+            {
+                out.push(existing.clone());
+                continue;
+            }
+            let entry = append(head.as_ref(), draft.clone()).map_err(Retry::Fatal)?;
+            head = Some(entry.link());
+            if entry.seq % CHECKPOINT_EVERY == 0 {
+                checkpoints.push(self.key.sign(entry.seq, &entry.entry_hash, &now()));
+            }
+            known.insert(entry.draft.idempotency_key.clone(), entry.clone());
+            size += serde_json::to_string(&entry).map_or(0, |s| s.len() + 1);
+            entries.push(entry.clone());
+            out.push(entry);
+        }
+        let sealed = size > SEGMENT_BYTES;
+        let unsigned_head = entries
+            .last()
+            .filter(|l| checkpoints.last().is_none_or(|c| c.seq != l.seq));
+        if let (true, Some(last)) = (sealed || checkpoint, unsigned_head) {
+            checkpoints.push(self.key.sign(last.seq, &last.entry_hash, &now()));
+        }
+        let mut cm = segment_cm(
+            index,
+            segment.previous.as_ref(),
+            &entries,
+            &checkpoints,
+            sealed,
+        );
+        cm.metadata.resource_version = current.resource_version();
+        if checkpoint && taken == drafts.len() {
+            out.extend(entries.last().cloned());
+        }
+        match self
+            .api
+            .replace(&current.name_any(), &PostParams::default(), &cm)
+            .await
+        {
+            Ok(_) => Ok((out, taken)),
+            Err(kube::Error::Api(e)) if e.code == 409 => Err(Retry::Conflict),
+            Err(e) => Err(fatal(e)),
+        }
+    }
+}
+
+enum Retry {
+    Conflict,
+    Fatal(String),
+}
