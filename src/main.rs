@@ -54,6 +54,26 @@ struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// An audit sink as NAME=TARGET, TARGET being `stdout` or
+    /// `syslog+tcp://host:port?payload=cef|json` (repeat for several).
+    #[arg(long = "audit-sink", value_parser = parse_sink)]
+    audit_sinks: Vec<(String, dvo_operator::audit::sink::Target)>,
+}
+
+fn parse_sink(s: &str) -> Result<(String, dvo_operator::audit::sink::Target), String> {
+    let (name, target) = s
+        .split_once('=')
+        .ok_or("expected NAME=TARGET, e.g. siem=syslog+tcp://siem:6514?payload=cef")?;
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        return Err(format!(
+            "sink name {name:?} must be lowercase letters, digits and dashes"
+        ));
+    }
+    Ok((name.to_owned(), target.parse()?))
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]

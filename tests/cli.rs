@@ -312,3 +312,21 @@ fn audit_verify_reports_intact_and_tampered_exports() {
     assert_eq!(code, 1);
     assert!(err.contains("--public-key must be 64 hex digits"), "{err}");
 }
+
+#[test]
+fn run_refuses_malformed_audit_sinks_before_connecting() {
+    let (_, err, code) = dvo(&["run", "--audit-sink", "x=ftp://a"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(
+            "unknown audit sink \"ftp://a\": use stdout or syslog+tcp://host:port?payload=cef|json"
+        ),
+        "{err}"
+    );
+    let (_, err, code) = dvo(&["run", "--audit-sink", "Bad Name=stdout"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("must be lowercase letters, digits and dashes"),
+        "{err}"
+    );
+}

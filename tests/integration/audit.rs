@@ -250,3 +250,148 @@ async fn the_operator_records_a_deployment_before_acting_and_its_log_verifies() 
     assert_eq!(code, Some(0), "{out}");
     assert!(out.starts_with("intact: "), "{out}");
 }
+
+/// A real rsyslogd receiving RFC 5424 over TCP on loopback, writing what it parsed to a file.
+struct Rsyslog {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Rsyslog {
+    fn start(name: &str) -> Rsyslog {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("dvo-rsyslog-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = format!(
+            r#"global(workDirectory="{d}")
+module(load="imtcp")
+input(type="imtcp" port="{port}" address="127.0.0.1")
+template(name="fields" type="string" string="%syslogfacility%|%syslogseverity%|%hostname%|%app-name%|%msgid%|%structured-data%|%msg%\n")
+*.* action(type="omfile" file="{d}/out.log" template="fields")
+"#,
+            d = dir.display()
+        );
+        std::fs::write(dir.join("rsyslog.conf"), conf).unwrap();
+        let child = std::process::Command::new("rsyslogd")
+            .args(["-n", "-f"])
+            .arg(dir.join("rsyslog.conf"))
+            .arg("-i")
+            .arg(dir.join("rsyslog.pid"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("rsyslogd (Debian package rsyslog; .ci/run installs it)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rsyslogd did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Rsyslog { child, dir, port }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("out.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    async fn wait_lines(&self, n: usize) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines = self.lines();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rsyslog wrote {} of {n} lines: {lines:?}",
+                lines.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_syslog_sink_delivers_cef_to_rsyslog_and_resumes_from_its_cursor() {
+    use dvo_operator::audit::sink::{self, Sink, Target};
+    let client = operator().await;
+    let ns = log_namespace(&client, "auditsyslog").await;
+    let rsyslog = Rsyslog::start("cef");
+    let log = AuditLog::start(client.clone(), &ns, SigningKey::from_seed(&SEED).unwrap());
+    let mut failed = draft(0, "s");
+    failed.event_type = EventType::DeploymentFailed;
+    failed.status = "failure".into();
+    failed.environment = Some("production".into());
+    failed.platform = Some("langchain".into());
+    log.record(failed).await.unwrap();
+    for i in 1..4 {
+        log.record(draft(i, "s")).await.unwrap();
+    }
+    let target: Target = format!("syslog+tcp://127.0.0.1:{}?payload=cef", rsyslog.port)
+        .parse()
+        .unwrap();
+    let start = |target: Target| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(sink::run(
+            client.clone(),
+            ns.clone(),
+            Sink::new("siem", target),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        (stop, task)
+    };
+    let (stop, task) = start(target.clone());
+    let lines = rsyslog.wait_lines(4).await;
+    // facility 13 (log audit), severity err for the failure; CEF with the seed's labels.
+    let first: Vec<&str> = lines[0].splitn(7, '|').collect();
+    assert_eq!(
+        &first[..5],
+        &["13", "3", "dvo-operator", "dvo-operator", "audit"],
+        "{}",
+        lines[0]
+    );
+    assert_eq!(first[5], "[dvo@32473 seq=\"1\"]");
+    assert!(
+        first[6].starts_with("CEF:0|KesselDigital|CAAT-DVO|1.0|deployment_failed|evaluate|7|"),
+        "{}",
+        first[6]
+    );
+    assert!(
+        first[6].contains("cs1=production cs1Label=Environment cs2=langchain cs2Label=Platform"),
+        "{}",
+        first[6]
+    );
+    let _ = stop.send(());
+    task.await.unwrap();
+
+    // A restarted sink resumes after its cursor: no entry is delivered twice.
+    log.record(draft(4, "s")).await.unwrap();
+    let (stop, task) = start(target);
+    // Entries go out in order, so a redelivery of 1-4 would be written before 5 shows up.
+    let lines = rsyslog.wait_lines(5).await;
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert!(lines[4].contains("seq=\"5\""), "{}", lines[4]);
+    let _ = stop.send(());
+    task.await.unwrap();
+}

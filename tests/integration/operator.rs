@@ -655,7 +655,11 @@ async fn a_closed_window_holds_the_rollout_until_it_opens() {
     let ns = namespace(&client, "window").await;
     // A window that opens at the next minute boundary (every day, UTC).
     let now = Utc::now();
-    let open = now + chrono::Duration::seconds(60 - i64::from(chrono::Timelike::second(&now)));
+    let open = chrono::DurationRound::duration_trunc(
+        now + chrono::Duration::seconds(60),
+        chrono::Duration::minutes(1),
+    )
+    .unwrap();
     let start = open.format("%H:%M").to_string();
     let end = (open + chrono::Duration::minutes(30))
         .format("%H:%M")
