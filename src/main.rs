@@ -58,6 +58,10 @@ struct RunArgs {
     /// `syslog+tcp://host:port?payload=cef|json` (repeat for several).
     #[arg(long = "audit-sink", value_parser = parse_sink)]
     audit_sinks: Vec<(String, dvo_operator::audit::sink::Target)>,
+    /// Days audit segments are kept; whole sealed segments older than that are deleted (and the
+    /// deletion is recorded). 0 keeps them forever.
+    #[arg(long, default_value_t = 365)]
+    audit_retention_days: i64,
 }
 
 fn parse_sink(s: &str) -> Result<(String, dvo_operator::audit::sink::Target), String> {
@@ -119,6 +123,8 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         ));
         let settings = dvo_operator::controller::Settings {
             namespace: args.namespace,
+            audit_retention: (args.audit_retention_days > 0)
+                .then(|| chrono::Duration::days(args.audit_retention_days)),
         };
         let controllers = dvo_operator::controller::run(client, settings, ready, stopped());
         // A reconcile stuck on the API server must not keep the process past its grace period.

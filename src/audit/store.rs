@@ -347,3 +347,146 @@ enum Retry {
     Conflict,
     Fatal(String),
 }
+
+/// Which whole segments retention may delete: sealed ones, oldest first and contiguous, whose
+/// newest entry is older than `cutoff`; never the newest segment. Returns their names and the
+/// last `seq` they hold.
+pub fn expired(
+    segments: &[(Segment, bool)],
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> (Vec<String>, u64) {
+    let mut names = Vec::new();
+    let mut through = 0;
+    let candidates = segments.len().saturating_sub(1);
+    for (segment, sealed) in segments.iter().take(candidates) {
+        let newest = segment
+            .entries
+            .last()
+            .and_then(|e| chrono::DateTime::parse_from_rfc3339(&e.draft.timestamp).ok());
+        match newest {
+            Some(t) if *sealed && t < cutoff => {
+                names.push(segment.name.clone());
+                through = segment.entries.last().map_or(through, |e| e.seq);
+            }
+            _ => break,
+        }
+    }
+    (names, through)
+}
+
+/// Deletes whole segments older than `cutoff`, after recording a `retention_applied` entry that
+/// names them (so `verify()` accepts the log starting later). Returns the deleted names.
+pub async fn apply_retention(
+    client: &Client,
+    namespace: &str,
+    log: &AuditLog,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<String>, String> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let mut cms = api
+        .list(&ListParams::default().labels(SEGMENT_LABEL))
+        .await
+        .map_err(|e| format!("cannot list audit segments: {e}"))?
+        .items;
+    cms.sort_by_key(|c| index_of(&c.name_any()));
+    let mut segments = Vec::new();
+    for cm in &cms {
+        segments.push((read_segment(cm)?.0, cm.immutable == Some(true)));
+    }
+    let (names, through) = expired(&segments, cutoff);
+    if names.is_empty() {
+        return Ok(names);
+    }
+    let mut draft = Draft::new(
+        super::EventType::RetentionApplied,
+        "system:dvo-operator",
+        "retention",
+        namespace,
+        "ConfigMap",
+        "success",
+    );
+    draft.timestamp = now();
+    draft.idempotency_key = format!("retention/{through}");
+    draft.metadata = serde_json::json!({"deleted_segments": names, "deleted_through_seq": through, "cutoff": cutoff.to_rfc3339()});
+    log.record(draft).await?;
+    for name in &names {
+        match api.delete(name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(format!("cannot delete audit segment {name}: {e}")),
+        }
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{EventType, append};
+
+    fn segment(name: &str, first: u64, n: u64, ts: &str) -> Segment {
+        let mut entries = Vec::new();
+        let mut head = (first > 1).then(|| Link {
+            seq: first - 1,
+            hash: "0".repeat(64),
+        });
+        for _ in 0..n {
+            let mut d = Draft::new(EventType::PolicyEvaluated, "u", "o", "r", "t", "success");
+            d.timestamp = ts.to_owned();
+            let e = append(head.as_ref(), d).unwrap();
+            head = Some(e.link());
+            entries.push(e);
+        }
+        Segment {
+            name: name.to_owned(),
+            previous: None,
+            entries,
+        }
+    }
+
+    #[test]
+    fn retention_takes_old_sealed_segments_from_the_start_only() {
+        let cutoff = "2026-06-01T00:00:00Z".parse().unwrap();
+        let old = "2026-01-01T00:00:00Z";
+        let new = "2026-11-01T00:00:00Z";
+        // (segments with their sealed flag, names retention may delete, last seq deleted)
+        type Case<'a> = (Vec<(Segment, bool)>, Vec<&'a str>, u64);
+        let table: Vec<Case> = vec![
+            (
+                vec![
+                    (segment("a", 1, 3, old), true),
+                    (segment("b", 4, 3, old), true),
+                    (segment("c", 7, 1, old), false),
+                ],
+                vec!["a", "b"],
+                6,
+            ),
+            (
+                vec![
+                    (segment("a", 1, 3, old), true),
+                    (segment("b", 4, 3, new), true),
+                    (segment("c", 7, 1, old), true),
+                ],
+                vec!["a"],
+                3,
+            ),
+            // The newest segment is never deleted, even when sealed and old.
+            (vec![(segment("a", 1, 3, old), true)], vec![], 0),
+            // An unsealed segment stops retention.
+            (
+                vec![
+                    (segment("a", 1, 3, old), false),
+                    (segment("b", 4, 3, old), true),
+                ],
+                vec![],
+                0,
+            ),
+        ];
+        for (segments, names, through) in table {
+            assert_eq!(
+                expired(&segments, cutoff),
+                (names.iter().map(|s| s.to_string()).collect(), through)
+            );
+        }
+    }
+}

@@ -44,6 +44,8 @@ pub const STAMP_KEY: &str = "requester-stamp-key";
 pub struct Settings {
     /// The operator's own namespace (role mapping, keys).
     pub namespace: String,
+    /// How long audit segments are kept (None: forever).
+    pub audit_retention: Option<chrono::Duration>,
 }
 
 /// Shared state of the reconcilers.
@@ -334,7 +336,37 @@ pub async fn run(
             tracing::info!("caches synced; ready");
         }
     };
-    tokio::join!(ads, aprs, policies, mark_ready);
+    let retention = {
+        let (client, audit, ns) = (client.clone(), audit.clone(), settings.namespace.clone());
+        let keep = settings.audit_retention;
+        let stop = shutdown.clone();
+        async move {
+            let Some(keep) = keep else { return };
+            let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    () = &mut stop => return,
+                    _ = hourly.tick() => {}
+                }
+                match crate::audit::store::apply_retention(
+                    &client,
+                    &ns,
+                    &audit,
+                    chrono::Utc::now() - keep,
+                )
+                .await
+                {
+                    Ok(deleted) if !deleted.is_empty() => {
+                        tracing::info!(?deleted, "audit retention deleted segments")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(%e, "audit retention failed; retrying in an hour"),
+                }
+            }
+        }
+    };
+    tokio::join!(ads, aprs, policies, mark_ready, retention);
     ready.store(false, Ordering::Relaxed);
     if let Err(e) = audit.checkpoint().await {
         tracing::warn!(%e, "no audit checkpoint at shutdown");

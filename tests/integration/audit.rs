@@ -395,3 +395,36 @@ async fn the_syslog_sink_delivers_cef_to_rsyslog_and_resumes_from_its_cursor() {
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn retention_deletes_whole_old_segments_and_says_so() {
+    let client = operator().await;
+    let ns = log_namespace(&client, "auditretention").await;
+    let log = AuditLog::start(client.clone(), &ns, SigningKey::from_seed(&SEED).unwrap());
+    for i in 0..300 {
+        log.record(draft(i, "r")).await.unwrap();
+    }
+    let (before, _) = load(&client, &ns).await.unwrap();
+    assert!(before.len() >= 2, "{} segments", before.len());
+    let cutoff = "2030-01-01T00:00:00Z".parse().unwrap();
+    let deleted = dvo_operator::audit::store::apply_retention(&client, &ns, &log, cutoff)
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted,
+        before[..before.len() - 1]
+            .iter()
+            .map(|s| s.name.clone())
+            .collect::<Vec<_>>()
+    );
+    let (after, checkpoints) = load(&client, &ns).await.unwrap();
+    let public = SigningKey::from_seed(&SEED).unwrap().public_key();
+    let report = verify(&after, &checkpoints, &public).unwrap();
+    assert!(report.first_seq > 1 && report.last_seq == 301, "{report:?}");
+    let retention = after
+        .iter()
+        .flat_map(|s| &s.entries)
+        .find(|e| e.draft.event_type == EventType::RetentionApplied)
+        .unwrap();
+    assert_eq!(retention.draft.metadata["deleted_segments"], json!(deleted));
+}

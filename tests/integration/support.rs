@@ -253,6 +253,7 @@ fn start_operator() -> Running {
             let client = control_plane().client("admin").await;
             let settings = dvo_operator::controller::Settings {
                 namespace: OPERATOR_NS.to_owned(),
+                audit_retention: Some(chrono::Duration::days(365)),
             };
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
