@@ -5,6 +5,7 @@
 //! command line, never from this module.
 
 mod access;
+pub mod entra;
 mod mapping;
 mod roles;
 pub mod stamp;

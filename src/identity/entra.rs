@@ -1,0 +1,243 @@
+//! Microsoft Entra ID access tokens, verified: RS256 only (Entra's keys carry no `alg`, so it is
+//! pinned here), signature against the tenant's JWKS by `kid`, issuer (v1 or v2 form) of an
+//! allowed tenant, audience, `exp`/`nbf` with leeway, `amr` containing `mfa` when required, and
+//! no groups overage. The identity is `oid` + `tid`; groups and app roles map to roles.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::{Deserialize, Serialize};
+
+use super::{Identity, Role};
+
+/// Which issuer forms are accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IssuerVersion {
+    /// `https://sts.windows.net/{tid}/`
+    V1,
+    /// `https://login.microsoftonline.com/{tid}/v2.0`
+    V2,
+    /// Either.
+    Both,
+}
+
+/// How tokens are checked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EntraConfig {
+    /// Tenant IDs whose tokens are accepted.
+    pub tenants: Vec<String>,
+    /// The expected audience (the application ID URI or client ID).
+    pub audience: String,
+    /// Accepted issuer forms.
+    pub issuer_version: IssuerVersion,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// App role value → role (e.g. `DVO.ReleaseManager: release_manager`).
+    #[serde(default)]
+    pub app_roles: BTreeMap<String, Role>,
+}
+
+fn default_leeway() -> u64 {
+    60
+}
+
+/// A verified token's identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntraIdentity {
+    /// Object ID of the user.
+    pub oid: String,
+    /// Tenant ID.
+    pub tid: String,
+    /// `preferred_username`, `upn` or `unique_name` (the `oid` when none).
+    pub username: String,
+    /// Group object IDs.
+    pub groups: Vec<String>,
+    /// Roles from app role claims.
+    pub app_roles: BTreeSet<Role>,
+    /// Whether `amr` contains `mfa`.
+    pub mfa: bool,
+}
+
+impl EntraIdentity {
+    /// As a Kubernetes-style identity for the role mapping (uid `tid/oid`).
+    pub fn identity(&self) -> Identity {
+        Identity {
+            username: self.username.clone(),
+            uid: Some(format!("{}/{}", self.tid, self.oid)),
+            groups: self.groups.clone(),
+        }
+    }
+}
+
+/// Why a token was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a JWT, or missing claims.
+    #[error("the token is malformed: {0}")]
+    Malformed(String),
+    /// Any algorithm but RS256.
+    #[error("the token is signed with {0}; only RS256 is accepted")]
+    Algorithm(String),
+    /// The key is not in the JWKS (refetch it, rate-limited, then retry once).
+    #[error("the token's signing key {0:?} is not in the tenant's JWKS")]
+    UnknownKey(String),
+    /// The signature does not verify.
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    /// `exp` passed.
+    #[error("the token has expired")]
+    Expired,
+    /// `nbf` not reached.
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// Wrong `aud`.
+    #[error("the token is for another audience")]
+    Audience,
+    /// Wrong `iss`.
+    #[error("the token's issuer is not an accepted Entra ID tenant issuer")]
+    Issuer,
+    /// `tid` not allowed.
+    #[error("tenant {0} is not allowed")]
+    Tenant(String),
+    /// MFA required but not in `amr`.
+    #[error(
+        "this approval requires multi-factor authentication, and the token's amr claim has no mfa"
+    )]
+    NoMfa,
+    /// Too many groups for the token.
+    #[error(
+        "the token has too many groups to list them (groups overage): give the approvers their roles through app roles, or assign fewer groups"
+    )]
+    GroupsOverage,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    tid: String,
+    oid: String,
+    #[serde(default)]
+    preferred_username: Option<String>,
+    #[serde(default)]
+    upn: Option<String>,
+    #[serde(default)]
+    unique_name: Option<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    amr: Vec<String>,
+    #[serde(default, rename = "_claim_names")]
+    claim_names: Option<serde_json::Value>,
+    #[serde(default)]
+    hasgroups: Option<bool>,
+}
+
+fn issuers(cfg: &EntraConfig) -> Vec<String> {
+    cfg.tenants
+        .iter()
+        .flat_map(|t| {
+            let v1 = format!("https://sts.windows.net/{t}/");
+            let v2 = format!("https://login.microsoftonline.com/{t}/v2.0");
+            match cfg.issuer_version {
+                IssuerVersion::V1 => vec![v1],
+                IssuerVersion::V2 => vec![v2],
+                IssuerVersion::Both => vec![v1, v2],
+            }
+        })
+        .collect()
+}
+
+/// Verifies `token` against `jwks`. `require_mfa` comes from the policy being approved.
+pub fn verify(
+    token: &str,
+    jwks: &JwkSet,
+    cfg: &EntraConfig,
+    require_mfa: bool,
+) -> Result<EntraIdentity, TokenError> {
+    // A header naming an algorithm the library does not even know (`none`) is a refusal of that
+    // algorithm, not a parse error.
+    let header = decode_header(token).map_err(|e| match named_algorithm(token) {
+        Some(alg) if alg != "RS256" => TokenError::Algorithm(alg),
+        _ => TokenError::Malformed(e.to_string()),
+    })?;
+    if header.alg != Algorithm::RS256 {
+        return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+    }
+    let kid = header
+        .kid
+        .ok_or_else(|| TokenError::Malformed("the token has no kid".into()))?;
+    let jwk = jwks
+        .find(&kid)
+        .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+    let key = DecodingKey::from_jwk(jwk)
+        .map_err(|e| TokenError::Malformed(format!("JWKS key {kid}: {e}")))?;
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.leeway = cfg.leeway_seconds;
+    validation.validate_nbf = true;
+    validation.set_audience(&[cfg.audience.as_str()]);
+    validation.set_issuer(&issuers(cfg));
+    validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+    let claims = decode::<Claims>(token, &key, &validation)
+        .map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => TokenError::BadSignature,
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+            ErrorKind::InvalidAudience => TokenError::Audience,
+            ErrorKind::InvalidIssuer => TokenError::Issuer,
+            ErrorKind::InvalidAlgorithm => TokenError::Algorithm("another algorithm".into()),
+            _ => TokenError::Malformed(e.to_string()),
+        })?
+        .claims;
+    if !cfg.tenants.contains(&claims.tid) {
+        return Err(TokenError::Tenant(claims.tid));
+    }
+    let overage = claims.hasgroups == Some(true)
+        || claims
+            .claim_names
+            .as_ref()
+            .is_some_and(|c| c.get("groups").is_some());
+    if overage {
+        return Err(TokenError::GroupsOverage);
+    }
+    let mfa = claims.amr.iter().any(|m| m == "mfa");
+    if require_mfa && !mfa {
+        return Err(TokenError::NoMfa);
+    }
+    Ok(EntraIdentity {
+        username: claims
+            .preferred_username
+            .or(claims.upn)
+            .or(claims.unique_name)
+            .unwrap_or_else(|| claims.oid.clone()),
+        app_roles: claims
+            .roles
+            .iter()
+            .filter_map(|r| cfg.app_roles.get(r).copied())
+            .collect(),
+        oid: claims.oid,
+        tid: claims.tid,
+        groups: claims.groups,
+        mfa,
+    })
+}
+
+/// The `alg` a token's header names, if the header is readable JSON.
+fn named_algorithm(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    value.get("alg")?.as_str().map(str::to_owned)
+}
+
+#[cfg(test)]
+#[path = "entra_tests.rs"]
+mod tests;

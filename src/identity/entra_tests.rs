@@ -1,0 +1,301 @@
+use std::process::Command;
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde_json::{Value, json};
+
+use super::*;
+
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const AUD: &str = "api://dvo-operator";
+
+/// An RSA key made with openssl: (PKCS#1 DER private key, JWK).
+struct TestKey {
+    der: Vec<u8>,
+    jwk: Value,
+}
+
+fn make_key(kid: &str) -> TestKey {
+    let dir = std::env::temp_dir().join(format!("dvo-entra-{kid}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = dir.join("key.pem");
+    let der = dir.join("key.der");
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["genrsa", "-out", pem.to_str().unwrap(), "2048"]);
+    run(&[
+        "rsa",
+        "-in",
+        pem.to_str().unwrap(),
+        "-traditional",
+        "-outform",
+        "DER",
+        "-out",
+        der.to_str().unwrap(),
+    ]);
+    let modulus = run(&["rsa", "-in", pem.to_str().unwrap(), "-noout", "-modulus"]);
+    let hex = modulus.trim().trim_start_matches("Modulus=");
+    let n: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let key = TestKey {
+        der: std::fs::read(&der).unwrap(),
+        // Like Entra's keys: no "alg".
+        jwk: json!({"kty": "RSA", "use": "sig", "kid": kid, "n": URL_SAFE_NO_PAD.encode(n), "e": "AQAB"}),
+    };
+    std::fs::remove_dir_all(&dir).unwrap();
+    key
+}
+
+fn keys() -> &'static (TestKey, TestKey) {
+    static KEYS: OnceLock<(TestKey, TestKey)> = OnceLock::new();
+    KEYS.get_or_init(|| (make_key("k1"), make_key("k2")))
+}
+
+fn jwks(which: &[&TestKey]) -> JwkSet {
+    serde_json::from_value(json!({"keys": which.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()}))
+        .unwrap()
+}
+
+fn config() -> EntraConfig {
+    serde_yaml::from_str(&format!(
+        "tenants: [{TENANT}]\naudience: {AUD}\nissuerVersion: both\nleewaySeconds: 30\nappRoles: {{DVO.ReleaseManager: release_manager}}"
+    ))
+    .unwrap()
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn claims() -> Value {
+    json!({
+        "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"), "aud": AUD,
+        "exp": now() + 3600, "nbf": now() - 60, "iat": now() - 60,
+        "tid": TENANT, "oid": "0c0e7f3e-0000-4000-8000-00000000a001",
+        "preferred_username": "rosa@example.com",
+        "groups": ["3f2a8c1e-5b7d-4e9a-a1c2-0d4e6f8b9a10"], "roles": ["DVO.ReleaseManager", "Other"],
+        "amr": ["pwd", "mfa"],
+    })
+}
+
+fn sign(key: &TestKey, kid: &str, claims: &Value) -> String {
+    let mut header = Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.into());
+    encode(&header, claims, &EncodingKey::from_rsa_der(&key.der)).unwrap()
+}
+
+fn with(mut c: Value, k: &str, v: Value) -> Value {
+    if v.is_null() {
+        c.as_object_mut().unwrap().remove(k);
+    } else {
+        c[k] = v;
+    }
+    c
+}
+
+#[test]
+fn a_good_token_gives_the_identity_groups_and_app_roles() {
+    let (k1, _) = keys();
+    let id = verify(&sign(k1, "k1", &claims()), &jwks(&[k1]), &config(), true).unwrap();
+    assert_eq!(
+        (id.username.as_str(), id.tid.as_str(), id.mfa),
+        ("rosa@example.com", TENANT, true)
+    );
+    assert_eq!(id.app_roles, [Role::ReleaseManager].into());
+    assert_eq!(
+        id.identity().uid,
+        Some(format!("{TENANT}/0c0e7f3e-0000-4000-8000-00000000a001"))
+    );
+    assert_eq!(
+        id.identity().groups,
+        vec!["3f2a8c1e-5b7d-4e9a-a1c2-0d4e6f8b9a10"]
+    );
+    // The v1 issuer form is accepted too when configured.
+    let v1 = with(
+        claims(),
+        "iss",
+        json!(format!("https://sts.windows.net/{TENANT}/")),
+    );
+    assert!(verify(&sign(k1, "k1", &v1), &jwks(&[k1]), &config(), true).is_ok());
+}
+
+#[test]
+fn refusals() {
+    let (k1, k2) = keys();
+    let set = jwks(&[k1]);
+    let other_tenant = "11111111-2222-3333-4444-555555555555";
+    let hs256_with_public_key = {
+        let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
+        h.kid = Some("k1".into());
+        encode(
+            &h,
+            &claims(),
+            &EncodingKey::from_secret(k1.jwk["n"].as_str().unwrap().as_bytes()),
+        )
+        .unwrap()
+    };
+    let none = {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT","kid":"k1"}"#);
+        let body = URL_SAFE_NO_PAD.encode(claims().to_string());
+        format!("{header}.{body}.")
+    };
+    let cases: Vec<(&str, String, bool, TokenError)> = vec![
+        (
+            "bad signature",
+            sign(k2, "k1", &claims()),
+            true,
+            TokenError::BadSignature,
+        ),
+        (
+            "wrong audience",
+            sign(k1, "k1", &with(claims(), "aud", json!("api://other"))),
+            true,
+            TokenError::Audience,
+        ),
+        (
+            "wrong issuer",
+            sign(
+                k1,
+                "k1",
+                &with(claims(), "iss", json!("https://evil.example.com/")),
+            ),
+            true,
+            TokenError::Issuer,
+        ),
+        (
+            "other tenant's issuer",
+            sign(
+                k1,
+                "k1",
+                &with(
+                    claims(),
+                    "iss",
+                    json!(format!(
+                        "https://login.microsoftonline.com/{other_tenant}/v2.0"
+                    )),
+                ),
+            ),
+            true,
+            TokenError::Issuer,
+        ),
+        (
+            "tenant not allowed",
+            sign(k1, "k1", &with(claims(), "tid", json!(other_tenant))),
+            true,
+            TokenError::Tenant(other_tenant.into()),
+        ),
+        (
+            "expired",
+            sign(k1, "k1", &with(claims(), "exp", json!(now() - 120))),
+            true,
+            TokenError::Expired,
+        ),
+        (
+            "not yet valid",
+            sign(k1, "k1", &with(claims(), "nbf", json!(now() + 120))),
+            true,
+            TokenError::NotYetValid,
+        ),
+        (
+            "no MFA",
+            sign(k1, "k1", &with(claims(), "amr", json!(["pwd"]))),
+            true,
+            TokenError::NoMfa,
+        ),
+        ("alg none", none, true, TokenError::Algorithm("none".into())),
+        (
+            "HS256 with the public key",
+            hs256_with_public_key,
+            true,
+            TokenError::Algorithm("HS256".into()),
+        ),
+        (
+            "unknown kid",
+            sign(k2, "k2", &claims()),
+            true,
+            TokenError::UnknownKey("k2".into()),
+        ),
+        (
+            "groups overage",
+            sign(
+                k1,
+                "k1",
+                &with(
+                    with(claims(), "groups", Value::Null),
+                    "_claim_names",
+                    json!({"groups": "src1"}),
+                ),
+            ),
+            true,
+            TokenError::GroupsOverage,
+        ),
+        (
+            "missing exp",
+            sign(k1, "k1", &with(claims(), "exp", Value::Null)),
+            true,
+            TokenError::Malformed(String::new()),
+        ),
+        (
+            "garbage",
+            "not.a.token".into(),
+            true,
+            TokenError::Malformed(String::new()),
+        ),
+    ];
+    for (what, token, mfa, want) in cases {
+        let got = verify(&token, &set, &config(), mfa).unwrap_err();
+        match (&got, &want) {
+            (TokenError::Malformed(_), TokenError::Malformed(_)) => {}
+            _ => assert_eq!(got, want, "{what}"),
+        }
+    }
+    // Without the MFA requirement a password-only token is fine.
+    assert!(
+        verify(
+            &sign(k1, "k1", &with(claims(), "amr", json!(["pwd"]))),
+            &set,
+            &config(),
+            false
+        )
+        .is_ok()
+    );
+    // Clock skew within the leeway is tolerated.
+    assert!(
+        verify(
+            &sign(k1, "k1", &with(claims(), "exp", json!(now() - 10))),
+            &set,
+            &config(),
+            true
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        TokenError::GroupsOverage.to_string(),
+        "the token has too many groups to list them (groups overage): give the approvers their roles through app roles, or assign fewer groups"
+    );
+}
+
+#[test]
+fn key_rotation_an_unknown_kid_verifies_once_the_jwks_has_it() {
+    let (k1, k2) = keys();
+    let token = sign(k2, "k2", &claims());
+    assert_eq!(
+        verify(&token, &jwks(&[k1]), &config(), true).unwrap_err(),
+        TokenError::UnknownKey("k2".into())
+    );
+    assert!(verify(&token, &jwks(&[k1, k2]), &config(), true).is_ok());
+}
