@@ -125,6 +125,10 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
             namespace: args.namespace,
             audit_retention: (args.audit_retention_days > 0)
                 .then(|| chrono::Duration::days(args.audit_retention_days)),
+            identity: std::env::var("POD_NAME").unwrap_or_else(|_| {
+                let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            }),
         };
         let controllers = dvo_operator::controller::run(client, settings, ready, stopped());
         // A reconcile stuck on the API server must not keep the process past its grace period.

@@ -6,6 +6,7 @@ pub mod agent_deployment;
 pub mod approval_request;
 pub mod conditions;
 pub mod deployment_policy;
+pub mod leader;
 pub mod record;
 pub mod workload;
 
@@ -46,6 +47,8 @@ pub struct Settings {
     pub namespace: String,
     /// How long audit segments are kept (None: forever).
     pub audit_retention: Option<chrono::Duration>,
+    /// This replica's name in the leader Lease (the pod name in a cluster).
+    pub identity: String,
 }
 
 /// Shared state of the reconcilers.
@@ -235,6 +238,41 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     check_crds(&client).await?;
+    let shutdown = shutdown.shared();
+    tracing::info!(identity = %settings.identity, "waiting for the leader Lease");
+    tokio::select! {
+        () = leader::acquire(&client, &settings.namespace, &settings.identity) => {}
+        () = shutdown.clone() => return Ok(()),
+    }
+    tracing::info!(identity = %settings.identity, "leading");
+    // Controllers stop on shutdown, or when the lease is lost to another replica.
+    let (lost_tx, mut lost_rx) = tokio::sync::watch::channel(false);
+    let stop = {
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                _ = lost_rx.wait_for(|lost| *lost) => {}
+            }
+        }
+        .shared()
+    };
+    let holder = {
+        let (client, ns, me, stop) = (
+            client.clone(),
+            settings.namespace.clone(),
+            settings.identity.clone(),
+            stop.clone(),
+        );
+        async move {
+            let kept = leader::hold(&client, &ns, &me, stop).await;
+            if !kept {
+                tracing::error!("lost the leader Lease");
+                let _ = lost_tx.send(true);
+            }
+            kept
+        }
+    };
     let keys = ensure_keys(&client, &settings.namespace).await?;
     let signing =
         crate::audit::SigningKey::from_seed(&keys.checkpoint).map_err(|e| anyhow::anyhow!(e))?;
@@ -250,7 +288,6 @@ pub async fn run(
         stamp_key: keys.stamp,
         audit: audit.clone(),
     });
-    let shutdown = shutdown.shared();
 
     let ads = Controller::new(
         Api::<AgentDeployment>::all(client.clone()),
@@ -282,7 +319,7 @@ pub async fn run(
                 .map(|o| ObjectRef::from_obj(o.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .graceful_shutdown_on(shutdown.clone())
+        .graceful_shutdown_on(stop.clone())
         .run(agent_deployment::reconcile, error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Ok((obj, _)) = r {
@@ -315,7 +352,7 @@ pub async fn run(
                     .collect::<Vec<_>>()
             },
         )
-        .graceful_shutdown_on(shutdown.clone())
+        .graceful_shutdown_on(stop.clone())
         .run(approval_request::reconcile, error_policy, ctx.clone())
         .for_each(|_| async {});
 
@@ -323,7 +360,7 @@ pub async fn run(
         Api::<DeploymentPolicy>::all(client.clone()),
         watcher::Config::default(),
     )
-    .graceful_shutdown_on(shutdown.clone())
+    .graceful_shutdown_on(stop.clone())
     .run(deployment_policy::reconcile, error_policy, ctx.clone())
     .for_each(|_| async {});
 
@@ -339,7 +376,7 @@ pub async fn run(
     let retention = {
         let (client, audit, ns) = (client.clone(), audit.clone(), settings.namespace.clone());
         let keep = settings.audit_retention;
-        let stop = shutdown.clone();
+        let stop = stop.clone();
         async move {
             let Some(keep) = keep else { return };
             let mut hourly = tokio::time::interval(Duration::from_secs(3600));
@@ -366,10 +403,15 @@ pub async fn run(
             }
         }
     };
-    tokio::join!(ads, aprs, policies, mark_ready, retention);
+    let (.., kept) = tokio::join!(ads, aprs, policies, mark_ready, retention, holder);
     ready.store(false, Ordering::Relaxed);
     if let Err(e) = audit.checkpoint().await {
         tracing::warn!(%e, "no audit checkpoint at shutdown");
+    }
+    if !kept {
+        anyhow::bail!(
+            "lost the leader Lease to another replica; exiting so that this one restarts as a follower"
+        );
     }
     tracing::info!("controllers stopped");
     Ok(())

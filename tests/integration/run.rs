@@ -26,15 +26,16 @@ fn get(port: u16, path: &str) -> Option<String> {
     Some(out)
 }
 
-/// `dvo run` as `identity`, logging to `log` (a file: a pipe nobody reads would fill up).
-fn dvo_run(identity: &str, port: u16, log: &std::path::Path) -> Command {
+/// `dvo run` as `identity` for the operator namespace `ns`, logging to `log` (a file: a pipe
+/// nobody reads would fill up).
+fn dvo_run(identity: &str, ns: &str, port: u16, log: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dvo"));
     cmd.env("KUBECONFIG", control_plane().kubeconfig(identity))
         .env("RUST_LOG", "info,kube_runtime=debug")
         .args([
             "run",
             "--namespace",
-            OPERATOR_NS,
+            ns,
             "--log-format",
             "json",
             "--health-addr",
@@ -54,7 +55,7 @@ fn log_file(name: &str) -> std::path::PathBuf {
 async fn run_refuses_to_start_without_access_to_its_kinds() {
     operator().await;
     let out = tokio::task::spawn_blocking(|| {
-        dvo_run("viewer", free_port(), &log_file("viewer"))
+        dvo_run("viewer", OPERATOR_NS, free_port(), &log_file("viewer"))
             .output()
             .unwrap()
     })
@@ -70,10 +71,12 @@ async fn run_refuses_to_start_without_access_to_its_kinds() {
 
 #[tokio::test]
 async fn run_serves_health_logs_json_and_stops_on_sigterm() {
-    operator().await;
+    let client = operator().await;
+    // Its own namespace: its own leader Lease (the test operator leads in dvo-system).
+    let ns = crate::support::namespace(&client, "dvorun").await;
     let port = free_port();
     let log = log_file("admin");
-    let mut child = dvo_run("admin", port, &log).spawn().unwrap();
+    let mut child = dvo_run("admin", &ns, port, &log).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if get(port, "/readyz").is_some_and(|reply| reply.starts_with("HTTP/1.1 200")) {
@@ -123,4 +126,65 @@ async fn run_serves_health_logs_json_and_stops_on_sigterm() {
         "{messages:?} (log: {})",
         log.display()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_runs_and_a_follower_takes_over_when_it_stops() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let client = operator().await;
+    let ns = crate::support::namespace(&client, "leader").await;
+    let start = |me: &str| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let ready = Arc::new(AtomicBool::new(false));
+        let settings = dvo_operator::controller::Settings {
+            namespace: ns.clone(),
+            audit_retention: None,
+            identity: me.to_owned(),
+        };
+        let task = tokio::spawn(dvo_operator::controller::run(
+            client.clone(),
+            settings,
+            ready.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        (stop, ready, task)
+    };
+    let ready_within = |flag: Arc<AtomicBool>, secs: u64| async move {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !flag.load(Ordering::Relaxed) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
+    };
+    let (stop_a, ready_a, task_a) = start("replica-a");
+    assert!(
+        ready_within(ready_a.clone(), 60).await,
+        "the first replica leads"
+    );
+    let (stop_b, ready_b, task_b) = start("replica-b");
+    let leases =
+        kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns);
+    let holder =
+        |l: k8s_openapi::api::coordination::v1::Lease| l.spec.and_then(|s| s.holder_identity);
+    assert!(!ready_within(ready_b.clone(), 4).await, "a follower waits");
+    assert_eq!(
+        holder(leases.get("dvo-operator-leader").await.unwrap()).as_deref(),
+        Some("replica-a")
+    );
+    // The leader stops and releases the lease: the follower takes over without waiting for expiry.
+    let _ = stop_a.send(());
+    task_a.await.unwrap().unwrap();
+    assert!(ready_within(ready_b, 10).await, "the follower takes over");
+    assert_eq!(
+        holder(leases.get("dvo-operator-leader").await.unwrap()).as_deref(),
+        Some("replica-b")
+    );
+    let _ = stop_b.send(());
+    task_b.await.unwrap().unwrap();
 }

@@ -254,6 +254,7 @@ fn start_operator() -> Running {
             let settings = dvo_operator::controller::Settings {
                 namespace: OPERATOR_NS.to_owned(),
                 audit_retention: Some(chrono::Duration::days(365)),
+                identity: "test-operator".to_owned(),
             };
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
