@@ -102,18 +102,25 @@ fn segment_cm(
     cm
 }
 
+/// The segment ConfigMaps in chain order.
+async fn segment_maps(api: &Api<ConfigMap>) -> Result<Vec<ConfigMap>, kube::Error> {
+    let mut cms = api
+        .list(&ListParams::default().labels(SEGMENT_LABEL))
+        .await?
+        .items;
+    cms.sort_by_key(|c| index_of(&c.name_any()));
+    Ok(cms)
+}
+
 /// Every segment in chain order with all checkpoints: what `verify()` takes.
 pub async fn load(
     client: &Client,
     namespace: &str,
 ) -> Result<(Vec<Segment>, Vec<Checkpoint>), String> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let mut cms = api
-        .list(&ListParams::default().labels(SEGMENT_LABEL))
+    let cms = segment_maps(&api)
         .await
-        .map_err(|e| format!("cannot list audit segments: {e}"))?
-        .items;
-    cms.sort_by_key(|c| index_of(&c.name_any()));
+        .map_err(|e| format!("cannot list audit segments: {e}"))?;
     let mut segments = Vec::new();
     let mut checkpoints = Vec::new();
     for cm in &cms {
@@ -236,13 +243,7 @@ impl Writer {
         checkpoint: bool,
     ) -> Result<(Vec<Entry>, usize), Retry> {
         let fatal = |e: kube::Error| Retry::Fatal(format!("audit append failed: {e}"));
-        let mut cms = self
-            .api
-            .list(&ListParams::default().labels(SEGMENT_LABEL))
-            .await
-            .map_err(fatal)?
-            .items;
-        cms.sort_by_key(|c| index_of(&c.name_any()));
+        let cms = segment_maps(&self.api).await.map_err(fatal)?;
         let Some(current) = cms.last().cloned() else {
             // The first segment of the log.
             let cm = segment_cm(0, None, &[], &[], false);
@@ -383,12 +384,9 @@ pub async fn apply_retention(
     cutoff: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<String>, String> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let mut cms = api
-        .list(&ListParams::default().labels(SEGMENT_LABEL))
+    let cms = segment_maps(&api)
         .await
-        .map_err(|e| format!("cannot list audit segments: {e}"))?
-        .items;
-    cms.sort_by_key(|c| index_of(&c.name_any()));
+        .map_err(|e| format!("cannot list audit segments: {e}"))?;
     let mut segments = Vec::new();
     for cm in &cms {
         segments.push((read_segment(cm)?.0, cm.immutable == Some(true)));
