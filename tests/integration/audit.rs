@@ -428,3 +428,180 @@ async fn retention_deletes_whole_old_segments_and_says_so() {
         .unwrap();
     assert_eq!(retention.draft.metadata["deleted_segments"], json!(deleted));
 }
+
+/// A stand-in for Splunk's HTTP Event Collector on loopback: answers the first event request
+/// "busy" (code 9), then accepts with an ack id, and acknowledges it on the ack endpoint.
+async fn fake_hec() -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, String)>>>,
+) {
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use std::sync::{Arc, Mutex};
+    type Seen = Arc<Mutex<Vec<(String, String, String, String)>>>;
+    let seen: Seen = Arc::default();
+    let record = |path: &str, headers: &HeaderMap, body: String, seen: &Seen| {
+        let h = |k: &str| {
+            headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        seen.lock().unwrap().push((
+            path.to_owned(),
+            h("authorization"),
+            h("x-splunk-request-channel"),
+            body,
+        ));
+    };
+    let app = axum::Router::new()
+        .route(
+            "/services/collector/event",
+            axum::routing::post(
+                move |State(seen): State<Seen>, headers: HeaderMap, body: String| async move {
+                    record("event", &headers, body, &seen);
+                    if headers.get("authorization").and_then(|v| v.to_str().ok())
+                        != Some("Splunk good-token")
+                    {
+                        return (
+                            StatusCode::FORBIDDEN,
+                            r#"{"text":"Invalid token","code":4}"#.to_owned(),
+                        );
+                    }
+                    let n = seen
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|s| s.0 == "event")
+                        .count();
+                    if n == 1 {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            r#"{"text":"Server is busy","code":9}"#.to_owned(),
+                        )
+                    } else {
+                        (
+                            StatusCode::OK,
+                            format!(r#"{{"text":"Success","code":0,"ackId":{n}}}"#),
+                        )
+                    }
+                },
+            ),
+        )
+        .route(
+            "/services/collector/ack",
+            axum::routing::post(
+                move |State(seen): State<Seen>, headers: HeaderMap, body: String| async move {
+                    record("ack", &headers, body.clone(), &seen);
+                    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["acks"][0]
+                        .as_u64()
+                        .unwrap();
+                    (StatusCode::OK, format!(r#"{{"acks":{{"{id}":true}}}}"#))
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, seen)
+}
+
+#[tokio::test]
+async fn the_splunk_sink_batches_retries_when_busy_and_waits_for_the_ack() {
+    use dvo_operator::audit::sink::{self, Sink, Target, http::Splunk};
+    let client = operator().await;
+    let ns = log_namespace(&client, "auditsplunk").await;
+    let (port, seen) = fake_hec().await;
+    let log = AuditLog::start(client.clone(), &ns, SigningKey::from_seed(&SEED).unwrap());
+    for i in 0..3 {
+        log.record(draft(i, "h")).await.unwrap();
+    }
+    let splunk = |token: &str| Splunk {
+        base: format!("http://127.0.0.1:{port}"),
+        token: token.to_owned(),
+        index: Some("dvo_audit".into()),
+        ack_channel: Some("0f8e3c5a-1b2d-4e6f-8a9b-0c1d2e3f4a5b".into()),
+    };
+    let cursor = |client: Client, ns: String| async move {
+        let cm = Api::<ConfigMap>::namespaced(client, &ns)
+            .get_opt("dvo-audit-cursor-splunk")
+            .await
+            .unwrap();
+        cm.and_then(|c| c.data).and_then(|d| d.get("seq").cloned())
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sink::run(
+        client.clone(),
+        ns.clone(),
+        Sink::new("splunk", Target::Splunk(splunk("good-token"))),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cursor(client.clone(), ns.clone()).await.as_deref() != Some("3") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cursor never reached 3: {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    task.await.unwrap();
+    let seen_handle = seen.clone();
+    let seen = seen.lock().unwrap().clone();
+    let events: Vec<_> = seen.iter().filter(|s| s.0 == "event").collect();
+    assert_eq!(events.len(), 2, "busy once, then accepted: {seen:?}");
+    assert!(
+        seen.iter().any(|s| s.0 == "ack"),
+        "the ack endpoint was asked"
+    );
+    let (_, auth, channel, body) = events[1];
+    assert_eq!(
+        (auth.as_str(), channel.as_str()),
+        ("Splunk good-token", "0f8e3c5a-1b2d-4e6f-8a9b-0c1d2e3f4a5b")
+    );
+    let lines: Vec<serde_json::Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "one request carries the batch");
+    assert_eq!(lines[0]["index"], "dvo_audit");
+    assert_eq!(lines[0]["sourcetype"], "dvo:audit");
+    assert_eq!(lines[2]["event"]["seq"], 3);
+
+    // A bad token never advances a new sink's cursor.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let bad = tokio::spawn(sink::run(
+        client.clone(),
+        ns.clone(),
+        Sink::new("badtoken", Target::Splunk(splunk("wrong"))),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    log.record(draft(3, "h")).await.unwrap();
+    let refused = std::time::Instant::now() + Duration::from_secs(30);
+    while !seen_handle
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|s| s.1 == "Splunk wrong")
+    {
+        assert!(
+            std::time::Instant::now() < refused,
+            "the bad token was never tried"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    bad.await.unwrap();
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get_opt("dvo-audit-cursor-badtoken")
+        .await
+        .unwrap();
+    assert!(cm.is_none(), "no cursor for a sink that delivered nothing");
+}

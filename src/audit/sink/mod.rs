@@ -3,6 +3,7 @@
 //! without ever blocking appends to the chain.
 
 pub mod format;
+pub mod http;
 
 use std::time::Duration;
 
@@ -23,6 +24,15 @@ use format::Payload;
 pub enum Target {
     /// JSON lines on standard output.
     Stdout,
+    /// Splunk HTTP Event Collector.
+    Splunk(http::Splunk),
+    /// A generic HTTP(S) endpoint receiving JSON arrays of entries.
+    Webhook {
+        /// The URL.
+        url: String,
+        /// A bearer token, when required.
+        token: Option<String>,
+    },
     /// RFC 5424 over TCP with octet counting.
     Syslog {
         /// `host:port`.
@@ -34,33 +44,113 @@ pub enum Target {
     },
 }
 
+/// The query parameters of a sink URL.
+fn query(q: &str) -> Vec<(&str, &str)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect()
+}
+
+/// A secret from the environment variable named by `token-env` (default `default_var`), as a
+/// Secret mounted with `env.valueFrom.secretKeyRef` provides it.
+fn token(
+    params: &[(&str, &str)],
+    default_var: &str,
+    required: bool,
+) -> Result<Option<String>, String> {
+    let var = params
+        .iter()
+        .find(|(k, _)| *k == "token-env")
+        .map_or(default_var, |(_, v)| v);
+    match std::env::var(var) {
+        Ok(t) if !t.is_empty() => Ok(Some(t)),
+        _ if required => Err(format!(
+            "the sink's token is not set: environment variable {var} is empty"
+        )),
+        _ => Ok(None),
+    }
+}
+
 impl std::str::FromStr for Target {
     type Err = String;
-    /// `stdout`, or `syslog+tcp://host:port[?payload=cef|json]`.
+    /// `stdout`; `syslog+tcp://host:port[?payload=cef|json]`;
+    /// `splunk+https://host:8088[?index=I&ack=true&token-env=VAR]` (token from `$DVO_SPLUNK_TOKEN`
+    /// by default); `webhook+https://host/path[?token-env=VAR]`.
     fn from_str(s: &str) -> Result<Target, String> {
+        let usage = || {
+            format!(
+                "unknown audit sink {s:?}: use stdout, syslog+tcp://host:port?payload=cef|json, splunk+https://host:8088?index=NAME or webhook+https://host/path"
+            )
+        };
         if s == "stdout" {
             return Ok(Target::Stdout);
         }
-        let rest = s.strip_prefix("syslog+tcp://").ok_or_else(|| {
-            format!(
-                "unknown audit sink {s:?}: use stdout or syslog+tcp://host:port?payload=cef|json"
-            )
-        })?;
-        let (address, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let payload = match query {
-            "" | "payload=cef" => Payload::Cef,
-            "payload=json" => Payload::Json,
-            other => {
-                return Err(format!(
-                    "unknown audit sink option {other:?}: use payload=cef or payload=json"
-                ));
-            }
+        let (scheme, rest) = s.split_once("://").ok_or_else(usage)?;
+        let (address, q) = rest.split_once('?').unwrap_or((rest, ""));
+        let params = query(q);
+        let known = |allowed: &[&str]| match params.iter().find(|(k, _)| !allowed.contains(k)) {
+            Some((k, _)) => Err(format!("unknown audit sink option {k:?} in {s:?}")),
+            None => Ok(()),
         };
-        Ok(Target::Syslog {
-            address: address.to_owned(),
-            payload,
-            hostname: std::env::var("POD_NAME").unwrap_or_else(|_| "dvo-operator".into()),
-        })
+        match scheme {
+            "syslog+tcp" => {
+                known(&["payload"])?;
+                let payload = match params
+                    .iter()
+                    .find(|(k, _)| *k == "payload")
+                    .map(|(_, v)| *v)
+                {
+                    None | Some("cef") => Payload::Cef,
+                    Some("json") => Payload::Json,
+                    Some(other) => {
+                        return Err(format!(
+                            "unknown audit sink option payload={other:?}: use payload=cef or payload=json"
+                        ));
+                    }
+                };
+                Ok(Target::Syslog {
+                    address: address.to_owned(),
+                    payload,
+                    hostname: std::env::var("POD_NAME").unwrap_or_else(|_| "dvo-operator".into()),
+                })
+            }
+            "splunk+https" | "splunk+http" => {
+                known(&["index", "ack", "token-env"])?;
+                let http = scheme.trim_start_matches("splunk+");
+                let ack = params.iter().any(|(k, v)| *k == "ack" && *v == "true");
+                let channel = ack.then(|| {
+                    let mut b = [0u8; 16];
+                    let _ = getrandom::fill(&mut b);
+                    let h = crate::hex(&b);
+                    format!(
+                        "{}-{}-{}-{}-{}",
+                        &h[..8],
+                        &h[8..12],
+                        &h[12..16],
+                        &h[16..20],
+                        &h[20..]
+                    )
+                });
+                Ok(Target::Splunk(http::Splunk {
+                    base: format!("{http}://{address}"),
+                    token: token(&params, "DVO_SPLUNK_TOKEN", true)?.expect("required"),
+                    index: params
+                        .iter()
+                        .find(|(k, _)| *k == "index")
+                        .map(|(_, v)| v.to_string()),
+                    ack_channel: channel,
+                }))
+            }
+            "webhook+https" | "webhook+http" => {
+                known(&["token-env"])?;
+                Ok(Target::Webhook {
+                    url: format!("{}://{address}", scheme.trim_start_matches("webhook+")),
+                    token: token(&params, "DVO_WEBHOOK_TOKEN", false)?,
+                })
+            }
+            _ => Err(usage()),
+        }
     }
 }
 
@@ -71,6 +161,7 @@ pub struct Sink {
     /// Where it delivers.
     pub target: Target,
     connection: Option<TcpStream>,
+    https: Option<http::Https>,
 }
 
 impl Sink {
@@ -80,11 +171,23 @@ impl Sink {
             name: name.to_owned(),
             target,
             connection: None,
+            https: None,
         }
     }
 
+    fn https(&mut self) -> Result<&http::Https, String> {
+        if self.https.is_none() {
+            self.https = Some(http::client()?);
+        }
+        Ok(self.https.as_ref().expect("set above"))
+    }
+
     async fn send(&mut self, entries: &[Entry]) -> Result<(), String> {
-        match &self.target {
+        match self.target.clone() {
+            Target::Splunk(splunk) => splunk.send(self.https()?, entries).await,
+            Target::Webhook { url, token } => {
+                http::webhook(self.https()?, &url, token.as_deref(), entries).await
+            }
             Target::Stdout => {
                 for e in entries {
                     println!("{}", serde_json::to_string(e).expect("an entry serializes"));
@@ -98,10 +201,10 @@ impl Sink {
             } => {
                 let frames: String = entries
                     .iter()
-                    .map(|e| format::syslog_frame(e, *payload, hostname))
+                    .map(|e| format::syslog_frame(e, payload, &hostname))
                     .collect();
                 if self.connection.is_none() {
-                    let stream = TcpStream::connect(address)
+                    let stream = TcpStream::connect(&address)
                         .await
                         .map_err(|e| format!("cannot connect to syslog at {address}: {e}"))?;
                     self.connection = Some(stream);
@@ -204,6 +307,70 @@ pub async fn run(
                 tracing::warn!(sink = %sink.name, error = %e, retry_in = ?next, "audit sink failed");
                 backoff = Some(next);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_urls() {
+        assert_eq!("stdout".parse::<Target>(), Ok(Target::Stdout));
+        match "syslog+tcp://siem:514?payload=json"
+            .parse::<Target>()
+            .unwrap()
+        {
+            Target::Syslog {
+                address, payload, ..
+            } => assert_eq!((address.as_str(), payload), ("siem:514", Payload::Json)),
+            other => panic!("{other:?}"),
+        }
+        // PATH stands in for a Secret exposed as an environment variable.
+        match "splunk+https://splunk:8088?index=dvo&ack=true&token-env=PATH"
+            .parse::<Target>()
+            .unwrap()
+        {
+            Target::Splunk(s) => {
+                assert_eq!(
+                    (s.base.as_str(), s.index.as_deref(), s.token),
+                    (
+                        "https://splunk:8088",
+                        Some("dvo"),
+                        std::env::var("PATH").unwrap()
+                    )
+                );
+                assert_eq!(s.ack_channel.map(|c| c.len()), Some(36));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            "webhook+https://hooks.example.com/audit"
+                .parse::<Target>()
+                .unwrap(),
+            Target::Webhook {
+                url: "https://hooks.example.com/audit".into(),
+                token: std::env::var("DVO_WEBHOOK_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
+            }
+        );
+        let errors = [
+            (
+                "splunk+https://s:8088?token-env=DVO_TEST_SURELY_UNSET",
+                "environment variable DVO_TEST_SURELY_UNSET is empty",
+            ),
+            ("syslog+tcp://s:514?payload=xml", "payload=\"xml\""),
+            (
+                "syslog+tcp://s:514?format=cef",
+                "unknown audit sink option \"format\"",
+            ),
+            ("kafka://broker", "unknown audit sink \"kafka://broker\""),
+        ];
+        for (url, want) in errors {
+            let err = url.parse::<Target>().unwrap_err();
+            assert!(err.contains(want), "{url}: {err}");
         }
     }
 }

@@ -1,0 +1,208 @@
+//! HTTP sinks: Splunk HTTP Event Collector (batched events, `Authorization: Splunk <token>`,
+//! optional indexer acknowledgement) and a generic HTTPS webhook (a JSON array of entries).
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+use crate::audit::Entry;
+
+/// The HTTP(S) client of the sinks.
+pub type Https = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// An HTTP(S) client trusting the system's roots.
+pub fn client() -> Result<Https, String> {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| format!("no TLS roots: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+async fn post(
+    client: &Https,
+    url: &str,
+    headers: &[(&str, String)],
+    body: String,
+) -> Result<(StatusCode, String), String> {
+    let mut req = Request::post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("bad request to {url}: {e}"))?;
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Splunk HEC settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Splunk {
+    /// Base URL, e.g. `https://splunk:8088`.
+    pub base: String,
+    /// The HEC token.
+    pub token: String,
+    /// Index, when not the token's default.
+    pub index: Option<String>,
+    /// An acknowledgement channel (GUID): when set, an entry counts as delivered only once
+    /// Splunk acknowledges it was indexed.
+    pub ack_channel: Option<String>,
+}
+
+/// What a HEC reply means.
+fn hec_outcome(status: StatusCode, body: &str) -> Result<Option<u64>, String> {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let code = v.get("code").and_then(Value::as_i64);
+    let text = v.get("text").and_then(Value::as_str).unwrap_or(body);
+    match (status.as_u16(), code) {
+        (200, Some(0) | None) => Ok(v.get("ackId").and_then(Value::as_u64)),
+        (503, _) | (_, Some(9)) => Err(format!(
+            "Splunk HEC is busy (HTTP {status}, code {code:?}: {text}); retrying"
+        )),
+        (401 | 403, _) => Err(format!(
+            "Splunk HEC refused the token (HTTP {status}, code {code:?}: {text}): check the sink's token"
+        )),
+        (400, Some(7)) => Err(format!(
+            "Splunk HEC refused the index (code 7: {text}): check the sink's index"
+        )),
+        _ => Err(format!(
+            "Splunk HEC answered HTTP {status} (code {code:?}: {text})"
+        )),
+    }
+}
+
+impl Splunk {
+    /// One HEC event per entry, newline-separated, in one request.
+    pub fn body(&self, entries: &[Entry]) -> String {
+        entries
+            .iter()
+            .map(|e| {
+                let time = chrono::DateTime::parse_from_rfc3339(&e.draft.timestamp)
+                    .map(|t| t.timestamp())
+                    .ok();
+                let mut ev =
+                    json!({"source": "dvo-operator", "sourcetype": "dvo:audit", "event": e});
+                if let Some(t) = time {
+                    ev["time"] = json!(t);
+                }
+                if let Some(i) = &self.index {
+                    ev["index"] = json!(i);
+                }
+                ev.to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Sends a batch; with an ack channel, waits until Splunk acknowledges it.
+    pub async fn send(&self, client: &Https, entries: &[Entry]) -> Result<(), String> {
+        let mut headers = vec![("authorization", format!("Splunk {}", self.token))];
+        if let Some(ch) = &self.ack_channel {
+            headers.push(("x-splunk-request-channel", ch.clone()));
+        }
+        let url = format!(
+            "{}/services/collector/event",
+            self.base.trim_end_matches('/')
+        );
+        let (status, body) = post(client, &url, &headers, self.body(entries)).await?;
+        let ack = hec_outcome(status, &body)?;
+        let (Some(_), Some(id)) = (&self.ack_channel, ack) else {
+            return Ok(());
+        };
+        let url = format!("{}/services/collector/ack", self.base.trim_end_matches('/'));
+        for _ in 0..50 {
+            let (status, body) =
+                post(client, &url, &headers, json!({"acks": [id]}).to_string()).await?;
+            hec_outcome(status, &body)?;
+            let acked: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            if acked["acks"][id.to_string()] == json!(true) {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        Err(format!(
+            "Splunk did not acknowledge batch {id} in time; it will be sent again"
+        ))
+    }
+}
+
+/// Posts a JSON array of entries to `url` (bearer token optional); any 2xx is delivery.
+pub async fn webhook(
+    client: &Https,
+    url: &str,
+    token: Option<&str>,
+    entries: &[Entry],
+) -> Result<(), String> {
+    let headers: Vec<(&str, String)> = token
+        .map(|t| ("authorization", format!("Bearer {t}")))
+        .into_iter()
+        .collect();
+    let (status, body) = post(
+        client,
+        url,
+        &headers,
+        serde_json::to_string(entries).expect("entries serialize"),
+    )
+    .await?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("webhook {url} answered HTTP {status}: {body}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hec_replies() {
+        let ok = StatusCode::OK;
+        assert_eq!(hec_outcome(ok, r#"{"text":"Success","code":0}"#), Ok(None));
+        assert_eq!(
+            hec_outcome(ok, r#"{"text":"Success","code":0,"ackId":7}"#),
+            Ok(Some(7))
+        );
+        assert!(
+            hec_outcome(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"text":"Server is busy","code":9}"#
+            )
+            .unwrap_err()
+            .contains("busy")
+        );
+        assert!(
+            hec_outcome(
+                StatusCode::FORBIDDEN,
+                r#"{"text":"Invalid token","code":4}"#
+            )
+            .unwrap_err()
+            .contains("check the sink's token")
+        );
+        assert!(
+            hec_outcome(
+                StatusCode::BAD_REQUEST,
+                r#"{"text":"Incorrect index","code":7}"#
+            )
+            .unwrap_err()
+            .contains("check the sink's index")
+        );
+    }
+}
