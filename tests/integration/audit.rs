@@ -605,3 +605,64 @@ async fn the_splunk_sink_batches_retries_when_busy_and_waits_for_the_ack() {
         .unwrap();
     assert!(cm.is_none(), "no cursor for a sink that delivered nothing");
 }
+
+#[tokio::test]
+async fn the_webhook_sink_posts_signed_batches() {
+    use axum::http::HeaderMap;
+    use dvo_operator::audit::sink::{self, Sink, Target, http};
+    use std::sync::{Arc, Mutex};
+    let client = operator().await;
+    let ns = log_namespace(&client, "auditwebhook").await;
+    let got: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let store = got.clone();
+    let app = axum::Router::new().route(
+        "/audit",
+        axum::routing::post(move |headers: HeaderMap, body: String| async move {
+            let sig = headers
+                .get(http::SIGNATURE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            store.lock().unwrap().push((sig, body));
+            "ok"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let log = AuditLog::start(client.clone(), &ns, SigningKey::from_seed(&SEED).unwrap());
+    for i in 0..2 {
+        log.record(draft(i, "w")).await.unwrap();
+    }
+    let target = Target::Webhook {
+        url: format!("http://127.0.0.1:{port}/audit"),
+        secret: Some("s3cret".into()),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sink::run(
+        client.clone(),
+        ns.clone(),
+        Sink::new("hook", target),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "nothing was posted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    task.await.unwrap();
+    let (sig, body) = got.lock().unwrap()[0].clone();
+    assert_eq!(
+        sig,
+        http::signature("s3cret", &body),
+        "the receiver can check the sender"
+    );
+    let entries: Vec<dvo_operator::audit::Entry> = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+}

@@ -143,24 +143,32 @@ impl Splunk {
     }
 }
 
-/// Posts a JSON array of entries to `url` (bearer token optional); any 2xx is delivery.
+/// The signature header of webhook requests: `sha256=<hex HMAC-SHA256 of the body>`.
+pub const SIGNATURE_HEADER: &str = "x-dvo-signature";
+
+/// The value of [`SIGNATURE_HEADER`] for `body` under `secret`.
+pub fn signature(secret: &str, body: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(body.as_bytes());
+    format!("sha256={}", crate::hex(&mac.finalize().into_bytes()))
+}
+
+/// Posts a JSON array of entries to `url`, signed with `secret` in [`SIGNATURE_HEADER`] so the
+/// receiver can check who sent it; any 2xx is delivery.
 pub async fn webhook(
     client: &Https,
     url: &str,
-    token: Option<&str>,
+    secret: Option<&str>,
     entries: &[Entry],
 ) -> Result<(), String> {
-    let headers: Vec<(&str, String)> = token
-        .map(|t| ("authorization", format!("Bearer {t}")))
+    let body = serde_json::to_string(entries).expect("entries serialize");
+    let headers: Vec<(&str, String)> = secret
+        .map(|s| (SIGNATURE_HEADER, signature(s, &body)))
         .into_iter()
         .collect();
-    let (status, body) = post(
-        client,
-        url,
-        &headers,
-        serde_json::to_string(entries).expect("entries serialize"),
-    )
-    .await?;
+    let (status, body) = post(client, url, &headers, body).await?;
     if status.is_success() {
         Ok(())
     } else {
@@ -203,6 +211,15 @@ mod tests {
             )
             .unwrap_err()
             .contains("check the sink's index")
+        );
+    }
+
+    #[test]
+    fn webhook_signature_is_an_hmac_of_the_body() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature("Jefe", "what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }
 }

@@ -26,12 +26,12 @@ pub enum Target {
     Stdout,
     /// Splunk HTTP Event Collector.
     Splunk(http::Splunk),
-    /// A generic HTTP(S) endpoint receiving JSON arrays of entries.
+    /// A generic HTTP(S) endpoint receiving JSON arrays of entries, HMAC-signed.
     Webhook {
         /// The URL.
         url: String,
-        /// A bearer token, when required.
-        token: Option<String>,
+        /// The HMAC secret of the signature header.
+        secret: Option<String>,
     },
     /// RFC 5424 over TCP with octet counting.
     Syslog {
@@ -76,7 +76,7 @@ impl std::str::FromStr for Target {
     type Err = String;
     /// `stdout`; `syslog+tcp://host:port[?payload=cef|json]`;
     /// `splunk+https://host:8088[?index=I&ack=true&token-env=VAR]` (token from `$DVO_SPLUNK_TOKEN`
-    /// by default); `webhook+https://host/path[?token-env=VAR]`.
+    /// by default); `webhook+https://host/path[?token-env=VAR]` (HMAC secret from `$DVO_WEBHOOK_SECRET` by default).
     fn from_str(s: &str) -> Result<Target, String> {
         let usage = || {
             format!(
@@ -146,7 +146,7 @@ impl std::str::FromStr for Target {
                 known(&["token-env"])?;
                 Ok(Target::Webhook {
                     url: format!("{}://{address}", scheme.trim_start_matches("webhook+")),
-                    token: token(&params, "DVO_WEBHOOK_TOKEN", false)?,
+                    secret: token(&params, "DVO_WEBHOOK_SECRET", false)?,
                 })
             }
             _ => Err(usage()),
@@ -185,8 +185,8 @@ impl Sink {
     async fn send(&mut self, entries: &[Entry]) -> Result<(), String> {
         match self.target.clone() {
             Target::Splunk(splunk) => splunk.send(self.https()?, entries).await,
-            Target::Webhook { url, token } => {
-                http::webhook(self.https()?, &url, token.as_deref(), entries).await
+            Target::Webhook { url, secret } => {
+                http::webhook(self.https()?, &url, secret.as_deref(), entries).await
             }
             Target::Stdout => {
                 for e in entries {
@@ -351,7 +351,7 @@ mod tests {
                 .unwrap(),
             Target::Webhook {
                 url: "https://hooks.example.com/audit".into(),
-                token: std::env::var("DVO_WEBHOOK_TOKEN")
+                secret: std::env::var("DVO_WEBHOOK_SECRET")
                     .ok()
                     .filter(|t| !t.is_empty()),
             }
