@@ -84,8 +84,11 @@ pub struct Draft {
     pub idempotency_key: String,
 }
 
-/// A chained entry: every field of the draft plus its place in the chain.
+/// A chained entry: every field of the draft plus its place in the chain. Reading one is strict:
+/// the JSON must be exactly what the entry serializes to (no unknown, missing or respelled
+/// fields), so that no change to a stored entry, even one that means nothing, goes unnoticed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
 pub struct Entry {
     /// Position in the chain, from 1, without gaps.
     pub seq: u64,
@@ -133,5 +136,35 @@ impl Draft {
             metadata: serde_json::Value::Null,
             idempotency_key: String::new(),
         }
+    }
+}
+
+/// The fields of an entry, as read before the strictness check.
+#[derive(Deserialize)]
+struct Fields {
+    seq: u64,
+    #[serde(flatten)]
+    draft: Draft,
+    previous_hash: String,
+    entry_hash: String,
+}
+
+impl TryFrom<serde_json::Value> for Entry {
+    type Error = String;
+    fn try_from(value: serde_json::Value) -> Result<Entry, String> {
+        let f: Fields = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+        let entry = Entry {
+            seq: f.seq,
+            draft: f.draft,
+            previous_hash: f.previous_hash,
+            entry_hash: f.entry_hash,
+        };
+        if serde_json::to_value(&entry).map_err(|e| e.to_string())? != value {
+            return Err(format!(
+                "entry {} is not in its stored form: a field is unknown, missing or spelled differently",
+                entry.seq
+            ));
+        }
+        Ok(entry)
     }
 }

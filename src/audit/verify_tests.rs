@@ -277,3 +277,33 @@ fn an_empty_log_verifies_and_seq_stays_exact() {
     assert!(append(Some(&head), draft(1)).is_err());
     assert!(SigningKey::from_seed(&[1; 5]).is_err());
 }
+
+/// Any single-byte change anywhere in a stored entry is caught: either the line no longer reads
+/// as an entry, or `verify()` reports a fault. Exhaustive over every byte of one entry.
+#[test]
+fn any_single_byte_change_is_detected() {
+    let (segs, cps) = chain();
+    let line = serde_json::to_vec(&segs[0].entries[1]).unwrap();
+    let mut tried = 0;
+    for pos in 0..line.len() {
+        for replacement in [b'0', b'x', b'"', b' ', b'\\', 0xc3] {
+            if line[pos] == replacement {
+                continue;
+            }
+            let mut altered = line.clone();
+            altered[pos] = replacement;
+            let Ok(entry) = serde_json::from_slice::<Entry>(&altered) else {
+                continue;
+            };
+            tried += 1;
+            let mut s = segs.clone();
+            s[0].entries[1] = entry;
+            assert!(
+                verify(&s, &cps, &public()).is_err(),
+                "byte {pos} -> {replacement:#x} went unnoticed: {}",
+                String::from_utf8_lossy(&altered)
+            );
+        }
+    }
+    assert!(tried > 500, "only {tried} alterations still parsed");
+}
