@@ -40,6 +40,10 @@ enum AuditCommand {
     /// Verify an exported audit log: every hash, link, seq, segment and checkpoint. Exit code 0
     /// intact, 3 tampered (the first bad entry is named), 1 bad input.
     Verify(audit::VerifyArgs),
+    /// Print the log of the cluster: `--format json` (verifiable with `verify -f`), `jsonl` or `cef`.
+    Export(audit::ReadArgs),
+    /// Print the newest entries (default 20) as JSON lines, or `--format cef`.
+    Tail(audit::ReadArgs),
 }
 
 /// Arguments of `dvo run`.
@@ -173,6 +177,20 @@ fn main() -> ExitCode {
             print!("{text}");
             code
         }),
+        Command::Audit(AuditCommand::Export(args)) => audit::export(&args).map(|text| {
+            print!("{text}");
+            0
+        }),
+        Command::Audit(AuditCommand::Tail(mut args)) => {
+            if args.format == audit::ExportFormat::Json {
+                args.format = audit::ExportFormat::Jsonl;
+            }
+            args.last.get_or_insert(20);
+            audit::export(&args).map(|text| {
+                print!("{text}");
+                0
+            })
+        }
         Command::Test { dir } => test_runner::run(&dir).map(|(text, summary)| {
             print!("{text}");
             u8::from(summary.failed > 0)

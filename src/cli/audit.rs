@@ -116,3 +116,68 @@ pub fn report(export: &Export, key: &[u8]) -> (String, u8) {
         Err(f) => (format!("TAMPERED: {f}\n"), 3),
     }
 }
+
+/// Output formats of `dvo audit export`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// Segments and checkpoints, as `dvo audit verify -f` reads them.
+    Json,
+    /// One entry per line.
+    Jsonl,
+    /// One CEF line per entry.
+    Cef,
+}
+
+/// Arguments of `dvo audit export` and `dvo audit tail`.
+#[derive(clap::Args, Debug)]
+pub struct ReadArgs {
+    /// The operator's namespace, where the log lives.
+    #[arg(long, default_value = "dvo-system")]
+    pub namespace: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+    pub format: ExportFormat,
+    /// Only the newest N entries (not with `--format json`).
+    #[arg(short = 'n', long)]
+    pub last: Option<usize>,
+}
+
+/// Renders the log of the cluster in `args.format`.
+pub fn export(args: &ReadArgs) -> Result<String> {
+    let (segments, checkpoints) = tokio::runtime::Runtime::new()?.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| anyhow!("cannot reach the API server: {e}"))?;
+        crate::audit::store::load(&client, &args.namespace)
+            .await
+            .map_err(|e| anyhow!(e))
+    })?;
+    let export = Export {
+        segments,
+        checkpoints,
+    };
+    render(&export, args.format, args.last)
+}
+
+/// An export in a format; `last` keeps only the newest entries (line formats only).
+pub fn render(export: &Export, format: ExportFormat, last: Option<usize>) -> Result<String> {
+    let entries: Vec<&crate::audit::Entry> =
+        export.segments.iter().flat_map(|s| &s.entries).collect();
+    let skip = last.map_or(0, |n| entries.len().saturating_sub(n));
+    Ok(match format {
+        ExportFormat::Json if last.is_some() => {
+            return Err(anyhow!(
+                "-n applies to --format jsonl or cef: a partial JSON export cannot be verified"
+            ));
+        }
+        ExportFormat::Json => serde_json::to_string_pretty(export)? + "\n",
+        ExportFormat::Jsonl => entries[skip..]
+            .iter()
+            .map(|e| serde_json::to_string(e).expect("serializes") + "\n")
+            .collect(),
+        ExportFormat::Cef => entries[skip..]
+            .iter()
+            .map(|e| crate::audit::sink::format::cef(e) + "\n")
+            .collect(),
+    })
+}

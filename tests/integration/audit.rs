@@ -152,6 +152,46 @@ async fn tampering_with_a_segment_is_named_by_dvo_audit_verify() {
     ]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.starts_with("intact: 5 entries"), "{out}");
+    // An export verifies offline; tail shows the newest entries.
+    let (export, code) = run(&["audit", "export", "--namespace", &ns]);
+    assert_eq!(code, Some(0), "{export}");
+    let file = std::env::temp_dir().join(format!("dvo-export-{}.json", std::process::id()));
+    std::fs::write(&file, &export).unwrap();
+    let (out, code) = run(&[
+        "audit",
+        "verify",
+        "-f",
+        file.to_str().unwrap(),
+        "--public-key",
+        &public,
+    ]);
+    assert_eq!(
+        (code, out.starts_with("intact: 5 entries")),
+        (Some(0), true),
+        "{out}"
+    );
+    let (tail, _) = run(&["audit", "tail", "-n", "2", "--namespace", &ns]);
+    let seqs: Vec<u64> = tail
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, vec![4, 5]);
+    let (cef, _) = run(&["audit", "export", "--format", "cef", "--namespace", &ns]);
+    assert_eq!(
+        cef.lines()
+            .filter(|l| l.starts_with("CEF:0|KesselDigital|CAAT-DVO|1.0|policy_evaluated|"))
+            .count(),
+        5,
+        "{cef}"
+    );
+    let (err, code) = run(&["audit", "export", "-n", "2", "--namespace", &ns]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("-n applies to --format jsonl or cef"), "{err}");
+
     // Someone who can edit ConfigMaps changes who approved entry 3.
     let api = Api::<ConfigMap>::namespaced(client.clone(), &ns);
     let mut cm = api.get("dvo-audit-000000").await.unwrap();
