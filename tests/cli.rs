@@ -319,7 +319,7 @@ fn run_refuses_malformed_audit_sinks_before_connecting() {
     assert_eq!(code, 2);
     assert!(
         err.contains(
-            "unknown audit sink \"ftp://a\": use stdout, syslog+tcp://host:port?payload=cef|json, splunk+https://host:8088?index=NAME or webhook+https://host/path"
+            "unknown audit sink \"ftp://a\": use stdout, syslog+tcp://host:port?payload=cef|json, splunk+https://host:8088?index=NAME, azure+https://DCE?dcr=ID or webhook+https://host/path"
         ),
         "{err}"
     );

@@ -706,3 +706,120 @@ async fn the_webhook_sink_posts_signed_batches() {
         vec![1, 2]
     );
 }
+
+#[tokio::test]
+async fn the_azure_sink_gets_a_token_and_honours_retry_after() {
+    use axum::extract::{Path, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use dvo_operator::audit::sink::{self, Sink, Target, azure};
+    use std::sync::{Arc, Mutex};
+    type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/{tenant}/oauth2/v2.0/token",
+            axum::routing::post(
+                |State(seen): State<Seen>, Path(tenant): Path<String>, body: String| async move {
+                    seen.lock().unwrap().push(("token".into(), tenant, body));
+                    (
+                        StatusCode::OK,
+                        r#"{"token_type":"Bearer","expires_in":3600,"access_token":"tok-123"}"#,
+                    )
+                },
+            ),
+        )
+        .route(
+            "/dataCollectionRules/{dcr}/streams/{stream}",
+            axum::routing::post(
+                |State(seen): State<Seen>,
+                 Path((dcr, stream)): Path<(String, String)>,
+                 headers: HeaderMap,
+                 body: String| async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    let first = !seen.lock().unwrap().iter().any(|s| s.0 == "upload");
+                    seen.lock().unwrap().push((
+                        "upload".into(),
+                        format!("{dcr}/{stream} {auth}"),
+                        body,
+                    ));
+                    if first {
+                        (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")])
+                    } else {
+                        (StatusCode::NO_CONTENT, [("retry-after", "0")])
+                    }
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let client = operator().await;
+    let ns = log_namespace(&client, "auditazure").await;
+    let log = AuditLog::start(client.clone(), &ns, SigningKey::from_seed(&SEED).unwrap());
+    for i in 0..3 {
+        log.record(draft(i, "z")).await.unwrap();
+    }
+    let base = format!("http://127.0.0.1:{port}");
+    let target = Target::Azure(Arc::new(azure::Azure::new(
+        &base,
+        "dcr-0001",
+        "Custom-DvoAudit_CL",
+        &base,
+        "tenant-1",
+        "client-1",
+        azure::Credential::Secret("s3cret".into()),
+    )));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sink::run(
+        client.clone(),
+        ns.clone(),
+        Sink::new("azure", target),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.0 == "upload")
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    task.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let token = seen.iter().find(|s| s.0 == "token").unwrap();
+    assert_eq!(token.1, "tenant-1");
+    for want in [
+        "grant_type=client_credentials",
+        "client_id=client-1",
+        "client_secret=s3cret",
+        "scope=https%3A%2F%2Fmonitor.azure.com%2F%2F.default",
+    ] {
+        assert!(token.2.contains(want), "{want} in {}", token.2);
+    }
+    let uploads: Vec<_> = seen.iter().filter(|s| s.0 == "upload").collect();
+    assert_eq!(uploads[1].1, "dcr-0001/Custom-DvoAudit_CL Bearer tok-123");
+    let records: Vec<serde_json::Value> = serde_json::from_str(&uploads[1].2).unwrap();
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[0]["TimeGenerated"], "2026-11-24T10:00:00Z");
+    assert_eq!(
+        uploads[0].2, uploads[1].2,
+        "the throttled chunk is sent again as it was"
+    );
+}

@@ -2,6 +2,7 @@
 //! ConfigMap, so delivery is at-least-once and resumes after a restart; a failing sink backs off
 //! without ever blocking appends to the chain.
 
+pub mod azure;
 pub mod format;
 pub mod http;
 
@@ -26,6 +27,8 @@ pub enum Target {
     Stdout,
     /// Splunk HTTP Event Collector.
     Splunk(http::Splunk),
+    /// Azure Monitor Logs Ingestion API.
+    Azure(std::sync::Arc<azure::Azure>),
     /// A generic HTTP(S) endpoint receiving JSON arrays of entries, HMAC-signed.
     Webhook {
         /// The URL.
@@ -142,6 +145,46 @@ impl std::str::FromStr for Target {
                     ack_channel: channel,
                 }))
             }
+            "azure+https" | "azure+http" => {
+                known(&[
+                    "dcr",
+                    "stream",
+                    "tenant",
+                    "client-id",
+                    "authority",
+                    "token-env",
+                ])?;
+                let param = |k: &str, env: &str| {
+                    params
+                        .iter()
+                        .find(|(p, _)| *p == k)
+                        .map(|(_, v)| v.to_string())
+                        .or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))
+                };
+                let need = |k: &str, env: &str| {
+                    param(k, env).ok_or_else(|| format!("the Azure sink needs {k} (or ${env})"))
+                };
+                let credential = match std::env::var("AZURE_FEDERATED_TOKEN_FILE")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                {
+                    Some(file) => azure::Credential::FederatedTokenFile(file),
+                    None => azure::Credential::Secret(
+                        token(&params, "DVO_AZURE_CLIENT_SECRET", true)?.expect("required"),
+                    ),
+                };
+                Ok(Target::Azure(std::sync::Arc::new(azure::Azure::new(
+                    &format!("{}://{address}", scheme.trim_start_matches("azure+")),
+                    &need("dcr", "DVO_AZURE_DCR")?,
+                    &param("stream", "DVO_AZURE_STREAM")
+                        .unwrap_or_else(|| "Custom-DvoAudit_CL".into()),
+                    &param("authority", "AZURE_AUTHORITY_HOST")
+                        .unwrap_or_else(|| "https://login.microsoftonline.com".into()),
+                    &need("tenant", "AZURE_TENANT_ID")?,
+                    &need("client-id", "AZURE_CLIENT_ID")?,
+                    credential,
+                ))))
+            }
             "webhook+https" | "webhook+http" => {
                 known(&["token-env"])?;
                 Ok(Target::Webhook {
@@ -185,6 +228,7 @@ impl Sink {
     async fn send(&mut self, entries: &[Entry]) -> Result<(), String> {
         match self.target.clone() {
             Target::Splunk(splunk) => splunk.send(self.https()?, entries).await,
+            Target::Azure(azure) => azure.send(self.https()?, entries).await,
             Target::Webhook { url, secret } => {
                 http::webhook(self.https()?, &url, secret.as_deref(), entries).await
             }
