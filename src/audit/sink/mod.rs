@@ -83,7 +83,7 @@ impl std::str::FromStr for Target {
     fn from_str(s: &str) -> Result<Target, String> {
         let usage = || {
             format!(
-                "unknown audit sink {s:?}: use stdout, syslog+tcp://host:port?payload=cef|json, splunk+https://host:8088?index=NAME or webhook+https://host/path"
+                "unknown audit sink {s:?}: use stdout, syslog+tcp://host:port?payload=cef|json, splunk+https://host:8088?index=NAME, azure+https://DCE?dcr=ID or webhook+https://host/path"
             )
         };
         if s == "stdout" {
