@@ -823,3 +823,141 @@ async fn the_azure_sink_gets_a_token_and_honours_retry_after() {
         "the throttled chunk is sent again as it was"
     );
 }
+
+/// Tampering by someone who can edit ConfigMaps (but cannot read the checkpoint key), each case
+/// on a fresh log, each reported by `dvo audit verify` with its kind.
+#[tokio::test]
+async fn admin_tampering_is_reported() {
+    let client = operator().await;
+    let public: String = SigningKey::from_seed(&SEED)
+        .unwrap()
+        .public_key()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let verify_cli = |ns: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dvo"))
+            .env("KUBECONFIG", control_plane().kubeconfig("admin"))
+            .args([
+                "audit",
+                "verify",
+                "--namespace",
+                ns,
+                "--public-key",
+                &public,
+            ])
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            out.status.code(),
+        )
+    };
+    let lines_of = |cm: &ConfigMap| {
+        cm.data.as_ref().unwrap()["entries.jsonl"]
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    for case in ["recreate-sealed", "drop-newest", "rewrite-all"] {
+        let ns = log_namespace(&client, &format!("tamper-{case}")).await;
+        let log = AuditLog::start(client.clone(), &ns, SigningKey::from_seed(&SEED).unwrap());
+        // Concurrent records: group commit keeps this quick.
+        let tasks: Vec<_> = (0..300)
+            .map(|i| {
+                let (log, d) = (log.clone(), draft(i, case));
+                tokio::spawn(async move { log.record(d).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        log.checkpoint().await.unwrap();
+        assert_eq!(verify_cli(&ns).1, Some(0), "{case}: intact first");
+        let api = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+        let mut cms = api
+            .list(&ListParams::default().labels(SEGMENT_LABEL))
+            .await
+            .unwrap()
+            .items;
+        cms.sort_by_key(|c| c.name_any());
+        let want = match case {
+            "recreate-sealed" => {
+                // Sealed segments are immutable, but can be deleted and recreated with other content.
+                let sealed = cms
+                    .iter()
+                    .find(|c| c.immutable == Some(true))
+                    .expect("a sealed segment")
+                    .clone();
+                let mut lines = lines_of(&sealed);
+                lines[10] = lines[10].replace("rosa-release", "mallory");
+                api.delete(&sealed.name_any(), &Default::default())
+                    .await
+                    .unwrap();
+                let mut copy = sealed.clone();
+                copy.metadata = kube::api::ObjectMeta {
+                    name: sealed.metadata.name.clone(),
+                    labels: sealed.metadata.labels.clone(),
+                    annotations: sealed.metadata.annotations.clone(),
+                    ..Default::default()
+                };
+                copy.data
+                    .as_mut()
+                    .unwrap()
+                    .insert("entries.jsonl".into(), lines.join("\n") + "\n");
+                api.create(&PostParams::default(), &copy).await.unwrap();
+                "TAMPERED: HashMismatch at seq 11"
+            }
+            "drop-newest" => {
+                let mut newest = cms.last().unwrap().clone();
+                let lines = lines_of(&newest);
+                let kept = lines[..lines.len() - 3].join("\n") + "\n";
+                newest
+                    .data
+                    .as_mut()
+                    .unwrap()
+                    .insert("entries.jsonl".into(), kept);
+                api.replace(&newest.name_any(), &PostParams::default(), &newest)
+                    .await
+                    .unwrap();
+                "TAMPERED: Truncated at seq 298"
+            }
+            _ => {
+                // Rewrite every entry with fresh hashes (and links), keeping the old checkpoints.
+                let (segments, _) = load(&client, &ns).await.unwrap();
+                let mut head: Option<dvo_operator::audit::Link> = None;
+                for (segment, cm) in segments.iter().zip(cms.iter()) {
+                    let mut lines = Vec::new();
+                    for e in &segment.entries {
+                        let mut d = e.draft.clone();
+                        d.user_id = "mallory".into();
+                        let forged = dvo_operator::audit::append(head.as_ref(), d).unwrap();
+                        head = Some(forged.link());
+                        lines.push(serde_json::to_string(&forged).unwrap());
+                    }
+                    api.delete(&cm.name_any(), &Default::default())
+                        .await
+                        .unwrap();
+                    let mut copy = cm.clone();
+                    // The forger relinks the segments through the forged heads.
+                    copy.metadata = kube::api::ObjectMeta {
+                        name: cm.metadata.name.clone(),
+                        labels: cm.metadata.labels.clone(),
+                        annotations: None,
+                        ..Default::default()
+                    };
+                    copy.immutable = None;
+                    copy.data
+                        .as_mut()
+                        .unwrap()
+                        .insert("entries.jsonl".into(), lines.join("\n") + "\n");
+                    api.create(&PostParams::default(), &copy).await.unwrap();
+                }
+                "TAMPERED: CheckpointMismatch at seq 100"
+            }
+        };
+        let (out, code) = verify_cli(&ns);
+        assert_eq!(code, Some(3), "{case}: {out}");
+        assert!(out.starts_with(want), "{case}: {out}");
+    }
+}
