@@ -961,3 +961,100 @@ async fn admin_tampering_is_reported() {
         assert!(out.starts_with(want), "{case}: {out}");
     }
 }
+
+/// Restarts mid-flow neither lose nor duplicate facts: after two restarts the flow goes on, and
+/// every fact of it is in the log exactly once.
+#[tokio::test]
+async fn restarts_neither_lose_nor_duplicate_audit_facts() {
+    let client = operator().await;
+    let ns = namespace(&client, "auditrestart").await;
+    let policy: dvo_operator::crd::DeploymentPolicy = serde_json::from_value(json!({
+        "apiVersion": "dvo.caat.io/v1alpha1", "kind": "DeploymentPolicy", "metadata": {"name": format!("{ns}-approve")},
+        "spec": {"action": "RequireApproval", "approval": {"roles": ["release_manager"]}, "scope": {"namespaces": [ns]}},
+    }))
+    .unwrap();
+    Api::<dvo_operator::crd::DeploymentPolicy>::all(client.clone())
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let mut ad: dvo_operator::crd::AgentDeployment = serde_json::from_value(json!({
+        "apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "gha"},
+        "spec": {"agent": "RST", "platform": "langchain", "environment": "staging",
+                 "template": {"spec": {"containers": [{"name": "a", "image": "rst:1"}]}}},
+    }))
+    .unwrap();
+    let digest = dvo_operator::crd::agent_deployment::spec_digest(&ad.spec);
+    let stamp = dvo_operator::identity::stamp::Stamp::sign(
+        &crate::support::stamp_key(&client).await,
+        &ns,
+        "gha",
+        &digest,
+        crate::support::identity("operator"),
+    );
+    ad.annotations_mut().insert(
+        dvo_operator::identity::stamp::ANNOTATION.into(),
+        serde_json::to_string(&stamp).unwrap(),
+    );
+    Api::<dvo_operator::crd::AgentDeployment>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &ad)
+        .await
+        .unwrap();
+    let resource = format!("{ns}/gha");
+    let facts = || async {
+        let (segments, _) = load(&client, OPERATOR_NS).await.unwrap();
+        let mut keys: Vec<String> = segments
+            .iter()
+            .flat_map(|s| &s.entries)
+            .filter(|e| e.draft.resource == resource)
+            .map(|e| e.draft.idempotency_key.clone())
+            .collect();
+        keys.sort();
+        keys
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let wanted = ["approval-requested", "phase/PendingApproval"];
+    let before = loop {
+        let keys = facts().await;
+        if wanted.iter().all(|w| keys.iter().any(|k| k.starts_with(w))) {
+            break keys;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "facts never recorded: {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    crate::support::restart_operator().await;
+    crate::support::restart_operator().await;
+    // The flow goes on after the restarts: a release manager approves (recorded as the operator
+    // records verified approvals), and the restarted operator rolls out.
+    let apr = dvo_operator::controller::agent_deployment::approval_request_name("gha", &digest);
+    let aprs = Api::<dvo_operator::crd::ApprovalRequest>::namespaced(client.clone(), &ns);
+    let rm = crate::support::identity("release-manager-1");
+    let status = json!({"status": {"approvals": [{"username": rm.username, "groups": rm.groups, "at": chrono::Utc::now().to_rfc3339()}]}});
+    aprs.patch_status(
+        &apr,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let keys = facts().await;
+        if keys.iter().any(|k| k.starts_with("rollout/")) {
+            break keys;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rollout recorded after the restarts: {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut unique = after.clone();
+    unique.dedup();
+    assert_eq!(after, unique, "no fact twice: {after:?}");
+    for fact in &before {
+        assert!(after.contains(fact), "{fact} was lost");
+    }
+}
