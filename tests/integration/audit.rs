@@ -308,6 +308,12 @@ impl Drop for Rsyslog {
 
 impl Rsyslog {
     fn start(name: &str) -> Rsyslog {
+        Rsyslog::start_with(name, false)
+    }
+
+    /// With `tls`, rsyslog serves TLS (its OpenSSL driver) with a certificate for 127.0.0.1 signed
+    /// by `ca.pem` in its directory.
+    fn start_with(name: &str, tls: bool) -> Rsyslog {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -315,14 +321,47 @@ impl Rsyslog {
             .port();
         let dir = std::env::temp_dir().join(format!("dvo-rsyslog-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display().to_string();
+        let (global, module) = if tls {
+            let openssl = |args: &str| {
+                let out = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("cd {d} && openssl {args}"))
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "openssl {args}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            openssl(
+                "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem",
+            );
+            openssl(
+                "req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr",
+            );
+            std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+            openssl(
+                "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out server.pem",
+            );
+            (
+                format!(
+                    r#" DefaultNetstreamDriver="ossl" DefaultNetstreamDriverCAFile="{d}/ca.pem" DefaultNetstreamDriverCertFile="{d}/server.pem" DefaultNetstreamDriverKeyFile="{d}/server.key""#
+                ),
+                r#" StreamDriver.Name="ossl" StreamDriver.Mode="1" StreamDriver.AuthMode="anon""#
+                    .to_owned(),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         let conf = format!(
-            r#"global(workDirectory="{d}")
-module(load="imtcp")
+            r#"global(workDirectory="{d}"{global})
+module(load="imtcp"{module})
 input(type="imtcp" port="{port}" address="127.0.0.1")
 template(name="fields" type="string" string="%syslogfacility%|%syslogseverity%|%hostname%|%app-name%|%msgid%|%structured-data%|%msg%\n")
 *.* action(type="omfile" file="{d}/out.log" template="fields")
-"#,
-            d = dir.display()
+"#
         );
         std::fs::write(dir.join("rsyslog.conf"), conf).unwrap();
         let child = std::process::Command::new("rsyslogd")
@@ -1057,4 +1096,66 @@ async fn restarts_neither_lose_nor_duplicate_audit_facts() {
     for fact in &before {
         assert!(after.contains(fact), "{fact} was lost");
     }
+}
+
+#[tokio::test]
+async fn the_syslog_sink_speaks_tls_to_rsyslog() {
+    use dvo_operator::audit::sink::{self, Sink, Target};
+    let client = operator().await;
+    let ns = log_namespace(&client, "auditsyslogtls").await;
+    let rsyslog = Rsyslog::start_with("tls", true);
+    let log = AuditLog::start(client.clone(), &ns, SigningKey::from_seed(&SEED).unwrap());
+    log.record(draft(0, "tls")).await.unwrap();
+    let url = format!(
+        "syslog+tls://127.0.0.1:{}?payload=json&ca-file={}",
+        rsyslog.port,
+        rsyslog.dir.join("ca.pem").display()
+    );
+    let target: Target = url.parse().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sink::run(
+        client.clone(),
+        ns.clone(),
+        Sink::new("tls", target),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let lines = rsyslog.wait_lines(1).await;
+    let _ = stop.send(());
+    task.await.unwrap();
+    let body = lines[0].splitn(7, '|').nth(6).unwrap();
+    let entry: dvo_operator::audit::Entry = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(entry.seq, 1);
+    // A server whose certificate the CA did not sign is refused.
+    let other = std::env::temp_dir().join(format!("dvo-other-ca-{}.pem", std::process::id()));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+            "-keyout",
+            "/dev/null",
+            "-out",
+        ])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let wrong: Target = format!(
+        "syslog+tls://127.0.0.1:{}?ca-file={}",
+        rsyslog.port,
+        other.display()
+    )
+    .parse()
+    .unwrap();
+    let mut sink = Sink::new("wrong-ca", wrong);
+    let err = sink.deliver(&[]).await.unwrap_err();
+    assert!(err.contains("TLS with syslog"), "{err}");
 }

@@ -36,10 +36,12 @@ pub enum Target {
         /// The HMAC secret of the signature header.
         secret: Option<String>,
     },
-    /// RFC 5424 over TCP with octet counting.
+    /// RFC 5424 over TCP (or TLS) with octet counting.
     Syslog {
         /// `host:port`.
         address: String,
+        /// For TLS: the PEM file of the CA that signed the server's certificate.
+        tls_ca: Option<String>,
         /// CEF or JSON.
         payload: Payload,
         /// HOSTNAME field of the messages.
@@ -97,8 +99,16 @@ impl std::str::FromStr for Target {
             None => Ok(()),
         };
         match scheme {
-            "syslog+tcp" => {
-                known(&["payload"])?;
+            "syslog+tcp" | "syslog+tls" => {
+                known(&["payload", "ca-file"])?;
+                let tls_ca = match (scheme, params.iter().find(|(k, _)| *k == "ca-file")) {
+                    ("syslog+tls", Some((_, file))) => Some(file.to_string()),
+                    ("syslog+tls", None) => {
+                        return Err(format!("{s:?}: syslog+tls needs ca-file=/path/to/ca.pem"));
+                    }
+                    (_, Some(_)) => return Err(format!("{s:?}: ca-file applies to syslog+tls")),
+                    (_, None) => None,
+                };
                 let payload = match params
                     .iter()
                     .find(|(k, _)| *k == "payload")
@@ -114,6 +124,7 @@ impl std::str::FromStr for Target {
                 };
                 Ok(Target::Syslog {
                     address: address.to_owned(),
+                    tls_ca,
                     payload,
                     hostname: std::env::var("POD_NAME").unwrap_or_else(|_| "dvo-operator".into()),
                 })
@@ -203,8 +214,65 @@ pub struct Sink {
     pub name: String,
     /// Where it delivers.
     pub target: Target,
-    connection: Option<TcpStream>,
+    connection: Option<Connection>,
     https: Option<http::Https>,
+}
+
+/// A syslog connection.
+enum Connection {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Connection {
+    async fn open(address: &str, tls_ca: Option<&str>) -> Result<Connection, String> {
+        let tcp = TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("cannot connect to syslog at {address}: {e}"))?;
+        let Some(ca) = tls_ca else {
+            return Ok(Connection::Plain(tcp));
+        };
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| format!("cannot read CA file {ca}: {e}"))?;
+        for cert in certs {
+            roots
+                .add(cert.map_err(|e| format!("CA file {ca}: {e}"))?)
+                .map_err(|e| format!("CA file {ca}: {e}"))?;
+        }
+        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let host = address
+            .rsplit_once(':')
+            .map_or(address, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("{host}: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with syslog at {address}: {e}"))?;
+        Ok(Connection::Tls(Box::new(tls)))
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Connection::Plain(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+            Connection::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+        }
+    }
 }
 
 impl Sink {
@@ -225,7 +293,8 @@ impl Sink {
         Ok(self.https.as_ref().expect("set above"))
     }
 
-    async fn send(&mut self, entries: &[Entry]) -> Result<(), String> {
+    /// Delivers a batch (connecting first when needed).
+    pub async fn deliver(&mut self, entries: &[Entry]) -> Result<(), String> {
         match self.target.clone() {
             Target::Splunk(splunk) => splunk.send(self.https()?, entries).await,
             Target::Azure(azure) => azure.send(self.https()?, entries).await,
@@ -240,6 +309,7 @@ impl Sink {
             }
             Target::Syslog {
                 address,
+                tls_ca,
                 payload,
                 hostname,
             } => {
@@ -248,17 +318,10 @@ impl Sink {
                     .map(|e| format::syslog_frame(e, payload, &hostname))
                     .collect();
                 if self.connection.is_none() {
-                    let stream = TcpStream::connect(&address)
-                        .await
-                        .map_err(|e| format!("cannot connect to syslog at {address}: {e}"))?;
-                    self.connection = Some(stream);
+                    self.connection = Some(Connection::open(&address, tls_ca.as_deref()).await?);
                 }
                 let conn = self.connection.as_mut().expect("connected above");
-                let result = async {
-                    conn.write_all(frames.as_bytes()).await?;
-                    conn.flush().await
-                }
-                .await;
+                let result = conn.write(frames.as_bytes()).await;
                 result.map_err(|e| {
                     self.connection = None;
                     format!("syslog at {address}: {e}")
@@ -306,7 +369,7 @@ async fn drain(client: &Client, namespace: &str, sink: &mut Sink) -> Result<usiz
         .filter(|e| e.seq > cursor)
         .collect();
     for batch in pending.chunks(200) {
-        sink.send(batch).await?;
+        sink.deliver(batch).await?;
         write_cursor(
             &api,
             &sink.name,
