@@ -90,10 +90,6 @@ enum LogFormat {
     Json,
 }
 
-/// How long reconciles in flight may take to finish after SIGTERM (Kubernetes' default grace
-/// period is 30s).
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
-
 fn run(args: RunArgs) -> anyhow::Result<u8> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube=warn".into());
@@ -134,19 +130,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
                 format!("{}-{}", host.trim(), std::process::id())
             }),
         };
-        let controllers = dvo_operator::controller::run(client, settings, ready, stopped());
-        // A reconcile stuck on the API server must not keep the process past its grace period.
-        let deadline = async {
-            stopped().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        };
-        let result = tokio::select! {
-            r = controllers => r,
-            () = deadline => {
-                tracing::warn!(grace = ?SHUTDOWN_GRACE, "controllers did not stop in time; exiting");
-                Ok(())
-            }
-        };
+        let result = dvo_operator::controller::run(client, settings, ready, stopped()).await;
         health.abort();
         result.map(|()| 0)
     })

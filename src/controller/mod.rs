@@ -133,6 +133,9 @@ pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long reconciles in flight may take to finish once the controllers stop.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
 /// Key of the audit checkpoint Ed25519 seed in [`KEYS_SECRET`].
 pub const CHECKPOINT_KEY: &str = "audit-checkpoint-key";
 
@@ -403,7 +406,20 @@ pub async fn run(
             }
         }
     };
-    let (.., kept) = tokio::join!(ads, aprs, policies, mark_ready, retention, holder);
+    let all = async { tokio::join!(ads, aprs, policies, mark_ready, retention, holder).5 };
+    // Reconciles in flight get a grace period once stopping starts; one stuck on the API server
+    // must not keep the process past Kubernetes' termination grace (30 s by default).
+    let grace = async {
+        stop.clone().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let kept = tokio::select! {
+        kept = all => kept,
+        () = grace => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "controllers did not stop in time; exiting");
+            true
+        }
+    };
     ready.store(false, Ordering::Relaxed);
     if let Err(e) = audit.checkpoint().await {
         tracing::warn!(%e, "no audit checkpoint at shutdown");
