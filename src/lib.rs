@@ -18,3 +18,25 @@ pub mod policy;
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The bytes of a hexadecimal string; None when it is not one (odd length, other characters).
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_round_trips_and_refuses_non_hex() {
+        assert_eq!(
+            super::unhex(&super::hex(&[0, 1, 0xab, 0xff])),
+            Some(vec![0, 1, 0xab, 0xff])
+        );
+        for bad in ["abc", "zz", "0g", "é1"] {
+            assert_eq!(super::unhex(bad), None, "{bad}");
+        }
+    }
+}

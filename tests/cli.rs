@@ -264,11 +264,7 @@ fn audit_verify_reports_intact_and_tampered_exports() {
         entries,
     };
     let dir = scratch("audit");
-    let pubkey: String = key
-        .public_key()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let pubkey = dvo_operator::hex(&key.public_key());
     let write_export = |segment: &Segment| {
         write(
             &dir,

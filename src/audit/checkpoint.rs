@@ -31,13 +31,6 @@ fn message(seq: u64, head_hash: &str, at: &str, key_id: &str) -> Vec<u8> {
     serde_jcs::to_vec(&v).expect("canonical JSON")
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect()
-}
-
 impl SigningKey {
     /// A key from its 32-byte seed.
     pub fn from_seed(seed: &[u8]) -> Result<SigningKey, String> {
@@ -68,7 +61,7 @@ impl SigningKey {
 impl Checkpoint {
     /// Whether the signature verifies with `public_key`.
     pub fn verifies(&self, public_key: &[u8]) -> bool {
-        let Some(sig) = unhex(&self.signature) else {
+        let Some(sig) = crate::unhex(&self.signature) else {
             return false;
         };
         UnparsedPublicKey::new(&ED25519, public_key)

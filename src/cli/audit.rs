@@ -40,16 +40,13 @@ fn public_key(arg: &str) -> Result<Vec<u8>> {
     } else {
         arg.to_owned()
     };
-    let bytes: Option<Vec<u8>> = (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
+    crate::unhex(&text)
+        .filter(|b| b.len() == 32)
+        .ok_or_else(|| {
+            anyhow!(
+                "--public-key must be 64 hex digits (an Ed25519 public key) or a file holding them"
+            )
         })
-        .collect();
-    bytes.filter(|b| b.len() == 32).ok_or_else(|| {
-        anyhow!("--public-key must be 64 hex digits (an Ed25519 public key) or a file holding them")
-    })
 }
 
 /// Runs the verification; returns the report text and the exit code (0 intact, 3 fault).

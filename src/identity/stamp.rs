@@ -70,15 +70,7 @@ impl Stamp {
                 self.digest
             ));
         }
-        let bytes: Option<Vec<u8>> = (0..self.signature.len())
-            .step_by(2)
-            .map(|i| {
-                self.signature
-                    .get(i..i + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
-            .collect();
-        let ok = bytes.is_some_and(|b| {
+        let ok = crate::unhex(&self.signature).is_some_and(|b| {
             mac(key, namespace, name, digest, &self.identity)
                 .verify_slice(&b)
                 .is_ok()

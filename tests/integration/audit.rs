@@ -124,12 +124,7 @@ async fn tampering_with_a_segment_is_named_by_dvo_audit_verify() {
         log.record(draft(i, "t")).await.unwrap();
     }
     log.checkpoint().await.unwrap();
-    let public: String = SigningKey::from_seed(&SEED)
-        .unwrap()
-        .public_key()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let public = dvo_operator::hex(&SigningKey::from_seed(&SEED).unwrap().public_key());
     let run = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_dvo"))
             .env("KUBECONFIG", control_plane().kubeconfig("admin"))
@@ -868,12 +863,7 @@ async fn the_azure_sink_gets_a_token_and_honours_retry_after() {
 #[tokio::test]
 async fn admin_tampering_is_reported() {
     let client = operator().await;
-    let public: String = SigningKey::from_seed(&SEED)
-        .unwrap()
-        .public_key()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let public = dvo_operator::hex(&SigningKey::from_seed(&SEED).unwrap().public_key());
     let verify_cli = |ns: &str| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_dvo"))
             .env("KUBECONFIG", control_plane().kubeconfig("admin"))
