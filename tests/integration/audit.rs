@@ -9,6 +9,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::support::{OPERATOR_NS, control_plane, namespace, operator};
+use dvo_operator::audit::sink::{self, Sink, Target};
 use dvo_operator::audit::store::{AuditLog, SEGMENT_LABEL, load};
 use dvo_operator::audit::{Draft, EventType, FaultKind, SigningKey, verify};
 
@@ -406,7 +407,6 @@ template(name="fields" type="string" string="%syslogfacility%|%syslogseverity%|%
 
 #[tokio::test]
 async fn the_syslog_sink_delivers_cef_to_rsyslog_and_resumes_from_its_cursor() {
-    use dvo_operator::audit::sink::{self, Sink, Target};
     let client = operator().await;
     let ns = log_namespace(&client, "auditsyslog").await;
     let rsyslog = Rsyslog::start("cef");
@@ -423,19 +423,7 @@ async fn the_syslog_sink_delivers_cef_to_rsyslog_and_resumes_from_its_cursor() {
     let target: Target = format!("syslog+tcp://127.0.0.1:{}?payload=cef", rsyslog.port)
         .parse()
         .unwrap();
-    let start = |target: Target| {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(sink::run(
-            client.clone(),
-            ns.clone(),
-            Sink::new("siem", target),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        (stop, task)
-    };
-    let (stop, task) = start(target.clone());
+    let task = RunningSink::start(&client, &ns, "siem", target.clone());
     let lines = rsyslog.wait_lines(4).await;
     // facility 13 (log audit), severity err for the failure; CEF with the seed's labels.
     let first: Vec<&str> = lines[0].splitn(7, '|').collect();
@@ -456,18 +444,16 @@ async fn the_syslog_sink_delivers_cef_to_rsyslog_and_resumes_from_its_cursor() {
         "{}",
         first[6]
     );
-    let _ = stop.send(());
-    task.await.unwrap();
+    task.stop().await;
 
     // A restarted sink resumes after its cursor: no entry is delivered twice.
     log.record(draft(4, "s")).await.unwrap();
-    let (stop, task) = start(target);
+    let task = RunningSink::start(&client, &ns, "siem", target);
     // Entries go out in order, so a redelivery of 1-4 would be written before 5 shows up.
     let lines = rsyslog.wait_lines(5).await;
     assert_eq!(lines.len(), 5, "{lines:?}");
     assert!(lines[4].contains("seq=\"5\""), "{}", lines[4]);
-    let _ = stop.send(());
-    task.await.unwrap();
+    task.stop().await;
 }
 
 #[tokio::test]
@@ -584,7 +570,7 @@ async fn fake_hec() -> (
 
 #[tokio::test]
 async fn the_splunk_sink_batches_retries_when_busy_and_waits_for_the_ack() {
-    use dvo_operator::audit::sink::{self, Sink, Target, http::Splunk};
+    use dvo_operator::audit::sink::http::Splunk;
     let client = operator().await;
     let ns = log_namespace(&client, "auditsplunk").await;
     let (port, seen) = fake_hec().await;
@@ -605,15 +591,7 @@ async fn the_splunk_sink_batches_retries_when_busy_and_waits_for_the_ack() {
             .unwrap();
         cm.and_then(|c| c.data).and_then(|d| d.get("seq").cloned())
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(sink::run(
-        client.clone(),
-        ns.clone(),
-        Sink::new("splunk", Target::Splunk(splunk("good-token"))),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let task = RunningSink::start(&client, &ns, "splunk", Target::Splunk(splunk("good-token")));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while cursor(client.clone(), ns.clone()).await.as_deref() != Some("3") {
         assert!(
@@ -623,8 +601,7 @@ async fn the_splunk_sink_batches_retries_when_busy_and_waits_for_the_ack() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = stop.send(());
-    task.await.unwrap();
+    task.stop().await;
     let seen_handle = seen.clone();
     let seen = seen.lock().unwrap().clone();
     let events: Vec<_> = seen.iter().filter(|s| s.0 == "event").collect();
@@ -648,15 +625,7 @@ async fn the_splunk_sink_batches_retries_when_busy_and_waits_for_the_ack() {
     assert_eq!(lines[2]["event"]["seq"], 3);
 
     // A bad token never advances a new sink's cursor.
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let bad = tokio::spawn(sink::run(
-        client.clone(),
-        ns.clone(),
-        Sink::new("badtoken", Target::Splunk(splunk("wrong"))),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let bad = RunningSink::start(&client, &ns, "badtoken", Target::Splunk(splunk("wrong")));
     log.record(draft(3, "h")).await.unwrap();
     let refused = std::time::Instant::now() + Duration::from_secs(30);
     while !seen_handle
@@ -671,8 +640,7 @@ async fn the_splunk_sink_batches_retries_when_busy_and_waits_for_the_ack() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = stop.send(());
-    bad.await.unwrap();
+    bad.stop().await;
     let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
         .get_opt("dvo-audit-cursor-badtoken")
         .await
@@ -683,7 +651,7 @@ async fn the_splunk_sink_batches_retries_when_busy_and_waits_for_the_ack() {
 #[tokio::test]
 async fn the_webhook_sink_posts_signed_batches() {
     use axum::http::HeaderMap;
-    use dvo_operator::audit::sink::{self, Sink, Target, http};
+    use dvo_operator::audit::sink::http;
     use std::sync::{Arc, Mutex};
     let client = operator().await;
     let ns = log_namespace(&client, "auditwebhook").await;
@@ -712,22 +680,13 @@ async fn the_webhook_sink_posts_signed_batches() {
         url: format!("http://127.0.0.1:{port}/audit"),
         secret: Some("s3cret".into()),
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(sink::run(
-        client.clone(),
-        ns.clone(),
-        Sink::new("hook", target),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let task = RunningSink::start(&client, &ns, "hook", target);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while got.lock().unwrap().is_empty() {
         assert!(std::time::Instant::now() < deadline, "nothing was posted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = stop.send(());
-    task.await.unwrap();
+    task.stop().await;
     let (sig, body) = got.lock().unwrap()[0].clone();
     assert_eq!(
         sig,
@@ -745,7 +704,7 @@ async fn the_webhook_sink_posts_signed_batches() {
 async fn the_azure_sink_gets_a_token_and_honours_retry_after() {
     use axum::extract::{Path, State};
     use axum::http::{HeaderMap, StatusCode};
-    use dvo_operator::audit::sink::{self, Sink, Target, azure};
+    use dvo_operator::audit::sink::azure;
     use std::sync::{Arc, Mutex};
     type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
     let seen: Seen = Arc::default();
@@ -809,15 +768,7 @@ async fn the_azure_sink_gets_a_token_and_honours_retry_after() {
         "client-1",
         azure::Credential::Secret("s3cret".into()),
     )));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(sink::run(
-        client.clone(),
-        ns.clone(),
-        Sink::new("azure", target),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let task = RunningSink::start(&client, &ns, "azure", target);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while seen
         .lock()
@@ -834,8 +785,7 @@ async fn the_azure_sink_gets_a_token_and_honours_retry_after() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = stop.send(());
-    task.await.unwrap();
+    task.stop().await;
     let seen = seen.lock().unwrap().clone();
     let token = seen.iter().find(|s| s.0 == "token").unwrap();
     assert_eq!(token.1, "tenant-1");
@@ -1090,7 +1040,6 @@ async fn restarts_neither_lose_nor_duplicate_audit_facts() {
 
 #[tokio::test]
 async fn the_syslog_sink_speaks_tls_to_rsyslog() {
-    use dvo_operator::audit::sink::{self, Sink, Target};
     let client = operator().await;
     let ns = log_namespace(&client, "auditsyslogtls").await;
     let rsyslog = Rsyslog::start_with("tls", true);
@@ -1102,18 +1051,9 @@ async fn the_syslog_sink_speaks_tls_to_rsyslog() {
         rsyslog.dir.join("ca.pem").display()
     );
     let target: Target = url.parse().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(sink::run(
-        client.clone(),
-        ns.clone(),
-        Sink::new("tls", target),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let task = RunningSink::start(&client, &ns, "tls", target);
     let lines = rsyslog.wait_lines(1).await;
-    let _ = stop.send(());
-    task.await.unwrap();
+    task.stop().await;
     let body = lines[0].splitn(7, '|').nth(6).unwrap();
     let entry: dvo_operator::audit::Entry = serde_json::from_str(body.trim()).unwrap();
     assert_eq!(entry.seq, 1);
@@ -1148,4 +1088,30 @@ async fn the_syslog_sink_speaks_tls_to_rsyslog() {
     let mut sink = Sink::new("wrong-ca", wrong);
     let err = sink.deliver(&[]).await.unwrap_err();
     assert!(err.contains("TLS with syslog"), "{err}");
+}
+
+/// A sink fed from the log in a namespace, until stopped.
+struct RunningSink {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningSink {
+    fn start(client: &Client, ns: &str, name: &str, target: Target) -> RunningSink {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(sink::run(
+            client.clone(),
+            ns.to_owned(),
+            Sink::new(name, target),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        RunningSink { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
 }

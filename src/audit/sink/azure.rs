@@ -67,20 +67,6 @@ impl PartialEq for Azure {
     }
 }
 
-impl Clone for Azure {
-    fn clone(&self) -> Self {
-        Azure::new(
-            &self.endpoint,
-            &self.dcr,
-            &self.stream,
-            &self.authority,
-            &self.tenant,
-            &self.client_id,
-            self.credential.clone(),
-        )
-    }
-}
-
 fn form(pairs: &[(&str, &str)]) -> String {
     let enc = |s: &str| -> String {
         s.bytes()
