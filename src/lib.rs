@@ -4,6 +4,7 @@
 //! webhook) gather inputs, call the core and write results.
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod approval;
 pub mod audit;
 pub mod capability;

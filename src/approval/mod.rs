@@ -7,6 +7,8 @@
 //! requirement's roles, not the requester unless the requirement allows self-approval, acting
 //! before the request expired.
 
+pub mod signed;
+
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
@@ -23,6 +25,8 @@ pub struct Act {
     pub subject: Subject,
     /// When.
     pub at: DateTime<Utc>,
+    /// Whether the person proved multi-factor authentication (a verified Entra ID token).
+    pub mfa: bool,
 }
 
 /// Everything the state machine looks at.
@@ -89,6 +93,12 @@ pub fn ineligible(spec: &ApprovalRequestSpec, req: &RequirementSpec, act: &Act) 
             "{who} (roles: {}) holds none of the roles {} that {} needs",
             held.join(", "),
             roles.join(", "),
+            req.source
+        ));
+    }
+    if req.require_mfa && !act.mfa {
+        return Some(format!(
+            "{who} did not prove multi-factor authentication, which {} requires: approve with dvo.caat.io/approve-token=<Entra ID access token>",
             req.source
         ));
     }

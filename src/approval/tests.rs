@@ -31,6 +31,7 @@ fn act(user: &str, roles: &[Role], when: &str) -> Act {
             machine: user.starts_with("system:serviceaccount:") || roles.contains(&ServiceAccount),
         },
         at: at(when),
+        mfa: false,
     }
 }
 
@@ -323,4 +324,21 @@ fn final_phases_stay_final() {
         "2026-11-25T00:00:00Z",
     );
     assert_eq!(e.phase, Approved);
+}
+
+#[test]
+fn an_mfa_requirement_counts_only_approvals_that_proved_mfa() {
+    let mut s = spec(&[("policy/mfa", &[ReleaseManager], 1, false)]);
+    s.requirements[0].require_mfa = true;
+    let plain = act("rosa", &[ReleaseManager], "2026-11-24T10:00:00Z");
+    let e = run(&s, std::slice::from_ref(&plain), "2026-11-24T10:01:00Z");
+    assert_eq!(e.phase, Pending);
+    assert!(
+        e.approvals[0]
+            .as_ref()
+            .unwrap_err()
+            .contains("did not prove multi-factor authentication")
+    );
+    let proved = Act { mfa: true, ..plain };
+    assert_eq!(run(&s, &[proved], "2026-11-24T10:01:00Z").phase, Approved);
 }

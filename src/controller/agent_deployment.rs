@@ -366,6 +366,7 @@ async fn ensure_approval_request(
                 roles: r.roles.clone(),
                 min_approvals: r.min_approvals,
                 allow_self_approval: r.allow_self_approval,
+                require_mfa: r.require_mfa,
             })
             .collect(),
         expires_at: (Utc::now() + expiry).trunc_subsecs(0),

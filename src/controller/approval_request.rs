@@ -1,5 +1,5 @@
-//! The ApprovalRequest reconciler: resolves who acted (roles from the role mapping, never from
-//! what the record claims), runs the pure life cycle, and writes the phase and progress.
+//! The ApprovalRequest reconciler: reads the acts the admission webhook signed (who, with the
+//! roles they held), runs the pure life cycle, and writes the phase, records and progress.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,22 +11,24 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
 use super::{Context, Error, MANAGER, conditions, record};
+use crate::approval::signed::{self, ActKind, SignedAct};
 use crate::approval::{self, Act};
 use crate::audit::EventType as AuditEvent;
 use crate::crd::agent_deployment::spec_digest;
 use crate::crd::approval_request::{ApprovalPhase, ApprovalRecord, ApprovalRequestStatus};
 use crate::crd::{AgentDeployment, ApprovalRequest};
-use crate::identity::{Identity, RoleMapping};
 
-fn act(mapping: &RoleMapping, env: &str, r: &ApprovalRecord) -> Act {
-    let identity = Identity {
-        username: r.username.clone(),
-        uid: None,
-        groups: r.groups.clone(),
-    };
-    Act {
-        subject: mapping.subject(&identity, env),
-        at: r.at,
+/// The status record of a verified act.
+fn record_of(act: &SignedAct) -> ApprovalRecord {
+    ApprovalRecord {
+        username: act.subject.username.clone(),
+        groups: act.subject.groups.clone(),
+        roles: act.subject.roles.iter().copied().collect(),
+        satisfies: vec![],
+        at: act.at,
+        comment: act.comment.clone(),
+        mfa: act.mfa,
+        ignored: None,
     }
 }
 
@@ -48,15 +50,21 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
                 || spec_digest(&ad.spec) != apr.spec.spec_digest
         }
     };
-    let mapping = ctx.role_mapping().await?;
-    let env = apr.spec.environment.as_str();
-    let approvals: Vec<Act> = old
-        .approvals
-        .iter()
-        .map(|r| act(&mapping, env, r))
-        .collect();
-    let rejection = old.rejection.as_ref().map(|r| act(&mapping, env, r));
-    let cancellation = old.cancellation.as_ref().map(|r| act(&mapping, env, r));
+    // Only acts the admission webhook signed for this request count; nothing else in the
+    // object (status included) is trusted to say who acted.
+    let recorded = signed::recorded(&apr, &ctx.stamp_key).map_err(Error::Config)?;
+    let mut verified = Vec::new();
+    for (act, ok) in recorded {
+        if ok {
+            verified.push(act);
+        } else {
+            tracing::warn!(namespace = %ns, name = %name, user = %act.subject.username, "ignoring an act whose signature does not verify");
+        }
+    }
+    let of_kind = |kind: ActKind| verified.iter().filter(move |a| a.kind == kind);
+    let approvals: Vec<Act> = of_kind(ActKind::Approve).map(SignedAct::act).collect();
+    let rejection = of_kind(ActKind::Reject).next().map(SignedAct::act);
+    let cancellation = of_kind(ActKind::Cancel).next().map(SignedAct::act);
     let now = Utc::now();
     let eval = approval::evaluate(&approval::Input {
         spec: &apr.spec,
@@ -71,21 +79,25 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
     let mut st: ApprovalRequestStatus = old.clone();
     st.phase = Some(eval.phase);
     st.observed_generation = apr.metadata.generation;
-    for ((record, act), counted) in st.approvals.iter_mut().zip(&approvals).zip(&eval.approvals) {
-        record.roles = act.subject.roles.iter().copied().collect();
-        (record.satisfies, record.ignored) = match counted {
-            Ok(sources) => (sources.clone(), None),
-            Err(why) => (vec![], Some(why.clone())),
-        };
-    }
-    if let (Some(r), Some(a)) = (st.rejection.as_mut(), rejection.as_ref()) {
-        r.roles = a.subject.roles.iter().copied().collect();
-        r.ignored = eval.ignored_rejection.clone();
-    }
-    if let (Some(c), Some(a)) = (st.cancellation.as_mut(), cancellation.as_ref()) {
-        c.roles = a.subject.roles.iter().copied().collect();
-        c.ignored = eval.ignored_cancellation.clone();
-    }
+    st.approvals = of_kind(ActKind::Approve)
+        .zip(&eval.approvals)
+        .map(|(act, counted)| {
+            let mut record = record_of(act);
+            (record.satisfies, record.ignored) = match counted {
+                Ok(sources) => (sources.clone(), None),
+                Err(why) => (vec![], Some(why.clone())),
+            };
+            record
+        })
+        .collect();
+    st.rejection = of_kind(ActKind::Reject).next().map(|a| ApprovalRecord {
+        ignored: eval.ignored_rejection.clone(),
+        ..record_of(a)
+    });
+    st.cancellation = of_kind(ActKind::Cancel).next().map(|a| ApprovalRecord {
+        ignored: eval.ignored_cancellation.clone(),
+        ..record_of(a)
+    });
     st.progress = eval.progress.clone();
     conditions::set(
         &mut st.conditions,

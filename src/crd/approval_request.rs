@@ -113,6 +113,10 @@ pub struct RequirementSpec {
     /// Whether the requester may count.
     #[serde(default)]
     pub allow_self_approval: bool,
+    /// Whether only approvals that proved multi-factor authentication (an Entra ID token with
+    /// `mfa` in `amr`, given as `dvo.caat.io/approve-token`) count.
+    #[serde(default)]
+    pub require_mfa: bool,
 }
 
 /// Where an ApprovalRequest stands.
@@ -194,6 +198,9 @@ pub struct ApprovalRecord {
     /// Their comment or reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// Whether they proved multi-factor authentication (a verified Entra ID token).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mfa: bool,
     /// Why this act counts for nothing, if it does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignored: Option<String>,

@@ -245,6 +245,11 @@ pub struct ApprovalPolicy {
     /// Whether the requester may approve their own deployment. Default false.
     #[serde(default)]
     pub allow_self_approval: bool,
+    /// Whether an approval counts only when its approver proved multi-factor authentication:
+    /// `kubectl annotate apr NAME dvo.caat.io/approve-token=<Entra ID access token>`, verified
+    /// by the admission webhook (the token itself is never stored). Default false.
+    #[serde(default)]
+    pub require_mfa: bool,
 }
 
 fn default_min_approvals() -> i32 {

@@ -408,6 +408,7 @@ fn apply_match(
                 min_approvals: a.min_approvals,
                 expiry: a.expiry.clone(),
                 allow_self_approval: a.allow_self_approval,
+                require_mfa: a.require_mfa,
             });
             false
         }
@@ -436,6 +437,7 @@ fn approval_by_holders(source: String, permissions: &[Permission]) -> ApprovalRe
         min_approvals: 1,
         expiry: DEFAULT_EXPIRY.to_owned(),
         allow_self_approval: false,
+        require_mfa: false,
     }
 }
 

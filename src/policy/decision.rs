@@ -138,6 +138,9 @@ pub struct ApprovalRequirement {
     pub expiry: String,
     /// Whether the requester may count.
     pub allow_self_approval: bool,
+    /// Whether only approvals that proved multi-factor authentication count.
+    #[serde(default)]
+    pub require_mfa: bool,
 }
 
 /// A step changed by a capability fallback.

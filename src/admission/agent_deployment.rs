@@ -1,0 +1,146 @@
+//! AgentDeployment admission: stamps the requester of every new spec, refuses requesters without
+//! the permission for the environment (production goes to approval instead), refuses changes to
+//! the webhook's stamps, and turns a break-glass annotation from a holder of `bypass_approval`
+//! into a signed break-glass stamp for that one spec.
+
+use chrono::{DateTime, Utc};
+
+use super::{AnnotationPatch, Env, Verdict, draft};
+use crate::audit::{Draft, EventType};
+use crate::crd::AgentDeployment;
+use crate::crd::agent_deployment::spec_digest;
+use crate::identity::stamp::{self, BREAK_GLASS, BREAK_GLASS_STAMP, BreakGlass, Stamp};
+use crate::identity::{Check, Identity, Permission, Subject};
+
+const KIND: &str = "AgentDeployment";
+
+fn annotation(ad: Option<&AgentDeployment>, key: &str) -> Option<String> {
+    ad.and_then(|a| a.metadata.annotations.as_ref())
+        .and_then(|a| a.get(key))
+        .cloned()
+}
+
+fn roles(subject: &Subject) -> String {
+    let roles: Vec<&str> = subject.roles.iter().map(|r| r.as_str()).collect();
+    roles.join(", ")
+}
+
+/// Reviews a create or update of `new` (replacing `old`) by `user` at `now`.
+pub fn review(
+    env: &Env,
+    user: &Identity,
+    old: Option<&AgentDeployment>,
+    new: &AgentDeployment,
+    now: DateTime<Utc>,
+) -> Verdict {
+    if user.username == env.operator {
+        return Verdict::allow();
+    }
+    let ns = new.metadata.namespace.as_deref().unwrap_or_default();
+    let name = new.metadata.name.as_deref().unwrap_or_default();
+    let resource = format!("{ns}/{name}");
+    let environment = new.spec.environment.as_str();
+    let subject = env.mapping.subject(user, environment);
+    let audit = |event: EventType, operation: &str, status: &str, message: &str| -> Draft {
+        let mut d = draft(
+            event,
+            user,
+            operation,
+            resource.clone(),
+            KIND,
+            status,
+            Some(message.to_owned()),
+        );
+        d.user_roles = subject
+            .roles
+            .iter()
+            .map(|r| r.as_str().to_owned())
+            .collect();
+        d.environment = Some(environment.to_owned());
+        d.platform = Some(new.spec.platform.as_str().to_owned());
+        d.agents = vec![new.spec.agent.clone()];
+        d
+    };
+    let refuse = |message: String| {
+        let d = audit(EventType::PermissionDenied, "admit", "denied", &message);
+        Verdict::refuse(message, d)
+    };
+
+    for key in [stamp::ANNOTATION, BREAK_GLASS_STAMP] {
+        if annotation(Some(new), key) != annotation(old, key) {
+            return refuse(format!(
+                "the annotation {key} is written by the dvo admission webhook only; {} may not set or change it",
+                user.username
+            ));
+        }
+    }
+    let digest = spec_digest(&new.spec);
+    let spec_changed = old.is_none_or(|o| spec_digest(&o.spec) != digest);
+    let mut patch = AnnotationPatch::new(new.metadata.annotations.is_some());
+    if spec_changed {
+        let permission = env.mapping.permission_for(new.spec.action, environment);
+        if let Check::Denied { reason } = env.mapping.can(&subject, permission, environment) {
+            return refuse(format!(
+                "AgentDeployment {resource} refused: {reason} (environment {environment})"
+            ));
+        }
+        let stamp = Stamp::sign(env.key, ns, name, &digest, user.clone());
+        patch.set(
+            stamp::ANNOTATION,
+            &serde_json::to_string(&stamp).expect("stamps serialize"),
+        );
+    }
+
+    let reason = annotation(Some(new), BREAK_GLASS);
+    let mut recorded = None;
+    match reason {
+        Some(reason) if spec_changed || annotation(old, BREAK_GLASS).as_ref() != Some(&reason) => {
+            let may = subject.is_human()
+                && subject
+                    .roles
+                    .iter()
+                    .any(|r| r.grants(Permission::BypassApproval));
+            if !may {
+                let holders: Vec<&str> = Permission::BypassApproval
+                    .granted_by()
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect();
+                return refuse(format!(
+                    "break-glass on AgentDeployment {resource} refused: {} (roles: {}) lacks permission bypass_approval, which roles {} have; remove the annotation {BREAK_GLASS}",
+                    user.username,
+                    roles(&subject),
+                    holders.join(", ")
+                ));
+            }
+            if reason.trim().is_empty() {
+                return refuse(format!(
+                    "break-glass on AgentDeployment {resource} needs a reason: {BREAK_GLASS}=\"<incident and why>\""
+                ));
+            }
+            let bg = BreakGlass::sign(env.key, ns, name, &digest, user.clone(), &reason, now);
+            patch.set(
+                BREAK_GLASS_STAMP,
+                &serde_json::to_string(&bg).expect("stamps serialize"),
+            );
+            let mut d = audit(EventType::BreakGlassUsed, "break_glass", "success", &reason);
+            d.metadata["digest"] = digest.clone().into();
+            recorded = Some(d);
+        }
+        reason => {
+            let stale = spec_changed || reason.is_none();
+            if stale && annotation(Some(new), BREAK_GLASS_STAMP).is_some() {
+                patch.remove(BREAK_GLASS_STAMP);
+            }
+        }
+    }
+    Verdict {
+        refusal: None,
+        patch: patch.into_ops(),
+        audit: recorded,
+    }
+}
+
+#[cfg(test)]
+#[path = "agent_deployment_tests.rs"]
+mod tests;

@@ -1,0 +1,327 @@
+//! ApprovalRequest admission: people act with annotations (`approve`, `approve-token`, `reject`,
+//! `cancel`); an act is accepted only from someone entitled to it, and then replaced in the same
+//! write by a signed act the operator can verify. Only the operator creates requests, and nobody
+//! but the webhook writes the signed acts.
+
+use chrono::{DateTime, Utc};
+
+use super::{AnnotationPatch, Env, Verdict, draft};
+use crate::approval::signed::{
+    self, ACTS, APPROVE, APPROVE_TOKEN, ActKind, CANCEL, REJECT, SignedAct,
+};
+use crate::approval::{self, Act};
+use crate::audit::{Draft, EventType};
+use crate::crd::ApprovalRequest;
+use crate::crd::approval_request::ApprovalPhase;
+use crate::identity::entra::EntraIdentity;
+use crate::identity::{Identity, Role};
+
+const KIND: &str = "ApprovalRequest";
+
+fn annotation<'a>(apr: &'a ApprovalRequest, key: &str) -> Option<&'a String> {
+    apr.metadata.annotations.as_ref().and_then(|a| a.get(key))
+}
+
+fn resource(apr: &ApprovalRequest) -> String {
+    format!(
+        "{}/{}",
+        apr.metadata.namespace.as_deref().unwrap_or_default(),
+        apr.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The act annotations `new` adds or changes relative to `old`.
+fn requested<'a>(old: &ApprovalRequest, new: &'a ApprovalRequest) -> Vec<(&'static str, &'a str)> {
+    [APPROVE, APPROVE_TOKEN, REJECT, CANCEL]
+        .into_iter()
+        .filter_map(|key| {
+            let value = annotation(new, key)?;
+            (annotation(old, key) != Some(value)).then_some((key, value.as_str()))
+        })
+        .collect()
+}
+
+/// The Entra ID token this update gives with `approve-token`, if it gives one: the webhook
+/// verifies it before calling [`review_update`].
+pub fn token<'a>(old: &ApprovalRequest, new: &'a ApprovalRequest) -> Option<&'a str> {
+    requested(old, new)
+        .into_iter()
+        .find(|(key, _)| *key == APPROVE_TOKEN)
+        .map(|(_, value)| value)
+}
+
+/// Reviews the creation of a request: the operator's alone.
+pub fn review_create(env: &Env, user: &Identity, new: &ApprovalRequest) -> Verdict {
+    if user.username == env.operator {
+        return Verdict::allow();
+    }
+    let message = format!(
+        "ApprovalRequests are created by the dvo operator only; {} may not create {}",
+        user.username,
+        resource(new)
+    );
+    Verdict::refuse(
+        message.clone(),
+        draft(
+            EventType::PermissionDenied,
+            user,
+            "create",
+            resource(new),
+            KIND,
+            "denied",
+            Some(message),
+        ),
+    )
+}
+
+/// Reviews an update of `old` into `new` by `user` at `now`. `token` is the verification of the
+/// `approve-token` this update gives (see [`token`]).
+pub fn review_update(
+    env: &Env,
+    user: &Identity,
+    old: &ApprovalRequest,
+    new: &ApprovalRequest,
+    token: Option<Result<EntraIdentity, String>>,
+    now: DateTime<Utc>,
+) -> Verdict {
+    if user.username == env.operator {
+        return Verdict::allow();
+    }
+    let res = resource(new);
+    let spec = &old.spec;
+    let mut subject = env.mapping.subject(user, &spec.environment);
+    let audit = |event: EventType, operation: &str, status: &str, message: &str, roles: &[Role]| {
+        let mut d: Draft = draft(
+            event,
+            user,
+            operation,
+            res.clone(),
+            KIND,
+            status,
+            Some(message.to_owned()),
+        );
+        d.user_roles = roles.iter().map(|r| r.as_str().to_owned()).collect();
+        d.environment = Some(spec.environment.clone());
+        d.agents = vec![spec.agent.clone()];
+        d.metadata["specDigest"] = spec.spec_digest.clone().into();
+        d
+    };
+    let refuse_as = |event: EventType, message: String, roles: &[Role]| {
+        let d = audit(event, "act", "denied", &message, roles);
+        Verdict::refuse(message, d)
+    };
+    let held: Vec<Role> = subject.roles.iter().copied().collect();
+    let refuse = |message: String| refuse_as(EventType::PermissionDenied, message, &held);
+
+    if annotation(new, ACTS) != annotation(old, ACTS) {
+        return refuse(format!(
+            "the annotation {ACTS} is written by the dvo admission webhook only; {} may not set or change it: act with {APPROVE}, {REJECT} or {CANCEL}",
+            user.username
+        ));
+    }
+    let acts = requested(old, new);
+    let (key, value) = match acts.as_slice() {
+        [] => return Verdict::allow(),
+        [one] => *one,
+        _ => {
+            return refuse(format!(
+                "one act at a time: this change sets {}",
+                acts.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    };
+    let phase = old
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or(ApprovalPhase::Pending);
+    if phase != ApprovalPhase::Pending {
+        return refuse(format!(
+            "ApprovalRequest {res} is {phase:?}; it takes no more approvals, rejections or cancellations"
+        ));
+    }
+    if now >= spec.expires_at {
+        return refuse(format!(
+            "ApprovalRequest {res} expired at {}; it takes no more approvals, rejections or cancellations",
+            spec.expires_at.to_rfc3339()
+        ));
+    }
+    let (mut mfa, mut entra) = (false, None);
+    if key == APPROVE_TOKEN {
+        let verified = match token {
+            Some(Ok(t)) => t,
+            Some(Err(why)) => {
+                return refuse_as(
+                    EventType::AuthFailure,
+                    format!("the approval token was refused: {why}"),
+                    &held,
+                );
+            }
+            None => {
+                return refuse_as(
+                    EventType::AuthFailure,
+                    "the approval token was not verified".into(),
+                    &held,
+                );
+            }
+        };
+        if !verified.username.eq_ignore_ascii_case(&user.username) {
+            return refuse_as(
+                EventType::AuthFailure,
+                format!(
+                    "the approval token belongs to {}, not to {}: approve with your own token",
+                    verified.username, user.username
+                ),
+                &held,
+            );
+        }
+        let from_token = env.mapping.subject(&verified.identity(), &spec.environment);
+        subject.roles.extend(
+            from_token
+                .roles
+                .into_iter()
+                .filter(|r| *r != Role::Viewer)
+                .chain(verified.app_roles.iter().copied()),
+        );
+        (mfa, entra) = (
+            verified.mfa,
+            Some(format!("{}/{}", verified.tid, verified.oid)),
+        );
+    }
+    let kind = match key {
+        REJECT => ActKind::Reject,
+        CANCEL => ActKind::Cancel,
+        _ => ActKind::Approve,
+    };
+    let act = Act {
+        subject: subject.clone(),
+        at: now,
+        mfa,
+    };
+    let recorded: Vec<SignedAct> = signed::recorded(old, env.key)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(a, ok)| ok.then_some(a))
+        .collect();
+    let who = &user.username;
+    let satisfies = match kind {
+        ActKind::Approve => {
+            if recorded
+                .iter()
+                .any(|a| a.kind == ActKind::Approve && a.subject.username == *who)
+            {
+                return refuse(format!(
+                    "{who} already approved ApprovalRequest {res}; each person counts once"
+                ));
+            }
+            let prior: Vec<Act> = recorded
+                .iter()
+                .filter(|a| a.kind == ActKind::Approve)
+                .map(SignedAct::act)
+                .collect();
+            let progress = approval::evaluate(&approval::Input {
+                spec,
+                current: None,
+                approvals: &prior,
+                rejection: None,
+                cancellation: None,
+                superseded: false,
+                now,
+            })
+            .progress;
+            let mut reasons = vec![];
+            let mut counts = vec![];
+            for (req, p) in spec.requirements.iter().zip(&progress) {
+                if p.met {
+                    continue;
+                }
+                match approval::ineligible(spec, req, &act) {
+                    None => counts.push(req.source.clone()),
+                    Some(why) => reasons.push(why),
+                }
+            }
+            if counts.is_empty() {
+                let why = if reasons.is_empty() {
+                    "every requirement already has its approvals".to_owned()
+                } else {
+                    reasons.join("; ")
+                };
+                return refuse(format!("approval of ApprovalRequest {res} refused: {why}"));
+            }
+            counts
+        }
+        ActKind::Reject => {
+            if value.trim().is_empty() {
+                return refuse(format!("a rejection needs a reason: {REJECT}=\"<why>\""));
+            }
+            let reasons: Vec<String> = spec
+                .requirements
+                .iter()
+                .filter_map(|req| approval::ineligible(spec, req, &act))
+                .collect();
+            if reasons.len() == spec.requirements.len() {
+                return refuse(format!(
+                    "rejection of ApprovalRequest {res} refused: {}",
+                    reasons.join("; ")
+                ));
+            }
+            vec![]
+        }
+        ActKind::Cancel => {
+            let requester = spec.requester.as_ref().map(|r| r.username.as_str());
+            let admin = subject.is_human() && subject.roles.contains(&Role::Admin);
+            if requester != Some(who.as_str()) && !admin {
+                return refuse(format!(
+                    "cancellation of ApprovalRequest {res} refused: {who} is neither the requester nor an admin"
+                ));
+            }
+            vec![]
+        }
+    };
+
+    let signed = SignedAct {
+        kind,
+        subject: subject.clone(),
+        uid: user.uid.clone(),
+        at: now,
+        comment: (key != APPROVE_TOKEN && !value.trim().is_empty()).then(|| value.to_owned()),
+        mfa,
+        entra: entra.clone(),
+        signature: String::new(),
+    }
+    .sign(env.key, old);
+    let mut all = recorded;
+    // Forged or unreadable entries are dropped: the list holds only what verifies.
+    all.push(signed);
+    let mut patch = AnnotationPatch::new(true);
+    patch.remove(key);
+    patch.set(ACTS, &serde_json::to_string(&all).expect("acts serialize"));
+    let roles: Vec<Role> = subject.roles.iter().copied().collect();
+    let (event, status) = match kind {
+        ActKind::Approve => (EventType::ApprovalGranted, "approval_recorded"),
+        ActKind::Reject => (EventType::ApprovalDenied, "rejection_recorded"),
+        ActKind::Cancel => (EventType::ApprovalDenied, "cancellation_recorded"),
+    };
+    let comment = if key == APPROVE_TOKEN { "" } else { value };
+    let mut d = audit(
+        event,
+        key.trim_start_matches("dvo.caat.io/"),
+        status,
+        comment,
+        &roles,
+    );
+    d.metadata["satisfies"] = satisfies.into();
+    d.metadata["mfa"] = mfa.into();
+    if let Some(e) = entra {
+        d.metadata["entra"] = e.into();
+    }
+    Verdict {
+        refusal: None,
+        patch: patch.into_ops(),
+        audit: Some(d),
+    }
+}
+
+#[cfg(test)]
+#[path = "approval_request_tests.rs"]
+mod tests;

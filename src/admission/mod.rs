@@ -1,0 +1,183 @@
+//! What the admission webhook decides, as pure functions: who may write what to our objects,
+//! and which stamps the webhook adds in the same write. The webhook server (`crate::webhook`)
+//! only parses requests, gathers the role mapping and keys, calls these, audits and answers.
+
+pub mod agent_deployment;
+pub mod approval_request;
+pub mod deployment_policy;
+
+use serde_json::{Value, json};
+
+use crate::audit::{Draft, EventType};
+use crate::identity::{Identity, RoleMapping};
+
+/// The immutable inputs every review shares.
+#[derive(Clone, Copy, Debug)]
+pub struct Env<'a> {
+    /// Roles of people and machines.
+    pub mapping: &'a RoleMapping,
+    /// HMAC key of stamps.
+    pub key: &'a [u8],
+    /// The operator's own user name: the only writer of status and of ApprovalRequests.
+    pub operator: &'a str,
+}
+
+/// The answer to one admission request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Verdict {
+    /// Why the write is refused (shown by kubectl); None: allowed.
+    pub refusal: Option<String>,
+    /// JSON Patch operations applied to the object when allowed.
+    pub patch: Vec<Value>,
+    /// The fact to record in the audit log before answering (not on dry runs).
+    pub audit: Option<Draft>,
+}
+
+impl Verdict {
+    /// Allowed, unchanged, nothing to record.
+    pub fn allow() -> Verdict {
+        Verdict::default()
+    }
+
+    /// Refused with `message`, recorded as `event`.
+    pub fn refuse(message: String, audit: Draft) -> Verdict {
+        Verdict {
+            refusal: Some(message),
+            patch: vec![],
+            audit: Some(audit),
+        }
+    }
+}
+
+/// JSON Patch operations on an object's annotations.
+pub struct AnnotationPatch {
+    has_map: bool,
+    ops: Vec<Value>,
+}
+
+fn pointer(key: &str) -> String {
+    format!(
+        "/metadata/annotations/{}",
+        key.replace('~', "~0").replace('/', "~1")
+    )
+}
+
+impl AnnotationPatch {
+    /// Patches for an object that has (or has no) annotations map yet.
+    pub fn new(has_map: bool) -> AnnotationPatch {
+        AnnotationPatch {
+            has_map,
+            ops: vec![],
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub fn set(&mut self, key: &str, value: &str) {
+        if !self.has_map {
+            self.ops
+                .push(json!({"op": "add", "path": "/metadata/annotations", "value": {}}));
+            self.has_map = true;
+        }
+        self.ops
+            .push(json!({"op": "add", "path": pointer(key), "value": value}));
+    }
+
+    /// Removes `key`, which must be present.
+    pub fn remove(&mut self, key: &str) {
+        self.ops.push(json!({"op": "remove", "path": pointer(key)}));
+    }
+
+    /// The operations.
+    pub fn into_ops(self) -> Vec<Value> {
+        self.ops
+    }
+}
+
+/// An audit draft about an admission request (the shell sets its ids from the request UID).
+pub fn draft(
+    event: EventType,
+    user: &Identity,
+    operation: &str,
+    resource: String,
+    kind: &str,
+    status: &str,
+    message: Option<String>,
+) -> Draft {
+    let mut d = Draft::new(event, &user.username, operation, &resource, kind, status);
+    d.auth_method = "kubernetes".into();
+    d.error_message = message;
+    d.metadata = json!({"groups": user.groups, "uid": user.uid});
+    d
+}
+
+/// Refuses writes to a status subresource of ours by anyone but the operator.
+pub fn status(env: &Env, user: &Identity, kind: &str, resource: String) -> Verdict {
+    if user.username == env.operator {
+        return Verdict::allow();
+    }
+    let message = format!(
+        "the status of {kind} {resource} is written by the dvo operator ({}) only; {} may not change it",
+        env.operator, user.username
+    );
+    Verdict::refuse(
+        message.clone(),
+        draft(
+            EventType::PermissionDenied,
+            user,
+            "update_status",
+            resource,
+            kind,
+            "denied",
+            Some(message),
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotation_patches_escape_keys_and_create_the_map() {
+        let mut p = AnnotationPatch::new(false);
+        p.set("dvo.caat.io/acts", "[]");
+        p.remove("a~b/c");
+        let mut obj = json!({"metadata": {"name": "x"}});
+        let ops = p.into_ops();
+        assert_eq!(ops[1]["path"], "/metadata/annotations/dvo.caat.io~1acts");
+        assert_eq!(ops[2]["path"], "/metadata/annotations/a~0b~1c");
+        let patch: json_patch::Patch = serde_json::from_value(json!(&ops[..2])).unwrap();
+        json_patch::patch(&mut obj, &patch).unwrap();
+        assert_eq!(obj["metadata"]["annotations"]["dvo.caat.io/acts"], "[]");
+    }
+
+    #[test]
+    fn only_the_operator_writes_status() {
+        let mapping = RoleMapping::default();
+        let env = Env {
+            mapping: &mapping,
+            key: b"k",
+            operator: "system:serviceaccount:dvo-system:dvo-operator",
+        };
+        let op = Identity {
+            username: env.operator.into(),
+            ..Identity::default()
+        };
+        assert_eq!(
+            status(&env, &op, "ApprovalRequest", "ns/a".into()),
+            Verdict::allow()
+        );
+        let admin = Identity {
+            username: "alice-admin".into(),
+            ..Identity::default()
+        };
+        let v = status(&env, &admin, "ApprovalRequest", "ns/a".into());
+        assert_eq!(
+            v.refusal.as_deref(),
+            Some(
+                "the status of ApprovalRequest ns/a is written by the dvo operator (system:serviceaccount:dvo-system:dvo-operator) only; alice-admin may not change it"
+            )
+        );
+        assert_eq!(v.audit.unwrap().event_type, EventType::PermissionDenied);
+    }
+}
