@@ -14,6 +14,7 @@ pub mod crd;
 pub mod health;
 pub mod identity;
 pub mod policy;
+pub mod webhook;
 
 /// Lowercase hexadecimal of bytes.
 pub fn hex(bytes: &[u8]) -> String {

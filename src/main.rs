@@ -66,6 +66,24 @@ struct RunArgs {
     /// deletion is recorded). 0 keeps them forever.
     #[arg(long, default_value_t = 365)]
     audit_retention_days: i64,
+    /// Address the admission webhook listens on (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    webhook_addr: std::net::SocketAddr,
+    /// The https:// base URL the API server calls the webhook at, for an operator running
+    /// outside the cluster (e.g. https://127.0.0.1:9443). Default: the Service.
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// The Service in front of the webhook, in the operator's namespace.
+    #[arg(long, default_value = "dvo-operator-webhook")]
+    webhook_service: String,
+    /// Do not serve or register the admission webhook (local debugging only: without it no
+    /// requester is stamped and no approval is accepted).
+    #[arg(long)]
+    no_webhook: bool,
+    /// Entra ID settings (YAML: tenants, audience, issuerVersion, jwksUrl or jwksFile, ...) for
+    /// approvals that must prove MFA with `dvo.caat.io/approve-token`.
+    #[arg(long)]
+    entra_config: Option<PathBuf>,
 }
 
 fn parse_sink(s: &str) -> Result<(String, dvo_operator::audit::sink::Target), String> {
@@ -98,6 +116,16 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    let entra = match &args.entra_config {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            Some(serde_yaml::from_str(&text).map_err(|e| {
+                anyhow::anyhow!("{} is not valid Entra ID settings: {e}", path.display())
+            })?)
+        }
+    };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let client = kube::Client::try_default()
@@ -116,11 +144,28 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
             }
         };
         let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let webhook_ready =
+            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(args.no_webhook));
         let health = tokio::spawn(dvo_operator::health::serve(
             args.health_addr,
-            ready.clone(),
+            vec![ready.clone(), webhook_ready.clone()],
             stopped(),
         ));
+        let webhook = (!args.no_webhook).then(|| {
+            let settings = dvo_operator::webhook::Settings {
+                namespace: args.namespace.clone(),
+                addr: args.webhook_addr,
+                url: args.webhook_url.clone(),
+                service: args.webhook_service.clone(),
+                entra,
+            };
+            tokio::spawn(dvo_operator::webhook::serve(
+                client.clone(),
+                settings,
+                webhook_ready,
+                stopped(),
+            ))
+        });
         let settings = dvo_operator::controller::Settings {
             namespace: args.namespace,
             audit_retention: (args.audit_retention_days > 0)
@@ -129,8 +174,27 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
                 let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
                 format!("{}-{}", host.trim(), std::process::id())
             }),
+            audit_sinks: args.audit_sinks,
         };
-        let result = dvo_operator::controller::run(client, settings, ready, stopped()).await;
+        let controllers = dvo_operator::controller::run(client, settings, ready, stopped());
+        let result = match webhook {
+            None => controllers.await,
+            Some(webhook) => {
+                // Either failing stops the process; a clean stop waits for both.
+                tokio::pin!(controllers);
+                let mut webhook = webhook;
+                tokio::select! {
+                    r = &mut controllers => match r {
+                        Ok(()) => webhook.await.map_err(anyhow::Error::from).and_then(|r| r),
+                        Err(e) => Err(e),
+                    },
+                    r = &mut webhook => match r.map_err(anyhow::Error::from).and_then(|r| r) {
+                        Ok(()) => controllers.await,
+                        Err(e) => Err(e.context("admission webhook")),
+                    },
+                }
+            }
+        };
         health.abort();
         result.map(|()| 0)
     })

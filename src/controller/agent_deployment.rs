@@ -24,7 +24,7 @@ use crate::crd::approval_request::{
     ApprovalPhase, ApprovalRequestSpec, DeploymentRef, Requester, RequirementSpec,
 };
 use crate::crd::{AgentDeployment, ApprovalRequest, Capability, DeploymentPolicy};
-use crate::identity::stamp::{self, Stamp};
+use crate::identity::stamp::{self, BreakGlass, Stamp};
 use crate::identity::{Identity, Tier};
 use crate::policy::{self, Decision, Outcome, Request, Rules};
 
@@ -110,6 +110,19 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
         staging_validated,
     };
     let decision = policy::decide(&rules, &request, now);
+    // Break-glass counts only as the webhook signed it, for this very spec.
+    let decision = match ad.annotations().get(stamp::BREAK_GLASS_STAMP) {
+        None => decision,
+        Some(text) => match BreakGlass::verified(text, &ctx.stamp_key, &ns, &name, &digest) {
+            Ok(bg) => {
+                policy::break_glass::apply(&rules, decision, &bg.identity.username, &bg.reason)
+            }
+            Err(why) => {
+                tracing::warn!(namespace = %ns, name = %name, %why, "ignoring the break-glass stamp");
+                decision
+            }
+        },
+    };
 
     let old = ad.status.clone().unwrap_or_default();
     let mut st = old.clone();

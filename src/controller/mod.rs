@@ -49,6 +49,8 @@ pub struct Settings {
     pub audit_retention: Option<chrono::Duration>,
     /// This replica's name in the leader Lease (the pod name in a cluster).
     pub identity: String,
+    /// Audit sinks (name, target), fed by the leader.
+    pub audit_sinks: Vec<(String, crate::audit::sink::Target)>,
 }
 
 /// Shared state of the reconcilers.
@@ -80,29 +82,34 @@ pub enum Error {
 }
 
 impl Context {
-    /// The role mapping from its ConfigMap: empty when there is none, an error when it is invalid
-    /// (fail closed: nothing is decided on a mapping the operator cannot read).
+    /// The role mapping (see [`role_mapping`]).
     pub async fn role_mapping(&self) -> Result<RoleMapping, Error> {
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.settings.namespace);
-        let Some(cm) = api.get_opt(ROLE_MAPPING_CONFIGMAP).await? else {
-            return Ok(RoleMapping::default());
-        };
-        let text = cm
-            .data
-            .as_ref()
-            .and_then(|d| d.get(ROLE_MAPPING_KEY))
-            .cloned()
-            .unwrap_or_default();
-        if text.trim().is_empty() {
-            return Ok(RoleMapping::default());
-        }
-        serde_yaml::from_str(&text).map_err(|e| {
-            Error::Config(format!(
-                "ConfigMap {}/{ROLE_MAPPING_CONFIGMAP} key {ROLE_MAPPING_KEY} is not a valid role mapping: {e}",
-                self.settings.namespace
-            ))
-        })
+        role_mapping(&self.client, &self.settings.namespace).await
     }
+}
+
+/// The role mapping from its ConfigMap in `namespace`: empty when there is none, an error when
+/// it is invalid (fail closed: nothing is decided on a mapping the operator cannot read). Read
+/// on every use, so a change applies at once.
+pub async fn role_mapping(client: &Client, namespace: &str) -> Result<RoleMapping, Error> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let Some(cm) = api.get_opt(ROLE_MAPPING_CONFIGMAP).await? else {
+        return Ok(RoleMapping::default());
+    };
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(ROLE_MAPPING_KEY))
+        .cloned()
+        .unwrap_or_default();
+    if text.trim().is_empty() {
+        return Ok(RoleMapping::default());
+    }
+    serde_yaml::from_str(&text).map_err(|e| {
+        Error::Config(format!(
+            "ConfigMap {namespace}/{ROLE_MAPPING_CONFIGMAP} key {ROLE_MAPPING_KEY} is not a valid role mapping: {e}"
+        ))
+    })
 }
 
 /// Fails with a clear message when a CRD of ours is not installed.
@@ -406,7 +413,15 @@ pub async fn run(
             }
         }
     };
-    let all = async { tokio::join!(ads, aprs, policies, mark_ready, retention, holder).5 };
+    let sinks = futures::future::join_all(settings.audit_sinks.iter().map(|(name, target)| {
+        crate::audit::sink::run(
+            client.clone(),
+            settings.namespace.clone(),
+            crate::audit::sink::Sink::new(name, target.clone()),
+            stop.clone(),
+        )
+    }));
+    let all = async { tokio::join!(ads, aprs, policies, mark_ready, retention, sinks, holder).6 };
     // Reconciles in flight get a grace period once stopping starts; one stuck on the API server
     // must not keep the process past Kubernetes' termination grace (30 s by default).
     let grace = async {

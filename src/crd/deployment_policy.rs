@@ -117,6 +117,17 @@ pub struct DeploymentPolicySpec {
     /// (skip the policy, with a warning).
     #[serde(default)]
     pub failure_policy: FailurePolicy,
+
+    /// Whether break-glass (`dvo.caat.io/break-glass` on an AgentDeployment, from a holder of
+    /// `bypass_approval`) lets a spec through this policy: its Deny, blocked actions, windows,
+    /// blackouts and approval. Set `false` for rules that must hold even in an emergency.
+    /// Default true.
+    #[serde(default = "bypassable_by_default")]
+    pub bypassable: bool,
+}
+
+fn bypassable_by_default() -> bool {
+    true
 }
 
 fn default_priority() -> i32 {

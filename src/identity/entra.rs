@@ -40,6 +40,21 @@ pub struct EntraConfig {
     /// App role value → role (e.g. `DVO.ReleaseManager: release_manager`).
     #[serde(default)]
     pub app_roles: BTreeMap<String, Role>,
+    /// Where the tenant's signing keys are published, e.g.
+    /// `https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// A JWKS file instead of a URL (air-gapped clusters).
+    #[serde(default)]
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// The JWKS is fetched again for an unknown `kid` (key rotation), at most once per this
+    /// many seconds. Default 300.
+    #[serde(default = "default_refetch")]
+    pub jwks_min_refetch_seconds: u64,
+}
+
+fn default_refetch() -> u64 {
+    300
 }
 
 fn default_leeway() -> u64 {

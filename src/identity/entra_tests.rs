@@ -1,73 +1,24 @@
-use std::process::Command;
 use std::sync::OnceLock;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
 use super::*;
+use crate::identity::testkit::TestKey;
 
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const AUD: &str = "api://dvo-operator";
 
-/// An RSA key made with openssl: (PKCS#1 DER private key, JWK).
-struct TestKey {
-    der: Vec<u8>,
-    jwk: Value,
-}
-
-fn make_key(kid: &str) -> TestKey {
-    let dir = std::env::temp_dir().join(format!("dvo-entra-{kid}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let pem = dir.join("key.pem");
-    let der = dir.join("key.der");
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    run(&["genrsa", "-out", pem.to_str().unwrap(), "2048"]);
-    run(&[
-        "rsa",
-        "-in",
-        pem.to_str().unwrap(),
-        "-traditional",
-        "-outform",
-        "DER",
-        "-out",
-        der.to_str().unwrap(),
-    ]);
-    let modulus = run(&["rsa", "-in", pem.to_str().unwrap(), "-noout", "-modulus"]);
-    let hex = modulus.trim().trim_start_matches("Modulus=");
-    let n: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
-    let key = TestKey {
-        der: std::fs::read(&der).unwrap(),
-        // Like Entra's keys: no "alg".
-        jwk: json!({"kty": "RSA", "use": "sig", "kid": kid, "n": URL_SAFE_NO_PAD.encode(n), "e": "AQAB"}),
-    };
-    std::fs::remove_dir_all(&dir).unwrap();
-    key
-}
-
 fn keys() -> &'static (TestKey, TestKey) {
     static KEYS: OnceLock<(TestKey, TestKey)> = OnceLock::new();
-    KEYS.get_or_init(|| (make_key("k1"), make_key("k2")))
+    KEYS.get_or_init(|| (TestKey::new("k1"), TestKey::new("k2")))
 }
 
 fn jwks(which: &[&TestKey]) -> JwkSet {
-    serde_json::from_value(json!({"keys": which.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()}))
-        .unwrap()
+    serde_json::from_value(crate::identity::testkit::jwks(which)).unwrap()
 }
 
 fn config() -> EntraConfig {

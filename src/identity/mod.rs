@@ -9,6 +9,8 @@ pub mod entra;
 mod mapping;
 mod roles;
 pub mod stamp;
+#[doc(hidden)]
+pub mod testkit;
 
 pub use access::{Check, Tier};
 pub use mapping::{Identity, RoleMapping, Subject};

@@ -9,6 +9,8 @@ mod evidence;
 mod rules;
 pub mod time;
 
+pub mod break_glass;
+
 pub use context::Request;
 pub use decide::decide;
 pub use decision::{Decision, Outcome};

@@ -25,6 +25,14 @@ pub fn client() -> Result<Https, String> {
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
+/// GETs `url`: its status and body.
+pub async fn get(client: &Https, url: &str) -> Result<(StatusCode, String), String> {
+    let req = Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| format!("bad request to {url}: {e}"))?;
+    send(client, url, req).await
+}
+
 async fn post(
     client: &Https,
     url: &str,
@@ -38,6 +46,14 @@ async fn post(
     let req = req
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| format!("bad request to {url}: {e}"))?;
+    send(client, url, req).await
+}
+
+async fn send(
+    client: &Https,
+    url: &str,
+    req: Request<Full<Bytes>>,
+) -> Result<(StatusCode, String), String> {
     let resp = client
         .request(req)
         .await

@@ -1,0 +1,187 @@
+//! Break-glass: what a verified break-glass stamp lifts from a Decision. It lifts windows,
+//! blackouts, `Deny` policies, blocked actions and approval requirements — except those of
+//! policies marked `bypassable: false` — and the unverified-requester check (nobody approves).
+//! It never lifts evaluation errors, unavailable capabilities or missing permissions.
+
+use super::decision::{Decision, Outcome, ViolationKind};
+use super::rules::Rules;
+
+fn bypassable(rules: &Rules, source: &str) -> bool {
+    match source.strip_prefix("policy/") {
+        Some(name) => rules
+            .policies()
+            .iter()
+            .find(|p| p.name == name)
+            .is_none_or(|p| p.spec.bypassable),
+        None => true,
+    }
+}
+
+/// `decision` as break-glass by `by` (for `reason`) leaves it.
+pub fn apply(rules: &Rules, mut decision: Decision, by: &str, reason: &str) -> Decision {
+    let liftable = |kind: ViolationKind| {
+        matches!(
+            kind,
+            ViolationKind::PolicyDenied
+                | ViolationKind::BlockedAction
+                | ViolationKind::OutsideWindow
+                | ViolationKind::Blackout
+                | ViolationKind::UnverifiedRequester
+        )
+    };
+    let mut lifted: Vec<String> = vec![];
+    decision.violations.retain(|v| {
+        let lift = liftable(v.kind) && bypassable(rules, &v.source);
+        if lift {
+            lifted.push(format!("{:?} ({})", v.kind, v.source));
+        }
+        !lift
+    });
+    decision.approval_requirements.retain(|r| {
+        let lift = bypassable(rules, &r.source);
+        if lift {
+            lifted.push(format!("approval ({})", r.source));
+        }
+        !lift
+    });
+    if !decision.violations.iter().any(|v| v.is_temporal()) {
+        decision.next_window_opens_at = None;
+    }
+    decision.outcome = if !decision.violations.is_empty() {
+        Outcome::Deny
+    } else if !decision.manual_instructions.is_empty() {
+        Outcome::ManualActionRequired
+    } else if !decision.approval_requirements.is_empty() {
+        Outcome::RequireApproval
+    } else {
+        Outcome::Allow
+    };
+    let lifted = if lifted.is_empty() {
+        "nothing".to_owned()
+    } else {
+        lifted.join(", ")
+    };
+    decision
+        .warnings
+        .push(format!("break-glass by {by} ({reason}) lifted {lifted}"));
+    decision
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use serde_json::json;
+
+    use super::*;
+    use crate::capability::CapabilitySet;
+    use crate::crd::AgentDeployment;
+    use crate::identity::Identity;
+    use crate::policy::{Request, decide};
+
+    fn rules(policies: &[(&str, serde_json::Value)]) -> Rules {
+        Rules::new(
+            policies
+                .iter()
+                .map(|(n, spec)| (n.to_string(), serde_json::from_value(spec.clone()).unwrap())),
+            CapabilitySet::new(std::iter::empty()).unwrap(),
+            serde_yaml::from_str(include_str!("../../examples/role-mapping.yaml")).unwrap(),
+        )
+    }
+
+    fn request(requester: Option<&str>) -> Request {
+        let ad: AgentDeployment = serde_json::from_value(json!({
+            "apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment",
+            "metadata": {"name": "gha", "namespace": "team"},
+            "spec": {"agent": "GHA", "platform": "langchain", "environment": "production",
+                "template": {"spec": {"containers": [{"name": "a", "image": "a:1"}]}}},
+        }))
+        .unwrap();
+        Request {
+            namespace: "team".into(),
+            labels: Default::default(),
+            spec: ad.spec,
+            requester: requester.map(|u| Identity {
+                username: u.into(),
+                uid: None,
+                groups: vec!["a7c4e2b9-1d3f-4a6b-8e5c-9f0a1b2c3d4e".into()],
+            }),
+            staging_validated: true,
+        }
+    }
+
+    /// A Saturday inside the blackout.
+    fn now() -> DateTime<Utc> {
+        "2026-12-26T12:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn lifts_time_deny_and_approvals_but_never_non_bypassable_policies() {
+        let freeze = json!({"action": "Deny", "blackouts": [{"start": "2026-12-20", "end": "2027-01-02", "reason": "freeze"}]});
+        let approve = json!({"action": "RequireApproval", "approval": {"roles": ["release_manager"], "minApprovals": 2}});
+        let mut hard = json!({"action": "Deny", "conditions": [{"field": "agent", "operator": "Equals", "value": "GHA"}], "bypassable": false});
+        let table: [(
+            &str,
+            Vec<(&str, serde_json::Value)>,
+            Option<&str>,
+            Outcome,
+            usize,
+        ); 4] = [
+            (
+                "blackout and approvals lifted",
+                vec![("freeze", freeze.clone()), ("approve", approve.clone())],
+                Some("dev-dana"),
+                Outcome::Allow,
+                0,
+            ),
+            (
+                "unknown requester lifted too",
+                vec![("approve", approve.clone())],
+                None,
+                Outcome::Allow,
+                0,
+            ),
+            (
+                "a non-bypassable deny stays",
+                vec![("hard", hard.clone()), ("approve", approve.clone())],
+                Some("dev-dana"),
+                Outcome::Deny,
+                1,
+            ),
+            (
+                "non-bypassable approvals stay",
+                vec![("approve", {
+                    let mut a = approve.clone();
+                    a["bypassable"] = json!(false);
+                    a
+                })],
+                Some("dev-dana"),
+                Outcome::RequireApproval,
+                0,
+            ),
+        ];
+        for (case, policies, requester, outcome, violations) in table {
+            let rules = rules(&policies);
+            let before = decide(&rules, &request(requester), now());
+            assert_ne!(before.outcome, Outcome::Allow, "{case}: something to lift");
+            let after = apply(&rules, before, "alice-admin", "INC-1");
+            assert_eq!(after.outcome, outcome, "{case}: {after:#?}");
+            assert_eq!(after.violations.len(), violations, "{case}");
+            assert!(
+                after
+                    .warnings
+                    .iter()
+                    .any(|w| w.starts_with("break-glass by alice-admin (INC-1) lifted")),
+                "{case}"
+            );
+        }
+        hard["action"] = json!("Warn");
+        let rules = rules(&[("hard", hard)]);
+        let after = apply(
+            &rules,
+            decide(&rules, &request(Some("dev-dana")), now()),
+            "a",
+            "b",
+        );
+        assert!(after.warnings.last().unwrap().ends_with("lifted approval (permission/deploy_production), approval (capability/deploy-to-production)"), "{:?}", after.warnings);
+    }
+}

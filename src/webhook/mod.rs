@@ -1,0 +1,271 @@
+//! The admission webhook server: HTTPS (rustls) with a certificate the operator manages,
+//! registered for our API group only with `failurePolicy: Fail`. Handlers are thin: they parse
+//! the AdmissionReview, read the role mapping, verify approval tokens, call the pure reviews in
+//! [`crate::admission`], append the audit fact before answering (not on dry runs) and answer.
+
+pub mod jwks;
+mod registration;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::{Json, Path, State};
+use axum::routing::post;
+use chrono::Utc;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::admission::{self, Env, Verdict};
+use crate::audit::store::AuditLog;
+use crate::crd::{AgentDeployment, ApprovalRequest, DeploymentPolicy};
+use crate::identity::Identity;
+use crate::identity::entra::EntraConfig;
+
+pub use registration::NAME as CONFIGURATION;
+
+/// Where the webhook listens and how the API server reaches it.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The operator's namespace (keys, certificate, role mapping, audit log).
+    pub namespace: String,
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// The base URL the API server calls (an operator outside the cluster); None: the Service.
+    pub url: Option<String>,
+    /// The Service in front of the webhook (used when `url` is None).
+    pub service: String,
+    /// Entra ID settings for approvals that must prove MFA (None: such approvals are refused).
+    pub entra: Option<EntraConfig>,
+}
+
+struct Shared {
+    client: Client,
+    namespace: String,
+    key: Vec<u8>,
+    operator: String,
+    audit: AuditLog,
+    verifier: Option<jwks::Verifier>,
+}
+
+/// The user name the API server knows this process by: the only writer of status.
+pub async fn whoami(client: &Client) -> anyhow::Result<String> {
+    let review = Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await?;
+    review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .ok_or_else(|| anyhow::anyhow!("the API server did not say who this operator is"))
+}
+
+/// Runs the webhook until `shutdown` completes. `ready` is set once it listens and its
+/// configurations carry its CA.
+pub async fn serve(
+    client: Client,
+    settings: Settings,
+    ready: Arc<AtomicBool>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let ns = settings.namespace.clone();
+    let operator = whoami(&client).await?;
+    let keys = crate::controller::ensure_keys(&client, &ns).await?;
+    let hosts = registration::hosts(&settings)?;
+    let cert = tls::ensure(&client, &ns, &hosts).await?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&cert)?);
+    let listener = tokio::net::TcpListener::bind(settings.addr).await?;
+    let signing =
+        crate::audit::SigningKey::from_seed(&keys.checkpoint).map_err(anyhow::Error::msg)?;
+    let shared = Arc::new(Shared {
+        audit: AuditLog::start(client.clone(), &ns, signing),
+        verifier: settings
+            .entra
+            .clone()
+            .map(jwks::Verifier::new)
+            .transpose()?,
+        client: client.clone(),
+        namespace: ns,
+        key: keys.stamp,
+        operator: operator.clone(),
+    });
+    let app = Router::new()
+        .route("/admit/{kind}", post(admit))
+        .with_state(shared);
+    registration::apply(&client, &settings, &cert.ca).await?;
+    tracing::info!(addr = %settings.addr, %operator, "admission webhook serving");
+    ready.store(true, Ordering::Relaxed);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(%e, "webhook accept failed");
+                    continue;
+                }
+            },
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(tls) => tls,
+                Err(e) => return tracing::debug!(%peer, %e, "webhook TLS handshake failed"),
+            };
+            let service = TowerToHyperService::new(app);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, %e, "webhook connection ended with an error");
+            }
+        });
+    }
+    ready.store(false, Ordering::Relaxed);
+    tracing::info!("admission webhook stopped");
+    Ok(())
+}
+
+async fn admit(
+    State(shared): State<Arc<Shared>>,
+    Path(kind): Path<String>,
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(req) => req,
+        Err(e) => return Json(AdmissionResponse::invalid(e.to_string()).into_review()),
+    };
+    let verdict = shared.review(&kind, &req).await;
+    Json(shared.answer(&req, verdict).await.into_review())
+}
+
+fn typed<K: DeserializeOwned>(obj: Option<&DynamicObject>) -> Result<K, String> {
+    let obj = obj.ok_or("the request carries no object")?;
+    let value = serde_json::to_value(obj).map_err(|e| e.to_string())?;
+    serde_json::from_value(value).map_err(|e| format!("cannot read the object: {e}"))
+}
+
+impl Shared {
+    async fn review(
+        &self,
+        path: &str,
+        req: &AdmissionRequest<DynamicObject>,
+    ) -> Result<Verdict, String> {
+        let user = Identity {
+            username: req.user_info.username.clone().unwrap_or_default(),
+            uid: req.user_info.uid.clone(),
+            groups: req.user_info.groups.clone().unwrap_or_default(),
+        };
+        let mapping = crate::controller::role_mapping(&self.client, &self.namespace)
+            .await
+            .map_err(|e| e.to_string())?;
+        let env = Env {
+            mapping: &mapping,
+            key: &self.key,
+            operator: &self.operator,
+        };
+        let now = Utc::now();
+        let resource = match &req.namespace {
+            Some(ns) => format!("{ns}/{}", req.name),
+            None => req.name.clone(),
+        };
+        Ok(match (path, &req.operation) {
+            ("status", _) => admission::status(&env, &user, &req.kind.kind, resource),
+            ("agentdeployments", Operation::Create | Operation::Update) => {
+                // What our types cannot read, the API server's schema refuses next (mutating
+                // webhooks run before schema validation); the operator never trusts an object
+                // without a verified stamp.
+                let Ok(new) = typed::<AgentDeployment>(req.object.as_ref()) else {
+                    return Ok(Verdict::allow());
+                };
+                let old = typed::<AgentDeployment>(req.old_object.as_ref()).ok();
+                admission::agent_deployment::review(&env, &user, old.as_ref(), &new, now)
+            }
+            ("approvalrequests", Operation::Create) => {
+                let new = typed::<ApprovalRequest>(req.object.as_ref())?;
+                admission::approval_request::review_create(&env, &user, &new)
+            }
+            ("approvalrequests", Operation::Update) => {
+                let new = typed::<ApprovalRequest>(req.object.as_ref())?;
+                let old = typed::<ApprovalRequest>(req.old_object.as_ref())?;
+                let token = match admission::approval_request::token(&old, &new) {
+                    None => None,
+                    Some(token) => Some(match &self.verifier {
+                        Some(v) => v.verify(token).await,
+                        None => Err("this operator has no Entra ID settings, so it cannot verify approval tokens".to_owned()),
+                    }),
+                };
+                admission::approval_request::review_update(&env, &user, &old, &new, token, now)
+            }
+            ("deploymentpolicies", Operation::Delete) => {
+                let old = typed::<DeploymentPolicy>(req.old_object.as_ref())?;
+                admission::deployment_policy::review_delete(&env, &user, &old)
+            }
+            ("deploymentpolicies", Operation::Create | Operation::Update) => {
+                let new = typed::<DeploymentPolicy>(req.object.as_ref())?;
+                admission::deployment_policy::review_write(&user, &new)
+            }
+            (path, op) => return Err(format!("no review for {op:?} on {path}")),
+        })
+    }
+
+    async fn answer(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+        verdict: Result<Verdict, String>,
+    ) -> AdmissionResponse {
+        let resp = AdmissionResponse::from(req);
+        let verdict = match verdict {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(uid = %req.uid, %e, "admission review failed; refusing");
+                return resp.deny(format!(
+                    "dvo admission could not review this request, so it is refused: {e}"
+                ));
+            }
+        };
+        if let (Some(mut draft), false) = (verdict.audit, req.dry_run) {
+            draft.event_id = crate::hex(&Sha256::digest(req.uid.as_bytes())[..16]);
+            draft.timestamp = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            draft.idempotency_key = format!("admission/{}", req.uid);
+            draft.request_id = Some(req.uid.clone());
+            // Write-ahead: an act is accepted only once the audit log holds it.
+            if let Err(e) = self.audit.record(draft).await {
+                tracing::error!(uid = %req.uid, %e, "audit append failed");
+                if verdict.refusal.is_none() {
+                    return resp.deny(format!(
+                        "the audit log could not record this change, so it is refused; try again: {e}"
+                    ));
+                }
+            }
+        }
+        if let Some(message) = verdict.refusal {
+            tracing::info!(uid = %req.uid, user = ?req.user_info.username, %message, "admission refused");
+            return resp.deny(message);
+        }
+        if verdict.patch.is_empty() {
+            return resp;
+        }
+        let patch =
+            serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(verdict.patch));
+        match patch.map_err(|e| e.to_string()).and_then(|p| {
+            AdmissionResponse::from(req)
+                .with_patch(p)
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(resp) => resp,
+            Err(e) => AdmissionResponse::from(req)
+                .deny(format!("dvo admission could not build its patch: {e}")),
+        }
+    }
+}
