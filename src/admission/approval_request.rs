@@ -50,6 +50,24 @@ pub fn token<'a>(old: &ApprovalRequest, new: &'a ApprovalRequest) -> Option<&'a 
         .map(|(_, value)| value)
 }
 
+/// Reasons per requirement source, the same reason for several sources said once:
+/// `ops-omar requested this deployment and cannot approve it (policy/a, permission/b)`.
+fn merged(reasons: &[(&str, String)]) -> String {
+    let mut templates: Vec<(String, Vec<&str>)> = vec![];
+    for (source, why) in reasons {
+        let template = why.replace(source, "\u{0}");
+        match templates.iter_mut().find(|(t, _)| *t == template) {
+            Some((_, sources)) => sources.push(source),
+            None => templates.push((template, vec![source])),
+        }
+    }
+    templates
+        .into_iter()
+        .map(|(t, sources)| t.replace('\u{0}', &sources.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Reviews the creation of a request: the operator's alone.
 pub fn review_create(env: &Env, user: &Identity, new: &ApprovalRequest) -> Verdict {
     if user.username == env.operator {
@@ -237,14 +255,14 @@ pub fn review_update(
                 }
                 match approval::ineligible(spec, req, &act) {
                     None => counts.push(req.source.clone()),
-                    Some(why) => reasons.push(why),
+                    Some(why) => reasons.push((req.source.as_str(), why)),
                 }
             }
             if counts.is_empty() {
                 let why = if reasons.is_empty() {
                     "every requirement already has its approvals".to_owned()
                 } else {
-                    reasons.join("; ")
+                    merged(&reasons)
                 };
                 return refuse(format!("approval of ApprovalRequest {res} refused: {why}"));
             }
@@ -254,15 +272,17 @@ pub fn review_update(
             if value.trim().is_empty() {
                 return refuse(format!("a rejection needs a reason: {REJECT}=\"<why>\""));
             }
-            let reasons: Vec<String> = spec
+            let reasons: Vec<(&str, String)> = spec
                 .requirements
                 .iter()
-                .filter_map(|req| approval::ineligible(spec, req, &act))
+                .filter_map(|req| {
+                    Some((req.source.as_str(), approval::ineligible(spec, req, &act)?))
+                })
                 .collect();
             if reasons.len() == spec.requirements.len() {
                 return refuse(format!(
                     "rejection of ApprovalRequest {res} refused: {}",
-                    reasons.join("; ")
+                    merged(&reasons)
                 ));
             }
             vec![]

@@ -356,3 +356,22 @@ fn only_the_operator_creates_requests_and_its_writes_pass() {
     let v = review_update(&env, &who("vera"), &pending, &touched, None, now());
     assert_eq!(v, Verdict::allow());
 }
+
+#[test]
+fn the_same_reason_for_several_requirements_is_said_once() {
+    let reasons = [
+        ("policy/a", "omar requested this (policy/a)".to_owned()),
+        (
+            "permission/b",
+            "omar requested this (permission/b)".to_owned(),
+        ),
+        (
+            "policy/c",
+            "omar holds none of the roles that policy/c needs".to_owned(),
+        ),
+    ];
+    assert_eq!(
+        merged(&reasons),
+        "omar requested this (policy/a, permission/b); omar holds none of the roles that policy/c needs"
+    );
+}

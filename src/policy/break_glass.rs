@@ -109,6 +109,15 @@ mod tests {
         }
     }
 
+    /// (case, policies, requester, outcome after break-glass, violations left).
+    type Case<'a> = (
+        &'a str,
+        Vec<(&'a str, serde_json::Value)>,
+        Option<&'a str>,
+        Outcome,
+        usize,
+    );
+
     /// A Saturday inside the blackout.
     fn now() -> DateTime<Utc> {
         "2026-12-26T12:00:00Z".parse().unwrap()
@@ -119,13 +128,7 @@ mod tests {
         let freeze = json!({"action": "Deny", "blackouts": [{"start": "2026-12-20", "end": "2027-01-02", "reason": "freeze"}]});
         let approve = json!({"action": "RequireApproval", "approval": {"roles": ["release_manager"], "minApprovals": 2}});
         let mut hard = json!({"action": "Deny", "conditions": [{"field": "agent", "operator": "Equals", "value": "GHA"}], "bypassable": false});
-        let table: [(
-            &str,
-            Vec<(&str, serde_json::Value)>,
-            Option<&str>,
-            Outcome,
-            usize,
-        ); 4] = [
+        let table: [Case; 4] = [
             (
                 "blackout and approvals lifted",
                 vec![("freeze", freeze.clone()), ("approve", approve.clone())],

@@ -75,6 +75,7 @@ identities=(
   "operator|ops-omar|dvo-operators"
   "viewer|vera-viewer|dvo-viewers"
   "ci|system:serviceaccount:ci:deployer|system:serviceaccounts,system:serviceaccounts:ci"
+  "dvo-operator|system:serviceaccount:dvo-system:dvo-operator|system:serviceaccounts,system:serviceaccounts:dvo-system"
   "controller-manager|system:kube-controller-manager|system:masters"
 )
 : > "$pki/tokens.csv"

@@ -245,10 +245,13 @@ async fn the_operator_records_a_deployment_before_acting_and_its_log_verifies() 
         "spec": {"agent": "AUD", "platform": "copilot-studio", "environment": "development"},
     }))
     .unwrap();
-    let created = Api::<dvo_operator::crd::AgentDeployment>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &ad)
-        .await
-        .unwrap();
+    let created = Api::<dvo_operator::crd::AgentDeployment>::namespaced(
+        crate::support::control_plane().client("developer").await,
+        &ns,
+    )
+    .create(&PostParams::default(), &ad)
+    .await
+    .unwrap();
     let resource = format!("{ns}/gha");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let entry = loop {
@@ -267,8 +270,9 @@ async fn the_operator_records_a_deployment_before_acting_and_its_log_verifies() 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(entry.draft.event_type, EventType::PolicyViolation);
-    assert_eq!(entry.draft.user_id, "(unknown requester)");
+    // copilot-studio has no automated deployment: a person must act.
+    assert_eq!(entry.draft.event_type, EventType::CapabilityBlocked);
+    assert_eq!(entry.draft.user_id, "dev-dana");
     assert_eq!(entry.draft.metadata["uid"], json!(created.uid().unwrap()));
     // The whole operator log verifies with the operator's own key.
     let (out, code) = {
@@ -956,28 +960,21 @@ async fn restarts_neither_lose_nor_duplicate_audit_facts() {
         .create(&PostParams::default(), &policy)
         .await
         .unwrap();
-    let mut ad: dvo_operator::crd::AgentDeployment = serde_json::from_value(json!({
+    let ad: dvo_operator::crd::AgentDeployment = serde_json::from_value(json!({
         "apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "gha"},
         "spec": {"agent": "RST", "platform": "langchain", "environment": "staging",
                  "template": {"spec": {"containers": [{"name": "a", "image": "rst:1"}]}}},
     }))
     .unwrap();
     let digest = dvo_operator::crd::agent_deployment::spec_digest(&ad.spec);
-    let stamp = dvo_operator::identity::stamp::Stamp::sign(
-        &crate::support::stamp_key(&client).await,
+    // Requested by ops-omar, stamped by the admission webhook.
+    Api::<dvo_operator::crd::AgentDeployment>::namespaced(
+        crate::support::control_plane().client("operator").await,
         &ns,
-        "gha",
-        &digest,
-        crate::support::identity("operator"),
-    );
-    ad.annotations_mut().insert(
-        dvo_operator::identity::stamp::ANNOTATION.into(),
-        serde_json::to_string(&stamp).unwrap(),
-    );
-    Api::<dvo_operator::crd::AgentDeployment>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &ad)
-        .await
-        .unwrap();
+    )
+    .create(&PostParams::default(), &ad)
+    .await
+    .unwrap();
     let resource = format!("{ns}/gha");
     let facts = || async {
         let (segments, _) = load(&client, OPERATOR_NS).await.unwrap();
@@ -1005,19 +1002,14 @@ async fn restarts_neither_lose_nor_duplicate_audit_facts() {
     };
     crate::support::restart_operator().await;
     crate::support::restart_operator().await;
-    // The flow goes on after the restarts: a release manager approves (recorded as the operator
-    // records verified approvals), and the restarted operator rolls out.
+    // The flow goes on after the restarts: a release manager approves, and the restarted
+    // operator rolls out.
     let apr = dvo_operator::controller::agent_deployment::approval_request_name("gha", &digest);
-    let aprs = Api::<dvo_operator::crd::ApprovalRequest>::namespaced(client.clone(), &ns);
-    let rm = crate::support::identity("release-manager-1");
-    let status = json!({"status": {"approvals": [{"username": rm.username, "groups": rm.groups, "at": chrono::Utc::now().to_rfc3339()}]}});
-    aprs.patch_status(
-        &apr,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&status),
-    )
-    .await
-    .unwrap();
+    let (out, ok) = crate::support::control_plane().kubectl(
+        "release-manager-1",
+        &["annotate", "-n", &ns, "apr", &apr, "dvo.caat.io/approve=ok"],
+    );
+    assert!(ok, "{out}");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let after = loop {
         let keys = facts().await;

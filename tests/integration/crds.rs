@@ -1,4 +1,6 @@
 //! The CRDs on a real API server: installation, the examples, and what the schema refuses.
+//! Objects are written as the operator's identity, which the admission webhook lets through
+//! untouched: these tests are about the schema alone.
 
 use std::time::Duration;
 
@@ -6,7 +8,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
-use crate::support::{TEST_MANAGER, admin, control_plane, namespace, wait_for};
+use crate::support::{TEST_MANAGER, as_operator, control_plane, namespace, wait_for};
 use dvo_operator::crd::{AgentDeployment, ApprovalRequest, Capability, DeploymentPolicy};
 
 fn resource(kind: &str) -> (ApiResource, bool) {
@@ -53,7 +55,7 @@ fn example_manifests() -> Vec<(String, Value)> {
 async fn crds_are_established_and_every_example_applies() {
     // The examples include Capability objects, which every test sees.
     let _lock = crate::support::CLUSTER_SCOPED.lock().await;
-    let client = admin().await;
+    let client = as_operator().await;
     let ns = namespace(&client, "examples").await;
     let manifests = example_manifests();
     let mut kinds: Vec<&str> = manifests
@@ -172,7 +174,7 @@ async fn crds_are_established_and_every_example_applies() {
 
 #[tokio::test]
 async fn status_is_a_subresource() {
-    let client = admin().await;
+    let client = as_operator().await;
     let ns = namespace(&client, "status").await;
     let api = Api::<AgentDeployment>::namespaced(client.clone(), &ns);
     let adep: AgentDeployment = serde_json::from_value(json!({
@@ -206,7 +208,7 @@ async fn status_is_a_subresource() {
 /// Manifests the API server must refuse, with the message a user sees from `kubectl apply`.
 #[tokio::test]
 async fn invalid_manifests_are_refused_with_clear_messages() {
-    let client = admin().await;
+    let client = as_operator().await;
     let ns = namespace(&client, "invalid").await;
     let adep = |spec: Value| {
         (
@@ -464,7 +466,7 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
 
 #[tokio::test]
 async fn approval_request_spec_is_immutable() {
-    let client = admin().await;
+    let client = as_operator().await;
     let ns = namespace(&client, "immutable").await;
     let api = Api::<ApprovalRequest>::namespaced(client.clone(), &ns);
     let apr: ApprovalRequest = serde_json::from_value(json!({

@@ -2,6 +2,7 @@
 //! the Kubernetes Go modules (tests/controlplane). One control plane serves the whole run;
 //! each test works in its own namespace.
 
+mod admission;
 mod audit;
 mod crds;
 mod operator;

@@ -4,15 +4,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{OPERATOR_NS, control_plane, operator};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::{OPERATOR_NS, control_plane, free_port, operator};
 
 fn get(port: u16, path: &str) -> Option<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -38,6 +30,8 @@ fn dvo_run(identity: &str, ns: &str, port: u16, log: &std::path::Path) -> Comman
             ns,
             "--log-format",
             "json",
+            // The shared webhook of the test run stays registered; this process serves none.
+            "--no-webhook",
             "--health-addr",
         ])
         .arg(format!("127.0.0.1:{port}"))
@@ -141,6 +135,7 @@ async fn only_the_leader_runs_and_a_follower_takes_over_when_it_stops() {
             namespace: ns.clone(),
             audit_retention: None,
             identity: me.to_owned(),
+            audit_sinks: vec![],
         };
         let task = tokio::spawn(dvo_operator::controller::run(
             client.clone(),

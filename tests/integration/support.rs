@@ -114,12 +114,225 @@ impl ControlPlane {
     }
 }
 
-/// An admin client, with the CRDs installed and Established.
+/// The identity the in-process operator and its webhook run as (bound to cluster-admin here;
+/// the chart's RBAC is tested on its own).
+pub const OPERATOR_IDENTITY: &str = "dvo-operator";
+
+/// An admin client, with the cluster ready for our tests: CRDs installed and Established, RBAC
+/// for the test identities, the operator's namespace and role mapping, and the admission webhook
+/// serving and registered (it stays up for the whole run, across operator restarts).
 pub async fn admin() -> Client {
     let client = control_plane().client("admin").await;
-    static CRDS: OnceCell<()> = OnceCell::const_new();
-    CRDS.get_or_init(|| install_crds(client.clone())).await;
+    static SETUP: OnceCell<()> = OnceCell::const_new();
+    SETUP
+        .get_or_init(|| async {
+            install_crds(client.clone()).await;
+            setup_cluster(client.clone()).await;
+            tokio::task::spawn_blocking(start_webhook)
+                .await
+                .expect("start webhook");
+            webhook_in_force().await;
+        })
+        .await;
     client
+}
+
+/// A client as the operator's own identity, whose writes the webhook lets through untouched:
+/// for tests about the API server's schema alone.
+pub async fn as_operator() -> Client {
+    admin().await;
+    control_plane().client(OPERATOR_IDENTITY).await
+}
+
+async fn apply(client: &Client, gvk: (&str, &str, &str), ns: Option<&str>, obj: serde_json::Value) {
+    let (group, version, kind) = gvk;
+    let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
+    let plural = format!("{}s", kind.to_lowercase());
+    let ar = kube::core::ApiResource::from_gvk_with_plural(&gvk, &plural);
+    let api: Api<kube::core::DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    let obj: kube::core::DynamicObject = serde_json::from_value(obj).expect("object");
+    let name = obj.metadata.name.clone().expect("name");
+    api.patch(
+        &name,
+        &PatchParams::apply(TEST_MANAGER).force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+}
+
+/// RBAC (the operator identity is cluster-admin; people may use our kinds, so that what refuses
+/// them is our webhook, not RBAC), the operator's namespace and the role mapping.
+async fn setup_cluster(client: Client) {
+    let rbac = ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding");
+    apply(&client, rbac, None, serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "dvo-test-operator"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "User", "name": identity(OPERATOR_IDENTITY).username}],
+    })).await;
+    apply(
+        &client,
+        ("rbac.authorization.k8s.io", "v1", "ClusterRole"),
+        None,
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "dvo-test-users"},
+            "rules": [
+                {"apiGroups": ["dvo.caat.io"], "resources": ["*"], "verbs": ["*"]},
+                {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list"]},
+            ],
+        }),
+    )
+    .await;
+    let people = [
+        "release-manager-1",
+        "release-manager-2",
+        "developer",
+        "operator",
+        "ci",
+    ];
+    apply(&client, rbac, None, serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "dvo-test-users"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "dvo-test-users"},
+        "subjects": people.iter().map(|p| serde_json::json!({"kind": "User", "name": identity(p).username})).collect::<Vec<_>>(),
+    })).await;
+    // The viewer may only read and annotate ApprovalRequests.
+    apply(&client, ("rbac.authorization.k8s.io", "v1", "ClusterRole"), None, serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "dvo-test-viewer"},
+        "rules": [{"apiGroups": ["dvo.caat.io"], "resources": ["approvalrequests"], "verbs": ["get", "list", "watch", "patch"]}],
+    })).await;
+    apply(&client, rbac, None, serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "dvo-test-viewer"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "dvo-test-viewer"},
+        "subjects": [{"kind": "User", "name": identity("viewer").username}],
+    })).await;
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(OPERATOR_NS.to_owned());
+    let _ = Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await;
+    let mapping =
+        std::fs::read_to_string(repo().join("examples/role-mapping.yaml")).expect("role mapping");
+    apply(
+        &client,
+        ("", "v1", "ConfigMap"),
+        Some(OPERATOR_NS),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": dvo_operator::controller::ROLE_MAPPING_CONFIGMAP},
+            "data": {(dvo_operator::controller::ROLE_MAPPING_KEY): mapping},
+        }),
+    )
+    .await;
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+/// The Entra ID tenant of the test tokens.
+pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+/// The audience of the test tokens.
+pub const AUDIENCE: &str = "api://dvo-operator";
+
+/// The signing key of the test tenant, published to the webhook as a JWKS file.
+pub fn entra_key() -> &'static dvo_operator::identity::testkit::TestKey {
+    static KEY: OnceLock<dvo_operator::identity::testkit::TestKey> = OnceLock::new();
+    KEY.get_or_init(|| dvo_operator::identity::testkit::TestKey::new("test-tenant-key"))
+}
+
+/// The Entra ID settings of the test tenant, with the JWKS from `source` (`jwksFile` or
+/// `jwksUrl`) and a minimum refetch gap of `refetch` seconds.
+pub fn entra_config(
+    source: &str,
+    location: &str,
+    refetch: u64,
+) -> dvo_operator::identity::entra::EntraConfig {
+    serde_json::from_value(serde_json::json!({
+        "tenants": [TENANT], "audience": AUDIENCE, "issuerVersion": "both",
+        source: location, "jwksMinRefetchSeconds": refetch,
+    }))
+    .expect("Entra settings")
+}
+
+/// Starts the admission webhook in this process, on a thread of its own, for the whole run.
+fn start_webhook() {
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ready.clone();
+    let jwks = control_plane().dir.join("entra-jwks.json");
+    std::fs::write(
+        &jwks,
+        dvo_operator::identity::testkit::jwks(&[entra_key()]).to_string(),
+    )
+    .expect("write JWKS");
+    let port = free_port();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let client = control_plane().client(OPERATOR_IDENTITY).await;
+            let settings = dvo_operator::webhook::Settings {
+                namespace: OPERATOR_NS.to_owned(),
+                addr: ([127, 0, 0, 1], port).into(),
+                url: Some(format!("https://127.0.0.1:{port}")),
+                service: "dvo-operator-webhook".to_owned(),
+                entra: Some(entra_config("jwksFile", jwks.to_str().expect("utf-8"), 300)),
+            };
+            dvo_operator::webhook::serve(client, settings, flag, std::future::pending())
+                .await
+                .expect("webhook serves");
+        });
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(!thread.is_finished(), "the webhook stopped while starting");
+        assert!(Instant::now() < deadline, "the webhook did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls until the API server calls the webhook (it picks up configurations asynchronously): a
+/// dry-run create that only the webhook refuses is refused.
+async fn webhook_in_force() {
+    let developer = control_plane().client("developer").await;
+    let api = Api::<dvo_operator::crd::AgentDeployment>::namespaced(developer, OPERATOR_NS);
+    let ad: dvo_operator::crd::AgentDeployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "probe"},
+        "spec": {"agent": "P", "platform": "copilot-studio", "environment": "staging"},
+    }))
+    .expect("probe");
+    let params = PostParams {
+        dry_run: true,
+        field_manager: None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match api.create(&params, &ad).await {
+            Err(kube::Error::Api(e)) if e.message.contains("lacks permission deploy_staging") => {
+                return;
+            }
+            other => assert!(
+                Instant::now() < deadline,
+                "the webhook is not in force: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn install_crds(client: Client) {
@@ -218,6 +431,13 @@ pub fn identity(name: &str) -> dvo_operator::identity::Identity {
             "system:serviceaccount:ci:deployer",
             &["system:serviceaccounts", "system:serviceaccounts:ci"],
         ),
+        "dvo-operator" => (
+            "system:serviceaccount:dvo-system:dvo-operator",
+            &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:dvo-system",
+            ],
+        ),
         other => panic!("no test identity {other}"),
     };
     dvo_operator::identity::Identity {
@@ -250,11 +470,12 @@ fn start_operator() -> Running {
             .build()
             .expect("runtime");
         runtime.block_on(async move {
-            let client = control_plane().client("admin").await;
+            let client = control_plane().client(OPERATOR_IDENTITY).await;
             let settings = dvo_operator::controller::Settings {
                 namespace: OPERATOR_NS.to_owned(),
                 audit_retention: Some(chrono::Duration::days(365)),
                 identity: "test-operator".to_owned(),
+                audit_sinks: vec![],
             };
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
@@ -273,32 +494,11 @@ fn start_operator() -> Running {
     Running { stop, thread }
 }
 
-/// An admin client, with the CRDs installed, the operator's namespace and role mapping in place
-/// and the operator running.
+/// An admin client, with the cluster set up (see [`admin`]) and the operator running.
 pub async fn operator() -> Client {
     let client = admin().await;
     OPERATOR_SETUP
         .get_or_init(|| async {
-            let mut ns = Namespace::default();
-            ns.metadata.name = Some(OPERATOR_NS.to_owned());
-            let _ = Api::<Namespace>::all(client.clone())
-                .create(&PostParams::default(), &ns)
-                .await;
-            let mapping = std::fs::read_to_string(repo().join("examples/role-mapping.yaml"))
-                .expect("role mapping");
-            let cm = serde_json::json!({
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": dvo_operator::controller::ROLE_MAPPING_CONFIGMAP},
-                "data": {(dvo_operator::controller::ROLE_MAPPING_KEY): mapping},
-            });
-            Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), OPERATOR_NS)
-                .patch(
-                    dvo_operator::controller::ROLE_MAPPING_CONFIGMAP,
-                    &PatchParams::apply(TEST_MANAGER).force(),
-                    &Patch::Apply(&cm),
-                )
-                .await
-                .expect("role mapping ConfigMap");
             let running = tokio::task::spawn_blocking(start_operator)
                 .await
                 .expect("start operator");

@@ -1,0 +1,595 @@
+//! The admission webhook against the real API server, driven with real `kubectl` as the control
+//! plane's test identities: who may request, approve, reject, cancel, break glass, write status
+//! and delete protected policies, and what each refusal says.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::support::{
+    AUDIENCE, OPERATOR_NS, TENANT, control_plane, entra_key, namespace, operator, stamp_key,
+    wait_for,
+};
+use dvo_operator::audit::EventType;
+use dvo_operator::audit::store::load;
+use dvo_operator::controller::agent_deployment::approval_request_name;
+use dvo_operator::crd::agent_deployment::{Phase, spec_digest};
+use dvo_operator::crd::approval_request::ApprovalPhase;
+use dvo_operator::crd::{AgentDeployment, ApprovalRequest, DeploymentPolicy};
+use dvo_operator::identity::stamp::{self, Stamp};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `kubectl` as `who` with `stdin` (when given) piped in.
+fn kubectl(who: &str, args: &[&str], stdin: Option<&str>) -> (String, bool) {
+    match stdin {
+        None => control_plane().kubectl(who, args),
+        Some(text) => {
+            let file = std::env::temp_dir().join(format!(
+                "dvo-admission-{}-{}.json",
+                std::process::id(),
+                rand_suffix()
+            ));
+            std::fs::write(&file, text).unwrap();
+            let mut all: Vec<&str> = args.to_vec();
+            let path = file.to_str().unwrap().to_owned();
+            all.extend(["-f", &path]);
+            let out = control_plane().kubectl(who, &all);
+            std::fs::remove_file(&file).unwrap();
+            out
+        }
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn adep(name: &str, env: &str, agent: &str) -> Value {
+    json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": name},
+        "spec": {"agent": agent, "platform": "langchain", "environment": env, "replicas": 1,
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "a", "image": format!("{name}:1")}]}}}})
+}
+
+async fn policy(client: &Client, ns: &str, name: &str, spec: Value) -> String {
+    let mut spec = spec;
+    spec["scope"]["namespaces"] = json!([ns]);
+    let name = format!("{ns}-{name}");
+    let p: DeploymentPolicy = serde_json::from_value(json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "DeploymentPolicy", "metadata": {"name": name}, "spec": spec})).unwrap();
+    Api::<DeploymentPolicy>::all(client.clone())
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap();
+    name
+}
+
+async fn phase(client: &Client, ns: &str, name: &str, want: Phase) -> AgentDeployment {
+    let api = Api::<AgentDeployment>::namespaced(client.clone(), ns);
+    wait_for(
+        &api,
+        name,
+        move |o: Option<&AgentDeployment>| {
+            o.is_some_and(|a| {
+                a.status.as_ref().and_then(|s| s.phase) == Some(want)
+                    && a.status.as_ref().and_then(|s| s.spec_digest.clone())
+                        == Some(spec_digest(&a.spec))
+            })
+        },
+        WAIT,
+    )
+    .await
+}
+
+async fn apr_phase(client: &Client, ns: &str, name: &str, want: ApprovalPhase) -> ApprovalRequest {
+    wait_for(
+        &Api::<ApprovalRequest>::namespaced(client.clone(), ns),
+        name,
+        move |o: Option<&ApprovalRequest>| {
+            o.and_then(|a| a.status.as_ref()).and_then(|s| s.phase) == Some(want)
+        },
+        WAIT,
+    )
+    .await
+}
+
+/// Admission facts of the audit log about `resource`: (event, user, status).
+async fn admission_facts(client: &Client, resource: &str) -> Vec<(EventType, String, String)> {
+    let (segments, _) = load(client, OPERATOR_NS).await.unwrap();
+    segments
+        .iter()
+        .flat_map(|s| &s.entries)
+        .filter(|e| {
+            e.draft.resource == resource && e.draft.idempotency_key.starts_with("admission/")
+        })
+        .map(|e| {
+            (
+                e.draft.event_type,
+                e.draft.user_id.clone(),
+                e.draft.status.clone(),
+            )
+        })
+        .collect()
+}
+
+fn annotate(who: &str, ns: &str, target: &str, annotation: &str) -> (String, bool) {
+    let (kind, name) = target.split_once('/').unwrap();
+    kubectl(who, &["annotate", "-n", ns, kind, name, annotation], None)
+}
+
+#[tokio::test]
+async fn requesters_are_stamped_and_refused_without_the_permission() {
+    let client = operator().await;
+    let ns = namespace(&client, "requester").await;
+    // A developer may not deploy to staging: refused at `kubectl apply`, naming what is missing.
+    let (out, ok) = kubectl(
+        "developer",
+        &["apply", "-n", &ns, "--server-side"],
+        Some(&adep("gha", "staging", "GHA").to_string()),
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("admission webhook \"agentdeployments.dvo.caat.io\" denied the request: AgentDeployment")
+            && out.contains("dev-dana (roles: developer) lacks permission deploy_staging, which roles operator, release_manager, admin"),
+        "{out}"
+    );
+    println!("--- dev-dana applies a staging AgentDeployment:\n{out}");
+    assert!(
+        admission_facts(&client, &format!("{ns}/gha"))
+            .await
+            .contains(&(
+                EventType::PermissionDenied,
+                "dev-dana".into(),
+                "denied".into()
+            ))
+    );
+    // Production goes to approval instead, with dev-dana as the verified requester.
+    let (out, ok) = kubectl(
+        "developer",
+        &["apply", "-n", &ns, "--server-side"],
+        Some(&adep("gha", "production", "GHA").to_string()),
+    );
+    assert!(ok, "{out}");
+    let ad = phase(&client, &ns, "gha", Phase::PendingApproval).await;
+    let stamp = Stamp::parse(&ad.annotations()[stamp::ANNOTATION]).unwrap();
+    let requester = stamp
+        .verify(
+            &stamp_key(&client).await,
+            &ns,
+            "gha",
+            &spec_digest(&ad.spec),
+        )
+        .unwrap();
+    assert_eq!(
+        (requester.username.as_str(), requester.uid.as_deref()),
+        ("dev-dana", Some("uid-developer"))
+    );
+    let apr = approval_request_name("gha", &spec_digest(&ad.spec));
+    // The requester cannot approve it but may withdraw it; a viewer may do neither.
+    let (out, ok) = annotate(
+        "developer",
+        &ns,
+        &format!("apr/{apr}"),
+        "dvo.caat.io/approve=mine",
+    );
+    assert!(
+        !ok && out.contains("dev-dana requested this deployment and cannot approve it"),
+        "{out}"
+    );
+    let (out, ok) = annotate(
+        "viewer",
+        &ns,
+        &format!("apr/{apr}"),
+        "dvo.caat.io/cancel=no",
+    );
+    assert!(
+        !ok && out.contains("vera-viewer is neither the requester nor an admin"),
+        "{out}"
+    );
+    let (out, ok) = annotate(
+        "developer",
+        &ns,
+        &format!("apr/{apr}"),
+        "dvo.caat.io/cancel=not needed",
+    );
+    assert!(ok, "{out}");
+    apr_phase(&client, &ns, &apr, ApprovalPhase::Cancelled).await;
+    let facts = admission_facts(&client, &format!("{ns}/{apr}")).await;
+    assert_eq!(
+        facts,
+        vec![
+            (
+                EventType::PermissionDenied,
+                "dev-dana".into(),
+                "denied".into()
+            ),
+            (
+                EventType::PermissionDenied,
+                "vera-viewer".into(),
+                "denied".into()
+            ),
+            (
+                EventType::ApprovalDenied,
+                "dev-dana".into(),
+                "cancellation_recorded".into()
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn forged_stamps_status_writes_and_foreign_requests_are_refused() {
+    let client = operator().await;
+    let ns = namespace(&client, "forgery").await;
+    policy(&client, &ns, "approve", json!({"action": "RequireApproval", "approval": {"roles": ["release_manager"], "minApprovals": 2}})).await;
+    let (out, ok) = kubectl(
+        "operator",
+        &["apply", "-n", &ns, "--server-side"],
+        Some(&adep("gha", "staging", "GHA").to_string()),
+    );
+    assert!(ok, "{out}");
+    let ad = phase(&client, &ns, "gha", Phase::PendingApproval).await;
+    let apr = approval_request_name("gha", &spec_digest(&ad.spec));
+    let target = format!("apr/{apr}");
+
+    // A hand-written act, even a copy of a real one, is refused.
+    assert!(annotate("release-manager-1", &ns, &target, "dvo.caat.io/approve=ok").1);
+    let real = wait_for(
+        &Api::<ApprovalRequest>::namespaced(client.clone(), &ns),
+        &apr,
+        |o: Option<&ApprovalRequest>| {
+            o.is_some_and(|a| a.annotations().contains_key("dvo.caat.io/acts"))
+        },
+        WAIT,
+    )
+    .await;
+    let acts = real.annotations()["dvo.caat.io/acts"].replace("rosa-release", "raj-release");
+    let (out, ok) = kubectl(
+        "release-manager-2",
+        &[
+            "annotate",
+            "--overwrite",
+            "-n",
+            &ns,
+            "apr",
+            &apr,
+            &format!("dvo.caat.io/acts={acts}"),
+        ],
+        None,
+    );
+    assert!(
+        !ok && out.contains(
+            "the annotation dvo.caat.io/acts is written by the dvo admission webhook only"
+        ),
+        "{out}"
+    );
+    println!("--- raj-release writes an act by hand:\n{out}");
+
+    // Status belongs to the operator: RBAC lets these users patch it, the webhook does not.
+    for (kind, name, phase) in [
+        ("apr", apr.as_str(), "Approved"),
+        ("adep", "gha", "Deployed"),
+    ] {
+        let patch = format!(r#"{{"status":{{"phase":"{phase}"}}}}"#);
+        let (out, ok) = kubectl(
+            "release-manager-2",
+            &[
+                "patch",
+                "-n",
+                &ns,
+                kind,
+                name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &patch,
+            ],
+            None,
+        );
+        assert!(!ok && out.contains("is written by the dvo operator (system:serviceaccount:dvo-system:dvo-operator) only; raj-release may not change it"), "{kind}: {out}");
+    }
+    // Only the operator creates requests.
+    let mut fake = serde_json::to_value(&real).unwrap();
+    fake["metadata"] = json!({"name": "fake"});
+    fake.as_object_mut().unwrap().remove("status");
+    let (out, ok) = kubectl("admin", &["create", "-n", &ns], Some(&fake.to_string()));
+    assert!(
+        !ok && out.contains(
+            "ApprovalRequests are created by the dvo operator only; alice-admin may not create"
+        ),
+        "{out}"
+    );
+
+    // Dry runs are answered but change and record nothing.
+    let (out, ok) = kubectl(
+        "release-manager-2",
+        &[
+            "annotate",
+            "--dry-run=server",
+            "-n",
+            &ns,
+            "apr",
+            &apr,
+            "dvo.caat.io/approve=ok",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let recorded = wait_for(
+        &Api::<ApprovalRequest>::namespaced(client.clone(), &ns),
+        &apr,
+        |o: Option<&ApprovalRequest>| {
+            o.and_then(|a| a.status.as_ref())
+                .is_some_and(|s| !s.approvals.is_empty())
+        },
+        WAIT,
+    )
+    .await;
+    let st = recorded.status.clone().unwrap();
+    assert_eq!(st.phase, Some(ApprovalPhase::Pending));
+    assert_eq!(
+        st.approvals
+            .iter()
+            .map(|r| r.username.as_str())
+            .collect::<Vec<_>>(),
+        ["rosa-release"]
+    );
+    assert!(!recorded.annotations()["dvo.caat.io/acts"].contains("raj-release"));
+    let facts = admission_facts(&client, &format!("{ns}/{apr}")).await;
+    assert!(
+        !facts
+            .iter()
+            .any(|(e, u, _)| *e == EventType::ApprovalGranted && u == "raj-release"),
+        "{facts:?}"
+    );
+}
+
+#[tokio::test]
+async fn policies_are_checked_at_admission_and_protected_ones_deleted_by_admins_only() {
+    let client = operator().await;
+    let ns = namespace(&client, "policyadm").await;
+    let bad = json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "DeploymentPolicy", "metadata": {"name": format!("{ns}-bad")},
+        "spec": {"action": "Deny", "timeZone": "Mars/Olympus", "scope": {"namespaces": [ns]},
+            "conditions": [{"field": "agent", "operator": "Matches", "value": "(unclosed"}]}});
+    let (out, ok) = kubectl("admin", &["apply", "--server-side"], Some(&bad.to_string()));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("denied the request: DeploymentPolicy")
+            && out.contains("Mars/Olympus")
+            && out.contains("(unclosed"),
+        "{out}"
+    );
+    println!("--- an invalid policy:\n{out}");
+
+    let name = format!("{ns}-guard");
+    let guard = json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "DeploymentPolicy",
+        "metadata": {"name": name, "labels": {"dvo.caat.io/protected": "true"}},
+        "spec": {"action": "Warn", "scope": {"namespaces": [ns]}}});
+    let (out, ok) = kubectl(
+        "admin",
+        &["apply", "--server-side"],
+        Some(&guard.to_string()),
+    );
+    assert!(ok, "{out}");
+    let (out, ok) = kubectl("release-manager-1", &["delete", "dpol", &name], None);
+    assert!(
+        !ok && out.contains("is protected (dvo.caat.io/protected=true): only an admin may delete it; rosa-release (roles: release_manager) is not one"),
+        "{out}"
+    );
+    let (out, ok) = kubectl("admin", &["delete", "dpol", &name], None);
+    assert!(ok, "{out}");
+    let facts = admission_facts(&client, &name).await;
+    assert_eq!(
+        facts
+            .iter()
+            .map(|(e, u, _)| (*e, u.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (EventType::PermissionDenied, "rosa-release"),
+            (EventType::PermissionGranted, "alice-admin")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn break_glass_lets_one_spec_through_a_blackout_and_approvals() {
+    let client = operator().await;
+    let ns = namespace(&client, "breakglass").await;
+    let today = Utc::now().date_naive();
+    policy(&client, &ns, "freeze", json!({"action": "Deny", "blackouts": [{"start": today.to_string(), "end": (today + chrono::Duration::days(2)).to_string(), "reason": "freeze"}]})).await;
+    policy(&client, &ns, "approve", json!({"action": "RequireApproval", "approval": {"roles": ["release_manager"], "minApprovals": 2}})).await;
+    let (out, ok) = kubectl(
+        "operator",
+        &["apply", "-n", &ns, "--server-side"],
+        Some(&adep("gha", "staging", "GHA").to_string()),
+    );
+    assert!(ok, "{out}");
+    phase(&client, &ns, "gha", Phase::Blocked).await;
+    let (out, ok) = annotate(
+        "release-manager-1",
+        &ns,
+        "adep/gha",
+        "dvo.caat.io/break-glass=INC-42 outage",
+    );
+    assert!(
+        !ok && out.contains("rosa-release (roles: release_manager) lacks permission bypass_approval, which roles admin have"),
+        "{out}"
+    );
+    let (out, ok) = annotate(
+        "admin",
+        &ns,
+        "adep/gha",
+        "dvo.caat.io/break-glass=INC-42 outage",
+    );
+    assert!(ok, "{out}");
+    let ad = phase(&client, &ns, "gha", Phase::Progressing).await;
+    let decision = ad.status.unwrap().decision.unwrap();
+    assert!(
+        decision
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("break-glass by alice-admin (INC-42 outage) lifted")),
+        "{:?}",
+        decision.warnings
+    );
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get_opt("gha")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let facts = admission_facts(&client, &format!("{ns}/gha")).await;
+    assert!(
+        facts.contains(&(
+            EventType::BreakGlassUsed,
+            "alice-admin".into(),
+            "success".into()
+        )),
+        "{facts:?}"
+    );
+    // A new spec is not covered: it is held again.
+    let patch = r#"{"spec":{"replicas":2}}"#;
+    let (out, ok) = kubectl(
+        "operator",
+        &[
+            "patch",
+            "-n",
+            &ns,
+            "adep",
+            "gha",
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+        None,
+    );
+    assert!(
+        !ok && out.contains("lacks permission bypass_approval"),
+        "the annotation still asks for break-glass: {out}"
+    );
+    let (out, ok) = kubectl(
+        "operator",
+        &[
+            "annotate",
+            "-n",
+            &ns,
+            "adep",
+            "gha",
+            "dvo.caat.io/break-glass-",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let (out, ok) = kubectl(
+        "operator",
+        &[
+            "patch",
+            "-n",
+            &ns,
+            "adep",
+            "gha",
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let ad = phase(&client, &ns, "gha", Phase::Blocked).await;
+    assert!(!ad.annotations().contains_key(stamp::BREAK_GLASS_STAMP));
+}
+
+#[tokio::test]
+async fn approvals_that_must_prove_mfa_take_a_verified_entra_token() {
+    let client = operator().await;
+    let ns = namespace(&client, "mfa").await;
+    policy(&client, &ns, "mfa", json!({"action": "RequireApproval", "approval": {"roles": ["release_manager"], "requireMfa": true}})).await;
+    let (out, ok) = kubectl(
+        "operator",
+        &["apply", "-n", &ns, "--server-side"],
+        Some(&adep("gha", "staging", "GHA").to_string()),
+    );
+    assert!(ok, "{out}");
+    let ad = phase(&client, &ns, "gha", Phase::PendingApproval).await;
+    let target = format!(
+        "apr/{}",
+        approval_request_name("gha", &spec_digest(&ad.spec))
+    );
+    let (out, ok) = annotate("release-manager-1", &ns, &target, "dvo.caat.io/approve=ok");
+    assert!(
+        !ok && out.contains("rosa-release did not prove multi-factor authentication"),
+        "{out}"
+    );
+    let now = Utc::now().timestamp();
+    let claims = |user: &str, amr: Value| {
+        json!({"iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"), "aud": AUDIENCE,
+            "exp": now + 600, "nbf": now - 60, "tid": TENANT, "oid": "oid-rosa", "preferred_username": user, "amr": amr})
+    };
+    let cases = [
+        (
+            claims("rosa-release", json!(["pwd"])),
+            "did not prove multi-factor authentication",
+        ),
+        (
+            claims("raj-release", json!(["pwd", "mfa"])),
+            "the approval token belongs to raj-release, not to rosa-release",
+        ),
+        (
+            {
+                let mut c = claims("rosa-release", json!(["mfa"]));
+                c["exp"] = json!(now - 600);
+                c
+            },
+            "the approval token was refused: the token has expired",
+        ),
+    ];
+    for (claims, want) in cases {
+        let token = entra_key().sign(&claims);
+        let (out, ok) = annotate(
+            "release-manager-1",
+            &ns,
+            &target,
+            &format!("dvo.caat.io/approve-token={token}"),
+        );
+        assert!(!ok && out.contains(want), "{want}: {out}");
+    }
+    let token = entra_key().sign(&claims("rosa-release", json!(["pwd", "mfa"])));
+    let (out, ok) = annotate(
+        "release-manager-1",
+        &ns,
+        &target,
+        &format!("dvo.caat.io/approve-token={token}"),
+    );
+    assert!(ok, "{out}");
+    let apr = apr_phase(
+        &client,
+        &ns,
+        target.trim_start_matches("apr/"),
+        ApprovalPhase::Approved,
+    )
+    .await;
+    let record = &apr.status.as_ref().unwrap().approvals[0];
+    assert!(
+        record.mfa && record.username == "rosa-release",
+        "{record:?}"
+    );
+    assert!(
+        !serde_json::to_string(&apr).unwrap().contains(&token),
+        "the token is never stored"
+    );
+    let facts = admission_facts(&client, &format!("{ns}/{}", apr.name_any())).await;
+    assert!(
+        facts
+            .iter()
+            .filter(|(e, _, _)| *e == EventType::AuthFailure)
+            .count()
+            >= 2,
+        "{facts:?}"
+    );
+}
