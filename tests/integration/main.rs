@@ -5,6 +5,7 @@
 mod admission;
 mod audit;
 mod crds;
+mod entra;
 mod operator;
 mod run;
 mod support;

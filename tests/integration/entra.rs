@@ -1,0 +1,111 @@
+//! Entra ID approval tokens against a JWKS served on loopback: the key set is fetched, cached,
+//! fetched again for an unknown `kid` (key rotation) and not more often than configured.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+
+use crate::support::{AUDIENCE, TENANT, entra_config, free_port};
+use dvo_operator::identity::testkit::{TestKey, jwks};
+use dvo_operator::webhook::jwks::Verifier;
+
+/// A JWKS endpoint: serves whatever `keys` holds and counts the requests.
+struct JwksServer {
+    url: String,
+    keys: Arc<Mutex<Value>>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl JwksServer {
+    fn start(initial: Value) -> JwksServer {
+        let port = free_port();
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let keys = Arc::new(Mutex::new(initial));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (k, h) = (keys.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                h.fetch_add(1, Ordering::SeqCst);
+                let body = k.lock().unwrap().to_string();
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        JwksServer {
+            url: format!("http://127.0.0.1:{port}/discovery/v2.0/keys"),
+            keys,
+            hits,
+        }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+fn token(key: &TestKey, amr: &[&str]) -> String {
+    let now = chrono::Utc::now().timestamp();
+    key.sign(&json!({
+        "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"), "aud": AUDIENCE,
+        "exp": now + 600, "nbf": now - 60, "tid": TENANT, "oid": "oid-rosa",
+        "preferred_username": "rosa-release", "amr": amr,
+    }))
+}
+
+#[tokio::test]
+async fn an_unknown_kid_refetches_the_jwks_once_so_rotated_keys_verify() {
+    let (k1, k2, k3) = (TestKey::new("k1"), TestKey::new("k2"), TestKey::new("k3"));
+    let server = JwksServer::start(jwks(&[&k1]));
+    let verifier = Verifier::new(entra_config("jwksUrl", &server.url, 0)).unwrap();
+    let id = verifier.verify(&token(&k1, &["pwd", "mfa"])).await.unwrap();
+    assert_eq!((id.username.as_str(), id.mfa), ("rosa-release", true));
+    verifier.verify(&token(&k1, &["pwd"])).await.unwrap();
+    assert_eq!(server.hits(), 1, "the key set is cached");
+    // The tenant rotates to k2: the first token under k2 fetches the set again.
+    *server.keys.lock().unwrap() = jwks(&[&k2]);
+    let id = verifier.verify(&token(&k2, &["mfa"])).await.unwrap();
+    assert!(id.mfa);
+    assert_eq!(server.hits(), 2);
+    // k1 is gone now, and a key the tenant never published stays unknown.
+    let err = verifier.verify(&token(&k3, &["mfa"])).await.unwrap_err();
+    assert_eq!(
+        err,
+        "the token's signing key \"k3\" is not in the tenant's JWKS"
+    );
+    assert_eq!(server.hits(), 3);
+}
+
+#[tokio::test]
+async fn refetches_are_rate_limited_and_an_unreachable_jwks_is_a_clear_error() {
+    let (k1, k2) = (TestKey::new("r1"), TestKey::new("r2"));
+    let server = JwksServer::start(jwks(&[&k1]));
+    let verifier = Verifier::new(entra_config("jwksUrl", &server.url, 300)).unwrap();
+    verifier.verify(&token(&k1, &["mfa"])).await.unwrap();
+    *server.keys.lock().unwrap() = jwks(&[&k1, &k2]);
+    for _ in 0..5 {
+        let err = verifier.verify(&token(&k2, &["mfa"])).await.unwrap_err();
+        assert!(
+            err.ends_with("the JWKS was fetched less than 300s ago and is not fetched again yet"),
+            "{err}"
+        );
+    }
+    assert_eq!(server.hits(), 1, "made-up kids cannot hammer the endpoint");
+
+    let nowhere = format!("http://127.0.0.1:{}/keys", free_port());
+    let verifier = Verifier::new(entra_config("jwksUrl", &nowhere, 0)).unwrap();
+    let err = verifier.verify(&token(&k1, &["mfa"])).await.unwrap_err();
+    assert!(err.starts_with(&nowhere), "{err}");
+    let none = serde_json::from_value::<dvo_operator::identity::entra::EntraConfig>(
+        json!({"tenants": [TENANT], "audience": AUDIENCE, "issuerVersion": "v2"}),
+    )
+    .unwrap();
+    assert!(Verifier::new(none).is_err(), "a JWKS source is required");
+}
