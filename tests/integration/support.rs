@@ -144,10 +144,20 @@ pub async fn as_operator() -> Client {
     control_plane().client(OPERATOR_IDENTITY).await
 }
 
-async fn apply(client: &Client, gvk: (&str, &str, &str), ns: Option<&str>, obj: serde_json::Value) {
+/// Server-side applies `obj` of kind `gvk` (group, version, kind) as the tests' field manager.
+pub async fn apply(
+    client: &Client,
+    gvk: (&str, &str, &str),
+    ns: Option<&str>,
+    obj: serde_json::Value,
+) {
     let (group, version, kind) = gvk;
     let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
-    let plural = format!("{}s", kind.to_lowercase());
+    let lower = kind.to_lowercase();
+    let plural = match lower.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => format!("{lower}s"),
+    };
     let ar = kube::core::ApiResource::from_gvk_with_plural(&gvk, &plural);
     let api: Api<kube::core::DynamicObject> = match ns {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
