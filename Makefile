@@ -27,8 +27,11 @@ crds:
 	$(CARGO) run --quiet -- crds > crds/dvo-crds.yaml
 	cp crds/dvo-crds.yaml charts/dvo-operator/crds/dvo-crds.yaml
 
-bench:
+## Benchmarks: decide(), the audit chain, and audit appends to a real API server (started here).
+bench: controlplane
 	$(CARGO) bench --bench decide
+	$(CARGO) bench --bench audit
+	$(CARGO) bench --bench audit_store
 
 fmt:
 	$(CARGO) fmt --all

@@ -133,6 +133,18 @@ pub async fn load(
 
 type Reply = oneshot::Sender<Result<Option<Entry>, String>>;
 
+/// How many lost races an append survives before it reports failure (the caller then waits).
+const MAX_CONFLICTS: u32 = 30;
+
+/// The pause after the `n`th lost race: exponential from 5 ms up to 500 ms, with jitter so that
+/// writers racing in lockstep (the webhook's and the controllers', or two replicas) fall apart.
+fn conflict_backoff(n: u32) -> std::time::Duration {
+    let base = 5u64.saturating_mul(1 << n.min(7)).min(500);
+    let mut byte = [0u8; 1];
+    let jitter = getrandom::fill(&mut byte).map_or(128, |()| u64::from(byte[0]));
+    std::time::Duration::from_millis(base / 2 + base * jitter / 255)
+}
+
 /// Appends to the log in the cluster. Cheap to clone; appends from many tasks are batched.
 #[derive(Clone)]
 pub struct AuditLog {
@@ -224,12 +236,21 @@ impl Writer {
                     if rest.is_empty() {
                         return Ok(out);
                     }
+                    conflicts = 0;
                 }
-                Err(Retry::Conflict) if conflicts < 10 => conflicts += 1,
+                Err(Retry::Again) => {}
+                Err(Retry::Conflict) if conflicts < MAX_CONFLICTS => {
+                    // The first retry is immediate (usually a read that was a moment old); after
+                    // that, writers back off.
+                    if conflicts > 0 {
+                        tokio::time::sleep(conflict_backoff(conflicts)).await;
+                    }
+                    conflicts += 1;
+                }
                 Err(Retry::Conflict) => {
-                    return Err(
-                        "the audit log changed under every attempt to append (10 conflicts)".into(),
-                    );
+                    return Err(format!(
+                        "the audit log changed under every attempt to append ({MAX_CONFLICTS} conflicts)"
+                    ));
                 }
                 Err(Retry::Fatal(e)) => return Err(e),
             }
@@ -248,7 +269,7 @@ impl Writer {
             // The first segment of the log.
             let cm = segment_cm(0, None, &[], &[], false);
             return match self.api.create(&PostParams::default(), &cm).await {
-                Ok(_) => Err(Retry::Conflict),
+                Ok(_) => Err(Retry::Again),
                 Err(kube::Error::Api(e)) if e.code == 409 => Err(Retry::Conflict),
                 Err(e) => Err(fatal(e)),
             };
@@ -264,7 +285,7 @@ impl Writer {
                 .or(segment.previous.clone());
             let next = segment_cm(index + 1, head.as_ref(), &[], &[], false);
             return match self.api.create(&PostParams::default(), &next).await {
-                Ok(_) => Err(Retry::Conflict),
+                Ok(_) => Err(Retry::Again),
                 Err(kube::Error::Api(e)) if e.code == 409 => Err(Retry::Conflict),
                 Err(e) => Err(fatal(e)),
             };
@@ -345,6 +366,9 @@ impl Writer {
 }
 
 enum Retry {
+    /// Progress without entries (a segment was created): try again at once.
+    Again,
+    /// Another writer changed the log first: re-read and try again.
     Conflict,
     Fatal(String),
 }
