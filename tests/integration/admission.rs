@@ -593,3 +593,88 @@ async fn approvals_that_must_prove_mfa_take_a_verified_entra_token() {
         "{facts:?}"
     );
 }
+
+#[tokio::test]
+async fn role_mapping_changes_apply_to_the_next_request() {
+    let client = operator().await;
+    let ns = namespace(&client, "remap").await;
+    let env = format!("stage-{ns}");
+    let mut manifest = adep("gha", &env, "GHA");
+    manifest["metadata"]["namespace"] = json!(ns);
+    let try_apply = || {
+        kubectl(
+            "developer",
+            &["create", "--dry-run=server", "-o", "name"],
+            Some(&manifest.to_string()),
+        )
+    };
+    let cms = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), OPERATOR_NS);
+    let name = dvo_operator::controller::ROLE_MAPPING_CONFIGMAP;
+    let key = dvo_operator::controller::ROLE_MAPPING_KEY;
+    let base = cms.get(name).await.unwrap().data.unwrap()[key].clone();
+    let set = |text: String| {
+        let cms = cms.clone();
+        async move {
+            let patch = json!({"data": {(key): text}});
+            cms.patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    // The new environment is a staging one: dev-dana may not deploy there...
+    let tier = format!("{base}\nenvironmentTiers: {{{env}: staging}}\n");
+    set(tier.clone()).await;
+    let (refused_out, refused_ok) = try_apply();
+    // ...until she is made an operator in it.
+    set(format!(
+        "{tier}environments: {{{env}: {{users: {{dev-dana: [operator]}}}}}}\n"
+    ))
+    .await;
+    let (allowed_out, allowed_ok) = try_apply();
+    set(base).await;
+    assert!(
+        !refused_ok
+            && refused_out.contains("dev-dana (roles: developer) lacks permission deploy_staging"),
+        "{refused_out}"
+    );
+    assert!(
+        allowed_ok,
+        "the new grant applies to the next request: {allowed_out}"
+    );
+}
+
+#[tokio::test]
+async fn replicas_converge_on_one_webhook_certificate() {
+    let client = operator().await;
+    let ns = namespace(&client, "webhookcert").await;
+    let hosts = vec![
+        "127.0.0.1".to_owned(),
+        "dvo-operator-webhook.x.svc".to_owned(),
+    ];
+    let (a, b) = tokio::join!(
+        dvo_operator::webhook::tls::ensure(&client, &ns, &hosts),
+        dvo_operator::webhook::tls::ensure(&client, &ns, &hosts)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        (a.ca.as_str(), a.cert.as_str()),
+        (b.ca.as_str(), b.cert.as_str()),
+        "two replicas racing"
+    );
+    let again = dvo_operator::webhook::tls::ensure(&client, &ns, &hosts[..1])
+        .await
+        .unwrap();
+    assert_eq!(again.cert, a.cert, "a restart reuses it");
+    let more = dvo_operator::webhook::tls::ensure(&client, &ns, &["10.0.0.7".to_owned()])
+        .await
+        .unwrap();
+    assert_ne!(more.cert, a.cert, "a new host needs a new certificate");
+    let back = dvo_operator::webhook::tls::ensure(&client, &ns, &hosts)
+        .await
+        .unwrap();
+    assert_eq!(back.cert, more.cert, "which still covers the old hosts");
+}

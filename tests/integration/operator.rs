@@ -621,6 +621,13 @@ async fn rejection_and_expiry() {
     );
     accepted(&ns, &apr, "release-manager-1", "reject");
     apr_phase(&client, &ns, &apr, ApprovalPhase::Rejected).await;
+    refused(
+        &ns,
+        &apr,
+        "release-manager-2",
+        "approve",
+        "is Rejected; it takes no more approvals",
+    );
     let ad = phase(&client, &ns, "gha", Phase::Rejected).await;
     assert!(
         ad.status
