@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-controller-manager, kubectl and etcd from the Kubernetes Go modules pinned in
-# go.mod/go.sum into tests/controlplane/bin/. Rebuilds only when a binary is missing or when go.mod,
+# go.mod/go.sum into tests/controlplane/bin/, with helm (chart tests) and luahealth (Argo CD health
+# scripts in gopher-lua). Rebuilds only when a binary is missing or when go.mod,
 # go.sum or this script changed since the last build (the stamp file records their digest).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -8,14 +9,14 @@ bin="$here/bin"
 cd "$here"
 
 k8s_version="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' go.mod)"
-stamp="$(cat go.mod go.sum build.sh | sha256sum | cut -d' ' -f1)"
+stamp="$(cat go.mod go.sum build.sh luahealth/main.go | sha256sum | cut -d' ' -f1)"
 
 if [[ -x "$bin/kube-apiserver" && -x "$bin/kube-controller-manager" && -x "$bin/kubectl" && -x "$bin/etcd" \
-      && "$(cat "$bin/.stamp" 2>/dev/null)" == "$stamp" ]]; then
+      && -x "$bin/helm" && -x "$bin/luahealth" && "$(cat "$bin/.stamp" 2>/dev/null)" == "$stamp" ]]; then
   exit 0
 fi
 
-echo "controlplane: building Kubernetes $k8s_version (kube-apiserver, kube-controller-manager, kubectl, etcd)..." >&2
+echo "controlplane: building Kubernetes $k8s_version (kube-apiserver, kube-controller-manager, kubectl, etcd), helm, luahealth..." >&2
 start=$SECONDS
 mkdir -p "$bin"
 rm -f "$bin/.stamp"
@@ -25,5 +26,7 @@ ldflags="-s -w -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMin
 GOFLAGS=-mod=readonly go build -trimpath -ldflags "$ldflags" -o "$bin/" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
 GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3
+GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w" -o "$bin/helm" helm.sh/helm/v4/cmd/helm
+GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w" -o "$bin/luahealth" ./luahealth
 echo "$stamp" > "$bin/.stamp"
 echo "controlplane: built in $((SECONDS - start))s into $bin" >&2
