@@ -8,11 +8,11 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 
-/// Serves `/healthz` (always ok while the process runs) and `/readyz` (ok once every flag of
-/// `ready` is set) until `shutdown` completes.
+/// Serves `/healthz` (always ok while the process runs) and `/readyz` (ok while `ready` is set)
+/// until `shutdown` completes.
 pub async fn serve(
     addr: SocketAddr,
-    ready: Vec<Arc<AtomicBool>>,
+    ready: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = Router::new()
@@ -22,7 +22,7 @@ pub async fn serve(
             get(move || {
                 let ready = ready.clone();
                 async move {
-                    if ready.iter().all(|r| r.load(Ordering::Relaxed)) {
+                    if ready.load(Ordering::Relaxed) {
                         (StatusCode::OK, "ok")
                     } else {
                         (StatusCode::SERVICE_UNAVAILABLE, "starting")

@@ -76,6 +76,10 @@ struct RunArgs {
     /// The Service in front of the webhook, in the operator's namespace.
     #[arg(long, default_value = "dvo-operator-webhook")]
     webhook_service: String,
+    /// Who issues the webhook's certificate: `self` (generated and kept in a Secret) or
+    /// `cert-manager` (a Certificate fills that Secret).
+    #[arg(long, value_enum, default_value = "self")]
+    webhook_certificates: dvo_operator::webhook::Certificates,
     /// Do not serve or register the admission webhook (local debugging only: without it no
     /// requester is stamped and no approval is accepted).
     #[arg(long)]
@@ -144,11 +148,18 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
             }
         };
         let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let webhook_ready =
-            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(args.no_webhook));
+        let webhook_ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Readiness is about traffic, and the only traffic is the webhook's: every replica
+        // serves it, the leader and the followers alike. Without it, ready means leading with
+        // synced caches.
+        let readiness = if args.no_webhook {
+            ready.clone()
+        } else {
+            webhook_ready.clone()
+        };
         let health = tokio::spawn(dvo_operator::health::serve(
             args.health_addr,
-            vec![ready.clone(), webhook_ready.clone()],
+            readiness,
             stopped(),
         ));
         let webhook = (!args.no_webhook).then(|| {
@@ -158,6 +169,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
                 url: args.webhook_url.clone(),
                 service: args.webhook_service.clone(),
                 entra,
+                certificates: args.webhook_certificates,
             };
             tokio::spawn(dvo_operator::webhook::serve(
                 client.clone(),

@@ -46,6 +46,18 @@ pub struct Settings {
     pub service: String,
     /// Entra ID settings for approvals that must prove MFA (None: such approvals are refused).
     pub entra: Option<EntraConfig>,
+    /// Whether the certificate is the operator's own (generated) or another issuer's.
+    pub certificates: Certificates,
+}
+
+/// Who issues the webhook's certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Certificates {
+    /// The operator generates it and keeps it in Secret `dvo-operator-webhook-tls`.
+    #[value(name = "self")]
+    Own,
+    /// cert-manager (a Certificate of the chart) fills that Secret; the operator waits for it.
+    CertManager,
 }
 
 struct Shared {
@@ -81,7 +93,10 @@ pub async fn serve(
     let operator = whoami(&client).await?;
     let keys = crate::controller::ensure_keys(&client, &ns).await?;
     let hosts = registration::hosts(&settings)?;
-    let cert = tls::ensure(&client, &ns, &hosts).await?;
+    let cert = match settings.certificates {
+        Certificates::Own => tls::ensure(&client, &ns, &hosts).await?,
+        Certificates::CertManager => tls::external(&client, &ns).await?,
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&cert)?);
     let listener = tokio::net::TcpListener::bind(settings.addr).await?;
     let signing =

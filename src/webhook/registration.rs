@@ -125,6 +125,7 @@ mod tests {
             url: url.map(str::to_owned),
             service: "dvo-operator-webhook".into(),
             entra: None,
+            certificates: super::super::Certificates::Own,
         }
     }
 

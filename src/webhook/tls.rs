@@ -156,6 +156,31 @@ pub async fn ensure(
     anyhow::bail!("could not settle the webhook certificate in Secret {namespace}/{SECRET}")
 }
 
+/// The certificate another issuer (cert-manager) keeps in the Secret: waited for until it holds
+/// `tls.crt`, `tls.key` and `ca.crt`.
+pub async fn external(client: &Client, namespace: &str) -> anyhow::Result<Certificate> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        let secret = api.get_opt(SECRET).await?;
+        let data = secret.and_then(|s| s.data).unwrap_or_default();
+        let text = |k: &str| {
+            data.get(k)
+                .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        };
+        if let (Some(ca), Some(cert), Some(key)) =
+            (text("ca.crt"), text("tls.crt"), text("tls.key"))
+        {
+            return Ok(Certificate { ca, cert, key });
+        }
+        if waited.as_secs().is_multiple_of(30) {
+            tracing::info!(secret = %SECRET, "waiting for the issuer to fill the webhook certificate Secret");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        waited += std::time::Duration::from_secs(2);
+    }
+}
+
 /// A rustls server configuration serving `cert`.
 pub fn server_config(cert: &Certificate) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let chain: Vec<CertificateDer<'static>> =

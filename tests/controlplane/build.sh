@@ -8,7 +8,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin="$here/bin"
 cd "$here"
 
-k8s_version="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' go.mod)"
+k8s_version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit} $1 == "require" && $2 == "k8s.io/kubernetes" {print $3; exit}' go.mod)"
+[[ -n "$k8s_version" ]] || { echo "controlplane: no k8s.io/kubernetes version in go.mod" >&2; exit 1; }
 stamp="$(cat go.mod go.sum build.sh luahealth/main.go | sha256sum | cut -d' ' -f1)"
 
 if [[ -x "$bin/kube-apiserver" && -x "$bin/kube-controller-manager" && -x "$bin/kubectl" && -x "$bin/etcd" \

@@ -75,7 +75,7 @@ identities=(
   "operator|ops-omar|dvo-operators"
   "viewer|vera-viewer|dvo-viewers"
   "ci|system:serviceaccount:ci:deployer|system:serviceaccounts,system:serviceaccounts:ci"
-  "dvo-operator|system:serviceaccount:dvo-system:dvo-operator|system:serviceaccounts,system:serviceaccounts:dvo-system"
+  "dvo-operator|system:serviceaccount:dvo-system:dvo-operator|system:serviceaccounts,system:serviceaccounts:dvo-system,dvo-test-superusers"
   "controller-manager|system:kube-controller-manager|system:masters"
 )
 : > "$pki/tokens.csv"
@@ -155,7 +155,7 @@ done
 "$bin/kube-controller-manager" \
   --kubeconfig "$dir/kubeconfig-controller-manager" \
   --leader-elect=false --secure-port 0 \
-  --controllers garbage-collector-controller,deployment-controller,replicaset-controller,job-controller,namespace-controller,serviceaccount-controller,root-ca-certificate-publisher-controller \
+  --controllers garbage-collector-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,job-controller,namespace-controller,serviceaccount-controller,root-ca-certificate-publisher-controller \
   --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
   > "$dir/kube-controller-manager.log" 2>&1 &
 pids+=($!)

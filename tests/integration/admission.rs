@@ -626,14 +626,14 @@ async fn role_mapping_changes_apply_to_the_next_request() {
         }
     };
     // The new environment is a staging one: dev-dana may not deploy there...
-    let tier = format!("{base}\nenvironmentTiers: {{{env}: staging}}\n");
-    set(tier.clone()).await;
+    let mut mapping: serde_yaml::Value = serde_yaml::from_str(&base).unwrap();
+    mapping["environmentTiers"][env.as_str()] = "staging".into();
+    set(serde_yaml::to_string(&mapping).unwrap()).await;
     let (refused_out, refused_ok) = try_apply();
     // ...until she is made an operator in it.
-    set(format!(
-        "{tier}environments: {{{env}: {{users: {{dev-dana: [operator]}}}}}}\n"
-    ))
-    .await;
+    mapping["environments"][env.as_str()] =
+        serde_yaml::from_str("{users: {dev-dana: [operator]}}").unwrap();
+    set(serde_yaml::to_string(&mapping).unwrap()).await;
     let (allowed_out, allowed_ok) = try_apply();
     set(base).await;
     assert!(

@@ -4,6 +4,7 @@
 
 mod admission;
 mod audit;
+mod chart;
 mod crds;
 mod entra;
 mod operator;

@@ -178,11 +178,14 @@ pub async fn apply(
 /// them is our webhook, not RBAC), the operator's namespace and the role mapping.
 async fn setup_cluster(client: Client) {
     let rbac = ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding");
+    // The static identity `dvo-operator` carries the operator's user name (so the webhook lets its
+    // writes through) and a group that makes it cluster-admin; the operator itself runs with its
+    // ServiceAccount's token, which has exactly the chart's RBAC.
     apply(&client, rbac, None, serde_json::json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "dvo-test-operator"},
+        "metadata": {"name": "dvo-test-superusers"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-        "subjects": [{"kind": "User", "name": identity(OPERATOR_IDENTITY).username}],
+        "subjects": [{"kind": "Group", "name": "dvo-test-superusers"}],
     })).await;
     apply(
         &client,
@@ -223,24 +226,84 @@ async fn setup_cluster(client: Client) {
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "dvo-test-viewer"},
         "subjects": [{"kind": "User", "name": identity("viewer").username}],
     })).await;
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some(OPERATOR_NS.to_owned());
-    let _ = Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await;
-    let mapping =
-        std::fs::read_to_string(repo().join("examples/role-mapping.yaml")).expect("role mapping");
-    apply(
-        &client,
-        ("", "v1", "ConfigMap"),
-        Some(OPERATOR_NS),
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": dvo_operator::controller::ROLE_MAPPING_CONFIGMAP},
-            "data": {(dvo_operator::controller::ROLE_MAPPING_KEY): mapping},
-        }),
+    install_chart();
+}
+
+/// `helm` (built at the pinned version) with its state under the control plane's directory:
+/// its standard output, its standard error, and whether it succeeded.
+pub fn helm(args: &[&str]) -> (String, String, bool) {
+    let dir = control_plane().dir.join("helm");
+    let out = Command::new(repo().join("tests/controlplane/bin/helm"))
+        .env("KUBECONFIG", control_plane().kubeconfig("admin"))
+        .env("HELM_CACHE_HOME", dir.join("cache"))
+        .env("HELM_CONFIG_HOME", dir.join("config"))
+        .env("HELM_DATA_HOME", dir.join("data"))
+        .args(args)
+        .output()
+        .expect("run helm");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
     )
-    .await;
+}
+
+/// Installs the chart into the operator's namespace with the example role mapping and no pods
+/// (there is no kubelet; the operator runs in this process with the chart's ServiceAccount).
+fn install_chart() {
+    let mapping: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("examples/role-mapping.yaml")).expect("role mapping"),
+    )
+    .expect("role mapping YAML");
+    let values = control_plane().dir.join("values.json");
+    std::fs::write(
+        &values,
+        serde_json::json!({"roleMapping": mapping, "replicaCount": 0}).to_string(),
+    )
+    .expect("values");
+    let chart = repo().join("charts/dvo-operator");
+    let (out, err, ok) = helm(&[
+        "upgrade",
+        "--install",
+        "dvo",
+        chart.to_str().expect("utf-8"),
+        "--namespace",
+        OPERATOR_NS,
+        "--create-namespace",
+        "--values",
+        values.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "helm install: {out}{err}");
+}
+
+/// A client with the token of the chart's ServiceAccount (TokenRequest), valid for two hours.
+pub async fn service_account_client() -> Client {
+    let admin = control_plane().client("admin").await;
+    let request: k8s_openapi::api::authentication::v1::TokenRequest =
+        serde_json::from_value(serde_json::json!({"spec": {"expirationSeconds": 7200}}))
+            .expect("TokenRequest");
+    let token = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(admin, OPERATOR_NS)
+        .create_subresource::<_, k8s_openapi::api::authentication::v1::TokenRequest>(
+            "token",
+            "dvo-operator",
+            &PostParams::default(),
+            &request,
+        )
+        .await
+        .expect("TokenRequest for the chart's ServiceAccount")
+        .status
+        .expect("token")
+        .token;
+    let kubeconfig =
+        Kubeconfig::read_from(control_plane().kubeconfig("admin")).expect("kubeconfig");
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.expect("a token").into()),
+        ..Default::default()
+    };
+    Client::try_from(config).expect("client")
 }
 
 /// A free loopback port.
@@ -295,13 +358,14 @@ fn start_webhook() {
             .build()
             .expect("runtime");
         runtime.block_on(async move {
-            let client = control_plane().client(OPERATOR_IDENTITY).await;
+            let client = service_account_client().await;
             let settings = dvo_operator::webhook::Settings {
                 namespace: OPERATOR_NS.to_owned(),
                 addr: ([127, 0, 0, 1], port).into(),
                 url: Some(format!("https://127.0.0.1:{port}")),
                 service: "dvo-operator-webhook".to_owned(),
                 entra: Some(entra_config("jwksFile", jwks.to_str().expect("utf-8"), 300)),
+                certificates: dvo_operator::webhook::Certificates::Own,
             };
             dvo_operator::webhook::serve(client, settings, flag, std::future::pending())
                 .await
@@ -480,7 +544,7 @@ fn start_operator() -> Running {
             .build()
             .expect("runtime");
         runtime.block_on(async move {
-            let client = control_plane().client(OPERATOR_IDENTITY).await;
+            let client = service_account_client().await;
             let settings = dvo_operator::controller::Settings {
                 namespace: OPERATOR_NS.to_owned(),
                 audit_retention: Some(chrono::Duration::days(365)),
