@@ -3,6 +3,7 @@
 //! each test works in its own namespace.
 
 mod admission;
+mod argocd;
 mod audit;
 mod chart;
 mod crds;
