@@ -1,4 +1,4 @@
-//! Liveness and readiness endpoints for the kubelet's probes.
+//! Liveness and readiness endpoints for the kubelet's probes, and `/metrics` for Prometheus.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +17,18 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    crate::metrics::encode(),
+                )
+            }),
+        )
         .route(
             "/readyz",
             get(move || {

@@ -13,6 +13,7 @@ pub mod controller;
 pub mod crd;
 pub mod health;
 pub mod identity;
+pub mod metrics;
 pub mod policy;
 pub mod webhook;
 

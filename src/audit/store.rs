@@ -214,9 +214,16 @@ impl AuditLog {
             .send((Some(draft), reply))
             .await
             .map_err(|_| "the audit writer has stopped".to_owned())?;
-        rx.await
+        let result = rx
+            .await
             .map_err(|_| "the audit writer has stopped".to_owned())?
-            .and_then(|e| e.ok_or_else(|| "the audit writer returned no entry".to_owned()))
+            .and_then(|e| e.ok_or_else(|| "the audit writer returned no entry".to_owned()));
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        crate::metrics::METRICS
+            .audit_appends
+            .get_or_create(&crate::metrics::value(outcome))
+            .inc();
+        result
     }
 }
 

@@ -124,6 +124,10 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
         },
     };
 
+    crate::metrics::METRICS
+        .decisions
+        .get_or_create(&crate::metrics::value(format!("{:?}", decision.outcome)))
+        .inc();
     let old = ad.status.clone().unwrap_or_default();
     let mut st = old.clone();
     st.observed_generation = ad.metadata.generation;

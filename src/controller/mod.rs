@@ -224,8 +224,27 @@ fn error_policy<K>(obj: Arc<K>, error: &Error, _: Arc<Context>) -> Action
 where
     K: Resource<DynamicType = ()>,
 {
+    let class = match error {
+        Error::Kube(_) => "kube",
+        Error::Config(_) => "config",
+        Error::Audit(_) => "audit",
+    };
+    crate::metrics::METRICS
+        .reconcile_errors
+        .get_or_create(&crate::metrics::ErrorLabels {
+            kind: K::kind(&()).into_owned(),
+            error: class.to_owned(),
+        })
+        .inc();
     tracing::warn!(kind = %K::kind(&()), name = %obj.meta().name.as_deref().unwrap_or(""), namespace = ?obj.meta().namespace, %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
+}
+
+fn counted(kind: &str) {
+    crate::metrics::METRICS
+        .reconciles
+        .get_or_create(&crate::metrics::kind(kind))
+        .inc();
 }
 
 fn all_refs<K: Resource<DynamicType = ()> + Clone>(
@@ -255,6 +274,7 @@ pub async fn run(
         () = shutdown.clone() => return Ok(()),
     }
     tracing::info!(identity = %settings.identity, "leading");
+    crate::metrics::METRICS.leader.set(1);
     // Controllers stop on shutdown, or when the lease is lost to another replica.
     let (lost_tx, mut lost_rx) = tokio::sync::watch::channel(false);
     let stop = {
@@ -332,6 +352,7 @@ pub async fn run(
         .graceful_shutdown_on(stop.clone())
         .run(agent_deployment::reconcile, error_policy, ctx.clone())
         .for_each(|r| async move {
+            counted("AgentDeployment");
             if let Ok((obj, _)) = r {
                 tracing::debug!(name = %obj.name, namespace = ?obj.namespace, "reconciled AgentDeployment");
             }
@@ -342,6 +363,32 @@ pub async fn run(
         watcher::Config::default(),
     );
     let apr_store = aprs.store();
+    let pending = {
+        let (aprs, stop) = (apr_store.clone(), stop.clone());
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(10));
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    () = &mut stop => return,
+                    _ = every.tick() => {}
+                }
+                let waiting = aprs
+                    .state()
+                    .iter()
+                    .filter(|a| {
+                        matches!(
+                            a.status.as_ref().and_then(|s| s.phase),
+                            None | Some(crate::crd::approval_request::ApprovalPhase::Pending)
+                        )
+                    })
+                    .count();
+                crate::metrics::METRICS
+                    .pending_approvals
+                    .set(waiting as i64);
+            }
+        }
+    };
     let synced = {
         let (ads, aprs) = (ad_store.clone(), apr_store.clone());
         async move { ads.wait_until_ready().await.is_ok() && aprs.wait_until_ready().await.is_ok() }
@@ -364,7 +411,7 @@ pub async fn run(
         )
         .graceful_shutdown_on(stop.clone())
         .run(approval_request::reconcile, error_policy, ctx.clone())
-        .for_each(|_| async {});
+        .for_each(|_| async { counted("ApprovalRequest") });
 
     let policies = Controller::new(
         Api::<DeploymentPolicy>::all(client.clone()),
@@ -372,7 +419,7 @@ pub async fn run(
     )
     .graceful_shutdown_on(stop.clone())
     .run(deployment_policy::reconcile, error_policy, ctx.clone())
-    .for_each(|_| async {});
+    .for_each(|_| async { counted("DeploymentPolicy") });
 
     tracing::info!(namespace = %settings.namespace, "controllers started");
     let flag = ready.clone();
@@ -421,7 +468,12 @@ pub async fn run(
             stop.clone(),
         )
     }));
-    let all = async { tokio::join!(ads, aprs, policies, mark_ready, retention, sinks, holder).6 };
+    let all = async {
+        tokio::join!(
+            ads, aprs, policies, mark_ready, retention, sinks, pending, holder
+        )
+        .7
+    };
     // Reconciles in flight get a grace period once stopping starts; one stuck on the API server
     // must not keep the process past Kubernetes' termination grace (30 s by default).
     let grace = async {
@@ -436,6 +488,7 @@ pub async fn run(
         }
     };
     ready.store(false, Ordering::Relaxed);
+    crate::metrics::METRICS.leader.set(0);
     if let Err(e) = audit.checkpoint().await {
         tracing::warn!(%e, "no audit checkpoint at shutdown");
     }

@@ -161,7 +161,15 @@ async fn admit(
         Err(e) => return Json(AdmissionResponse::invalid(e.to_string()).into_review()),
     };
     let verdict = shared.review(&kind, &req).await;
-    Json(shared.answer(&req, verdict).await.into_review())
+    let answer = shared.answer(&req, verdict).await;
+    crate::metrics::METRICS
+        .admissions
+        .get_or_create(&crate::metrics::AdmissionLabels {
+            resource: kind,
+            verdict: if answer.allowed { "allowed" } else { "refused" }.to_owned(),
+        })
+        .inc();
+    Json(answer.into_review())
 }
 
 fn typed<K: DeserializeOwned>(obj: Option<&DynamicObject>) -> Result<K, String> {

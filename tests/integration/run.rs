@@ -81,6 +81,35 @@ async fn run_serves_health_logs_json_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(get(port, "/healthz").unwrap().starts_with("HTTP/1.1 200"));
+    // Metrics: this replica leads, and reconciles are counted (it watches the whole cluster).
+    let ad: dvo_operator::crd::AgentDeployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "counted"},
+        "spec": {"agent": "CNT", "platform": "copilot-studio", "environment": "development"},
+    }))
+    .unwrap();
+    kube::Api::<dvo_operator::crd::AgentDeployment>::namespaced(
+        control_plane().client("operator").await,
+        &ns,
+    )
+    .create(&Default::default(), &ad)
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let text = get(port, "/metrics").unwrap_or_default();
+        if text.contains("dvo_reconciles_total{kind=\"AgentDeployment\"}") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no reconcile counted: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for want in [
+        "dvo_leader 1",
+        "# TYPE dvo_approval_latency_seconds histogram",
+        "dvo_decisions_total{value=",
+    ] {
+        assert!(metrics.contains(want), "{want} in {metrics}");
+    }
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -368,6 +368,11 @@ async fn drain(client: &Client, namespace: &str, sink: &mut Sink) -> Result<usiz
         .flat_map(|s| s.entries)
         .filter(|e| e.seq > cursor)
         .collect();
+    let lag = crate::metrics::METRICS
+        .sink_lag
+        .get_or_create(&crate::metrics::value(&sink.name))
+        .clone();
+    lag.set(pending.len() as i64);
     for batch in pending.chunks(200) {
         sink.deliver(batch).await?;
         write_cursor(
@@ -376,6 +381,7 @@ async fn drain(client: &Client, namespace: &str, sink: &mut Sink) -> Result<usiz
             batch.last().expect("chunks are not empty").seq,
         )
         .await?;
+        lag.dec_by(batch.len() as i64);
     }
     Ok(pending.len())
 }

@@ -1,0 +1,161 @@
+//! Prometheus metrics (`/metrics` on the health port): reconciles and their errors by kind,
+//! decisions by outcome, pending approvals, approval latency, admission answers, audit appends,
+//! sink lag and leadership. One registry for the process.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels naming a kind of ours.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// AgentDeployment, ApprovalRequest or DeploymentPolicy.
+    pub kind: String,
+}
+
+/// Labels of a reconcile error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The kind reconciled.
+    pub kind: String,
+    /// `kube`, `config` or `audit`.
+    pub error: String,
+}
+
+/// A single free-form label value (outcome, result, sink).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ValueLabel {
+    /// The value.
+    pub value: String,
+}
+
+/// Labels of an admission answer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// The reviewed resource (agentdeployments, approvalrequests, deploymentpolicies, status).
+    pub resource: String,
+    /// `allowed` or `refused`.
+    pub verdict: String,
+}
+
+/// Every metric of the operator.
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles by kind.
+    pub reconciles: Family<KindLabel, Counter>,
+    /// Failed reconciles by kind and error class.
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    /// Decisions by outcome (Allow, RequireApproval, ManualActionRequired, Deny).
+    pub decisions: Family<ValueLabel, Counter>,
+    /// ApprovalRequests waiting for approvers.
+    pub pending_approvals: Gauge,
+    /// Seconds from an ApprovalRequest's creation to its approval.
+    pub approval_latency: Histogram,
+    /// Admission answers by resource and verdict.
+    pub admissions: Family<AdmissionLabels, Counter>,
+    /// Audit appends by result (`ok`, `error`).
+    pub audit_appends: Family<ValueLabel, Counter>,
+    /// Entries of the chain a sink has not delivered yet, by sink.
+    pub sink_lag: Family<ValueLabel, Gauge>,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: Gauge,
+}
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut registry = Registry::with_prefix("dvo");
+    let m = Metrics {
+        reconciles: Family::default(),
+        reconcile_errors: Family::default(),
+        decisions: Family::default(),
+        pending_approvals: Gauge::default(),
+        approval_latency: Histogram::new(exponential_buckets(30.0, 2.0, 14)),
+        admissions: Family::default(),
+        audit_appends: Family::default(),
+        sink_lag: Family::default(),
+        leader: Gauge::default(),
+        registry: Registry::default(),
+    };
+    registry.register("reconciles", "Reconciles by kind", m.reconciles.clone());
+    registry.register(
+        "reconcile_errors",
+        "Failed reconciles by kind and error class",
+        m.reconcile_errors.clone(),
+    );
+    registry.register("decisions", "Decisions by outcome", m.decisions.clone());
+    registry.register(
+        "pending_approvals",
+        "ApprovalRequests waiting for approvers",
+        m.pending_approvals.clone(),
+    );
+    registry.register(
+        "approval_latency_seconds",
+        "Seconds from an ApprovalRequest's creation to its approval",
+        m.approval_latency.clone(),
+    );
+    registry.register(
+        "admissions",
+        "Admission answers by resource and verdict",
+        m.admissions.clone(),
+    );
+    registry.register(
+        "audit_appends",
+        "Audit appends by result",
+        m.audit_appends.clone(),
+    );
+    registry.register(
+        "audit_sink_lag_entries",
+        "Entries a sink has not delivered yet",
+        m.sink_lag.clone(),
+    );
+    registry.register(
+        "leader",
+        "1 while this replica holds the leader Lease",
+        m.leader.clone(),
+    );
+    Metrics { registry, ..m }
+});
+
+/// One label value.
+pub fn value(v: impl Into<String>) -> ValueLabel {
+    ValueLabel { value: v.into() }
+}
+
+/// One kind label.
+pub fn kind(k: impl Into<String>) -> KindLabel {
+    KindLabel { kind: k.into() }
+}
+
+/// The metrics in the Prometheus text format.
+pub fn encode() -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &METRICS.registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_exposed_with_the_dvo_prefix() {
+        METRICS.decisions.get_or_create(&value("Allow")).inc();
+        METRICS.leader.set(1);
+        let text = encode();
+        assert!(
+            text.contains("dvo_decisions_total{value=\"Allow\"}"),
+            "{text}"
+        );
+        assert!(text.contains("dvo_leader 1"), "{text}");
+        assert!(
+            text.contains("# HELP dvo_approval_latency_seconds"),
+            "{text}"
+        );
+    }
+}
