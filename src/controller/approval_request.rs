@@ -109,13 +109,14 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
         now,
     );
 
-    if old.phase != Some(eval.phase) && eval.phase == ApprovalPhase::Approved {
-        if let Some(created) = &apr.metadata.creation_timestamp {
-            let waited = now.timestamp_millis() - created.0.as_millisecond();
-            crate::metrics::METRICS
-                .approval_latency
-                .observe(waited as f64 / 1000.0);
-        }
+    if old.phase != Some(eval.phase)
+        && eval.phase == ApprovalPhase::Approved
+        && let Some(created) = &apr.metadata.creation_timestamp
+    {
+        let waited = now.timestamp_millis() - created.0.as_millisecond();
+        crate::metrics::METRICS
+            .approval_latency
+            .observe(waited as f64 / 1000.0);
     }
     if old.phase != Some(eval.phase) && eval.phase != ApprovalPhase::Pending {
         let (event, status, actors) = match eval.phase {
