@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dvo_operator::cli::{audit, evaluate, test_runner};
+use dvo_operator::cli::Offline;
 
 /// Governance for AI agent deployments on Kubernetes.
 #[derive(Parser)]
@@ -16,34 +16,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the operator: the controllers and the health endpoints. Uses the in-cluster service
-    /// account, or the kubeconfig (KUBECONFIG, ~/.kube/config) out of cluster.
+    /// Run the operator: the controllers, the admission webhook and the health endpoints. Uses
+    /// the in-cluster service account, or the kubeconfig (KUBECONFIG, ~/.kube/config) out of
+    /// cluster.
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML (what crds/ holds).
     Crds,
-    /// Decide offline what happens to one AgentDeployment, with the trace. Exit code: 0 allow,
-    /// 3 deny, 4 approval required, 5 manual action required, 1 bad input.
-    Evaluate(evaluate::EvaluateArgs),
-    /// Run policy test suites (YAML files under DIR) and report pass/fail. Exit code 1 when a
-    /// case fails.
-    Test {
-        /// Directory (or file) of test suites.
-        dir: PathBuf,
-    },
-    /// The audit log.
-    #[command(subcommand)]
-    Audit(AuditCommand),
-}
-
-#[derive(Subcommand)]
-enum AuditCommand {
-    /// Verify an exported audit log: every hash, link, seq, segment and checkpoint. Exit code 0
-    /// intact, 3 tampered (the first bad entry is named), 1 bad input.
-    Verify(audit::VerifyArgs),
-    /// Print the log of the cluster: `--format json` (verifiable with `verify -f`), `jsonl` or `cef`.
-    Export(audit::ReadArgs),
-    /// Print the newest entries (default 20) as JSON lines, or `--format cef`.
-    Tail(audit::ReadArgs),
+    #[command(flatten)]
+    Offline(Offline),
 }
 
 /// Arguments of `dvo run`.
@@ -229,32 +209,7 @@ fn main() -> ExitCode {
             print!("{}", dvo_operator::crd::crds_yaml());
             Ok(0)
         }
-        Command::Evaluate(args) => evaluate::run(&args).map(|(text, code)| {
-            print!("{text}");
-            code
-        }),
-        Command::Audit(AuditCommand::Verify(args)) => audit::run(&args).map(|(text, code)| {
-            print!("{text}");
-            code
-        }),
-        Command::Audit(AuditCommand::Export(args)) => audit::export(&args).map(|text| {
-            print!("{text}");
-            0
-        }),
-        Command::Audit(AuditCommand::Tail(mut args)) => {
-            if args.format == audit::ExportFormat::Json {
-                args.format = audit::ExportFormat::Jsonl;
-            }
-            args.last.get_or_insert(20);
-            audit::export(&args).map(|text| {
-                print!("{text}");
-                0
-            })
-        }
-        Command::Test { dir } => test_runner::run(&dir).map(|(text, summary)| {
-            print!("{text}");
-            u8::from(summary.failed > 0)
-        }),
+        Command::Offline(command) => command.run(),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -9,5 +9,6 @@ mod chart;
 mod crds;
 mod entra;
 mod operator;
+mod plugin;
 mod run;
 mod support;

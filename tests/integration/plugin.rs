@@ -1,0 +1,151 @@
+//! `kubectl dvo`, found by real kubectl plugin discovery (the plugin binary on PATH), as the
+//! control plane's people.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::support::{control_plane, namespace, operator, wait_for};
+use dvo_operator::controller::agent_deployment::approval_request_name;
+use dvo_operator::crd::agent_deployment::spec_digest;
+use dvo_operator::crd::{AgentDeployment, ApprovalRequest, DeploymentPolicy};
+use kube::api::{Api, PostParams};
+
+/// `kubectl dvo ARGS` as `who`: output, exit code.
+fn kubectl_dvo(who: &str, args: &[&str]) -> (String, i32) {
+    let plugin_dir = Path::new(env!("CARGO_BIN_EXE_kubectl-dvo"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        plugin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/controlplane/bin/kubectl"
+    ))
+    .env("PATH", path)
+    .env("KUBECONFIG", control_plane().kubeconfig(who))
+    .arg("dvo")
+    .args(args)
+    .current_dir(env!("CARGO_MANIFEST_DIR"))
+    .output()
+    .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (text, out.status.code().unwrap_or(-1))
+}
+
+#[tokio::test]
+async fn kubectl_dvo_explains_lists_and_acts() {
+    let client = operator().await;
+    let ns = namespace(&client, "plugin").await;
+    let plugin_dir = Path::new(env!("CARGO_BIN_EXE_kubectl-dvo"))
+        .parent()
+        .unwrap();
+    let (list, _) = {
+        let out = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/controlplane/bin/kubectl"
+        ))
+        .env("PATH", format!("{}:/usr/bin:/bin", plugin_dir.display()))
+        .args(["plugin", "list"])
+        .output()
+        .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            out.status.code(),
+        )
+    };
+    assert!(
+        list.contains("kubectl-dvo"),
+        "kubectl finds the plugin: {list}"
+    );
+
+    let spec = json!({"action": "RequireApproval", "scope": {"namespaces": [ns]},
+        "approval": {"roles": ["release_manager"], "minApprovals": 2}});
+    let p: DeploymentPolicy = serde_json::from_value(json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "DeploymentPolicy", "metadata": {"name": format!("{ns}-two")}, "spec": spec})).unwrap();
+    Api::<DeploymentPolicy>::all(client.clone())
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap();
+    let ad: AgentDeployment = serde_json::from_value(json!({
+        "apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "gha"},
+        "spec": {"agent": "PLG", "platform": "langchain", "environment": "staging",
+            "template": {"spec": {"containers": [{"name": "a", "image": "plg:1"}]}}},
+    }))
+    .unwrap();
+    let ad = Api::<AgentDeployment>::namespaced(control_plane().client("operator").await, &ns)
+        .create(&PostParams::default(), &ad)
+        .await
+        .unwrap();
+    let apr = approval_request_name("gha", &spec_digest(&ad.spec));
+    wait_for(
+        &Api::<ApprovalRequest>::namespaced(client.clone(), &ns),
+        &apr,
+        |o: Option<&ApprovalRequest>| {
+            o.and_then(|a| a.status.as_ref())
+                .is_some_and(|s| !s.progress.is_empty())
+        },
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+
+    let (out, code) = kubectl_dvo("operator", &["status", "gha", "-n", &ns]);
+    assert_eq!(code, 0, "{out}");
+    for want in [
+        "PendingApproval",
+        "decision: RequireApproval",
+        "what would release it:",
+        &format!("approval policy/{ns}-two: 0/2 (nobody yet)"),
+        &format!("approve with: kubectl dvo approve {apr} -n {ns}"),
+    ] {
+        assert!(out.contains(want), "{want} in:\n{out}");
+    }
+    println!("--- kubectl dvo status gha:\n{out}");
+
+    // The webhook decides who sees it as theirs to approve.
+    let (out, _) = kubectl_dvo("release-manager-1", &["pending", "-n", &ns]);
+    assert!(
+        out.contains(&format!("{ns}/{apr}")) && out.contains("requested by ops-omar"),
+        "{out}"
+    );
+    let (out, _) = kubectl_dvo("developer", &["pending", "-n", &ns]);
+    assert_eq!(out.trim(), "nothing waits for dev-dana");
+    let (out, _) = kubectl_dvo("operator", &["pending", "-n", &ns]);
+    assert_eq!(
+        out.trim(),
+        "nothing waits for ops-omar",
+        "the requester cannot approve"
+    );
+
+    let (out, code) = kubectl_dvo("developer", &["approve", &apr, "-n", &ns, "-m", "lgtm"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with("refused: admission webhook \"approvalrequests.dvo.caat.io\" denied the request: approval of ApprovalRequest")
+            && out.contains("dev-dana (roles: developer) holds none of the roles release_manager"),
+        "{out}"
+    );
+    let (out, code) = kubectl_dvo(
+        "release-manager-1",
+        &["approve", &apr, "-n", &ns, "-m", "lgtm"],
+    );
+    assert_eq!(
+        (out.trim(), code),
+        (
+            format!("approve of approvalrequest {ns}/{apr} recorded").as_str(),
+            0
+        )
+    );
+    let (out, code) = kubectl_dvo("release-manager-2", &["reject", &apr, "-n", &ns]);
+    assert!(
+        code == 1 && out.contains("a rejection needs a reason"),
+        "{out}"
+    );
+
+    // The offline commands are there too.
+    let (out, code) = kubectl_dvo("viewer", &["test", "examples/tests"]);
+    assert_eq!(code, 0, "{out}");
+}
