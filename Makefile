@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test build controlplane cluster crds bench fmt clippy unit integration clean
+.PHONY: test build controlplane cluster run demo crds bench fmt clippy unit integration clean
 
 ## Everything CI checks: format, lints, unit and CLI tests, integration tests against a real
 ## control plane (built on first use, cached in tests/controlplane/bin).
@@ -21,6 +21,15 @@ controlplane:
 ## Start a control plane for a person; prints the KUBECONFIG export line. Ctrl-C stops it.
 cluster:
 	tests/controlplane/cluster.sh up
+
+## Run the operator and its webhook locally (starts the local control plane when no cluster is
+## reachable), with the CRDs, the chart's RBAC and the examples. Ctrl-C stops everything.
+run:
+	scripts/local.sh run
+
+## The production approval story, step by step, on a fresh local control plane.
+demo:
+	scripts/local.sh demo
 
 ## Regenerate crds/ (and the chart's copy) from the Rust types (a test fails when stale).
 crds:

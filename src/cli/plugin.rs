@@ -296,10 +296,12 @@ async fn status(client: &Client, ns: &str, name: Option<&str>) -> Result<(String
                             if p.met { " met" } else { "" }
                         )?;
                     }
-                    writeln!(
-                        out,
-                        "    approve with: kubectl dvo approve {apr_name} -n {ns} -m \"...\""
-                    )?;
+                    if ast.phase == Some(ApprovalPhase::Pending) {
+                        writeln!(
+                            out,
+                            "    approve with: kubectl dvo approve {apr_name} -n {ns} -m \"...\""
+                        )?;
+                    }
                 }
                 None => writeln!(out, "    approvalrequest {apr_name} is not there yet")?,
             }

@@ -171,7 +171,7 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
             );
             match apr_phase {
                 Some(ApprovalPhase::Approved) => {
-                    rollout(&ctx, &ad, &digest, &decision, &mut st).await?
+                    rollout(&ctx, &ad, &digest, requester.as_ref(), &decision, &mut st).await?
                 }
                 Some(ApprovalPhase::Rejected) => (
                     Phase::Rejected,
@@ -193,7 +193,7 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
         }
         Outcome::Allow => {
             st.approval_request = None;
-            rollout(&ctx, &ad, &digest, &decision, &mut st).await?
+            rollout(&ctx, &ad, &digest, requester.as_ref(), &decision, &mut st).await?
         }
     };
 
@@ -409,6 +409,7 @@ async fn rollout(
     ctx: &Context,
     ad: &AgentDeployment,
     digest: &str,
+    requester: Option<&Identity>,
     decision: &Decision,
     st: &mut AgentDeploymentStatus,
 ) -> Result<(Phase, String), Error> {
@@ -431,7 +432,7 @@ async fn rollout(
         let started = record::agent(
             ad,
             digest,
-            None,
+            requester,
             AuditEvent::DeploymentStarted,
             "roll out",
             "success",

@@ -466,7 +466,10 @@ fn gate_on_permission(
     match rules.mapping.can(subject, permission, env) {
         Check::Allowed { .. } => {}
         Check::NeedsApproval { reason } => {
-            b.d.warnings.push(reason);
+            // The same permission may be gated twice (the environment and a capability).
+            if !b.d.warnings.contains(&reason) {
+                b.d.warnings.push(reason);
+            }
             b.require_approval(approval_by_holders(
                 format!("permission/{permission}"),
                 &[permission],
