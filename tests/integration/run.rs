@@ -41,6 +41,19 @@ fn dvo_run(identity: &str, ns: &str, port: u16, log: &std::path::Path) -> Comman
     cmd
 }
 
+/// Kills the process if the test fails before stopping it: no `dvo run` outlives a failed test.
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
 fn log_file(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("dvo-run-{name}-{}.log", std::process::id()))
 }
@@ -71,6 +84,7 @@ async fn run_serves_health_logs_json_and_stops_on_sigterm() {
     let port = free_port();
     let log = log_file("admin");
     let mut child = dvo_run("admin", &ns, port, &log).spawn().unwrap();
+    let _orphan_guard = KillOnPanic(child.id());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if get(port, "/readyz").is_some_and(|reply| reply.starts_with("HTTP/1.1 200")) {
