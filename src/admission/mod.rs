@@ -5,6 +5,8 @@
 pub mod agent_deployment;
 pub mod approval_request;
 pub mod deployment_policy;
+#[cfg(test)]
+mod fixtures;
 
 use serde_json::{Value, json};
 

@@ -69,6 +69,18 @@ pub fn generate(hosts: &[String]) -> anyhow::Result<(Certificate, NaiveDate)> {
     ))
 }
 
+impl Certificate {
+    /// The Secret data that holds it (the `kubernetes.io/tls` layout plus `ca.crt`).
+    fn secret_data(&self) -> BTreeMap<String, ByteString> {
+        let bytes = |s: &String| ByteString(s.clone().into_bytes());
+        BTreeMap::from([
+            ("ca.crt".to_owned(), bytes(&self.ca)),
+            ("tls.crt".to_owned(), bytes(&self.cert)),
+            ("tls.key".to_owned(), bytes(&self.key)),
+        ])
+    }
+}
+
 fn usable(secret: &Secret, hosts: &[String]) -> Option<Certificate> {
     let ann = secret.annotations();
     let covered: Vec<&str> = ann.get(HOSTS)?.split(',').collect();
@@ -122,20 +134,7 @@ pub async fn ensure(
         secret
             .annotations_mut()
             .insert(NOT_AFTER.to_owned(), not_after.to_string());
-        secret.data = Some(BTreeMap::from([
-            (
-                "ca.crt".to_owned(),
-                ByteString(cert.ca.clone().into_bytes()),
-            ),
-            (
-                "tls.crt".to_owned(),
-                ByteString(cert.cert.clone().into_bytes()),
-            ),
-            (
-                "tls.key".to_owned(),
-                ByteString(cert.key.clone().into_bytes()),
-            ),
-        ]));
+        secret.data = Some(cert.secret_data());
         let pp = PostParams {
             dry_run: false,
             field_manager: Some(crate::controller::MANAGER.to_owned()),
@@ -214,20 +213,7 @@ mod tests {
         secret
             .annotations_mut()
             .insert(NOT_AFTER.into(), not_after.to_string());
-        secret.data = Some(BTreeMap::from([
-            (
-                "ca.crt".to_owned(),
-                ByteString(cert.ca.clone().into_bytes()),
-            ),
-            (
-                "tls.crt".to_owned(),
-                ByteString(cert.cert.clone().into_bytes()),
-            ),
-            (
-                "tls.key".to_owned(),
-                ByteString(cert.key.clone().into_bytes()),
-            ),
-        ]));
+        secret.data = Some(cert.secret_data());
         assert!(usable(&secret, &hosts[..1]).is_some());
         assert!(
             usable(&secret, &["10.0.0.1".to_owned()]).is_none(),

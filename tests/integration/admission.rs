@@ -6,20 +6,20 @@ use std::time::Duration;
 
 use chrono::Utc;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::support::{
-    AUDIENCE, OPERATOR_NS, TENANT, control_plane, entra_key, namespace, operator, stamp_key,
-    wait_for,
+    AUDIENCE, OPERATOR_NS, TENANT, control_plane, entra_key, namespace, operator,
+    scoped_policy as policy, stamp_key, wait_for,
 };
 use dvo_operator::audit::EventType;
 use dvo_operator::audit::store::load;
 use dvo_operator::controller::agent_deployment::approval_request_name;
 use dvo_operator::crd::agent_deployment::{Phase, spec_digest};
 use dvo_operator::crd::approval_request::ApprovalPhase;
-use dvo_operator::crd::{AgentDeployment, ApprovalRequest, DeploymentPolicy};
+use dvo_operator::crd::{AgentDeployment, ApprovalRequest};
 use dvo_operator::identity::stamp::{self, Stamp};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -55,18 +55,6 @@ fn adep(name: &str, env: &str, agent: &str) -> Value {
     json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": name},
         "spec": {"agent": agent, "platform": "langchain", "environment": env, "replicas": 1,
             "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "a", "image": format!("{name}:1")}]}}}})
-}
-
-async fn policy(client: &Client, ns: &str, name: &str, spec: Value) -> String {
-    let mut spec = spec;
-    spec["scope"]["namespaces"] = json!([ns]);
-    let name = format!("{ns}-{name}");
-    let p: DeploymentPolicy = serde_json::from_value(json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "DeploymentPolicy", "metadata": {"name": name}, "spec": spec})).unwrap();
-    Api::<DeploymentPolicy>::all(client.clone())
-        .create(&PostParams::default(), &p)
-        .await
-        .unwrap();
-    name
 }
 
 async fn phase(client: &Client, ns: &str, name: &str, want: Phase) -> AgentDeployment {

@@ -108,15 +108,7 @@ async fn phase_within(
 
 /// A policy scoped to the test's namespace (policies are cluster-wide).
 async fn policy(client: &Client, ns: &str, name: &str, yaml: &str) -> String {
-    let mut spec: Value = serde_yaml::from_str(yaml).unwrap();
-    spec["scope"]["namespaces"] = json!([ns]);
-    let name = format!("{ns}-{name}");
-    let p: DeploymentPolicy = serde_json::from_value(json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "DeploymentPolicy", "metadata": {"name": name}, "spec": spec})).unwrap();
-    Api::<DeploymentPolicy>::all(client.clone())
-        .create(&PostParams::default(), &p)
-        .await
-        .unwrap();
-    name
+    crate::support::scoped_policy(client, ns, name, serde_yaml::from_str(yaml).unwrap()).await
 }
 
 /// `kubectl annotate apr NAME dvo.caat.io/<what>="<what> by test"` as `who`: kubectl's output

@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::support::{control_plane, namespace, operator, wait_for};
 use dvo_operator::controller::agent_deployment::approval_request_name;
 use dvo_operator::crd::agent_deployment::spec_digest;
-use dvo_operator::crd::{AgentDeployment, ApprovalRequest, DeploymentPolicy};
+use dvo_operator::crd::{AgentDeployment, ApprovalRequest};
 use kube::api::{Api, PostParams};
 
 /// `kubectl dvo ARGS` as `who`: output, exit code.
@@ -64,13 +64,13 @@ async fn kubectl_dvo_explains_lists_and_acts() {
         "kubectl finds the plugin: {list}"
     );
 
-    let spec = json!({"action": "RequireApproval", "scope": {"namespaces": [ns]},
-        "approval": {"roles": ["release_manager"], "minApprovals": 2}});
-    let p: DeploymentPolicy = serde_json::from_value(json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "DeploymentPolicy", "metadata": {"name": format!("{ns}-two")}, "spec": spec})).unwrap();
-    Api::<DeploymentPolicy>::all(client.clone())
-        .create(&PostParams::default(), &p)
-        .await
-        .unwrap();
+    crate::support::scoped_policy(
+        &client,
+        &ns,
+        "two",
+        json!({"action": "RequireApproval", "approval": {"roles": ["release_manager"], "minApprovals": 2}}),
+    )
+    .await;
     let ad: AgentDeployment = serde_json::from_value(json!({
         "apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "gha"},
         "spec": {"agent": "PLG", "platform": "langchain", "environment": "staging",

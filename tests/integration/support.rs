@@ -342,8 +342,6 @@ pub fn entra_config(
 
 /// Starts the admission webhook in this process, on a thread of its own, for the whole run.
 fn start_webhook() {
-    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = ready.clone();
     let jwks = control_plane().dir.join("entra-jwks.json");
     std::fs::write(
         &jwks,
@@ -351,33 +349,46 @@ fn start_webhook() {
     )
     .expect("write JWKS");
     let port = free_port();
+    on_own_thread("webhook", move |flag| async move {
+        let client = service_account_client().await;
+        let settings = dvo_operator::webhook::Settings {
+            namespace: OPERATOR_NS.to_owned(),
+            addr: ([127, 0, 0, 1], port).into(),
+            url: Some(format!("https://127.0.0.1:{port}")),
+            service: "dvo-operator-webhook".to_owned(),
+            entra: Some(entra_config("jwksFile", jwks.to_str().expect("utf-8"), 300)),
+            certificates: dvo_operator::webhook::Certificates::Own,
+        };
+        dvo_operator::webhook::serve(client, settings, flag, std::future::pending())
+            .await
+            .expect("webhook serves");
+    });
+}
+
+/// Runs `task` (given its readiness flag) on a thread and runtime of its own, so that it
+/// outlives each test's runtime; returns once the flag is set.
+fn on_own_thread<F, Fut>(what: &str, task: F) -> std::thread::JoinHandle<()>
+where
+    F: FnOnce(std::sync::Arc<std::sync::atomic::AtomicBool>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ready.clone();
     let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let client = service_account_client().await;
-            let settings = dvo_operator::webhook::Settings {
-                namespace: OPERATOR_NS.to_owned(),
-                addr: ([127, 0, 0, 1], port).into(),
-                url: Some(format!("https://127.0.0.1:{port}")),
-                service: "dvo-operator-webhook".to_owned(),
-                entra: Some(entra_config("jwksFile", jwks.to_str().expect("utf-8"), 300)),
-                certificates: dvo_operator::webhook::Certificates::Own,
-            };
-            dvo_operator::webhook::serve(client, settings, flag, std::future::pending())
-                .await
-                .expect("webhook serves");
-        });
+            .expect("runtime")
+            .block_on(task(flag));
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ready.load(std::sync::atomic::Ordering::Relaxed) {
-        assert!(!thread.is_finished(), "the webhook stopped while starting");
-        assert!(Instant::now() < deadline, "the webhook did not start");
+        assert!(!thread.is_finished(), "the {what} stopped while starting");
+        assert!(Instant::now() < deadline, "the {what} did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
+    thread
 }
 
 /// Polls until the API server calls the webhook (it picks up configurations asynchronously): a
@@ -521,6 +532,29 @@ pub fn identity(name: &str) -> dvo_operator::identity::Identity {
     }
 }
 
+/// Creates DeploymentPolicy `<ns>-<name>` with `spec`, scoped to namespace `ns` (policies are
+/// cluster-wide; tests keep theirs to their own namespace). Returns its name.
+pub async fn scoped_policy(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> String {
+    let mut spec = spec;
+    spec["scope"]["namespaces"] = serde_json::json!([ns]);
+    let name = format!("{ns}-{name}");
+    let p: dvo_operator::crd::DeploymentPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "dvo.caat.io/v1alpha1", "kind": "DeploymentPolicy",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("policy");
+    Api::<dvo_operator::crd::DeploymentPolicy>::all(client.clone())
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("create policy");
+    name
+}
+
 /// Serialises tests that change cluster-scoped objects every test sees (Capabilities).
 pub static CLUSTER_SCOPED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -535,36 +569,21 @@ static OPERATOR_SETUP: OnceCell<()> = OnceCell::const_new();
 /// Starts the operator in this process, on a thread of its own (it outlives each test's runtime).
 fn start_operator() -> Running {
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = ready.clone();
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let client = service_account_client().await;
-            let settings = dvo_operator::controller::Settings {
-                namespace: OPERATOR_NS.to_owned(),
-                audit_retention: Some(chrono::Duration::days(365)),
-                identity: "test-operator".to_owned(),
-                audit_sinks: vec![],
-            };
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            dvo_operator::controller::run(client, settings, flag, shutdown)
-                .await
-                .expect("operator runs");
-        });
+    let thread = on_own_thread("operator", move |flag| async move {
+        let client = service_account_client().await;
+        let settings = dvo_operator::controller::Settings {
+            namespace: OPERATOR_NS.to_owned(),
+            audit_retention: Some(chrono::Duration::days(365)),
+            identity: "test-operator".to_owned(),
+            audit_sinks: vec![],
+        };
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        dvo_operator::controller::run(client, settings, flag, shutdown)
+            .await
+            .expect("operator runs");
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready.load(std::sync::atomic::Ordering::Relaxed) {
-        assert!(!thread.is_finished(), "the operator stopped while starting");
-        assert!(Instant::now() < deadline, "the operator did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     Running { stop, thread }
 }
 
