@@ -665,4 +665,33 @@ async fn replicas_converge_on_one_webhook_certificate() {
         .await
         .unwrap();
     assert_eq!(back.cert, more.cert, "which still covers the old hosts");
+    // Issued by another (cert-manager): the operator takes the Secret as it is.
+    let ns2 = namespace(&client, "webhookcertext").await;
+    let external = tokio::spawn({
+        let client = client.clone();
+        let ns2 = ns2.clone();
+        async move { dvo_operator::webhook::tls::external(&client, &ns2).await }
+    });
+    let mut secret = k8s_openapi::api::core::v1::Secret::default();
+    secret.metadata.name = Some(dvo_operator::webhook::tls::SECRET.to_owned());
+    secret.string_data = Some(
+        [
+            ("ca.crt", &back.ca),
+            ("tls.crt", &back.cert),
+            ("tls.key", &back.key),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.clone()))
+        .collect(),
+    );
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns2)
+        .create(&kube::api::PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), external)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((got.ca, got.cert), (back.ca, back.cert));
 }
