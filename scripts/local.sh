@@ -82,7 +82,7 @@ if [[ "$mode" == run ]]; then
 fi
 
 # --- demo: the production approval story ------------------------------------------------------
-as() { local who="$1"; shift; printf '\n$ kubectl --as %s %s\n' "$who" "$*"; KUBECONFIG="$local_cluster/kubeconfig-$who" k "$@" || true; }
+as() { local who="$1"; shift; printf '\n$ kubectl %s   # as %s\n' "$*" "$who"; KUBECONFIG="$local_cluster/kubeconfig-$who" k "$@" || true; }
 plugin() { local who="$1"; shift; printf '\n$ kubectl dvo %s   # as %s\n' "$*" "$who"; KUBECONFIG="$local_cluster/kubeconfig-$who" PATH="$here/target/debug:$PATH" k dvo "$@" || true; }
 k create namespace payments > /dev/null
 # People get the built-in `edit` role; the chart aggregated our kinds into it.
