@@ -483,7 +483,7 @@ async fn walkthrough_production_waits_for_two_release_managers_then_rolls_out_ex
     );
     show(
         &ns,
-        "2. approvals by the requester, a developer, a service account and rosa-release twice: still held",
+        "2. the webhook refused the requester, a developer, a service account and rosa-release's second approval: still held",
     );
 
     accepted(&ns, &apr_name, "release-manager-2", "approve");

@@ -145,7 +145,17 @@ async fn kubectl_dvo_explains_lists_and_acts() {
         "{out}"
     );
 
-    // The offline commands are there too.
+    // The offline commands and the audit log are there too.
     let (out, code) = kubectl_dvo("viewer", &["test", "examples/tests"]);
     assert_eq!(code, 0, "{out}");
+    let (out, code) = kubectl_dvo("admin", &["audit", "verify", "--namespace", "dvo-system"]);
+    assert!(code == 0 && out.starts_with("intact: "), "{out}");
+    let (out, code) = kubectl_dvo(
+        "admin",
+        &["audit", "tail", "-n", "50", "--namespace", "dvo-system"],
+    );
+    assert!(
+        code == 0 && out.contains(&format!("\"resource\":\"{ns}/{apr}\"")),
+        "{out}"
+    );
 }
