@@ -93,6 +93,18 @@ async fn kubectl_dvo_explains_lists_and_acts() {
     )
     .await;
 
+    // The request exists before the AgentDeployment's status points at it.
+    wait_for(
+        &Api::<AgentDeployment>::namespaced(client.clone(), &ns),
+        "gha",
+        |o: Option<&AgentDeployment>| {
+            o.and_then(|a| a.status.as_ref())
+                .and_then(|s| s.approval_request.as_ref())
+                .is_some()
+        },
+        std::time::Duration::from_secs(60),
+    )
+    .await;
     let (out, code) = kubectl_dvo("operator", &["status", "gha", "-n", &ns]);
     assert_eq!(code, 0, "{out}");
     for want in [
