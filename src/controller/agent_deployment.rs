@@ -340,8 +340,48 @@ async fn ensure_approval_request(
     let ns = ad.namespace().unwrap_or_default();
     let api: Api<ApprovalRequest> = Api::namespaced(ctx.client.clone(), &ns);
     let name = approval_request_name(&ad.name_any(), digest);
+    let requirements: Vec<RequirementSpec> = decision
+        .approval_requirements
+        .iter()
+        .map(|r| RequirementSpec {
+            source: r.source.clone(),
+            roles: r.roles.clone(),
+            min_approvals: r.min_approvals,
+            allow_self_approval: r.allow_self_approval,
+            require_mfa: r.require_mfa,
+        })
+        .collect();
     if let Some(existing) = api.get_opt(&name).await? {
-        return Ok(existing);
+        let pending = matches!(
+            existing.status.as_ref().and_then(|s| s.phase),
+            None | Some(ApprovalPhase::Pending)
+        );
+        if !pending || existing.spec.requirements == requirements {
+            return Ok(existing);
+        }
+        // A pending request follows the policies in force: when they now ask for other
+        // approvals, it is replaced (approvals given so far must be given again); a granted
+        // one stands.
+        let uid = existing.uid().unwrap_or_default();
+        let replaced = record::agent(
+            ad,
+            digest,
+            requester,
+            AuditEvent::PolicyEvaluated,
+            "replace approval request",
+            "approval_requirements_changed",
+            &format!("approval-replaced/{uid}"),
+        );
+        ctx.audit.record(replaced).await.map_err(Error::Audit)?;
+        let dp = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        api.delete(&name, &dp).await?;
+        tracing::info!(namespace = %ns, name = %name, "approval requirements changed; request replaced");
     }
     let expiry = decision
         .approval_requirements
@@ -375,17 +415,7 @@ async fn ensure_approval_request(
         platform: ad.spec.platform,
         action: ad.spec.action,
         justification: ad.spec.justification.clone(),
-        requirements: decision
-            .approval_requirements
-            .iter()
-            .map(|r| RequirementSpec {
-                source: r.source.clone(),
-                roles: r.roles.clone(),
-                min_approvals: r.min_approvals,
-                allow_self_approval: r.allow_self_approval,
-                require_mfa: r.require_mfa,
-            })
-            .collect(),
+        requirements,
         expires_at: (Utc::now() + expiry).trunc_subsecs(0),
     };
     let mut apr = ApprovalRequest::new(&name, spec);

@@ -138,6 +138,10 @@ async fn the_operator_gets_what_it_needs_and_people_get_aggregated_roles() {
             "yes",
         ),
         (
+            vec!["delete", "approvalrequests.dvo.caat.io", "-n", "team"],
+            "yes",
+        ),
+        (
             vec![
                 "patch",
                 "agentdeployments.dvo.caat.io",

@@ -1146,3 +1146,54 @@ async fn hook_jobs_run_after_the_rollout_and_their_outcome_is_recorded() {
             .contains("integration-tests")
     );
 }
+
+/// A pending request follows the policies in force: tightened while pending, it is replaced and
+/// needs the new quorum; approvals given to the old one must be given again.
+#[tokio::test]
+async fn a_policy_tightened_while_pending_replaces_the_request() {
+    let client = operator().await;
+    let ns = namespace(&client, "tighten").await;
+    let name = policy(
+        &client,
+        &ns,
+        "approve",
+        "{action: RequireApproval, approval: {roles: [release_manager], minApprovals: 2}}",
+    )
+    .await;
+    let ad = create(
+        &client,
+        &ns,
+        manifest("gha", "staging", "gha:1", json!({})),
+        Some("operator"),
+    )
+    .await;
+    let apr = approval_request_name("gha", &spec_digest(&ad.spec));
+    phase(&client, &ns, "gha", Phase::PendingApproval).await;
+    accepted(&ns, &apr, "release-manager-1", "approve");
+    let api = Api::<ApprovalRequest>::namespaced(client.clone(), &ns);
+    let first = api.get(&apr).await.unwrap().uid();
+    let patch =
+        json!({"spec": {"approval": {"roles": ["release_manager", "admin"], "minApprovals": 3}}});
+    Api::<DeploymentPolicy>::all(client.clone())
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let replaced = wait_for(
+        &api,
+        &apr,
+        move |o: Option<&ApprovalRequest>| {
+            o.is_some_and(|a| a.uid() != first && a.spec.requirements[0].min_approvals == 3)
+        },
+        WAIT,
+    )
+    .await;
+    assert!(
+        !replaced.annotations().contains_key("dvo.caat.io/acts"),
+        "approvals given to the old request do not carry over"
+    );
+    for who in ["release-manager-1", "release-manager-2", "admin"] {
+        accepted(&ns, &apr, who, "approve");
+    }
+    apr_phase(&client, &ns, &apr, ApprovalPhase::Approved).await;
+    phase(&client, &ns, "gha", Phase::Progressing).await;
+}
