@@ -141,6 +141,50 @@ pub fn review(
     }
 }
 
+/// The final check, after every mutating webhook and the schema: a new spec (create, or an
+/// update that changed it) must carry a requester stamp that verifies for exactly this spec. It
+/// catches a later mutating webhook changing the spec after ours, and anything our mutating
+/// review let through unread.
+pub fn review_final(
+    env: &Env,
+    user: &Identity,
+    old: Option<&AgentDeployment>,
+    new: &AgentDeployment,
+) -> Verdict {
+    if user.username == env.operator {
+        return Verdict::allow();
+    }
+    let digest = spec_digest(&new.spec);
+    if old.is_some_and(|o| spec_digest(&o.spec) == digest) {
+        return Verdict::allow();
+    }
+    let ns = new.metadata.namespace.as_deref().unwrap_or_default();
+    let name = new.metadata.name.as_deref().unwrap_or_default();
+    let verified = annotation(Some(new), stamp::ANNOTATION)
+        .ok_or_else(|| "it has no requester stamp".to_owned())
+        .and_then(|text| Stamp::parse(&text))
+        .and_then(|s| s.verify(env.key, ns, name, &digest).map(|_| ()));
+    match verified {
+        Ok(()) => Verdict::allow(),
+        Err(why) => {
+            let message = format!(
+                "AgentDeployment {ns}/{name} refused: {why} (was its spec changed after the dvo webhook stamped it?)"
+            );
+            let mut d = draft(
+                EventType::PermissionDenied,
+                user,
+                "admit",
+                format!("{ns}/{name}"),
+                KIND,
+                "denied",
+                Some(message.clone()),
+            );
+            d.environment = Some(new.spec.environment.clone());
+            Verdict::refuse(message, d)
+        }
+    }
+}
+
 #[cfg(test)]
 #[path = "agent_deployment_tests.rs"]
 mod tests;

@@ -212,3 +212,49 @@ fn break_glass_is_for_holders_of_bypass_approval_and_one_spec() {
     assert_eq!(annotation(Some(&after), BREAK_GLASS_STAMP), None);
     assert_eq!(requester(&after).as_deref(), Some("dev-dana"));
 }
+
+#[test]
+fn the_final_check_wants_a_stamp_for_exactly_the_stored_spec() {
+    let mapping = mapping();
+    let env = Env {
+        mapping: &mapping,
+        key: KEY,
+        operator: OPERATOR,
+    };
+    let (_, stamped, _) = run("dana", None, &ad("development", "a:1", json!(null)));
+    assert_eq!(
+        review_final(&env, &who("dana"), None, &stamped),
+        Verdict::allow()
+    );
+    // Another mutating webhook changed the image after ours stamped it.
+    let mut changed = stamped.clone();
+    changed
+        .spec
+        .template
+        .as_mut()
+        .unwrap()
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers[0]
+        .image = Some("evil:1".into());
+    let v = review_final(&env, &who("dana"), None, &changed);
+    assert!(
+        v.refusal
+            .unwrap()
+            .contains("the requester stamp is for spec"),
+        "refused"
+    );
+    let bare = ad("development", "a:1", json!(null));
+    let v = review_final(&env, &who("dana"), None, &bare);
+    assert!(v.refusal.unwrap().contains("it has no requester stamp"));
+    // Unchanged specs (metadata updates) and the operator's own writes pass.
+    assert_eq!(
+        review_final(&env, &who("vera"), Some(&bare), &bare),
+        Verdict::allow()
+    );
+    assert_eq!(
+        review_final(&env, &who("operator"), None, &bare),
+        Verdict::allow()
+    );
+}

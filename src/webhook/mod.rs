@@ -218,6 +218,12 @@ impl Shared {
                 let old = typed::<AgentDeployment>(req.old_object.as_ref()).ok();
                 admission::agent_deployment::review(&env, &user, old.as_ref(), &new, now)
             }
+            ("agentdeployments-final", Operation::Create | Operation::Update) => {
+                // After the schema: what our types cannot read is refused (fail closed).
+                let new = typed::<AgentDeployment>(req.object.as_ref())?;
+                let old = typed::<AgentDeployment>(req.old_object.as_ref()).ok();
+                admission::agent_deployment::review_final(&env, &user, old.as_ref(), &new)
+            }
             ("approvalrequests", Operation::Create) => {
                 let new = typed::<ApprovalRequest>(req.object.as_ref())?;
                 admission::approval_request::review_create(&env, &user, &new)

@@ -85,6 +85,8 @@ pub fn configurations(settings: &Settings, ca: &str) -> [(GroupVersionKind, Valu
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": NAME, "labels": {"app.kubernetes.io/name": "dvo-operator"}},
         "webhooks": [
+            webhook(settings, ca, "agentdeployments-final.dvo.caat.io", "/admit/agentdeployments-final",
+                json!([rule(&["CREATE", "UPDATE"], &["agentdeployments"])])),
             webhook(settings, ca, "deploymentpolicies.dvo.caat.io", "/admit/deploymentpolicies",
                 json!([rule(&["CREATE", "UPDATE", "DELETE"], &["deploymentpolicies"])])),
             webhook(settings, ca, "status.dvo.caat.io", "/admit/status",
