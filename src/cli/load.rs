@@ -119,6 +119,5 @@ pub fn role_mapping(path: Option<&Path>) -> Result<RoleMapping> {
     };
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_yaml::from_str(&text)
-        .map_err(|e| anyhow!("{}: invalid role mapping: {e}", path.display()))
+    RoleMapping::parse(&text).map_err(|e| anyhow!("{}: invalid role mapping: {e}", path.display()))
 }

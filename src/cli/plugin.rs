@@ -6,14 +6,12 @@ use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result, anyhow};
 use clap::{Parser, Subcommand};
-use k8s_openapi::api::authentication::v1::SelfSubjectReview;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
 use super::Offline;
 use crate::crd::approval_request::ApprovalPhase;
 use crate::crd::{AgentDeployment, ApprovalRequest};
-use crate::identity::Identity;
 
 /// Governance of AI agent deployments, from kubectl.
 #[derive(Parser)]
@@ -134,24 +132,10 @@ async fn act(
     }
 }
 
-/// Who I am, as the API server sees me.
-async fn whoami(client: &Client) -> Result<Identity> {
-    let review = Api::<SelfSubjectReview>::all(client.clone())
-        .create(&PostParams::default(), &SelfSubjectReview::default())
-        .await
-        .context("asking the API server who I am")?;
-    let user = review.status.and_then(|s| s.user_info).unwrap_or_default();
-    Ok(Identity {
-        username: user.username.unwrap_or_default(),
-        uid: user.uid,
-        groups: user.groups.unwrap_or_default(),
-    })
-}
-
 /// The pending requests `me` could approve: each is asked of the admission webhook itself with a
 /// dry-run approval (no side effects), so the answer is exactly the webhook's.
 async fn pending(client: &Client, api: &Api<ApprovalRequest>) -> Result<(String, u8)> {
-    let me = whoami(client).await?;
+    let me = crate::webhook::whoami(client).await?;
     let now = chrono::Utc::now();
     let mut out = String::new();
     for apr in api.list(&ListParams::default()).await?.items {

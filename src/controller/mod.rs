@@ -102,10 +102,7 @@ pub async fn role_mapping(client: &Client, namespace: &str) -> Result<RoleMappin
         .and_then(|d| d.get(ROLE_MAPPING_KEY))
         .cloned()
         .unwrap_or_default();
-    if text.trim().is_empty() {
-        return Ok(RoleMapping::default());
-    }
-    serde_yaml::from_str(&text).map_err(|e| {
+    RoleMapping::parse(&text).map_err(|e| {
         Error::Config(format!(
             "ConfigMap {namespace}/{ROLE_MAPPING_CONFIGMAP} key {ROLE_MAPPING_KEY} is not a valid role mapping: {e}"
         ))

@@ -115,6 +115,16 @@ pub struct RoleMapping {
 }
 
 impl RoleMapping {
+    /// Reads a mapping from its YAML (the ConfigMap's `roles.yaml`, a `--role-mapping` file):
+    /// empty text is the empty mapping (everyone a viewer); anything unreadable is an error,
+    /// never a partial mapping.
+    pub fn parse(text: &str) -> Result<RoleMapping, String> {
+        if text.trim().is_empty() {
+            return Ok(RoleMapping::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| e.to_string())
+    }
+
     /// The roles and machine flag of `identity` in `environment`.
     pub fn subject(&self, identity: &Identity, environment: &str) -> Subject {
         let mut roles = BTreeSet::new();
@@ -270,5 +280,24 @@ environmentTiers:
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown variant `root`"), "{err}");
+    }
+
+    #[test]
+    fn parse_takes_empty_text_and_refuses_anything_unreadable() {
+        assert_eq!(RoleMapping::parse("  \n"), Ok(RoleMapping::default()));
+        let ok = RoleMapping::parse("groups: {g: [release_manager]}").unwrap();
+        assert_eq!(ok.groups["g"], [Role::ReleaseManager].into());
+        for (text, want) in [
+            ("groups: {g: [superuser]}", "unknown variant `superuser`"),
+            ("grups: {g: [admin]}", "unknown field `grups`"),
+            (
+                "environmentTiers: {}\nenvironmentTiers: {}",
+                "duplicate field `environmentTiers`",
+            ),
+            ("users: [alice]", "invalid type"),
+        ] {
+            let err = RoleMapping::parse(text).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 }

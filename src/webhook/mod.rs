@@ -69,16 +69,23 @@ struct Shared {
     verifier: Option<jwks::Verifier>,
 }
 
-/// The user name the API server knows this process by: the only writer of status.
-pub async fn whoami(client: &Client) -> anyhow::Result<String> {
+/// Who the API server knows `client` as (a SelfSubjectReview): for the webhook, the operator's
+/// own user name, the only writer of status; for `kubectl dvo`, the person at the keyboard.
+pub async fn whoami(client: &Client) -> anyhow::Result<Identity> {
     let review = Api::<SelfSubjectReview>::all(client.clone())
         .create(&PostParams::default(), &SelfSubjectReview::default())
-        .await?;
-    review
+        .await
+        .map_err(|e| anyhow::anyhow!("asking the API server who this client is: {e}"))?;
+    let user = review
         .status
         .and_then(|s| s.user_info)
-        .and_then(|u| u.username)
-        .ok_or_else(|| anyhow::anyhow!("the API server did not say who this operator is"))
+        .filter(|u| u.username.as_deref().is_some_and(|n| !n.is_empty()))
+        .ok_or_else(|| anyhow::anyhow!("the API server did not say who this client is"))?;
+    Ok(Identity {
+        username: user.username.unwrap_or_default(),
+        uid: user.uid,
+        groups: user.groups.unwrap_or_default(),
+    })
 }
 
 /// Runs the webhook until `shutdown` completes. `ready` is set once it listens and its
@@ -90,7 +97,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let ns = settings.namespace.clone();
-    let operator = whoami(&client).await?;
+    let operator = whoami(&client).await?.username;
     let keys = crate::controller::ensure_keys(&client, &ns).await?;
     let hosts = registration::hosts(&settings)?;
     let cert = match settings.certificates {
