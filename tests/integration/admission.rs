@@ -15,7 +15,6 @@ use crate::support::{
     scoped_policy as policy, stamp_key, wait_for,
 };
 use dvo_operator::audit::EventType;
-use dvo_operator::audit::store::load;
 use dvo_operator::controller::agent_deployment::approval_request_name;
 use dvo_operator::crd::agent_deployment::{Phase, spec_digest};
 use dvo_operator::crd::approval_request::ApprovalPhase;
@@ -88,20 +87,11 @@ async fn apr_phase(client: &Client, ns: &str, name: &str, want: ApprovalPhase) -
 
 /// Admission facts of the audit log about `resource`: (event, user, status).
 async fn admission_facts(client: &Client, resource: &str) -> Vec<(EventType, String, String)> {
-    let (segments, _) = load(client, OPERATOR_NS).await.unwrap();
-    segments
-        .iter()
-        .flat_map(|s| &s.entries)
-        .filter(|e| {
-            e.draft.resource == resource && e.draft.idempotency_key.starts_with("admission/")
-        })
-        .map(|e| {
-            (
-                e.draft.event_type,
-                e.draft.user_id.clone(),
-                e.draft.status.clone(),
-            )
-        })
+    crate::support::audit_entries(client, resource)
+        .await
+        .into_iter()
+        .filter(|e| e.draft.idempotency_key.starts_with("admission/"))
+        .map(|e| (e.draft.event_type, e.draft.user_id, e.draft.status))
         .collect()
 }
 

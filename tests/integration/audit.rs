@@ -8,7 +8,7 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use crate::support::{OPERATOR_NS, control_plane, namespace, operator};
+use crate::support::{OPERATOR_NS, audit_entries, control_plane, create_as, namespace, operator};
 use dvo_operator::audit::sink::{self, Sink, Target};
 use dvo_operator::audit::store::{AuditLog, SEGMENT_LABEL, load};
 use dvo_operator::audit::{Draft, EventType, FaultKind, SigningKey, verify};
@@ -245,23 +245,11 @@ async fn the_operator_records_a_deployment_before_acting_and_its_log_verifies() 
         "spec": {"agent": "AUD", "platform": "copilot-studio", "environment": "development"},
     }))
     .unwrap();
-    let created = Api::<dvo_operator::crd::AgentDeployment>::namespaced(
-        crate::support::control_plane().client("developer").await,
-        &ns,
-    )
-    .create(&PostParams::default(), &ad)
-    .await
-    .unwrap();
+    let created = create_as("developer", &ns, serde_json::to_value(&ad).unwrap()).await;
     let resource = format!("{ns}/gha");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let entry = loop {
-        let (segments, _) = load(&client, OPERATOR_NS).await.unwrap();
-        let found = segments
-            .iter()
-            .flat_map(|s| s.entries.iter())
-            .find(|e| e.draft.resource == resource)
-            .cloned();
-        if let Some(e) = found {
+        if let Some(e) = audit_entries(&client, &resource).await.into_iter().next() {
             break e;
         }
         assert!(
@@ -968,21 +956,13 @@ async fn restarts_neither_lose_nor_duplicate_audit_facts() {
     .unwrap();
     let digest = dvo_operator::crd::agent_deployment::spec_digest(&ad.spec);
     // Requested by ops-omar, stamped by the admission webhook.
-    Api::<dvo_operator::crd::AgentDeployment>::namespaced(
-        crate::support::control_plane().client("operator").await,
-        &ns,
-    )
-    .create(&PostParams::default(), &ad)
-    .await
-    .unwrap();
+    create_as("operator", &ns, serde_json::to_value(&ad).unwrap()).await;
     let resource = format!("{ns}/gha");
     let facts = || async {
-        let (segments, _) = load(&client, OPERATOR_NS).await.unwrap();
-        let mut keys: Vec<String> = segments
-            .iter()
-            .flat_map(|s| &s.entries)
-            .filter(|e| e.draft.resource == resource)
-            .map(|e| e.draft.idempotency_key.clone())
+        let mut keys: Vec<String> = audit_entries(&client, &resource)
+            .await
+            .into_iter()
+            .map(|e| e.draft.idempotency_key)
             .collect();
         keys.sort();
         keys
@@ -1086,22 +1066,13 @@ async fn an_action_that_fails_after_its_append_is_retried_without_a_second_entry
                  "template": {"spec": {"containers": [{"name": "a", "image": "ahd:1"}]}}},
     }))
     .unwrap();
-    Api::<dvo_operator::crd::AgentDeployment>::namespaced(
-        crate::support::control_plane().client("operator").await,
-        &ns,
-    )
-    .create(&PostParams::default(), &ad)
-    .await
-    .unwrap();
+    create_as("operator", &ns, serde_json::to_value(&ad).unwrap()).await;
     let resource = format!("{ns}/gha");
     let rollouts = || async {
-        let (segments, _) = load(&client, OPERATOR_NS).await.unwrap();
-        segments
+        audit_entries(&client, &resource)
+            .await
             .iter()
-            .flat_map(|s| &s.entries)
-            .filter(|e| {
-                e.draft.resource == resource && e.draft.idempotency_key.starts_with("rollout/")
-            })
+            .filter(|e| e.draft.idempotency_key.starts_with("rollout/"))
             .count()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

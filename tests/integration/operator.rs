@@ -14,8 +14,8 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::support::{
-    CLUSTER_SCOPED, OPERATOR_IDENTITY, control_plane, namespace, operator, restart_operator,
-    wait_for,
+    CLUSTER_SCOPED, OPERATOR_IDENTITY, control_plane, create_as, namespace, operator,
+    restart_operator, wait_for,
 };
 use dvo_operator::controller::agent_deployment::approval_request_name;
 use dvo_operator::controller::workload::{DIGEST_ANNOTATION, OWNER_LABEL};
@@ -40,25 +40,12 @@ fn manifest(name: &str, env: &str, image: &str, extra: Value) -> Value {
 /// Creates an AgentDeployment as `who`, whom the admission webhook stamps as its requester.
 /// None: as the operator's own identity, whose writes the webhook does not stamp (an object
 /// without a verified requester).
-async fn create(_: &Client, ns: &str, manifest: Value, who: Option<&str>) -> AgentDeployment {
-    let client = control_plane()
-        .client(who.unwrap_or(OPERATOR_IDENTITY))
-        .await;
-    let ad: AgentDeployment = serde_json::from_value(manifest).unwrap();
-    Api::<AgentDeployment>::namespaced(client, ns)
-        .create(&PostParams::default(), &ad)
-        .await
-        .unwrap_or_else(|e| panic!("{who:?} creates {}: {e}", ad.name_any()))
+async fn create(ns: &str, manifest: Value, who: Option<&str>) -> AgentDeployment {
+    create_as(who.unwrap_or(OPERATOR_IDENTITY), ns, manifest).await
 }
 
 /// Changes the spec (fields merged into it) as `who`.
-async fn change_spec(
-    _: &Client,
-    ns: &str,
-    name: &str,
-    changes: Value,
-    who: &str,
-) -> AgentDeployment {
+async fn change_spec(ns: &str, name: &str, changes: Value, who: &str) -> AgentDeployment {
     let client = control_plane().client(who).await;
     Api::<AgentDeployment>::namespaced(client, ns)
         .patch(
@@ -109,6 +96,26 @@ async fn phase_within(
 /// A policy scoped to the test's namespace (policies are cluster-wide).
 async fn policy(client: &Client, ns: &str, name: &str, yaml: &str) -> String {
     crate::support::scoped_policy(client, ns, name, serde_yaml::from_str(yaml).unwrap()).await
+}
+
+/// A staging AgentDeployment `gha` by ops-omar, held by policy `approve` (`approval` as given):
+/// the policy's name, the object, and its ApprovalRequest's name, once it is PendingApproval.
+async fn held_for_approval(
+    client: &Client,
+    ns: &str,
+    approval: &str,
+) -> (String, AgentDeployment, String) {
+    let yaml = format!("{{action: RequireApproval, approval: {approval}}}");
+    let policy = policy(client, ns, "approve", &yaml).await;
+    let ad = create(
+        ns,
+        manifest("gha", "staging", "gha:1", json!({})),
+        Some("operator"),
+    )
+    .await;
+    let apr = approval_request_name("gha", &spec_digest(&ad.spec));
+    phase(client, ns, "gha", Phase::PendingApproval).await;
+    (policy, ad, apr)
 }
 
 /// `kubectl annotate apr NAME dvo.caat.io/<what>="<what> by test"` as `who`: kubectl's output
@@ -218,7 +225,6 @@ async fn allowed_spec_rolls_out_and_becomes_ready() {
     let client = operator().await;
     let ns = namespace(&client, "allow").await;
     let ad = create(
-        &client,
         &ns,
         manifest("gha", "development", "gha:1", json!({"replicas": 2})),
         Some("developer"),
@@ -307,13 +313,7 @@ async fn allowed_spec_rolls_out_and_becomes_ready() {
 async fn unknown_or_forged_requesters_are_not_privileged() {
     let client = operator().await;
     let ns = namespace(&client, "nostamp").await;
-    create(
-        &client,
-        &ns,
-        manifest("gha", "staging", "gha:1", json!({})),
-        None,
-    )
-    .await;
+    create(&ns, manifest("gha", "staging", "gha:1", json!({})), None).await;
     let ad = phase(&client, &ns, "gha", Phase::Blocked).await;
     assert!(
         ad.status
@@ -364,7 +364,6 @@ async fn walkthrough_production_waits_for_two_release_managers_then_rolls_out_ex
     let ns = namespace(&client, "prod").await;
     policy(&client, &ns, "two-rms", "{action: RequireApproval, scope: {environments: [production]}, approval: {roles: [release_manager], minApprovals: 2}}").await;
     let ad = create(
-        &client,
         &ns,
         manifest("gha", "production", "gha:1", json!({})),
         Some("operator"),
@@ -502,7 +501,7 @@ async fn walkthrough_production_waits_for_two_release_managers_then_rolls_out_ex
     show(&ns, "4. pods ready: Deployed");
 
     // A new spec waits for its own approval while the approved one keeps running.
-    let ad = change_spec(&client, &ns, "gha", json!({"template": {"metadata": {"labels": {"app": "gha"}}, "spec": {"containers": [{"name": "agent", "image": "gha:2"}]}}}), "operator").await;
+    let ad = change_spec(&ns, "gha", json!({"template": {"metadata": {"labels": {"app": "gha"}}, "spec": {"containers": [{"name": "agent", "image": "gha:2"}]}}}), "operator").await;
     let digest2 = spec_digest(&ad.spec);
     let ad = phase(&client, &ns, "gha", Phase::PendingApproval).await;
     let apr2 = approval_request_name("gha", &digest2);
@@ -539,23 +538,8 @@ async fn walkthrough_production_waits_for_two_release_managers_then_rolls_out_ex
 async fn a_spec_change_while_pending_supersedes_the_request() {
     let client = operator().await;
     let ns = namespace(&client, "supersede").await;
-    policy(
-        &client,
-        &ns,
-        "approve",
-        "{action: RequireApproval, approval: {roles: [release_manager]}}",
-    )
-    .await;
-    let ad = create(
-        &client,
-        &ns,
-        manifest("gha", "staging", "gha:1", json!({})),
-        Some("operator"),
-    )
-    .await;
-    let first = approval_request_name("gha", &spec_digest(&ad.spec));
-    phase(&client, &ns, "gha", Phase::PendingApproval).await;
-    let ad = change_spec(&client, &ns, "gha", json!({"replicas": 3}), "operator").await;
+    let (_, _, first) = held_for_approval(&client, &ns, "{roles: [release_manager]}").await;
+    let ad = change_spec(&ns, "gha", json!({"replicas": 3}), "operator").await;
     let second = approval_request_name("gha", &spec_digest(&ad.spec));
     apr_phase(&client, &ns, &first, ApprovalPhase::Superseded).await;
     phase(&client, &ns, "gha", Phase::PendingApproval).await;
@@ -595,7 +579,6 @@ async fn rejection_and_expiry() {
     .await;
     policy(&client, &ns, "quick", "{action: RequireApproval, scope: {agents: [QCK]}, approval: {roles: [release_manager], expiry: 3s}}").await;
     let ad = create(
-        &client,
         &ns,
         manifest("gha", "staging", "gha:1", json!({})),
         Some("operator"),
@@ -630,7 +613,6 @@ async fn rejection_and_expiry() {
     );
 
     create(
-        &client,
         &ns,
         manifest("qck", "staging", "qck:1", json!({"agent": "QCK"})),
         Some("operator"),
@@ -684,7 +666,6 @@ async fn a_closed_window_holds_the_rollout_until_it_opens() {
     )
     .await;
     create(
-        &client,
         &ns,
         manifest("gha", "development", "gha:1", json!({})),
         Some("developer"),
@@ -738,7 +719,6 @@ async fn capability_fallbacks() {
     // Error: blocked.
     set("deploy-fastapi", false, "Error").await;
     create(
-        &client,
         &ns,
         manifest("fst", "development", "fst:1", fastapi.clone()),
         Some("developer"),
@@ -775,7 +755,6 @@ async fn capability_fallbacks() {
     set("kb-sync", false, "Degrade").await;
     set("integration-tests", false, "Skip").await;
     create(
-        &client,
         &ns,
         manifest("kbs", "development", "kbs:1", hook),
         Some("developer"),
@@ -801,7 +780,7 @@ async fn capability_fallbacks() {
 
     // Copilot Studio is always a person's job.
     let copilot = json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "hdc"}, "spec": {"agent": "HDC", "platform": "copilot-studio", "environment": "development"}});
-    create(&client, &ns, copilot, Some("developer")).await;
+    create(&ns, copilot, Some("developer")).await;
     let ad = phase(&client, &ns, "hdc", Phase::ManualActionRequired).await;
     assert!(
         ad.status.unwrap().decision.unwrap().manual_instructions[0]
@@ -820,7 +799,6 @@ async fn production_is_validated_by_a_ready_staging_deployment_of_the_same_image
     policy(&client, &ns, "deny-direct-prod", "{priority: 5, action: Deny, message: Production deployments require prior staging validation, conditions: [{field: environment, operator: Equals, value: production}, {field: staging_validated, operator: NotEquals, value: true}]}").await;
     let agent = json!({"agent": format!("EV{}", &ns[ns.len() - 4..].replace('-', ""))});
     create(
-        &client,
         &ns,
         manifest("prod", "production", "ev:7", agent.clone()),
         Some("release-manager-1"),
@@ -835,7 +813,6 @@ async fn production_is_validated_by_a_ready_staging_deployment_of_the_same_image
             .contains("require prior staging validation")
     );
     create(
-        &client,
         &ns,
         manifest("stage", "staging", "ev:7", agent),
         Some("operator"),
@@ -860,7 +837,6 @@ async fn a_failed_rollout_rolls_back_to_the_last_healthy_spec_unless_disabled() 
     let ns = namespace(&client, "rollback").await;
     for (name, auto) in [("auto", true), ("manual", false)] {
         let ad = create(
-            &client,
             &ns,
             manifest(
                 name,
@@ -876,7 +852,6 @@ async fn a_failed_rollout_rolls_back_to_the_last_healthy_spec_unless_disabled() 
         phase(&client, &ns, name, Phase::Deployed).await;
         let template = json!({"metadata": {"labels": {"app": "gha"}}, "spec": {"containers": [{"name": "agent", "image": "bad:2"}]}});
         let ad = change_spec(
-            &client,
             &ns,
             name,
             json!({"template": template, "progressDeadlineSeconds": 2}),
@@ -915,7 +890,6 @@ async fn deleting_the_agent_deployment_collects_its_deployment() {
     let client = operator().await;
     let ns = namespace(&client, "gc").await;
     create(
-        &client,
         &ns,
         manifest("gha", "development", "gha:1", json!({})),
         Some("developer"),
@@ -940,22 +914,7 @@ async fn deleting_the_agent_deployment_collects_its_deployment() {
 async fn a_restart_mid_flow_resumes_without_duplicates() {
     let client = operator().await;
     let ns = namespace(&client, "restart").await;
-    policy(
-        &client,
-        &ns,
-        "approve",
-        "{action: RequireApproval, approval: {roles: [release_manager]}}",
-    )
-    .await;
-    let ad = create(
-        &client,
-        &ns,
-        manifest("gha", "staging", "gha:1", json!({})),
-        Some("operator"),
-    )
-    .await;
-    let apr = approval_request_name("gha", &spec_digest(&ad.spec));
-    phase(&client, &ns, "gha", Phase::PendingApproval).await;
+    let (_, _, apr) = held_for_approval(&client, &ns, "{roles: [release_manager]}").await;
     restart_operator().await;
     accepted(&ns, &apr, "release-manager-1", "approve");
     phase(&client, &ns, "gha", Phase::Progressing).await;
@@ -1060,7 +1019,6 @@ async fn hook_jobs_run_after_the_rollout_and_their_outcome_is_recorded() {
     let ns = namespace(&client, "hooks").await;
     let steps = json!({"steps": {"integrationTests": {"image": "tests:1", "args": ["--smoke"]}, "kbSync": {"image": "kb:1"}}});
     let ad = create(
-        &client,
         &ns,
         manifest("gha", "development", "gha:1", steps.clone()),
         Some("developer"),
@@ -1114,7 +1072,6 @@ async fn hook_jobs_run_after_the_rollout_and_their_outcome_is_recorded() {
 
     // Failing integration tests fail the rollout.
     let ad = create(
-        &client,
         &ns,
         manifest(
             "orc",
@@ -1153,22 +1110,8 @@ async fn hook_jobs_run_after_the_rollout_and_their_outcome_is_recorded() {
 async fn a_policy_tightened_while_pending_replaces_the_request() {
     let client = operator().await;
     let ns = namespace(&client, "tighten").await;
-    let name = policy(
-        &client,
-        &ns,
-        "approve",
-        "{action: RequireApproval, approval: {roles: [release_manager], minApprovals: 2}}",
-    )
-    .await;
-    let ad = create(
-        &client,
-        &ns,
-        manifest("gha", "staging", "gha:1", json!({})),
-        Some("operator"),
-    )
-    .await;
-    let apr = approval_request_name("gha", &spec_digest(&ad.spec));
-    phase(&client, &ns, "gha", Phase::PendingApproval).await;
+    let (name, _, apr) =
+        held_for_approval(&client, &ns, "{roles: [release_manager], minApprovals: 2}").await;
     accepted(&ns, &apr, "release-manager-1", "approve");
     let api = Api::<ApprovalRequest>::namespaced(client.clone(), &ns);
     let first = api.get(&apr).await.unwrap().uid();

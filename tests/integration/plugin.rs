@@ -10,7 +10,7 @@ use crate::support::{control_plane, namespace, operator, wait_for};
 use dvo_operator::controller::agent_deployment::approval_request_name;
 use dvo_operator::crd::agent_deployment::spec_digest;
 use dvo_operator::crd::{AgentDeployment, ApprovalRequest};
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 
 /// `kubectl dvo ARGS` as `who`: output, exit code.
 fn kubectl_dvo(who: &str, args: &[&str]) -> (String, i32) {
@@ -71,16 +71,16 @@ async fn kubectl_dvo_explains_lists_and_acts() {
         json!({"action": "RequireApproval", "approval": {"roles": ["release_manager"], "minApprovals": 2}}),
     )
     .await;
-    let ad: AgentDeployment = serde_json::from_value(json!({
+    let ad = crate::support::create_as(
+        "operator",
+        &ns,
+        json!({
         "apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "gha"},
         "spec": {"agent": "PLG", "platform": "langchain", "environment": "staging",
             "template": {"spec": {"containers": [{"name": "a", "image": "plg:1"}]}}},
-    }))
-    .unwrap();
-    let ad = Api::<AgentDeployment>::namespaced(control_plane().client("operator").await, &ns)
-        .create(&PostParams::default(), &ad)
-        .await
-        .unwrap();
+    }),
+    )
+    .await;
     let apr = approval_request_name("gha", &spec_digest(&ad.spec));
     wait_for(
         &Api::<ApprovalRequest>::namespaced(client.clone(), &ns),

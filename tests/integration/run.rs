@@ -96,18 +96,10 @@ async fn run_serves_health_logs_json_and_stops_on_sigterm() {
     }
     assert!(get(port, "/healthz").unwrap().starts_with("HTTP/1.1 200"));
     // Metrics: this replica leads, and reconciles are counted (it watches the whole cluster).
-    let ad: dvo_operator::crd::AgentDeployment = serde_json::from_value(serde_json::json!({
+    crate::support::create_as("operator", &ns, serde_json::json!({
         "apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "counted"},
         "spec": {"agent": "CNT", "platform": "copilot-studio", "environment": "development"},
-    }))
-    .unwrap();
-    kube::Api::<dvo_operator::crd::AgentDeployment>::namespaced(
-        control_plane().client("operator").await,
-        &ns,
-    )
-    .create(&Default::default(), &ad)
-    .await
-    .unwrap();
+    })).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let metrics = loop {
         let text = get(port, "/metrics").unwrap_or_default();

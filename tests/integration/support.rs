@@ -555,6 +555,33 @@ pub async fn scoped_policy(
     name
 }
 
+/// Creates the AgentDeployment `manifest` in `ns` as `who` (the admission webhook stamps them as
+/// its requester).
+pub async fn create_as(
+    who: &str,
+    ns: &str,
+    manifest: serde_json::Value,
+) -> dvo_operator::crd::AgentDeployment {
+    let ad: dvo_operator::crd::AgentDeployment =
+        serde_json::from_value(manifest).expect("AgentDeployment");
+    Api::<dvo_operator::crd::AgentDeployment>::namespaced(control_plane().client(who).await, ns)
+        .create(&PostParams::default(), &ad)
+        .await
+        .unwrap_or_else(|e| panic!("{who} creates {:?}: {e}", ad.metadata.name))
+}
+
+/// The entries of the operator's audit log about `resource` (`namespace/name`), in order.
+pub async fn audit_entries(client: &Client, resource: &str) -> Vec<dvo_operator::audit::Entry> {
+    let (segments, _) = dvo_operator::audit::store::load(client, OPERATOR_NS)
+        .await
+        .expect("load the audit log");
+    segments
+        .into_iter()
+        .flat_map(|s| s.entries)
+        .filter(|e| e.draft.resource == resource)
+        .collect()
+}
+
 /// Serialises tests that change cluster-scoped objects every test sees (Capabilities).
 pub static CLUSTER_SCOPED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
