@@ -13,6 +13,14 @@ fn ad(env: &str, image: &str, annotations: Value) -> AgentDeployment {
     .unwrap()
 }
 
+/// `ad` with another image: a new spec.
+fn with_image(ad: &AgentDeployment, image: &str) -> AgentDeployment {
+    let mut changed = ad.clone();
+    let template = changed.spec.template.as_mut().unwrap();
+    template.spec.as_mut().unwrap().containers[0].image = Some(image.into());
+    changed
+}
+
 fn now() -> DateTime<Utc> {
     "2026-11-22T03:00:00Z".parse().unwrap()
 }
@@ -126,17 +134,7 @@ fn stamps_are_written_by_the_webhook_only() {
     assert_eq!(refusal, None);
     assert_eq!(requester(&after).as_deref(), Some("dev-dana"), "untouched");
     // A new spec gets the new requester's stamp.
-    let mut changed = stamped.clone();
-    changed
-        .spec
-        .template
-        .as_mut()
-        .unwrap()
-        .spec
-        .as_mut()
-        .unwrap()
-        .containers[0]
-        .image = Some("a:2".into());
+    let changed = with_image(&stamped, "a:2");
     let (refusal, after, _) = run("rosa", Some(&stamped), &changed);
     assert_eq!(refusal, None);
     assert_eq!(requester(&after).as_deref(), Some("rosa-release"));
@@ -227,17 +225,7 @@ fn the_final_check_wants_a_stamp_for_exactly_the_stored_spec() {
         Verdict::allow()
     );
     // Another mutating webhook changed the image after ours stamped it.
-    let mut changed = stamped.clone();
-    changed
-        .spec
-        .template
-        .as_mut()
-        .unwrap()
-        .spec
-        .as_mut()
-        .unwrap()
-        .containers[0]
-        .image = Some("evil:1".into());
+    let changed = with_image(&stamped, "evil:1");
     let v = review_final(&env, &who("dana"), None, &changed);
     assert!(
         v.refusal

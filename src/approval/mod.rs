@@ -17,6 +17,7 @@ use crate::crd::approval_request::{
     ApprovalPhase, ApprovalRequestSpec, RequirementProgress, RequirementSpec,
 };
 use crate::identity::{Role, Subject};
+use crate::policy::Decision;
 
 /// One act (approve, reject, cancel) by a person whose roles are resolved.
 #[derive(Clone, Debug, PartialEq)]
@@ -121,6 +122,32 @@ fn ineligible_for_all(spec: &ApprovalRequestSpec, act: &Act) -> Option<String> {
         .collect();
     (reasons.len() == spec.requirements.len())
         .then(|| reasons.into_iter().next().unwrap_or_default())
+}
+
+/// The requirements an ApprovalRequest carries for `decision`.
+pub fn requirements(decision: &Decision) -> Vec<RequirementSpec> {
+    decision
+        .approval_requirements
+        .iter()
+        .map(|r| RequirementSpec {
+            source: r.source.clone(),
+            roles: r.roles.clone(),
+            min_approvals: r.min_approvals,
+            allow_self_approval: r.allow_self_approval,
+            require_mfa: r.require_mfa,
+        })
+        .collect()
+}
+
+/// Whether an existing request (in `phase`, carrying `has`) must be replaced because the
+/// policies in force now want `wanted`: a pending request follows them (approvals given so far
+/// must be given again); a request that reached any other phase stands.
+pub fn outdated(
+    phase: Option<ApprovalPhase>,
+    has: &[RequirementSpec],
+    wanted: &[RequirementSpec],
+) -> bool {
+    matches!(phase, None | Some(ApprovalPhase::Pending)) && has != wanted
 }
 
 /// One step of the life cycle.

@@ -342,3 +342,21 @@ fn an_mfa_requirement_counts_only_approvals_that_proved_mfa() {
     let proved = Act { mfa: true, ..plain };
     assert_eq!(run(&s, &[proved], "2026-11-24T10:01:00Z").phase, Approved);
 }
+
+#[test]
+fn a_pending_request_is_outdated_when_the_policies_want_other_approvals() {
+    let two = spec(&[("policy/p", &[ReleaseManager], 2, false)]).requirements;
+    let three = spec(&[("policy/p", &[ReleaseManager, Admin], 3, false)]).requirements;
+    let table = [
+        (None, &two, &two, false),
+        (None, &two, &three, true),
+        (Some(Pending), &two, &three, true),
+        (Some(Pending), &three, &two, true), // loosened too: approvals are given anew
+        (Some(Approved), &two, &three, false), // a granted request stands
+        (Some(Rejected), &two, &three, false),
+        (Some(Superseded), &two, &three, false),
+    ];
+    for (phase, has, wanted, want) in table {
+        assert_eq!(outdated(phase, has, wanted), want, "{phase:?}");
+    }
+}

@@ -15,14 +15,13 @@ use kube::{Resource, ResourceExt};
 
 use super::workload::{self, Rollout};
 use super::{Context, Error, MANAGER, conditions, record};
+use crate::approval;
 use crate::audit::EventType as AuditEvent;
 use crate::capability::CapabilitySet;
 use crate::crd::agent_deployment::{
     AgentDeploymentStatus, Phase, StepState, StepStatus, spec_digest,
 };
-use crate::crd::approval_request::{
-    ApprovalPhase, ApprovalRequestSpec, DeploymentRef, Requester, RequirementSpec,
-};
+use crate::crd::approval_request::{ApprovalPhase, ApprovalRequestSpec, DeploymentRef, Requester};
 use crate::crd::{AgentDeployment, ApprovalRequest, Capability, DeploymentPolicy};
 use crate::identity::stamp::{self, BreakGlass, Stamp};
 use crate::identity::{Identity, Tier};
@@ -340,28 +339,12 @@ async fn ensure_approval_request(
     let ns = ad.namespace().unwrap_or_default();
     let api: Api<ApprovalRequest> = Api::namespaced(ctx.client.clone(), &ns);
     let name = approval_request_name(&ad.name_any(), digest);
-    let requirements: Vec<RequirementSpec> = decision
-        .approval_requirements
-        .iter()
-        .map(|r| RequirementSpec {
-            source: r.source.clone(),
-            roles: r.roles.clone(),
-            min_approvals: r.min_approvals,
-            allow_self_approval: r.allow_self_approval,
-            require_mfa: r.require_mfa,
-        })
-        .collect();
+    let requirements = approval::requirements(decision);
     if let Some(existing) = api.get_opt(&name).await? {
-        let pending = matches!(
-            existing.status.as_ref().and_then(|s| s.phase),
-            None | Some(ApprovalPhase::Pending)
-        );
-        if !pending || existing.spec.requirements == requirements {
+        let phase = existing.status.as_ref().and_then(|s| s.phase);
+        if !approval::outdated(phase, &existing.spec.requirements, &requirements) {
             return Ok(existing);
         }
-        // A pending request follows the policies in force: when they now ask for other
-        // approvals, it is replaced (approvals given so far must be given again); a granted
-        // one stands.
         let uid = existing.uid().unwrap_or_default();
         let replaced = record::agent(
             ad,

@@ -122,6 +122,14 @@ impl Builder {
         self.clearances.extend(clearance);
     }
 
+    /// Adds a warning once (the same permission can be gated by the environment and by a
+    /// capability; two policies can say the same thing).
+    fn warn(&mut self, message: String) {
+        if !self.d.warnings.contains(&message) {
+            self.d.warnings.push(message);
+        }
+    }
+
     fn require_approval(&mut self, req: ApprovalRequirement) {
         if !self
             .d
@@ -285,8 +293,7 @@ fn evaluate_policies(
                     }
                     FailurePolicy::Ignore => {
                         trace.result = TraceResult::ErrorIgnored;
-                        b.d.warnings
-                            .push(format!("{e} (ignored: failurePolicy Ignore)"));
+                        b.warn(format!("{e} (ignored: failurePolicy Ignore)"));
                     }
                 }
             }
@@ -413,8 +420,7 @@ fn apply_match(
             false
         }
         PolicyAction::Warn => {
-            b.d.warnings
-                .push(message.unwrap_or_else(|| format!("warning from policy {}", policy.name)));
+            b.warn(message.unwrap_or_else(|| format!("warning from policy {}", policy.name)));
             false
         }
         PolicyAction::AuditOnly => false,
@@ -466,10 +472,7 @@ fn gate_on_permission(
     match rules.mapping.can(subject, permission, env) {
         Check::Allowed { .. } => {}
         Check::NeedsApproval { reason } => {
-            // The same permission may be gated twice (the environment and a capability).
-            if !b.d.warnings.contains(&reason) {
-                b.d.warnings.push(reason);
-            }
+            b.warn(reason);
             b.require_approval(approval_by_holders(
                 format!("permission/{permission}"),
                 &[permission],
@@ -510,7 +513,7 @@ fn apply_capabilities(rules: &Rules, request: &Request, subject: &Subject, b: &m
             }
             Effect::Skipped(message) => b.d.skipped_steps.push(note(message)),
             Effect::Degraded(message) => {
-                b.d.warnings.push(message.clone());
+                b.warn(message.clone());
                 b.d.degraded_steps.push(note(message));
             }
         }

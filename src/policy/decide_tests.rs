@@ -842,3 +842,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_permission_gated_twice_and_a_repeated_warning_are_said_once() {
+    // production is gated by the environment and by the deploy-to-production capability.
+    let r = rules(&[
+        ("w1", "{action: Warn, message: same words}"),
+        ("w2", "{action: Warn, message: same words}"),
+    ]);
+    let d = decide(&r, &request("production", "op"), tuesday());
+    let count = |w: &str| d.warnings.iter().filter(|x| x.contains(w)).count();
+    assert_eq!(
+        count("lacks permission deploy_production"),
+        1,
+        "{:?}",
+        d.warnings
+    );
+    assert_eq!(count("same words"), 1, "{:?}", d.warnings);
+    assert_eq!(d.outcome, Outcome::RequireApproval);
+}

@@ -212,6 +212,15 @@ fn show(ns: &str, step: &str) {
     println!("\n# {step}\n$ kubectl get adep,apr,deploy -n {ns}\n{out}");
 }
 
+/// Whether the Deployment `name` exists.
+async fn has_deployment(client: &Client, ns: &str, name: &str) -> bool {
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .is_some()
+}
+
 async fn deployment_digest(client: &Client, ns: &str, name: &str) -> Option<String> {
     let d = Api::<Deployment>::namespaced(client.clone(), ns)
         .get_opt(name)
@@ -348,13 +357,7 @@ async fn unknown_or_forged_requesters_are_not_privileged() {
     );
     let ad = phase(&client, &ns, "gha", Phase::Blocked).await;
     assert!(!ad.annotations().contains_key(stamp::ANNOTATION));
-    assert!(
-        Api::<Deployment>::namespaced(client.clone(), &ns)
-            .get_opt("gha")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!has_deployment(&client, &ns, "gha").await);
 }
 
 #[tokio::test]
@@ -377,11 +380,7 @@ async fn walkthrough_production_waits_for_two_release_managers_then_rolls_out_ex
         Some(apr_name.as_str())
     );
     assert!(
-        Api::<Deployment>::namespaced(client.clone(), &ns)
-            .get_opt("gha")
-            .await
-            .unwrap()
-            .is_none(),
+        !has_deployment(&client, &ns, "gha").await,
         "nothing rolls out before approval"
     );
     let apr = Api::<ApprovalRequest>::namespaced(client.clone(), &ns)
@@ -557,13 +556,7 @@ async fn a_spec_change_while_pending_supersedes_the_request() {
         .await
         .unwrap();
     assert_eq!(aprs.items.len(), 2);
-    assert!(
-        Api::<Deployment>::namespaced(client.clone(), &ns)
-            .get_opt("gha")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!has_deployment(&client, &ns, "gha").await);
 }
 
 #[tokio::test]
@@ -631,13 +624,7 @@ async fn rejection_and_expiry() {
         "approve",
         "is Expired; it takes no more approvals",
     );
-    assert!(
-        Api::<Deployment>::namespaced(client.clone(), &ns)
-            .get_opt("qck")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!has_deployment(&client, &ns, "qck").await);
 }
 
 #[tokio::test]
@@ -677,13 +664,7 @@ async fn a_closed_window_holds_the_rollout_until_it_opens() {
         decision.next_window_opens_at.map(|t| t.timestamp()),
         Some(open.timestamp())
     );
-    assert!(
-        Api::<Deployment>::namespaced(client.clone(), &ns)
-            .get_opt("gha")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!has_deployment(&client, &ns, "gha").await);
     // The operator re-evaluates by itself when the window opens (up to a minute from now).
     phase_within(
         &client,
@@ -739,13 +720,7 @@ async fn capability_fallbacks() {
     // Manual: a person must act; no workload.
     set("deploy-fastapi", false, "Manual").await;
     phase(&client, &ns, "fst", Phase::ManualActionRequired).await;
-    assert!(
-        Api::<Deployment>::namespaced(client.clone(), &ns)
-            .get_opt("fst")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!has_deployment(&client, &ns, "fst").await);
     // Enabled again: rolls out.
     set("deploy-fastapi", true, "Error").await;
     phase(&client, &ns, "fst", Phase::Progressing).await;
