@@ -41,6 +41,21 @@ impl Verdict {
         Verdict::default()
     }
 
+    /// The verdict once its audit fact was (or was not) appended. Write-ahead: a change is
+    /// allowed only once the log holds it; a refusal stays a refusal either way.
+    pub fn after_audit(self, recorded: Result<(), String>) -> Verdict {
+        match (recorded, &self.refusal) {
+            (Err(e), None) => Verdict {
+                refusal: Some(format!(
+                    "the audit log could not record this change, so it is refused; try again: {e}"
+                )),
+                patch: vec![],
+                audit: None,
+            },
+            _ => self,
+        }
+    }
+
     /// Refused with `message`, recorded as `event`.
     pub fn refuse(message: String, audit: Draft) -> Verdict {
         Verdict {
@@ -181,5 +196,29 @@ mod tests {
             )
         );
         assert_eq!(v.audit.unwrap().event_type, EventType::PermissionDenied);
+    }
+
+    #[test]
+    fn a_change_the_audit_log_did_not_record_is_refused() {
+        let allowed = Verdict {
+            refusal: None,
+            patch: vec![json!({"op": "add", "path": "/x", "value": 1})],
+            audit: None,
+        };
+        assert_eq!(allowed.clone().after_audit(Ok(())), allowed);
+        let failed = allowed.after_audit(Err("etcd is down".into()));
+        assert_eq!(
+            failed.refusal.as_deref(),
+            Some(
+                "the audit log could not record this change, so it is refused; try again: etcd is down"
+            )
+        );
+        assert!(failed.patch.is_empty(), "nothing of the change is applied");
+        let refused = Verdict {
+            refusal: Some("no".into()),
+            patch: vec![],
+            audit: None,
+        };
+        assert_eq!(refused.clone().after_audit(Err("x".into())), refused);
     }
 }

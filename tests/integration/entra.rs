@@ -99,6 +99,15 @@ async fn refetches_are_rate_limited_and_an_unreachable_jwks_is_a_clear_error() {
     }
     assert_eq!(server.hits(), 1, "made-up kids cannot hammer the endpoint");
 
+    // An endpoint answering something that is not a key set is a clear error, not an empty set.
+    let garbage = JwksServer::start(json!({"error": "maintenance"}));
+    let verifier = Verifier::new(entra_config("jwksUrl", &garbage.url, 0)).unwrap();
+    let err = verifier.verify(&token(&k1, &["mfa"])).await.unwrap_err();
+    assert!(
+        err.starts_with("the JWKS is not a JSON Web Key Set"),
+        "{err}"
+    );
+
     let nowhere = format!("http://127.0.0.1:{}/keys", free_port());
     let verifier = Verifier::new(entra_config("jwksUrl", &nowhere, 0)).unwrap();
     let err = verifier.verify(&token(&k1, &["mfa"])).await.unwrap_err();
