@@ -11,14 +11,14 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::support::{
-    AUDIENCE, OPERATOR_NS, TENANT, control_plane, entra_key, namespace, operator,
-    scoped_policy as policy, stamp_key, wait_for,
+    AUDIENCE, OPERATOR_NS, TENANT, accepted, apr_phase, control_plane, entra_key, namespace,
+    operator, phase, refused, scoped_policy as policy, stamp_key, wait_for,
 };
 use dvo_operator::audit::EventType;
 use dvo_operator::controller::agent_deployment::approval_request_name;
+use dvo_operator::crd::ApprovalRequest;
 use dvo_operator::crd::agent_deployment::{Phase, spec_digest};
 use dvo_operator::crd::approval_request::ApprovalPhase;
-use dvo_operator::crd::{AgentDeployment, ApprovalRequest};
 use dvo_operator::identity::stamp::{self, Stamp};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -54,35 +54,6 @@ fn adep(name: &str, env: &str, agent: &str) -> Value {
     json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": name},
         "spec": {"agent": agent, "platform": "langchain", "environment": env, "replicas": 1,
             "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "a", "image": format!("{name}:1")}]}}}})
-}
-
-async fn phase(client: &Client, ns: &str, name: &str, want: Phase) -> AgentDeployment {
-    let api = Api::<AgentDeployment>::namespaced(client.clone(), ns);
-    wait_for(
-        &api,
-        name,
-        move |o: Option<&AgentDeployment>| {
-            o.is_some_and(|a| {
-                a.status.as_ref().and_then(|s| s.phase) == Some(want)
-                    && a.status.as_ref().and_then(|s| s.spec_digest.clone())
-                        == Some(spec_digest(&a.spec))
-            })
-        },
-        WAIT,
-    )
-    .await
-}
-
-async fn apr_phase(client: &Client, ns: &str, name: &str, want: ApprovalPhase) -> ApprovalRequest {
-    wait_for(
-        &Api::<ApprovalRequest>::namespaced(client.clone(), ns),
-        name,
-        move |o: Option<&ApprovalRequest>| {
-            o.and_then(|a| a.status.as_ref()).and_then(|s| s.phase) == Some(want)
-        },
-        WAIT,
-    )
-    .await
 }
 
 /// Admission facts of the audit log about `resource`: (event, user, status).
@@ -149,33 +120,21 @@ async fn requesters_are_stamped_and_refused_without_the_permission() {
     );
     let apr = approval_request_name("gha", &spec_digest(&ad.spec));
     // The requester cannot approve it but may withdraw it; a viewer may do neither.
-    let (out, ok) = annotate(
-        "developer",
+    refused(
         &ns,
-        &format!("apr/{apr}"),
-        "dvo.caat.io/approve=mine",
+        &apr,
+        "developer",
+        "approve",
+        "dev-dana requested this deployment and cannot approve it",
     );
-    assert!(
-        !ok && out.contains("dev-dana requested this deployment and cannot approve it"),
-        "{out}"
-    );
-    let (out, ok) = annotate(
+    refused(
+        &ns,
+        &apr,
         "viewer",
-        &ns,
-        &format!("apr/{apr}"),
-        "dvo.caat.io/cancel=no",
+        "cancel",
+        "vera-viewer is neither the requester nor an admin",
     );
-    assert!(
-        !ok && out.contains("vera-viewer is neither the requester nor an admin"),
-        "{out}"
-    );
-    let (out, ok) = annotate(
-        "developer",
-        &ns,
-        &format!("apr/{apr}"),
-        "dvo.caat.io/cancel=not needed",
-    );
-    assert!(ok, "{out}");
+    accepted(&ns, &apr, "developer", "cancel");
     apr_phase(&client, &ns, &apr, ApprovalPhase::Cancelled).await;
     let facts = admission_facts(&client, &format!("{ns}/{apr}")).await;
     assert_eq!(

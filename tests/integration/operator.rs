@@ -14,8 +14,8 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::support::{
-    CLUSTER_SCOPED, OPERATOR_IDENTITY, control_plane, create_as, namespace, operator,
-    restart_operator, wait_for,
+    CLUSTER_SCOPED, OPERATOR_IDENTITY, accepted, apr_phase, control_plane, create_as, namespace,
+    operator, phase, phase_within, refused, restart_operator, wait_for,
 };
 use dvo_operator::controller::agent_deployment::approval_request_name;
 use dvo_operator::controller::workload::{DIGEST_ANNOTATION, OWNER_LABEL};
@@ -57,42 +57,6 @@ async fn change_spec(ns: &str, name: &str, changes: Value, who: &str) -> AgentDe
         .unwrap_or_else(|e| panic!("{who} changes {name}: {e}"))
 }
 
-/// Waits until the AgentDeployment's status describes its current generation in `phase`.
-async fn phase(client: &Client, ns: &str, name: &str, want: Phase) -> AgentDeployment {
-    phase_within(client, ns, name, want, WAIT).await
-}
-
-/// [`phase`] with a deadline of its own.
-async fn phase_within(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    want: Phase,
-    deadline: Duration,
-) -> AgentDeployment {
-    let api = Api::<AgentDeployment>::namespaced(client.clone(), ns);
-    let cond = move |o: Option<&AgentDeployment>| {
-        o.is_some_and(|a| {
-            let s = a.status.as_ref();
-            s.and_then(|s| s.phase) == Some(want)
-                && s.and_then(|s| s.observed_generation) == a.metadata.generation
-                && s.and_then(|s| s.spec_digest.clone()) == Some(spec_digest(&a.spec))
-        })
-    };
-    match tokio::time::timeout(
-        deadline,
-        kube::runtime::wait::await_condition(api.clone(), name, cond),
-    )
-    .await
-    {
-        Ok(Ok(Some(a))) => a,
-        _ => panic!(
-            "{ns}/{name} never reached {want:?}; now: {:#?}",
-            api.get(name).await.ok().and_then(|a| a.status)
-        ),
-    }
-}
-
 /// A policy scoped to the test's namespace (policies are cluster-wide).
 async fn policy(client: &Client, ns: &str, name: &str, yaml: &str) -> String {
     crate::support::scoped_policy(client, ns, name, serde_yaml::from_str(yaml).unwrap()).await
@@ -116,42 +80,6 @@ async fn held_for_approval(
     let apr = approval_request_name("gha", &spec_digest(&ad.spec));
     phase(client, ns, "gha", Phase::PendingApproval).await;
     (policy, ad, apr)
-}
-
-/// `kubectl annotate apr NAME dvo.caat.io/<what>="<what> by test"` as `who`: kubectl's output
-/// and whether the webhook accepted the act.
-fn act(ns: &str, apr: &str, who: &str, what: &str) -> (String, bool) {
-    let annotation = format!("dvo.caat.io/{what}={what} by test");
-    control_plane().kubectl(who, &["annotate", "-n", ns, "apr", apr, &annotation])
-}
-
-/// [`act`], which must be accepted.
-fn accepted(ns: &str, apr: &str, who: &str, what: &str) {
-    let (out, ok) = act(ns, apr, who, what);
-    assert!(ok, "{who} {what} {apr}: {out}");
-}
-
-/// [`act`], which must be refused with a message containing `why`.
-fn refused(ns: &str, apr: &str, who: &str, what: &str, why: &str) -> String {
-    let (out, ok) = act(ns, apr, who, what);
-    assert!(
-        !ok && out.contains(why),
-        "{who} {what} {apr}: wanted a refusal with {why:?}, got: {out}"
-    );
-    out
-}
-
-async fn apr_phase(client: &Client, ns: &str, name: &str, want: ApprovalPhase) -> ApprovalRequest {
-    let api = Api::<ApprovalRequest>::namespaced(client.clone(), ns);
-    wait_for(
-        &api,
-        name,
-        move |o: Option<&ApprovalRequest>| {
-            o.and_then(|a| a.status.as_ref()).and_then(|s| s.phase) == Some(want)
-        },
-        WAIT,
-    )
-    .await
 }
 
 /// Plays the kubelet: marks every pod of the Deployment's current template Ready.

@@ -15,6 +15,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{Condition, await_condition, conditions};
 use kube::{Client, Config, Discovery, Resource};
 use serde::de::DeserializeOwned;
+
+use dvo_operator::crd::agent_deployment::{Phase, spec_digest};
+use dvo_operator::crd::approval_request::ApprovalPhase;
+use dvo_operator::crd::{AgentDeployment, ApprovalRequest};
 use tokio::sync::OnceCell;
 
 /// Field manager of objects the tests apply.
@@ -580,6 +584,86 @@ pub async fn audit_entries(client: &Client, resource: &str) -> Vec<dvo_operator:
         .flat_map(|s| s.entries)
         .filter(|e| e.draft.resource == resource)
         .collect()
+}
+
+/// How long the tests wait for the operator to get somewhere.
+pub const WAIT_DEFAULT: Duration = Duration::from_secs(60);
+
+/// Waits until the AgentDeployment's status describes its current generation in `phase`.
+pub async fn phase(client: &Client, ns: &str, name: &str, want: Phase) -> AgentDeployment {
+    phase_within(client, ns, name, want, WAIT_DEFAULT).await
+}
+
+/// [`phase`] with a deadline of its own.
+pub async fn phase_within(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    want: Phase,
+    deadline: Duration,
+) -> AgentDeployment {
+    let api = Api::<AgentDeployment>::namespaced(client.clone(), ns);
+    let cond = move |o: Option<&AgentDeployment>| {
+        o.is_some_and(|a| {
+            let s = a.status.as_ref();
+            s.and_then(|s| s.phase) == Some(want)
+                && s.and_then(|s| s.observed_generation) == a.metadata.generation
+                && s.and_then(|s| s.spec_digest.clone()) == Some(spec_digest(&a.spec))
+        })
+    };
+    match tokio::time::timeout(
+        deadline,
+        kube::runtime::wait::await_condition(api.clone(), name, cond),
+    )
+    .await
+    {
+        Ok(Ok(Some(a))) => a,
+        _ => panic!(
+            "{ns}/{name} never reached {want:?}; now: {:#?}",
+            api.get(name).await.ok().and_then(|a| a.status)
+        ),
+    }
+}
+
+/// `kubectl annotate apr NAME dvo.caat.io/<what>="<what> by test"` as `who`: kubectl's output
+/// and whether the webhook accepted the act.
+pub fn act(ns: &str, apr: &str, who: &str, what: &str) -> (String, bool) {
+    let annotation = format!("dvo.caat.io/{what}={what} by test");
+    control_plane().kubectl(who, &["annotate", "-n", ns, "apr", apr, &annotation])
+}
+
+/// [`act`], which must be accepted.
+pub fn accepted(ns: &str, apr: &str, who: &str, what: &str) {
+    let (out, ok) = act(ns, apr, who, what);
+    assert!(ok, "{who} {what} {apr}: {out}");
+}
+
+/// [`act`], which must be refused with a message containing `why`.
+pub fn refused(ns: &str, apr: &str, who: &str, what: &str, why: &str) -> String {
+    let (out, ok) = act(ns, apr, who, what);
+    assert!(
+        !ok && out.contains(why),
+        "{who} {what} {apr}: wanted a refusal with {why:?}, got: {out}"
+    );
+    out
+}
+
+pub async fn apr_phase(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    want: ApprovalPhase,
+) -> ApprovalRequest {
+    let api = Api::<ApprovalRequest>::namespaced(client.clone(), ns);
+    wait_for(
+        &api,
+        name,
+        move |o: Option<&ApprovalRequest>| {
+            o.and_then(|a| a.status.as_ref()).and_then(|s| s.phase) == Some(want)
+        },
+        WAIT_DEFAULT,
+    )
+    .await
 }
 
 /// Serialises tests that change cluster-scoped objects every test sees (Capabilities).
