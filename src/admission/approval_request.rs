@@ -120,6 +120,7 @@ pub fn review_update(
         );
         d.user_roles = roles.iter().map(|r| r.as_str().to_owned()).collect();
         d.environment = Some(spec.environment.clone());
+        d.platform = Some(spec.platform.as_str().to_owned());
         d.agents = vec![spec.agent.clone()];
         d.metadata["specDigest"] = spec.spec_digest.clone().into();
         d
@@ -222,7 +223,7 @@ pub fn review_update(
         .filter_map(|(a, ok)| ok.then_some(a))
         .collect();
     let who = &user.username;
-    let satisfies = match kind {
+    match kind {
         ActKind::Approve => {
             if recorded
                 .iter()
@@ -248,17 +249,17 @@ pub fn review_update(
             })
             .progress;
             let mut reasons = vec![];
-            let mut counts = vec![];
+            let mut counts = false;
             for (req, p) in spec.requirements.iter().zip(&progress) {
                 if p.met {
                     continue;
                 }
                 match approval::ineligible(spec, req, &act) {
-                    None => counts.push(req.source.clone()),
+                    None => counts = true,
                     Some(why) => reasons.push((req.source.as_str(), why)),
                 }
             }
-            if counts.is_empty() {
+            if !counts {
                 let why = if reasons.is_empty() {
                     "every requirement already has its approvals".to_owned()
                 } else {
@@ -266,7 +267,6 @@ pub fn review_update(
                 };
                 return refuse(format!("approval of ApprovalRequest {res} refused: {why}"));
             }
-            counts
         }
         ActKind::Reject => {
             if value.trim().is_empty() {
@@ -285,7 +285,6 @@ pub fn review_update(
                     merged(&reasons)
                 ));
             }
-            vec![]
         }
         ActKind::Cancel => {
             let requester = spec.requester.as_ref().map(|r| r.username.as_str());
@@ -295,7 +294,6 @@ pub fn review_update(
                     "cancellation of ApprovalRequest {res} refused: {who} is neither the requester nor an admin"
                 ));
             }
-            vec![]
         }
     };
 
@@ -316,29 +314,13 @@ pub fn review_update(
     let mut patch = AnnotationPatch::new(true);
     patch.remove(key);
     patch.set(ACTS, &serde_json::to_string(&all).expect("acts serialize"));
-    let roles: Vec<Role> = subject.roles.iter().copied().collect();
-    let (event, status) = match kind {
-        ActKind::Approve => (EventType::ApprovalGranted, "approval_recorded"),
-        ActKind::Reject => (EventType::ApprovalDenied, "rejection_recorded"),
-        ActKind::Cancel => (EventType::ApprovalDenied, "cancellation_recorded"),
-    };
-    let comment = if key == APPROVE_TOKEN { "" } else { value };
-    let mut d = audit(
-        event,
-        key.trim_start_matches("dvo.caat.io/"),
-        status,
-        comment,
-        &roles,
-    );
-    d.metadata["satisfies"] = satisfies.into();
-    d.metadata["mfa"] = mfa.into();
-    if let Some(e) = entra {
-        d.metadata["entra"] = e.into();
-    }
+    // An accepted act is not recorded here: the API server may call this webhook several times
+    // for one write (conflicts, reinvocation) and may then not store it. The operator records
+    // each act once, when it sees it stored (`controller::record::act`).
     Verdict {
         refusal: None,
         patch: patch.into_ops(),
-        audit: Some(d),
+        audit: None,
     }
 }
 

@@ -150,6 +150,46 @@ pub fn outdated(
     matches!(phase, None | Some(ApprovalPhase::Pending)) && has != wanted
 }
 
+/// Why `spec` is not the request for generation `generation` (spec digest `digest`) of the
+/// AgentDeployment with UID `uid`, if it is not. A request counts for exactly one change of one
+/// AgentDeployment: compared in full (UID, generation and the whole digest), never by its name.
+pub fn binding_problem(
+    spec: &ApprovalRequestSpec,
+    uid: &str,
+    generation: i64,
+    digest: &str,
+) -> Option<String> {
+    let r = &spec.deployment_ref;
+    if r.uid != uid {
+        return Some(format!(
+            "it is for AgentDeployment UID {}, not {uid}",
+            r.uid
+        ));
+    }
+    if r.generation != generation {
+        return Some(format!(
+            "it is for generation {} of the spec, not {generation}",
+            r.generation
+        ));
+    }
+    if spec.spec_digest != digest {
+        return Some(format!(
+            "it approves spec {}, not {digest}",
+            spec.spec_digest
+        ));
+    }
+    None
+}
+
+/// Whether a request counts as approved for a rollout: the phase its verified acts decide
+/// (`from_acts`, the life cycle run on the acts alone) must be `Approved`, and so must the phase
+/// the operator reported (`reported`), which it writes only after recording the acts in the
+/// audit log. Neither alone suffices: status is a report that a status writer could forge, and
+/// acts not yet recorded must not take effect.
+pub fn approved_for_rollout(reported: Option<ApprovalPhase>, from_acts: ApprovalPhase) -> bool {
+    reported == Some(ApprovalPhase::Approved) && from_acts == ApprovalPhase::Approved
+}
+
 /// One step of the life cycle.
 pub fn evaluate(input: &Input) -> Evaluation {
     let spec = input.spec;

@@ -114,6 +114,54 @@ pub fn recorded(apr: &ApprovalRequest, key: &[u8]) -> Result<Vec<(SignedAct, boo
         .collect())
 }
 
+/// The acts recorded on a request, split by whether their signature verifies for it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Acts {
+    /// Acts the webhook signed for this very request, in the order given.
+    pub verified: Vec<SignedAct>,
+    /// Acts whose signature does not verify (forged, or copied from another request).
+    pub forged: Vec<SignedAct>,
+}
+
+impl Acts {
+    /// Reads and verifies the acts on `apr`.
+    pub fn read(apr: &ApprovalRequest, key: &[u8]) -> Result<Acts, String> {
+        let (verified, forged) = recorded(apr, key)?.into_iter().partition(|(_, ok)| *ok);
+        let strip = |v: Vec<(SignedAct, bool)>| v.into_iter().map(|(a, _)| a).collect();
+        Ok(Acts {
+            verified: strip(verified),
+            forged: strip(forged),
+        })
+    }
+
+    /// The verified acts of one kind.
+    pub fn of(&self, kind: ActKind) -> impl Iterator<Item = &SignedAct> {
+        self.verified.iter().filter(move |a| a.kind == kind)
+    }
+
+    /// The life cycle over the verified acts: the first rejection and cancellation count.
+    pub fn evaluate(
+        &self,
+        spec: &crate::crd::approval_request::ApprovalRequestSpec,
+        current: Option<crate::crd::approval_request::ApprovalPhase>,
+        superseded: bool,
+        now: DateTime<Utc>,
+    ) -> super::Evaluation {
+        let approvals: Vec<Act> = self.of(ActKind::Approve).map(SignedAct::act).collect();
+        let rejection = self.of(ActKind::Reject).next().map(SignedAct::act);
+        let cancellation = self.of(ActKind::Cancel).next().map(SignedAct::act);
+        super::evaluate(&super::Input {
+            spec,
+            current,
+            approvals: &approvals,
+            rejection: rejection.as_ref(),
+            cancellation: cancellation.as_ref(),
+            superseded,
+            now,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -360,3 +360,45 @@ fn a_pending_request_is_outdated_when_the_policies_want_other_approvals() {
         assert_eq!(outdated(phase, has, wanted), want, "{phase:?}");
     }
 }
+
+#[test]
+fn a_request_binds_one_change_compared_in_full() {
+    let mut s = spec(&[("policy/prod", &[ReleaseManager], 1, false)]);
+    s.deployment_ref.generation = 3;
+    let digest = s.spec_digest.clone();
+    // Same first 60 hex digits: a name built from any prefix would collide.
+    let near = format!("{}bbbb", &digest[..digest.len() - 4]);
+    // (uid, generation, digest, the problem named)
+    let table: [(&str, i64, &str, Option<&str>); 5] = [
+        ("u1", 3, &digest, None),
+        ("u2", 3, &digest, Some("UID u1, not u2")),
+        ("u1", 5, &digest, Some("generation 3 of the spec, not 5")),
+        ("u1", 3, &near, Some("approves spec sha256:aaaa")),
+        ("u1", 0, &digest, Some("generation 3")),
+    ];
+    for (uid, generation, d, want) in table {
+        let got = binding_problem(&s, uid, generation, d);
+        match want {
+            None => assert_eq!(got, None, "{uid} {generation} {d}"),
+            Some(w) => assert!(
+                got.as_deref().is_some_and(|g| g.contains(w)),
+                "{uid} {generation} {d}: {got:?}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn a_rollout_needs_both_the_verified_acts_and_the_recorded_phase() {
+    let phases = [Pending, Approved, Rejected, Expired, Cancelled, Superseded];
+    for reported in phases.iter().copied().map(Some).chain([None]) {
+        for from_acts in phases {
+            let want = reported == Some(Approved) && from_acts == Approved;
+            assert_eq!(
+                approved_for_rollout(reported, from_acts),
+                want,
+                "status {reported:?}, acts {from_acts:?}"
+            );
+        }
+    }
+}

@@ -16,6 +16,7 @@ use kube::{Resource, ResourceExt};
 use super::workload::{self, Rollout};
 use super::{Context, Error, MANAGER, conditions, record};
 use crate::approval;
+use crate::approval::signed::{ActKind, Acts, SignedAct};
 use crate::audit::EventType as AuditEvent;
 use crate::capability::CapabilitySet;
 use crate::crd::agent_deployment::{
@@ -30,11 +31,15 @@ use crate::policy::{self, Decision, Outcome, Request, Rules};
 /// How often an AgentDeployment is looked at again when nothing else triggers it.
 const RESYNC: Duration = Duration::from_secs(300);
 
-/// The ApprovalRequest name for one spec digest of an AgentDeployment.
-pub fn approval_request_name(ad_name: &str, digest: &str) -> String {
-    let short = digest.trim_start_matches("sha256:").get(..10).unwrap_or("");
-    let base: String = ad_name.chars().take(253 - 11).collect();
-    format!("{base}-{short}")
+/// The ApprovalRequest name for one change (spec generation and digest) of an AgentDeployment.
+/// Names only find a request: whether it counts for a spec is decided by comparing its UID,
+/// generation and full digest ([`approval::binding_problem`]), so a collision (a truncated
+/// name, a crafted digest prefix) can only ever hold a rollout back.
+pub fn approval_request_name(ad_name: &str, generation: i64, digest: &str) -> String {
+    let short = digest.trim_start_matches("sha256:").get(..12).unwrap_or("");
+    let suffix = format!("-g{generation}-{short}");
+    let base: String = ad_name.chars().take(253 - suffix.len()).collect();
+    format!("{base}{suffix}")
 }
 
 /// The verified requester, or why the stamp was not trusted.
@@ -152,47 +157,95 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
             decision.manual_instructions.join("; "),
         ),
         Outcome::RequireApproval => {
-            let apr =
-                ensure_approval_request(&ctx, &ad, &digest, &decision, requester.as_ref()).await?;
-            let apr_name = apr.name_any();
-            st.approval_request = Some(apr_name.clone());
-            let apr_phase = apr.status.as_ref().and_then(|s| s.phase);
-            let apr_message = apr
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Approved"))
-                .map(|c| c.message.clone())
-                .unwrap_or_else(|| "waiting for approvals".to_owned());
-            approved = (
-                apr_phase == Some(ApprovalPhase::Approved),
-                format!("{apr_phase:?}"),
-                format!("ApprovalRequest {apr_name}: {apr_message}"),
-            );
-            match apr_phase {
-                Some(ApprovalPhase::Approved) => {
-                    rollout(&ctx, &ad, &digest, requester.as_ref(), &decision, &mut st).await?
+            match ensure_approval_request(&ctx, &ad, &digest, &decision, requester.as_ref()).await?
+            {
+                Err(conflict) => {
+                    approved = (false, "Conflict".to_owned(), conflict.clone());
+                    requeue = Some(Duration::from_secs(30));
+                    (Phase::PendingApproval, conflict)
                 }
-                Some(ApprovalPhase::Rejected) => (
-                    Phase::Rejected,
-                    format!("ApprovalRequest {apr_name}: {apr_message}"),
-                ),
-                Some(ApprovalPhase::Expired) => (
-                    Phase::ApprovalExpired,
-                    format!("ApprovalRequest {apr_name}: {apr_message}"),
-                ),
-                Some(ApprovalPhase::Cancelled) => (
-                    Phase::Blocked,
-                    format!("ApprovalRequest {apr_name}: {apr_message}"),
-                ),
-                _ => (
-                    Phase::PendingApproval,
-                    format!("ApprovalRequest {apr_name}: {apr_message}"),
-                ),
+                Ok(apr) => {
+                    let apr_name = apr.name_any();
+                    st.approval_request = Some(apr_name.clone());
+                    let reported = apr.status.as_ref().and_then(|s| s.phase);
+                    // Decided from the acts the webhook signed for this request, with the same
+                    // life cycle as the ApprovalRequest controller; status alone never counts.
+                    let acts = Acts::read(&apr, &ctx.stamp_key).map_err(Error::Config)?;
+                    let eval = acts.evaluate(&apr.spec, None, false, now);
+                    let mut apr_message = apr
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Approved"))
+                        .map(|c| c.message.clone())
+                        .unwrap_or_else(|| eval.message.clone());
+                    let ok = approval::approved_for_rollout(reported, eval.phase);
+                    if reported == Some(ApprovalPhase::Approved) && !ok {
+                        tracing::warn!(namespace = %ns, name = %name, request = %apr_name, "the request's status says Approved but its verified acts do not");
+                        apr_message = format!(
+                            "its status says Approved but its verified acts do not ({})",
+                            eval.message
+                        );
+                    }
+                    approved = (
+                        ok,
+                        format!("{reported:?}"),
+                        format!("ApprovalRequest {apr_name}: {apr_message}"),
+                    );
+                    match reported {
+                        Some(ApprovalPhase::Approved) if ok => {
+                            let quorum: Vec<&SignedAct> = acts
+                                .of(ActKind::Approve)
+                                .zip(&eval.approvals)
+                                .filter(|(_, counted)| counted.is_ok())
+                                .map(|(act, _)| act)
+                                .collect();
+                            let approval = Approval {
+                                request: &apr_name,
+                                quorum: &quorum,
+                            };
+                            rollout(
+                                &ctx,
+                                &ad,
+                                &digest,
+                                requester.as_ref(),
+                                Some(approval),
+                                &decision,
+                                &mut st,
+                            )
+                            .await?
+                        }
+                        Some(ApprovalPhase::Rejected) => (
+                            Phase::Rejected,
+                            format!("ApprovalRequest {apr_name}: {apr_message}"),
+                        ),
+                        Some(ApprovalPhase::Expired) => (
+                            Phase::ApprovalExpired,
+                            format!("ApprovalRequest {apr_name}: {apr_message}"),
+                        ),
+                        Some(ApprovalPhase::Cancelled) => (
+                            Phase::Blocked,
+                            format!("ApprovalRequest {apr_name}: {apr_message}"),
+                        ),
+                        _ => (
+                            Phase::PendingApproval,
+                            format!("ApprovalRequest {apr_name}: {apr_message}"),
+                        ),
+                    }
+                }
             }
         }
         Outcome::Allow => {
             st.approval_request = None;
-            rollout(&ctx, &ad, &digest, requester.as_ref(), &decision, &mut st).await?
+            rollout(
+                &ctx,
+                &ad,
+                &digest,
+                requester.as_ref(),
+                None,
+                &decision,
+                &mut st,
+            )
+            .await?
         }
     };
 
@@ -327,23 +380,37 @@ fn differs(old: &AgentDeploymentStatus, new: &AgentDeploymentStatus) -> bool {
     strip(old) != strip(new)
 }
 
-/// The ApprovalRequest for this digest, created when missing (its name is derived from the
-/// digest, so a restart never creates a second one).
+/// The ApprovalRequest for this change (generation and digest), created when missing (its name
+/// is derived from both, so a restart never creates a second one). `Ok(Err(why))`: an object of
+/// that name exists but is not this change's request; it is never used.
 async fn ensure_approval_request(
     ctx: &Context,
     ad: &AgentDeployment,
     digest: &str,
     decision: &Decision,
     requester: Option<&Identity>,
-) -> Result<ApprovalRequest, Error> {
+) -> Result<Result<ApprovalRequest, String>, Error> {
     let ns = ad.namespace().unwrap_or_default();
     let api: Api<ApprovalRequest> = Api::namespaced(ctx.client.clone(), &ns);
-    let name = approval_request_name(&ad.name_any(), digest);
+    let generation = ad.metadata.generation.unwrap_or(0);
+    let uid = ad.uid().unwrap_or_default();
+    let name = approval_request_name(&ad.name_any(), generation, digest);
     let requirements = approval::requirements(decision);
+    let not_ours = |apr: &ApprovalRequest| {
+        approval::binding_problem(&apr.spec, &uid, generation, digest).map(|why| {
+            format!(
+                "ApprovalRequest {name} is not the request for this spec ({why}), so it is not used; the rollout waits until it is gone"
+            )
+        })
+    };
     if let Some(existing) = api.get_opt(&name).await? {
+        if let Some(conflict) = not_ours(&existing) {
+            tracing::warn!(namespace = %ns, %conflict, "approval request conflict");
+            return Ok(Err(conflict));
+        }
         let phase = existing.status.as_ref().and_then(|s| s.phase);
         if !approval::outdated(phase, &existing.spec.requirements, &requirements) {
-            return Ok(existing);
+            return Ok(Ok(existing));
         }
         let uid = existing.uid().unwrap_or_default();
         let replaced = record::agent(
@@ -385,7 +452,8 @@ async fn ensure_approval_request(
     let spec = ApprovalRequestSpec {
         deployment_ref: DeploymentRef {
             name: ad.name_any(),
-            uid: ad.uid().unwrap_or_default(),
+            uid: uid.clone(),
+            generation,
         },
         spec_digest: digest.to_owned(),
         requester: requester.map(|r| Requester {
@@ -404,7 +472,11 @@ async fn ensure_approval_request(
     let mut apr = ApprovalRequest::new(&name, spec);
     apr.metadata.owner_references = ad.controller_owner_ref(&()).map(|o| vec![o]);
     apr.metadata.labels = Some([(workload::OWNER_LABEL.to_owned(), ad.name_any())].into());
-    Ok(super::create_or_get(&api, &name, &apr).await?)
+    let stored = super::create_or_get(&api, &name, &apr).await?;
+    Ok(match not_ours(&stored) {
+        Some(conflict) => Err(conflict),
+        None => Ok(stored),
+    })
 }
 
 /// Whether a step runs: asked for in the spec and not left out by its capability.
@@ -417,12 +489,20 @@ fn step_active(wanted: bool, capability: &str, decision: &Decision) -> bool {
             .any(|s| s.capability == capability)
 }
 
-/// Rolls out spec `digest` (allowed, and approved where required) and follows its health.
+/// The approval a rollout rests on: the request and the verified acts of its quorum.
+struct Approval<'a> {
+    request: &'a str,
+    quorum: &'a [&'a SignedAct],
+}
+
+/// Rolls out spec `digest` (allowed, and approved where required: `approval`) and follows its
+/// health.
 async fn rollout(
     ctx: &Context,
     ad: &AgentDeployment,
     digest: &str,
     requester: Option<&Identity>,
+    approval: Option<Approval<'_>>,
     decision: &Decision,
     st: &mut AgentDeploymentStatus,
 ) -> Result<(Phase, String), Error> {
@@ -442,7 +522,7 @@ async fn rollout(
         return Err(Error::Config("spec.template is missing".into()));
     };
     if current.as_ref().and_then(workload::digest_of) != Some(digest) {
-        let started = record::agent(
+        let mut started = record::agent(
             ad,
             digest,
             requester,
@@ -451,6 +531,12 @@ async fn rollout(
             "success",
             "rollout",
         );
+        started.metadata["approval"] = match &approval {
+            Some(a) => serde_json::json!({
+                "request": a.request, "approvers": record::acts_summary(a.quorum),
+            }),
+            None => serde_json::json!({"required": false, "outcome": decision.outcome}),
+        };
         ctx.audit.record(started).await.map_err(Error::Audit)?;
         apply(ctx, ad, &ns, template, digest).await?;
         st.deployed_digest = Some(digest.to_owned());

@@ -11,8 +11,8 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
 use super::{Context, Error, MANAGER, conditions, record};
-use crate::approval::signed::{self, ActKind, SignedAct};
-use crate::approval::{self, Act};
+use crate::approval::signed::{ActKind, Acts, SignedAct};
+use crate::approval::{self, Evaluation};
 use crate::audit::EventType as AuditEvent;
 use crate::crd::agent_deployment::spec_digest;
 use crate::crd::approval_request::{ApprovalPhase, ApprovalRecord, ApprovalRequestStatus};
@@ -32,6 +32,41 @@ fn record_of(act: &SignedAct) -> ApprovalRecord {
     }
 }
 
+/// The verified acts on the request that its status does not list yet (so not yet recorded in
+/// the audit log), each with what it counted for (or why it counted for nothing).
+fn new_acts<'a>(
+    old: &ApprovalRequestStatus,
+    acts: &'a Acts,
+    eval: &Evaluation,
+) -> Vec<(&'a SignedAct, Result<Vec<String>, String>)> {
+    let listed = |act: &SignedAct| {
+        let same = |r: &ApprovalRecord| r.username == act.subject.username && r.at == act.at;
+        match act.kind {
+            ActKind::Approve => old.approvals.iter().any(same),
+            ActKind::Reject => old.rejection.iter().any(same),
+            ActKind::Cancel => old.cancellation.iter().any(same),
+        }
+    };
+    let approvals = acts
+        .of(ActKind::Approve)
+        .zip(eval.approvals.iter().cloned());
+    // The first rejection and cancellation are the ones that count and that status lists.
+    let others = [ActKind::Reject, ActKind::Cancel]
+        .into_iter()
+        .filter_map(|kind| acts.of(kind).next())
+        .map(|a| {
+            let ignored = match a.kind {
+                ActKind::Reject => eval.ignored_rejection.clone(),
+                _ => eval.ignored_cancellation.clone(),
+            };
+            (a, ignored.map_or(Ok(vec![]), Err))
+        });
+    approvals
+        .chain(others)
+        .filter(|(a, _)| !listed(a))
+        .collect()
+}
+
 /// Reconciles one ApprovalRequest.
 pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = apr.namespace().unwrap_or_default();
@@ -45,37 +80,23 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
         .await?;
     let superseded = match &ad {
         None => true,
-        Some(ad) => {
-            ad.uid().as_deref() != Some(apr.spec.deployment_ref.uid.as_str())
-                || spec_digest(&ad.spec) != apr.spec.spec_digest
-        }
+        Some(ad) => approval::binding_problem(
+            &apr.spec,
+            ad.uid().as_deref().unwrap_or(""),
+            ad.metadata.generation.unwrap_or(0),
+            &spec_digest(&ad.spec),
+        )
+        .is_some(),
     };
     // Only acts the admission webhook signed for this request count; nothing else in the
     // object (status included) is trusted to say who acted.
-    let recorded = signed::recorded(&apr, &ctx.stamp_key).map_err(Error::Config)?;
-    let mut verified = Vec::new();
-    for (act, ok) in recorded {
-        if ok {
-            verified.push(act);
-        } else {
-            tracing::warn!(namespace = %ns, name = %name, user = %act.subject.username, "ignoring an act whose signature does not verify");
-        }
+    let acts = Acts::read(&apr, &ctx.stamp_key).map_err(Error::Config)?;
+    for act in &acts.forged {
+        tracing::warn!(namespace = %ns, name = %name, user = %act.subject.username, "ignoring an act whose signature does not verify");
     }
-    let of_kind = |kind: ActKind| verified.iter().filter(move |a| a.kind == kind);
-    let approvals: Vec<Act> = of_kind(ActKind::Approve).map(SignedAct::act).collect();
-    let rejection = of_kind(ActKind::Reject).next().map(SignedAct::act);
-    let cancellation = of_kind(ActKind::Cancel).next().map(SignedAct::act);
+    let of_kind = |kind: ActKind| acts.of(kind);
     let now = Utc::now();
-    let eval = approval::evaluate(&approval::Input {
-        spec: &apr.spec,
-        current: old.phase,
-        approvals: &approvals,
-        rejection: rejection.as_ref(),
-        cancellation: cancellation.as_ref(),
-        superseded,
-        now,
-    });
-
+    let eval = acts.evaluate(&apr.spec, old.phase, superseded, now);
     let mut st: ApprovalRequestStatus = old.clone();
     st.phase = Some(eval.phase);
     st.observed_generation = apr.metadata.generation;
@@ -109,6 +130,13 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
         now,
     );
 
+    // Each act is recorded once, when the operator first sees it stored (the status written
+    // below lists it from then on), before anything it causes: the webhook does not record
+    // accepted acts, because the API server may call it several times for one stored write.
+    for (act, counted) in new_acts(&old, &acts, &eval) {
+        let draft = record::act(&apr, act, counted);
+        ctx.audit.record(draft).await.map_err(Error::Audit)?;
+    }
     if old.phase != Some(eval.phase)
         && eval.phase == ApprovalPhase::Approved
         && let Some(created) = &apr.metadata.creation_timestamp
@@ -120,14 +148,7 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
     }
     if old.phase != Some(eval.phase) && eval.phase != ApprovalPhase::Pending {
         let (event, status, actors) = match eval.phase {
-            ApprovalPhase::Approved => (
-                AuditEvent::ApprovalGranted,
-                "approved",
-                eval.progress
-                    .iter()
-                    .flat_map(|p| p.approvers.clone())
-                    .collect(),
-            ),
+            ApprovalPhase::Approved => (AuditEvent::ApprovalGranted, "approved", vec![]),
             ApprovalPhase::Rejected => (
                 AuditEvent::ApprovalDenied,
                 "rejected",
@@ -143,9 +164,13 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
                 (AuditEvent::ApprovalDenied, "superseded", vec![])
             }
         };
-        let mut actors: Vec<String> = actors;
-        actors.dedup();
-        let draft = record::approval(&apr, event, status, &actors, &eval.message);
+        let quorum: Vec<&SignedAct> = acts
+            .of(ActKind::Approve)
+            .zip(&eval.approvals)
+            .filter(|(_, counted)| counted.is_ok())
+            .map(|(act, _)| act)
+            .collect();
+        let draft = record::approval(&apr, event, status, &actors, &quorum, &eval.message);
         ctx.audit.record(draft).await.map_err(Error::Audit)?;
     }
     if st != old {

@@ -3,11 +3,15 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::approval::signed::{ActKind, SignedAct};
 use crate::audit::{Draft, EventType};
 use crate::crd::agent_deployment::Phase;
 use crate::crd::{AgentDeployment, ApprovalRequest};
 use crate::identity::Identity;
 use crate::policy::Decision;
+
+/// The actor of what the operator decides by itself.
+pub const OPERATOR: &str = "system:dvo-operator";
 
 fn base(
     event: EventType,
@@ -38,7 +42,10 @@ pub fn agent(
     let ns = ad.metadata.namespace.as_deref().unwrap_or("");
     let name = ad.metadata.name.as_deref().unwrap_or("");
     let uid = ad.metadata.uid.as_deref().unwrap_or("");
+    let generation = ad.metadata.generation.unwrap_or(0);
     let user = requester.map_or("(unknown requester)", |r| r.username.as_str());
+    // The generation is part of the fact: going back to an earlier spec is a new change, and
+    // its rollout a new entry.
     let mut d = base(
         event,
         user,
@@ -46,7 +53,7 @@ pub fn agent(
         format!("{ns}/{name}"),
         "AgentDeployment",
         status,
-        format!("{key}/{uid}/{digest}"),
+        format!("{key}/{uid}/g{generation}/{digest}"),
     );
     d.auth_method = if requester.is_some() {
         "kubernetes"
@@ -57,7 +64,7 @@ pub fn agent(
     d.environment = Some(ad.spec.environment.clone());
     d.platform = Some(ad.spec.platform.as_str().to_owned());
     d.agents = vec![ad.spec.agent.clone()];
-    d.metadata = serde_json::json!({"digest": digest, "uid": uid});
+    d.metadata = serde_json::json!({"digest": digest, "uid": uid, "generation": generation});
     d
 }
 
@@ -103,18 +110,32 @@ pub fn transition(
     d
 }
 
-/// The record of an ApprovalRequest reaching a final phase.
-pub fn approval(
+/// Who acted and how, as an act names them in audit metadata.
+fn act_summary(act: &SignedAct) -> serde_json::Value {
+    serde_json::json!({
+        "username": act.subject.username,
+        "uid": act.uid,
+        "roles": act.subject.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+        "at": act.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "mfa": act.mfa,
+        "entra": act.entra,
+    })
+}
+
+/// The acts a decision rests on, for audit metadata.
+pub fn acts_summary(acts: &[&SignedAct]) -> serde_json::Value {
+    acts.iter().map(|a| act_summary(a)).collect()
+}
+
+fn approval_base(
     apr: &ApprovalRequest,
     event: EventType,
+    user: &str,
     status: &str,
-    actors: &[String],
-    message: &str,
+    key: String,
 ) -> Draft {
     let ns = apr.metadata.namespace.as_deref().unwrap_or("");
     let name = apr.metadata.name.as_deref().unwrap_or("");
-    let uid = apr.metadata.uid.as_deref().unwrap_or("");
-    let user = actors.first().map_or("system:dvo-operator", String::as_str);
     let mut d = base(
         event,
         user,
@@ -122,13 +143,77 @@ pub fn approval(
         format!("{ns}/{name}"),
         "ApprovalRequest",
         status,
-        format!("approval/{status}/{uid}"),
+        key,
     );
     d.auth_method = "kubernetes".into();
     d.environment = Some(apr.spec.environment.clone());
     d.platform = Some(apr.spec.platform.as_str().to_owned());
     d.agents = vec![apr.spec.agent.clone()];
+    d
+}
+
+/// The record of one act (approve, reject, cancel) the operator observed stored on a request,
+/// with what it counted for (or why it counted for nothing). The actor is the person the API
+/// server authenticated for the write that stored it: the webhook signed the act with that
+/// identity, and only a signature that verifies for this request is recorded.
+pub fn act(apr: &ApprovalRequest, act: &SignedAct, counted: Result<Vec<String>, String>) -> Draft {
+    let uid = apr.metadata.uid.as_deref().unwrap_or("");
+    let (event, status) = match act.kind {
+        ActKind::Approve => (EventType::ApprovalGranted, "approval_recorded"),
+        ActKind::Reject => (EventType::ApprovalDenied, "rejection_recorded"),
+        ActKind::Cancel => (EventType::ApprovalDenied, "cancellation_recorded"),
+    };
+    let mut d = approval_base(
+        apr,
+        event,
+        &act.subject.username,
+        status,
+        format!("act/{uid}/{}", act.signature),
+    );
+    d.user_roles = act
+        .subject
+        .roles
+        .iter()
+        .map(|r| r.as_str().to_owned())
+        .collect();
+    d.timestamp = act.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (satisfies, ignored) = match counted {
+        Ok(s) => (s, None),
+        Err(why) => (vec![], Some(why)),
+    };
+    d.metadata = serde_json::json!({
+        "specDigest": apr.spec.spec_digest, "deployment": apr.spec.deployment_ref.name,
+        "generation": apr.spec.deployment_ref.generation,
+        "groups": act.subject.groups, "uid": act.uid, "comment": act.comment,
+        "mfa": act.mfa, "entra": act.entra, "satisfies": satisfies, "ignored": ignored,
+    });
+    d
+}
+
+/// The record of an ApprovalRequest reaching a final phase. The operator decided it, so the
+/// operator is the actor; an approval names the whole quorum whose acts it rests on, a rejection
+/// or cancellation the person who gave it (`actors`).
+pub fn approval(
+    apr: &ApprovalRequest,
+    event: EventType,
+    status: &str,
+    actors: &[String],
+    quorum: &[&SignedAct],
+    message: &str,
+) -> Draft {
+    let uid = apr.metadata.uid.as_deref().unwrap_or("");
+    let mut d = approval_base(
+        apr,
+        event,
+        OPERATOR,
+        status,
+        format!("approval/{status}/{uid}"),
+    );
     d.error_message = (status != "approved").then(|| message.to_owned());
-    d.metadata = serde_json::json!({"digest": apr.spec.spec_digest, "deployment": apr.spec.deployment_ref.name, "actors": actors, "message": message});
+    d.metadata = serde_json::json!({
+        "digest": apr.spec.spec_digest, "deployment": apr.spec.deployment_ref.name,
+        "generation": apr.spec.deployment_ref.generation,
+        "actors": actors, "approvers": acts_summary(quorum), "message": message,
+    });
     d
 }

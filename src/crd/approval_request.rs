@@ -82,6 +82,11 @@ pub struct DeploymentRef {
     /// UID, so a re-created AgentDeployment of the same name does not inherit approvals.
     #[schemars(length(min = 1, max = 64))]
     pub uid: String,
+    /// `metadata.generation` of the AgentDeployment spec this request is for: an approval is
+    /// for one change, so going back to an earlier spec (a later generation) asks again.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub generation: i64,
 }
 
 /// The authenticated requester.

@@ -118,7 +118,11 @@ async fn requesters_are_stamped_and_refused_without_the_permission() {
         (requester.username.as_str(), requester.uid.as_deref()),
         ("dev-dana", Some("uid-developer"))
     );
-    let apr = approval_request_name("gha", &spec_digest(&ad.spec));
+    let apr = approval_request_name(
+        "gha",
+        ad.metadata.generation.unwrap(),
+        &spec_digest(&ad.spec),
+    );
     // The requester cannot approve it but may withdraw it; a viewer may do neither.
     refused(
         &ns,
@@ -171,7 +175,11 @@ async fn forged_stamps_status_writes_and_foreign_requests_are_refused() {
     );
     assert!(ok, "{out}");
     let ad = phase(&client, &ns, "gha", Phase::PendingApproval).await;
-    let apr = approval_request_name("gha", &spec_digest(&ad.spec));
+    let apr = approval_request_name(
+        "gha",
+        ad.metadata.generation.unwrap(),
+        &spec_digest(&ad.spec),
+    );
     let target = format!("apr/{apr}");
 
     // A hand-written act, even a copy of a real one, is refused.
@@ -456,7 +464,11 @@ async fn approvals_that_must_prove_mfa_take_a_verified_entra_token() {
     let ad = phase(&client, &ns, "gha", Phase::PendingApproval).await;
     let target = format!(
         "apr/{}",
-        approval_request_name("gha", &spec_digest(&ad.spec))
+        approval_request_name(
+            "gha",
+            ad.metadata.generation.unwrap(),
+            &spec_digest(&ad.spec)
+        )
     );
     let (out, ok) = annotate("release-manager-1", &ns, &target, "dvo.caat.io/approve=ok");
     assert!(

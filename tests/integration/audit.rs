@@ -984,7 +984,7 @@ async fn restarts_neither_lose_nor_duplicate_audit_facts() {
     crate::support::restart_operator().await;
     // The flow goes on after the restarts: a release manager approves, and the restarted
     // operator rolls out.
-    let apr = dvo_operator::controller::agent_deployment::approval_request_name("gha", &digest);
+    let apr = dvo_operator::controller::agent_deployment::approval_request_name("gha", 1, &digest);
     let (out, ok) = crate::support::control_plane().kubectl(
         "release-manager-1",
         &["annotate", "-n", &ns, "apr", &apr, "dvo.caat.io/approve=ok"],

@@ -8,6 +8,7 @@ mod audit;
 mod chart;
 mod crds;
 mod entra;
+mod integrity;
 mod operator;
 mod plugin;
 mod run;

@@ -77,7 +77,11 @@ async fn held_for_approval(
         Some("operator"),
     )
     .await;
-    let apr = approval_request_name("gha", &spec_digest(&ad.spec));
+    let apr = approval_request_name(
+        "gha",
+        ad.metadata.generation.unwrap(),
+        &spec_digest(&ad.spec),
+    );
     phase(client, ns, "gha", Phase::PendingApproval).await;
     (policy, ad, apr)
 }
@@ -301,7 +305,7 @@ async fn walkthrough_production_waits_for_two_release_managers_then_rolls_out_ex
     )
     .await;
     let digest = spec_digest(&ad.spec);
-    let apr_name = approval_request_name("gha", &digest);
+    let apr_name = approval_request_name("gha", ad.metadata.generation.unwrap(), &digest);
     let ad = phase(&client, &ns, "gha", Phase::PendingApproval).await;
     assert_eq!(
         ad.status.as_ref().unwrap().approval_request.as_deref(),
@@ -431,7 +435,7 @@ async fn walkthrough_production_waits_for_two_release_managers_then_rolls_out_ex
     let ad = change_spec(&ns, "gha", json!({"template": {"metadata": {"labels": {"app": "gha"}}, "spec": {"containers": [{"name": "agent", "image": "gha:2"}]}}}), "operator").await;
     let digest2 = spec_digest(&ad.spec);
     let ad = phase(&client, &ns, "gha", Phase::PendingApproval).await;
-    let apr2 = approval_request_name("gha", &digest2);
+    let apr2 = approval_request_name("gha", ad.metadata.generation.unwrap(), &digest2);
     assert_eq!(
         ad.status.unwrap().approval_request.as_deref(),
         Some(apr2.as_str())
@@ -467,7 +471,11 @@ async fn a_spec_change_while_pending_supersedes_the_request() {
     let ns = namespace(&client, "supersede").await;
     let (_, _, first) = held_for_approval(&client, &ns, "{roles: [release_manager]}").await;
     let ad = change_spec(&ns, "gha", json!({"replicas": 3}), "operator").await;
-    let second = approval_request_name("gha", &spec_digest(&ad.spec));
+    let second = approval_request_name(
+        "gha",
+        ad.metadata.generation.unwrap(),
+        &spec_digest(&ad.spec),
+    );
     apr_phase(&client, &ns, &first, ApprovalPhase::Superseded).await;
     phase(&client, &ns, "gha", Phase::PendingApproval).await;
     // The superseded request takes no approval.
@@ -505,7 +513,11 @@ async fn rejection_and_expiry() {
         Some("operator"),
     )
     .await;
-    let apr = approval_request_name("gha", &spec_digest(&ad.spec));
+    let apr = approval_request_name(
+        "gha",
+        ad.metadata.generation.unwrap(),
+        &spec_digest(&ad.spec),
+    );
     phase(&client, &ns, "gha", Phase::PendingApproval).await;
     // A developer may not reject; a release manager may.
     refused(
@@ -544,7 +556,11 @@ async fn rejection_and_expiry() {
         .get("qck")
         .await
         .unwrap();
-    let expired = approval_request_name("qck", &spec_digest(&ad.spec));
+    let expired = approval_request_name(
+        "qck",
+        ad.metadata.generation.unwrap(),
+        &spec_digest(&ad.spec),
+    );
     refused(
         &ns,
         &expired,

@@ -81,7 +81,11 @@ async fn kubectl_dvo_explains_lists_and_acts() {
     }),
     )
     .await;
-    let apr = approval_request_name("gha", &spec_digest(&ad.spec));
+    let apr = approval_request_name(
+        "gha",
+        ad.metadata.generation.unwrap(),
+        &spec_digest(&ad.spec),
+    );
     wait_for(
         &Api::<ApprovalRequest>::namespaced(client.clone(), &ns),
         &apr,
