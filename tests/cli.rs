@@ -326,3 +326,41 @@ fn run_refuses_malformed_audit_sinks_before_connecting() {
         "{err}"
     );
 }
+
+/// Hostile policy values are refused with the user's own text, never a panic (exit 101): an
+/// expiry that overflows, a regex that is invalid as written but valid once wrapped in anchors.
+#[test]
+fn hostile_policy_values_are_refused_not_panicked_on() {
+    let dir = scratch("hostile");
+    let cases = [
+        (
+            "expiry",
+            "{action: RequireApproval, approval: {roles: [release_manager], expiry: 99999999999999h}}",
+            "approval.expiry \"99999999999999h\" is not a duration",
+        ),
+        (
+            "regex",
+            "{priority: 1, action: Allow, conditions: [{field: agent, operator: Matches, value: 'GHA)|(.*'}]}",
+            "invalid regular expression \"GHA)|(.*\"",
+        ),
+    ];
+    for (name, spec, want) in cases {
+        let policies = dir.join(name);
+        std::fs::create_dir_all(&policies).unwrap();
+        write(
+            &policies,
+            "p.yaml",
+            &format!("apiVersion: dvo.caat.io/v1alpha1\nkind: DeploymentPolicy\nmetadata: {{name: {name}}}\nspec: {spec}\n"),
+        );
+        let (out, err, code) = dvo(&[
+            "evaluate",
+            "-f",
+            "examples/gha-production.yaml",
+            "--policies",
+            &policies.display().to_string(),
+        ]);
+        assert_ne!(code, 101, "{name} panicked: {err}");
+        assert_ne!(code, 0, "{name} was accepted: {out}");
+        assert!(err.contains(want), "{name}: {out}{err}");
+    }
+}

@@ -23,6 +23,34 @@ pub struct Compiled {
     regex: Option<Regex>,
 }
 
+/// The longest regular expression a condition may hold.
+pub const MAX_PATTERN: usize = 1024;
+/// The most memory one compiled regular expression may take.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Compiles `pattern` to match a whole value. The pattern is checked exactly as written first,
+/// so wrapping it in anchors cannot change its meaning (`GHA)|(.*` is refused, not turned into
+/// an alternation that matches everything); `^`/`$` are not multi-line, so the anchors hold.
+fn whole_value_regex(pattern: &str) -> Result<Regex, String> {
+    let chars = pattern.chars().count();
+    if chars > MAX_PATTERN {
+        return Err(format!(
+            "regular expression of {chars} characters; at most {MAX_PATTERN}"
+        ));
+    }
+    let shown = pattern;
+    let build = |p: &str| {
+        regex::RegexBuilder::new(p)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .dfa_size_limit(REGEX_SIZE_LIMIT)
+            .nest_limit(64)
+            .build()
+    };
+    build(pattern)
+        .and_then(|_| build(&format!(r"\A(?:{pattern})\z")))
+        .map_err(|e| format!("invalid regular expression {shown:?}: {e}"))
+}
+
 impl Compiled {
     /// Checks a condition's value against its operator and compiles its regex.
     pub fn new(field: &str, operator: Operator, value: &Value) -> Result<Compiled, String> {
@@ -34,9 +62,7 @@ impl Compiled {
                         type_name(value)
                     )
                 })?;
-                Some(Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
-                    format!("condition on {field}: invalid regular expression {pattern:?}: {e}")
-                })?)
+                Some(whole_value_regex(pattern).map_err(|e| format!("condition on {field}: {e}"))?)
             }
             Operator::In | Operator::NotIn if !value.is_array() => {
                 return Err(format!(

@@ -53,6 +53,10 @@ fn operator_by_value_type() {
         (Matches, json!("GH"), json!("GHA"), R::F),
         (Matches, json!("a|b"), json!("ab"), R::F),
         (Matches, json!(".*"), json!(""), R::T),
+        // Anchored whole-value match: an alternation cannot escape the anchors.
+        (Matches, json!("GHA|X"), json!("GHAB"), R::F),
+        (Matches, json!("GHA|X"), json!("ZX"), R::F),
+        (Matches, json!("(?m)GHA"), json!("GHA\nB"), R::F),
         (Matches, json!("1"), json!(1), R::E),
         (Matches, json!(".*"), Value::Null, R::E),
         (Matches, json!(".*"), json!(["x"]), R::E),
@@ -98,6 +102,23 @@ fn bad_values_are_refused_when_compiled() {
             Matches,
             json!(5),
             "Matches needs a regular expression string, found a number",
+        ),
+        // Invalid as written, valid once wrapped in `^(?:...)$`: refused as written.
+        (
+            Matches,
+            json!("GHA)|(.*"),
+            "invalid regular expression \"GHA)|(.*\"",
+        ),
+        (Matches, json!(")|("), "invalid regular expression \")|(\""),
+        (
+            Matches,
+            json!("a".repeat(1025)),
+            "regular expression of 1025 characters; at most 1024",
+        ),
+        (
+            Matches,
+            json!("(a{1000}){1000}"),
+            "invalid regular expression \"(a{1000}){1000}\"",
         ),
         (
             In,
