@@ -350,7 +350,9 @@ fn hostile_policy_values_are_refused_not_panicked_on() {
         write(
             &policies,
             "p.yaml",
-            &format!("apiVersion: dvo.caat.io/v1alpha1\nkind: DeploymentPolicy\nmetadata: {{name: {name}}}\nspec: {spec}\n"),
+            &format!(
+                "apiVersion: dvo.caat.io/v1alpha1\nkind: DeploymentPolicy\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+            ),
         );
         let (out, err, code) = dvo(&[
             "evaluate",

@@ -20,7 +20,7 @@ use crate::approval::signed::{ActKind, Acts, SignedAct};
 use crate::audit::EventType as AuditEvent;
 use crate::capability::CapabilitySet;
 use crate::crd::agent_deployment::{
-    AgentDeploymentStatus, Phase, StepState, StepStatus, spec_digest,
+    AgentDeploymentStatus, Phase, RolloutIntent, RolloutOutcome, StepState, StepStatus, spec_digest,
 };
 use crate::crd::approval_request::{ApprovalPhase, ApprovalRequestSpec, DeploymentRef, Requester};
 use crate::crd::{AgentDeployment, ApprovalRequest, Capability, DeploymentPolicy};
@@ -137,6 +137,7 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
     st.observed_generation = ad.metadata.generation;
     st.spec_digest = Some(digest.clone());
     let generation = ad.metadata.generation;
+    settle_intent(&ctx, &ad, &digest, &mut st).await?;
     let mut requeue = Some(RESYNC);
     let mut approved = (
         decision.outcome == Outcome::Allow,
@@ -335,14 +336,7 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
         ctx.audit.record(draft).await.map_err(Error::Audit)?;
     }
     if differs(&old, &st) {
-        let patch = serde_json::json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "status": st});
-        Api::<AgentDeployment>::namespaced(client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
+        write_status(&ctx, &ad, &st).await?;
     }
     if old.phase != Some(phase) {
         let type_ = if matches!(
@@ -366,6 +360,55 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
         tracing::info!(namespace = %ns, name = %name, phase = ?phase, %message, "phase changed");
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Server-side applies the whole status (the operator owns all of it).
+async fn write_status(
+    ctx: &Context,
+    ad: &AgentDeployment,
+    st: &AgentDeploymentStatus,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "status": st});
+    Api::<AgentDeployment>::namespaced(ctx.client.clone(), &ad.namespace().unwrap_or_default())
+        .patch_status(
+            &ad.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records what became of a rollout intent left in status (applied, or superseded by a later
+/// spec before it reached the workload), once the workload shows it.
+async fn settle_intent(
+    ctx: &Context,
+    ad: &AgentDeployment,
+    digest: &str,
+    st: &mut AgentDeploymentStatus,
+) -> Result<(), Error> {
+    let Some(intent) = st.rollout_intent.clone() else {
+        return Ok(());
+    };
+    let ns = ad.namespace().unwrap_or_default();
+    let running = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&ad.name_any())
+        .await?;
+    let running = running.as_ref().and_then(workload::digest_of);
+    let generation = ad.metadata.generation.unwrap_or(0);
+    if let Some(outcome) = intent.outcome(running, generation, digest) {
+        let message = match outcome {
+            RolloutOutcome::Applied => "the Deployment runs it".to_owned(),
+            RolloutOutcome::Superseded => format!(
+                "the spec changed (generation {generation}, {digest}) before it was written; the Deployment runs {}",
+                running.unwrap_or("nothing")
+            ),
+        };
+        let draft = record::rollout_outcome(ad, &intent, outcome.as_str(), &message);
+        ctx.audit.record(draft).await.map_err(Error::Audit)?;
+        st.rollout_intent = None;
+    }
+    Ok(())
 }
 
 /// Whether the status changed in anything but the evaluation time.
@@ -522,6 +565,17 @@ async fn rollout(
         return Err(Error::Config("spec.template is missing".into()));
     };
     if current.as_ref().and_then(workload::digest_of) != Some(digest) {
+        // Write-ahead, in order: the intent in status (so that its outcome is recorded even if
+        // the spec moves on while the operator is down), the intent in the log, the write, and
+        // its outcome in the log.
+        let intent = RolloutIntent {
+            generation: ad.metadata.generation.unwrap_or(0),
+            digest: digest.to_owned(),
+        };
+        if st.rollout_intent.as_ref() != Some(&intent) {
+            st.rollout_intent = Some(intent.clone());
+            write_status(ctx, ad, st).await?;
+        }
         let mut started = record::agent(
             ad,
             digest,
@@ -538,7 +592,16 @@ async fn rollout(
             None => serde_json::json!({"required": false, "outcome": decision.outcome}),
         };
         ctx.audit.record(started).await.map_err(Error::Audit)?;
-        apply(ctx, ad, &ns, template, digest).await?;
+        if let Err(e) = apply(ctx, ad, &ns, template, digest).await {
+            let failed = record::rollout_outcome(ad, &intent, "failed", &e.to_string());
+            if let Err(why) = ctx.audit.record(failed).await {
+                tracing::warn!(namespace = %ns, name = %name, %why, "cannot record a failed write");
+            }
+            return Err(e);
+        }
+        let applied = record::rollout_outcome(ad, &intent, "applied", "written to the Deployment");
+        ctx.audit.record(applied).await.map_err(Error::Audit)?;
+        st.rollout_intent = None;
         st.deployed_digest = Some(digest.to_owned());
         return Ok((Phase::Progressing, format!("rolling out {digest}")));
     }

@@ -72,7 +72,7 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
     let ns = apr.namespace().unwrap_or_default();
     let name = apr.name_any();
     let old = apr.status.clone().unwrap_or_default();
-    if matches!(old.phase, Some(p) if p != ApprovalPhase::Pending) {
+    if matches!(old.phase, Some(p) if p != ApprovalPhase::Pending && p != ApprovalPhase::Approved) {
         return Ok(Action::await_change());
     }
     let ad = Api::<AgentDeployment>::namespaced(ctx.client.clone(), &ns)
@@ -96,7 +96,18 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
     }
     let of_kind = |kind: ActKind| acts.of(kind);
     let now = Utc::now();
-    let eval = acts.evaluate(&apr.spec, old.phase, superseded, now);
+    // A final phase stands, except an Approved that the verified acts do not bear out (a forged
+    // status write): the request is evaluated afresh from its acts.
+    let current = match old.phase {
+        Some(ApprovalPhase::Approved)
+            if acts.evaluate(&apr.spec, None, superseded, now).phase != ApprovalPhase::Approved =>
+        {
+            tracing::warn!(namespace = %ns, name = %name, "status says Approved but the verified acts do not; evaluating from the acts");
+            None
+        }
+        phase => phase,
+    };
+    let eval = acts.evaluate(&apr.spec, current, superseded, now);
     let mut st: ApprovalRequestStatus = old.clone();
     st.phase = Some(eval.phase);
     st.observed_generation = apr.metadata.generation;

@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 
 use crate::approval::signed::{ActKind, SignedAct};
 use crate::audit::{Draft, EventType};
-use crate::crd::agent_deployment::Phase;
+use crate::crd::agent_deployment::{Phase, RolloutIntent};
 use crate::crd::{AgentDeployment, ApprovalRequest};
 use crate::identity::Identity;
 use crate::policy::Decision;
@@ -29,7 +29,7 @@ fn base(
     d
 }
 
-/// A fact about one spec of an AgentDeployment.
+/// A fact about the current spec of an AgentDeployment (`digest` is its digest).
 pub fn agent(
     ad: &AgentDeployment,
     digest: &str,
@@ -39,10 +39,50 @@ pub fn agent(
     status: &str,
     key: &str,
 ) -> Draft {
+    let change = RolloutIntent {
+        generation: ad.metadata.generation.unwrap_or(0),
+        digest: digest.to_owned(),
+    };
+    agent_change(ad, &change, requester, event, operation, status, key)
+}
+
+/// What became of a rollout recorded ahead of its write: applied, superseded before it was
+/// written, or a failed write. The operator observed it, so the operator is the actor.
+pub fn rollout_outcome(
+    ad: &AgentDeployment,
+    intent: &RolloutIntent,
+    outcome: &str,
+    message: &str,
+) -> Draft {
+    let mut d = agent_change(
+        ad,
+        intent,
+        None,
+        EventType::DeploymentStarted,
+        "rollout outcome",
+        outcome,
+        &format!("rollout-{outcome}"),
+    );
+    d.user_id = OPERATOR.to_owned();
+    d.error_message = (outcome != "applied").then(|| message.to_owned());
+    d.metadata["message"] = message.into();
+    d
+}
+
+/// A fact about one change (generation and digest) of an AgentDeployment.
+fn agent_change(
+    ad: &AgentDeployment,
+    change: &RolloutIntent,
+    requester: Option<&Identity>,
+    event: EventType,
+    operation: &str,
+    status: &str,
+    key: &str,
+) -> Draft {
     let ns = ad.metadata.namespace.as_deref().unwrap_or("");
     let name = ad.metadata.name.as_deref().unwrap_or("");
     let uid = ad.metadata.uid.as_deref().unwrap_or("");
-    let generation = ad.metadata.generation.unwrap_or(0);
+    let (generation, digest) = (change.generation, change.digest.as_str());
     let user = requester.map_or("(unknown requester)", |r| r.username.as_str());
     // The generation is part of the fact: going back to an earlier spec is a new change, and
     // its rollout a new entry.

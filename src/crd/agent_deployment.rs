@@ -261,6 +261,57 @@ pub struct AgentDeploymentStatus {
     /// `PolicyEvaluated`, `Approved`, `CapabilitiesAvailable`, `Ready`, `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// A rollout the audit log holds as about to happen whose outcome it does not hold yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_intent: Option<RolloutIntent>,
+}
+
+/// One change about to be written to the workload (recorded ahead of the write).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutIntent {
+    /// The spec generation.
+    pub generation: i64,
+    /// The spec digest.
+    pub digest: String,
+}
+
+/// What became of a rollout intent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutOutcome {
+    /// The workload runs the intended spec.
+    Applied,
+    /// The spec moved on before the intended one reached the workload.
+    Superseded,
+}
+
+impl RolloutOutcome {
+    /// The audit status word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutOutcome::Applied => "applied",
+            RolloutOutcome::Superseded => "superseded",
+        }
+    }
+}
+
+impl RolloutIntent {
+    /// What became of this intent, given the digest the workload runs and the change
+    /// (generation, digest) the operator wants now; None: still to be written.
+    pub fn outcome(
+        &self,
+        running: Option<&str>,
+        generation: i64,
+        digest: &str,
+    ) -> Option<RolloutOutcome> {
+        if running == Some(self.digest.as_str()) {
+            Some(RolloutOutcome::Applied)
+        } else if self.generation != generation || self.digest != digest {
+            Some(RolloutOutcome::Superseded)
+        } else {
+            None
+        }
+    }
 }
 
 /// The `sha256:` digest of a spec: SHA-256 over its JSON with object keys sorted. Only `spec`

@@ -83,9 +83,9 @@ pub struct DeploymentRef {
     #[schemars(length(min = 1, max = 64))]
     pub uid: String,
     /// `metadata.generation` of the AgentDeployment spec this request is for: an approval is
-    /// for one change, so going back to an earlier spec (a later generation) asks again.
+    /// for one change, so going back to an earlier spec (a later generation) asks again. 0
+    /// (a request made before this field existed) counts for no spec.
     #[serde(default)]
-    #[schemars(range(min = 1))]
     pub generation: i64,
 }
 

@@ -24,7 +24,8 @@ pub const MAX_EXPIRY: chrono::TimeDelta = chrono::TimeDelta::days(30);
 /// a plain decimal number of at most 7 digits, more than 0 and at most 30 days in total.
 pub fn parse_expiry(s: &str) -> Result<chrono::Duration, String> {
     let shown: String = s.chars().take(64).collect();
-    let bad = || format!("approval.expiry {shown:?} is not a duration such as 24h, 90m, 1h30m or 45s");
+    let bad =
+        || format!("approval.expiry {shown:?} is not a duration such as 24h, 90m, 1h30m or 45s");
     let mut total: i64 = 0;
     let mut rest = s;
     for (unit, seconds) in [('h', 3600i64), ('m', 60), ('s', 1)] {
@@ -72,9 +73,11 @@ mod tests {
             "99999999999999999999999h",
             "1h99999999999999999m",
         ];
-        for bad in ["", "1d", "h", "10", "1m1h", "0m", "721h", "-1h", "1.5h", "+1h", " 1h"]
-            .into_iter()
-            .chain(huge)
+        for bad in [
+            "", "1d", "h", "10", "1m1h", "0m", "721h", "-1h", "1.5h", "+1h", " 1h",
+        ]
+        .into_iter()
+        .chain(huge)
         {
             assert!(super::parse_expiry(bad).is_err(), "{bad}");
         }

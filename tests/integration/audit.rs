@@ -1017,48 +1017,9 @@ async fn restarts_neither_lose_nor_duplicate_audit_facts() {
 async fn an_action_that_fails_after_its_append_is_retried_without_a_second_entry() {
     let client = operator().await;
     let ns = namespace(&client, "auditahead").await;
-    let vap = (
-        "admissionregistration.k8s.io",
-        "v1",
-        "ValidatingAdmissionPolicy",
-    );
-    let binding = (
-        "admissionregistration.k8s.io",
-        "v1",
-        "ValidatingAdmissionPolicyBinding",
-    );
-    crate::support::apply(&client, vap, None, json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": ns},
-        "spec": {"failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]}]},
-            "validations": [{"expression": "false", "message": "held by the test"}]},
-    })).await;
-    crate::support::apply(&client, binding, None, json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": ns},
-        "spec": {"policyName": ns, "validationActions": ["Deny"],
-            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}},
-    })).await;
+    crate::support::hold_deployments(&client, &ns).await;
     let deployments =
         Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns);
-    let probe: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "probe"},
-        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "c"}]}}},
-    }))
-    .unwrap();
-    let dry = PostParams {
-        dry_run: true,
-        field_manager: None,
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while deployments.create(&dry, &probe).await.is_ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the hold never took effect"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     let ad: dvo_operator::crd::AgentDeployment = serde_json::from_value(json!({
         "apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "gha"},
@@ -1088,16 +1049,7 @@ async fn an_action_that_fails_after_its_append_is_retried_without_a_second_entry
         "recorded before it happened"
     );
     crate::support::restart_operator().await;
-    Api::<kube::core::DynamicObject>::all_with(
-        client.clone(),
-        &kube::core::ApiResource::from_gvk_with_plural(
-            &kube::core::GroupVersionKind::gvk(binding.0, binding.1, binding.2),
-            "validatingadmissionpolicybindings",
-        ),
-    )
-    .delete(&ns, &Default::default())
-    .await
-    .unwrap();
+    crate::support::release_deployments(&client, &ns).await;
     crate::support::wait_for(
         &deployments,
         "gha",

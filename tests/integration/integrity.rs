@@ -204,13 +204,8 @@ async fn a_forged_approved_status_rolls_nothing_out() {
         )
         .await
         .unwrap();
-    apr_phase(&client, &ns, &apr, ApprovalPhase::Approved).await;
-    status_says(
-        &client,
-        &ns,
-        "its status says Approved but its verified acts do not",
-    )
-    .await;
+    // The operator puts it back: an Approved its verified acts do not bear out does not stand.
+    apr_phase(&client, &ns, &apr, ApprovalPhase::Pending).await;
     assert_eq!(running(&client, &ns).await, None, "nothing rolled out");
     // A real approval then releases it.
     accepted(&ns, &apr, "release-manager-1", "approve");
@@ -353,4 +348,64 @@ async fn concurrent_approvals_are_recorded_once_per_stored_act() {
             .any(|e| e.draft.status == "denied" && e.draft.user_id == "dev-dana"),
         "the developer's refusals are recorded"
     );
+}
+
+/// Audit: a rollout written ahead of its write is always followed by its outcome. v1 is allowed
+/// but the API server refuses the Deployment (failed), the spec moves to v2 before v1 ever
+/// reaches the workload (superseded), then writes are allowed again and v2 is written (applied).
+/// Nothing in the log says v1 ran.
+#[tokio::test]
+async fn every_rollout_intent_is_followed_by_its_outcome() {
+    let client = operator().await;
+    let ns = namespace(&client, "outcome").await;
+    crate::support::hold_deployments(&client, &ns).await;
+    let v1 = create_as("operator", &ns, manifest("gha:1")).await;
+    let resource = format!("{ns}/gha");
+    let facts = || async {
+        audit_entries(&client, &resource)
+            .await
+            .into_iter()
+            .filter(|e| e.draft.idempotency_key.starts_with("rollout"))
+            .map(|e| {
+                let key = e.draft.idempotency_key;
+                let kind = key.split('/').next().unwrap_or("").to_owned();
+                (
+                    kind,
+                    e.draft.metadata["digest"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (d1, kind) = (spec_digest(&v1.spec), |k: &str| k.to_owned());
+    let deadline = std::time::Instant::now() + WAIT;
+    while !facts()
+        .await
+        .contains(&(kind("rollout-failed"), d1.clone()))
+    {
+        assert!(std::time::Instant::now() < deadline, "{:?}", facts().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let v2 = change_image(&ns, "gha:2").await;
+    let d2 = spec_digest(&v2.spec);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !facts()
+        .await
+        .contains(&(kind("rollout-failed"), d2.clone()))
+    {
+        assert!(std::time::Instant::now() < deadline, "{:?}", facts().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    crate::support::release_deployments(&client, &ns).await;
+    phase(&client, &ns, "gha", Phase::Deployed).await;
+    assert_eq!(running(&client, &ns).await, Some(d2.clone()));
+    let want = [
+        ("rollout", &d1),
+        ("rollout-failed", &d1),
+        ("rollout-superseded", &d1),
+        ("rollout", &d2),
+        ("rollout-failed", &d2),
+        ("rollout-applied", &d2),
+    ]
+    .map(|(k, d)| (kind(k), d.clone()));
+    assert_eq!(facts().await, want);
 }

@@ -178,6 +178,68 @@ pub async fn apply(
     .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
 }
 
+const HOLD_BINDING: (&str, &str, &str) = (
+    "admissionregistration.k8s.io",
+    "v1",
+    "ValidatingAdmissionPolicyBinding",
+);
+
+/// Makes the API server refuse every Deployment write in `ns` (a ValidatingAdmissionPolicy
+/// named after it), and waits until it does.
+pub async fn hold_deployments(client: &Client, ns: &str) {
+    let vap = (
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingAdmissionPolicy",
+    );
+    apply(client, vap, None, serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": ns},
+        "spec": {"failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]}]},
+            "validations": [{"expression": "false", "message": "held by the test"}]},
+    })).await;
+    apply(client, HOLD_BINDING, None, serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": ns},
+        "spec": {"policyName": ns, "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}},
+    })).await;
+    let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns);
+    let probe: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "probe"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "c"}]}}},
+    }))
+    .unwrap();
+    let dry = PostParams {
+        dry_run: true,
+        field_manager: None,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while deployments.create(&dry, &probe).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hold never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Lifts [`hold_deployments`].
+pub async fn release_deployments(client: &Client, ns: &str) {
+    let (group, version, kind) = HOLD_BINDING;
+    Api::<kube::core::DynamicObject>::all_with(
+        client.clone(),
+        &kube::core::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk(group, version, kind),
+            "validatingadmissionpolicybindings",
+        ),
+    )
+    .delete(ns, &Default::default())
+    .await
+    .unwrap();
+}
+
 /// RBAC (the operator identity is cluster-admin; people may use our kinds, so that what refuses
 /// them is our webhook, not RBAC), the operator's namespace and the role mapping.
 async fn setup_cluster(client: Client) {
