@@ -60,6 +60,8 @@ pub struct Metrics {
     pub admissions: Family<AdmissionLabels, Counter>,
     /// Audit appends by result (`ok`, `error`).
     pub audit_appends: Family<ValueLabel, Counter>,
+    /// Admission refusals answered although the audit log could not record them, by resource.
+    pub unrecorded_refusals: Family<ValueLabel, Counter>,
     /// Entries of the chain a sink has not delivered yet, by sink.
     pub sink_lag: Family<ValueLabel, Gauge>,
     /// 1 while this replica holds the leader Lease.
@@ -77,6 +79,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         approval_latency: Histogram::new(exponential_buckets(30.0, 2.0, 14)),
         admissions: Family::default(),
         audit_appends: Family::default(),
+        unrecorded_refusals: Family::default(),
         sink_lag: Family::default(),
         leader: Gauge::default(),
         registry: Registry::default(),
@@ -107,6 +110,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "audit_appends",
         "Audit appends by result",
         m.audit_appends.clone(),
+    );
+    registry.register(
+        "admission_refusals_unrecorded",
+        "Admission refusals answered although the audit log could not record them",
+        m.unrecorded_refusals.clone(),
     );
     registry.register(
         "audit_sink_lag_entries",

@@ -222,6 +222,17 @@ pub fn review_update(
         .into_iter()
         .filter_map(|(a, ok)| ok.then_some(a))
         .collect();
+    let decided = signed::Acts {
+        verified: recorded.clone(),
+        forged: vec![],
+    }
+    .evaluate(spec, None, false, now);
+    if decided.phase != ApprovalPhase::Pending {
+        return refuse(format!(
+            "ApprovalRequest {res} is already decided by the acts recorded on it ({}); it takes no more approvals, rejections or cancellations",
+            decided.message
+        ));
+    }
     let who = &user.username;
     match kind {
         ActKind::Approve => {
@@ -260,11 +271,7 @@ pub fn review_update(
                 }
             }
             if !counts {
-                let why = if reasons.is_empty() {
-                    "every requirement already has its approvals".to_owned()
-                } else {
-                    merged(&reasons)
-                };
+                let why = merged(&reasons);
                 return refuse(format!("approval of ApprovalRequest {res} refused: {why}"));
             }
         }

@@ -104,13 +104,16 @@ fn two_release_managers_approve_and_each_act_is_signed_not_audited_by_the_webhoo
             "Approve raj-release mfa=false"
         ]
     );
-    // Nobody is needed any more.
-    let (refusal, _, _) = act("alice", &twice, json!({(APPROVE): ""}), None);
-    assert!(
-        refusal
-            .unwrap()
-            .contains("every requirement already has its approvals")
-    );
+    // The acts decide the request even before the operator writes its status: nobody is needed
+    // any more, and a late rejection or cancellation is refused too.
+    for (user, what) in [("alice", APPROVE), ("rosa", REJECT), ("alice", CANCEL)] {
+        let (refusal, _, _) = act(user, &twice, json!({(what): "late"}), None);
+        let refusal = refusal.unwrap_or_else(|| panic!("{user} {what} accepted"));
+        assert!(
+            refusal.contains("is already decided by the acts recorded on it (approved by raj-release, rosa-release)"),
+            "{refusal}"
+        );
+    }
 }
 
 #[test]

@@ -190,6 +190,19 @@ pub fn approved_for_rollout(reported: Option<ApprovalPhase>, from_acts: Approval
     reported == Some(ApprovalPhase::Approved) && from_acts == ApprovalPhase::Approved
 }
 
+/// Why a rejection or cancellation `act` came too late: after the approval that completed the
+/// quorum (at `met_at`).
+fn after_approval(met_at: Option<DateTime<Utc>>, act: &Act, what: &str) -> Option<String> {
+    met_at.filter(|m| *m < act.at).map(|m| {
+        format!(
+            "the {what} by {} came at {}, after the request was approved at {}",
+            act.subject.username,
+            act.at.to_rfc3339(),
+            m.to_rfc3339()
+        )
+    })
+}
+
 /// One step of the life cycle.
 pub fn evaluate(input: &Input) -> Evaluation {
     let spec = input.spec;
@@ -204,6 +217,13 @@ pub fn evaluate(input: &Input) -> Evaluation {
         })
         .collect();
     let mut seen = BTreeSet::new();
+    // When the quorum was complete: the approval that completed it.
+    let mut met_at: Option<DateTime<Utc>> = None;
+    let met = |progress: &[RequirementProgress]| {
+        progress
+            .iter()
+            .all(|p| p.approvers.len() as i64 >= i64::from(p.needed))
+    };
     let approvals = input
         .approvals
         .iter()
@@ -228,6 +248,9 @@ pub fn evaluate(input: &Input) -> Evaluation {
             if satisfies.is_empty() {
                 Err(reasons.into_iter().next().unwrap_or_default())
             } else {
+                if met_at.is_none() && met(&progress) {
+                    met_at = Some(act.at);
+                }
                 Ok(satisfies)
             }
         })
@@ -236,40 +259,45 @@ pub fn evaluate(input: &Input) -> Evaluation {
         p.met = p.approvers.len() as i64 >= i64::from(p.needed);
     }
 
-    let ignored_rejection = input
-        .rejection
-        .and_then(|act| ineligible_for_all(spec, act));
+    let ignored_rejection = input.rejection.and_then(|act| {
+        ineligible_for_all(spec, act).or_else(|| after_approval(met_at, act, "rejection"))
+    });
     let ignored_cancellation = input.cancellation.and_then(|act| {
         let is_requester = requester_name(spec) == Some(act.subject.username.as_str());
         let is_admin = act.subject.roles.contains(&Role::Admin) && !act.subject.machine;
-        (!is_requester && !is_admin).then(|| {
-            format!(
+        if !is_requester && !is_admin {
+            return Some(format!(
                 "{} is neither the requester nor an admin and cannot cancel",
                 act.subject.username
-            )
-        })
+            ));
+        }
+        after_approval(met_at, act, "cancellation")
     });
+    // The first decisive act decides (a rejection or cancellation given at the same moment as the
+    // approval that completed the quorum wins): acts are never re-read to change an outcome.
+    let cancelled = input
+        .cancellation
+        .filter(|_| ignored_cancellation.is_none());
+    let rejected = input.rejection.filter(|_| ignored_rejection.is_none());
+    let first_refusal = match (cancelled, rejected) {
+        (Some(c), Some(r)) if r.at < c.at => Some((ApprovalPhase::Rejected, r)),
+        (Some(c), _) => Some((ApprovalPhase::Cancelled, c)),
+        (None, Some(r)) => Some((ApprovalPhase::Rejected, r)),
+        (None, None) => None,
+    };
 
-    let all_met = progress.iter().all(|p| p.met);
+    let all_met = met_at.is_some();
     let pending = matches!(input.current, None | Some(ApprovalPhase::Pending));
     let (phase, message) = if !pending {
-        let phase = input.current.expect("not pending means a recorded phase");
+        let phase = input.current.unwrap_or(ApprovalPhase::Pending);
         (phase, format!("{phase:?} (final)"))
-    } else if input.superseded {
-        (
-            ApprovalPhase::Superseded,
-            "the AgentDeployment's spec changed; a new request replaces this one".to_owned(),
-        )
-    } else if let (Some(act), None) = (input.cancellation, &ignored_cancellation) {
-        (
-            ApprovalPhase::Cancelled,
-            format!("cancelled by {}", act.subject.username),
-        )
-    } else if let (Some(act), None) = (input.rejection, &ignored_rejection) {
-        (
-            ApprovalPhase::Rejected,
-            format!("rejected by {}", act.subject.username),
-        )
+    } else if let Some((phase, act)) = first_refusal {
+        let verb = if phase == ApprovalPhase::Rejected {
+            "rejected"
+        } else {
+            "cancelled"
+        };
+        (phase, format!("{verb} by {}", act.subject.username))
     } else if all_met {
         let who: BTreeSet<&str> = progress
             .iter()
@@ -281,6 +309,11 @@ pub fn evaluate(input: &Input) -> Evaluation {
                 "approved by {}",
                 who.into_iter().collect::<Vec<_>>().join(", ")
             ),
+        )
+    } else if input.superseded {
+        (
+            ApprovalPhase::Superseded,
+            "the AgentDeployment's spec changed; a new request replaces this one".to_owned(),
         )
     } else if input.now >= spec.expires_at {
         (

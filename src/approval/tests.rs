@@ -271,13 +271,13 @@ fn rejection_cancellation_expiry_and_supersession() {
         (None, None, false, EXPIRES, Expired),
         (None, None, false, "2026-11-24T11:59:59Z", Pending),
         (None, None, true, now, Superseded),
-        // Supersession wins over everything else.
+        // An act that decided stands when the spec moves on later.
         (
             Some(act("rosa", &[ReleaseManager], BEFORE)),
             None,
             true,
             now,
-            Superseded,
+            Rejected,
         ),
     ];
     for (i, (r, c, sup, now, want)) in table.into_iter().enumerate() {
@@ -399,6 +399,125 @@ fn a_rollout_needs_both_the_verified_acts_and_the_recorded_phase() {
                 want,
                 "status {reported:?}, acts {from_acts:?}"
             );
+        }
+    }
+}
+
+#[test]
+fn the_first_decisive_act_decides() {
+    let s = spec(&[("policy/prod", &[ReleaseManager], 2, false)]);
+    let (t1, t2, t3) = (
+        "2026-11-24T09:00:00Z",
+        "2026-11-24T09:05:00Z",
+        "2026-11-24T09:10:00Z",
+    );
+    let quorum_at = |t: &str| {
+        vec![
+            act("rosa", &[ReleaseManager], t1),
+            act("raj", &[ReleaseManager], t),
+        ]
+    };
+    // (approvals, rejection, cancellation, superseded, phase, the reason an act was ignored)
+    type Case = (
+        Vec<Act>,
+        Option<Act>,
+        Option<Act>,
+        bool,
+        ApprovalPhase,
+        Option<&'static str>,
+    );
+    let table: Vec<Case> = vec![
+        // A rejection after the quorum is complete changes nothing (and says why).
+        (
+            quorum_at(t2),
+            Some(act("rita", &[ReleaseManager], t3)),
+            None,
+            false,
+            Approved,
+            Some("after the request was approved"),
+        ),
+        // Before it, the rejection decides.
+        (
+            quorum_at(t3),
+            Some(act("rita", &[ReleaseManager], t2)),
+            None,
+            false,
+            Rejected,
+            None,
+        ),
+        // At the same moment, the refusal wins (fail closed).
+        (
+            quorum_at(t2),
+            Some(act("rita", &[ReleaseManager], t2)),
+            None,
+            false,
+            Rejected,
+            None,
+        ),
+        (
+            quorum_at(t2),
+            None,
+            Some(act("omar", &[Admin], t2)),
+            false,
+            Cancelled,
+            None,
+        ),
+        (
+            quorum_at(t2),
+            None,
+            Some(act("alice", &[Admin], t3)),
+            false,
+            Approved,
+            Some("after the request was approved"),
+        ),
+        // The earlier of a rejection and a cancellation decides.
+        (
+            vec![],
+            Some(act("rita", &[ReleaseManager], t3)),
+            Some(act("alice", &[Admin], t2)),
+            false,
+            Cancelled,
+            None,
+        ),
+        (
+            vec![],
+            Some(act("rita", &[ReleaseManager], t2)),
+            Some(act("alice", &[Admin], t3)),
+            false,
+            Rejected,
+            None,
+        ),
+        // A quorum completed before the spec moved on stands; an incomplete one is superseded.
+        (quorum_at(t2), None, None, true, Approved, None),
+        (
+            quorum_at(t2)[..1].to_vec(),
+            None,
+            None,
+            true,
+            Superseded,
+            None,
+        ),
+    ];
+    for (i, (approvals, rejection, cancellation, superseded, want, ignored)) in
+        table.into_iter().enumerate()
+    {
+        let e = evaluate(&Input {
+            spec: &s,
+            current: None,
+            approvals: &approvals,
+            rejection: rejection.as_ref(),
+            cancellation: cancellation.as_ref(),
+            superseded,
+            now: at("2026-11-24T10:00:00Z"),
+        });
+        assert_eq!(e.phase, want, "case {i}");
+        let why = e.ignored_rejection.or(e.ignored_cancellation);
+        match ignored {
+            Some(w) => assert!(
+                why.as_deref().is_some_and(|y| y.contains(w)),
+                "case {i}: {why:?}"
+            ),
+            None => assert_eq!(why, None, "case {i}"),
         }
     }
 }

@@ -250,6 +250,13 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
         }
     };
 
+    // An intent for this very change still open here was not written in this reconcile: the
+    // decision no longer lets it out.
+    if let Some(intent) = st.rollout_intent.take() {
+        let why = format!("not written: {phase:?}: {message}");
+        let draft = record::rollout_outcome(&ad, &intent, "withheld", &why);
+        ctx.audit.record(draft).await.map_err(Error::Audit)?;
+    }
     let message = match &stamp_problem {
         Some(why) => format!("{message} (requester unknown: {why})"),
         None => message,
@@ -455,6 +462,11 @@ async fn ensure_approval_request(
         if !approval::outdated(phase, &existing.spec.requirements, &requirements) {
             return Ok(Ok(existing));
         }
+        // Acts stored on it that the request controller has not recorded yet are recorded now,
+        // before it goes.
+        let acts = Acts::read(&existing, &ctx.stamp_key).map_err(Error::Config)?;
+        let eval = acts.evaluate(&existing.spec, None, false, Utc::now());
+        super::approval_request::record_new_acts(ctx, &existing, &acts, &eval).await?;
         let uid = existing.uid().unwrap_or_default();
         let replaced = record::agent(
             ad,
@@ -593,7 +605,9 @@ async fn rollout(
         };
         ctx.audit.record(started).await.map_err(Error::Audit)?;
         if let Err(e) = apply(ctx, ad, &ns, template, digest).await {
-            let failed = record::rollout_outcome(ad, &intent, "failed", &e.to_string());
+            // An attempt, not an outcome: the write may still have happened (a timeout), and
+            // the outcome (applied, superseded, withheld) follows once the operator sees it.
+            let failed = record::rollout_outcome(ad, &intent, "write_failed", &e.to_string());
             if let Err(why) = ctx.audit.record(failed).await {
                 tracing::warn!(namespace = %ns, name = %name, %why, "cannot record a failed write");
             }
@@ -612,18 +626,21 @@ async fn rollout(
     } else {
         Phase::Degraded
     };
+    let healthy_template = Some(workload::template_hash(&deployment.spec.template));
     if !step_active(ad.spec.steps.health_check, "health-check", decision) {
         st.healthy_digest = Some(digest.to_owned());
+        st.healthy_template = healthy_template;
         return Ok((healthy_phase, "rolled out (no health check)".into()));
     }
     match workload::rollout(&deployment) {
         Rollout::Progressing(m) => Ok((Phase::Progressing, m)),
-        Rollout::Failed(m) => fail(ctx, ad, digest, decision, st, m).await,
+        Rollout::Failed(m) => fail(ctx, ad, &deployment, digest, decision, st, m).await,
         Rollout::Available => match run_hooks(ctx, ad, digest, decision, st).await? {
             Hooks::Running(m) => Ok((Phase::Progressing, m)),
-            Hooks::TestsFailed(m) => fail(ctx, ad, digest, decision, st, m).await,
+            Hooks::TestsFailed(m) => fail(ctx, ad, &deployment, digest, decision, st, m).await,
             Hooks::Done(problem) => {
                 st.healthy_digest = Some(digest.to_owned());
+                st.healthy_template = healthy_template;
                 match problem {
                     Some(m) => Ok((Phase::Degraded, format!("{digest} is available; {m}"))),
                     None => Ok((healthy_phase, format!("{digest} is available"))),
@@ -633,10 +650,13 @@ async fn rollout(
     }
 }
 
-/// Records a failed rollout of `digest` and rolls back to the last healthy spec when allowed.
+/// Records a failed rollout of `digest` and rolls back to the last healthy spec when allowed:
+/// auto-rollback is the operator's own act (allowed by the `auto-rollback` capability), restores
+/// only the exact template that passed its health check, and is recorded before and after.
 async fn fail(
     ctx: &Context,
     ad: &AgentDeployment,
+    deployment: &Deployment,
     digest: &str,
     decision: &Decision,
     st: &mut AgentDeploymentStatus,
@@ -644,39 +664,52 @@ async fn fail(
 ) -> Result<(Phase, String), Error> {
     let ns = ad.namespace().unwrap_or_default();
     st.failed_digest = Some(digest.to_owned());
-    let target = st.healthy_digest.clone().filter(|h| h != digest);
-    match target {
-        Some(good) if step_active(ad.spec.steps.auto_rollback, "auto-rollback", decision) => {
-            match previous_template(ctx, &ns, &ad.name_any(), &good).await? {
-                Some(template) => {
-                    let key = format!("rollback-to/{good}");
-                    let rollback = record::agent(
-                        ad,
-                        digest,
-                        None,
-                        AuditEvent::RollbackStarted,
-                        "auto-rollback",
-                        "success",
-                        &key,
-                    );
-                    ctx.audit.record(rollback).await.map_err(Error::Audit)?;
-                    apply(ctx, ad, &ns, template, &good).await?;
-                    st.deployed_digest = Some(good.clone());
-                    Ok((
-                        Phase::Failed,
-                        format!("rollout of {digest} failed ({why}); rolled back to {good}"),
-                    ))
-                }
-                None => Ok((
-                    Phase::Failed,
-                    format!(
-                        "rollout of {digest} failed ({why}); no ReplicaSet of {good} is left to roll back to"
-                    ),
-                )),
-            }
-        }
-        _ => Ok((Phase::Failed, format!("rollout of {digest} failed ({why})"))),
+    let target = st
+        .healthy_digest
+        .clone()
+        .filter(|h| h != digest)
+        .zip(st.healthy_template.clone());
+    let Some((good, hash)) = target else {
+        return Ok((Phase::Failed, format!("rollout of {digest} failed ({why})")));
+    };
+    if !step_active(ad.spec.steps.auto_rollback, "auto-rollback", decision) {
+        return Ok((Phase::Failed, format!("rollout of {digest} failed ({why})")));
     }
+    let Some(template) = previous_template(ctx, deployment, &good, &hash).await? else {
+        return Ok((
+            Phase::Failed,
+            format!(
+                "rollout of {digest} failed ({why}); no ReplicaSet of the Deployment holds the healthy template of {good} to roll back to"
+            ),
+        ));
+    };
+    let operator = |event, operation: &str, status: &str, key: String| {
+        let mut d = record::agent(ad, digest, None, event, operation, status, &key);
+        d.user_id = record::OPERATOR.to_owned();
+        d.metadata["rollbackTo"] = good.clone().into();
+        d.metadata["template"] = hash.clone().into();
+        d
+    };
+    let started = operator(
+        AuditEvent::RollbackStarted,
+        "auto-rollback",
+        "intent",
+        format!("rollback-to/{good}"),
+    );
+    ctx.audit.record(started).await.map_err(Error::Audit)?;
+    apply(ctx, ad, &ns, template, &good).await?;
+    let done = operator(
+        AuditEvent::RollbackCompleted,
+        "auto-rollback",
+        "applied",
+        format!("rollback-applied/{good}"),
+    );
+    ctx.audit.record(done).await.map_err(Error::Audit)?;
+    st.deployed_digest = Some(good.clone());
+    Ok((
+        Phase::Failed,
+        format!("rollout of {digest} failed ({why}); rolled back to {good}"),
+    ))
 }
 
 /// Where the hook steps of a rolled-out spec stand.
@@ -785,27 +818,41 @@ async fn apply(
     Ok(())
 }
 
-/// The pod template of spec `digest` from the Deployment's ReplicaSet history.
+/// The pod template of spec `digest` from the ReplicaSets the Deployment controls, only if it
+/// hashes to `hash` (the template that passed its health check): a ReplicaSet someone else made
+/// with our labels and annotations is never restored.
 async fn previous_template(
     ctx: &Context,
-    ns: &str,
-    name: &str,
+    deployment: &Deployment,
     digest: &str,
+    hash: &str,
 ) -> Result<Option<k8s_openapi::api::core::v1::PodTemplateSpec>, Error> {
-    let rs = Api::<ReplicaSet>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("{}={name}", workload::OWNER_LABEL)))
+    let ns = deployment.namespace().unwrap_or_default();
+    let owner = deployment.uid().unwrap_or_default();
+    let rs = Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!(
+            "{}={}",
+            workload::OWNER_LABEL,
+            deployment.name_any()
+        )))
         .await?;
     let found = rs
         .items
         .into_iter()
+        .filter(|r| {
+            r.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && o.uid == owner)
+        })
         .filter_map(|r| r.spec.template)
         .find(|t| {
-            t.metadata
+            let annotated = t
+                .metadata
                 .as_ref()
                 .and_then(|m| m.annotations.as_ref())
                 .and_then(|a| a.get(workload::DIGEST_ANNOTATION))
-                .map(String::as_str)
-                == Some(digest)
+                .map(String::as_str);
+            annotated == Some(digest) && workload::template_hash(t) == hash
         });
     // The Deployment controller adds this label to ReplicaSet templates; it is not ours to apply.
     Ok(found.map(|mut t| {

@@ -67,6 +67,23 @@ fn new_acts<'a>(
         .collect()
 }
 
+/// Records the verified acts on `apr` its status does not list yet (see [`new_acts`]): by the
+/// request controller before the status that lists them, and before an outdated request is
+/// replaced, so that no stored act goes unrecorded.
+pub async fn record_new_acts(
+    ctx: &Context,
+    apr: &ApprovalRequest,
+    acts: &Acts,
+    eval: &Evaluation,
+) -> Result<(), Error> {
+    let old = apr.status.clone().unwrap_or_default();
+    for (act, counted) in new_acts(&old, acts, eval) {
+        let draft = record::act(apr, act, counted);
+        ctx.audit.record(draft).await.map_err(Error::Audit)?;
+    }
+    Ok(())
+}
+
 /// Reconciles one ApprovalRequest.
 pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = apr.namespace().unwrap_or_default();
@@ -144,10 +161,7 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
     // Each act is recorded once, when the operator first sees it stored (the status written
     // below lists it from then on), before anything it causes: the webhook does not record
     // accepted acts, because the API server may call it several times for one stored write.
-    for (act, counted) in new_acts(&old, &acts, &eval) {
-        let draft = record::act(&apr, act, counted);
-        ctx.audit.record(draft).await.map_err(Error::Audit)?;
-    }
+    record_new_acts(&ctx, &apr, &acts, &eval).await?;
     if old.phase != Some(eval.phase)
         && eval.phase == ApprovalPhase::Approved
         && let Some(created) = &apr.metadata.creation_timestamp

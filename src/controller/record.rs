@@ -46,8 +46,9 @@ pub fn agent(
     agent_change(ad, &change, requester, event, operation, status, key)
 }
 
-/// What became of a rollout recorded ahead of its write: applied, superseded before it was
-/// written, or a failed write. The operator observed it, so the operator is the actor.
+/// What became of a rollout recorded ahead of its write: `applied`, `superseded` (the spec
+/// moved on before it was written), `withheld` (the decision no longer let it out), or a
+/// `write_failed` attempt (an outcome follows). The operator observed it, so it is the actor.
 pub fn rollout_outcome(
     ad: &AgentDeployment,
     intent: &RolloutIntent,
@@ -65,6 +66,7 @@ pub fn rollout_outcome(
     );
     d.user_id = OPERATOR.to_owned();
     d.error_message = (outcome != "applied").then(|| message.to_owned());
+    d.metadata["outcome"] = outcome.into();
     d.metadata["message"] = message.into();
     d
 }

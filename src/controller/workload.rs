@@ -78,6 +78,19 @@ pub fn digest_of(d: &Deployment) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// SHA-256 of a pod template as the API server stores it, without the `pod-template-hash` label
+/// the Deployment controller adds to ReplicaSets: equal for a Deployment's template and the
+/// ReplicaSet it made of it.
+pub fn template_hash(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> String {
+    use sha2::{Digest, Sha256};
+    let mut t = template.clone();
+    if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+        labels.remove("pod-template-hash");
+    }
+    let bytes = serde_json::to_vec(&t).unwrap_or_default();
+    crate::hex(&Sha256::digest(bytes))
+}
+
 /// Where a rollout stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rollout {

@@ -249,6 +249,11 @@ pub struct AgentDeploymentStatus {
     /// Digest of the last spec whose rollout passed its health check: where auto-rollback returns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy_digest: Option<String>,
+    /// SHA-256 of the pod template the Deployment ran (as the API server stored it) when
+    /// `healthyDigest` passed its health check: auto-rollback restores only a template that
+    /// hashes to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_template: Option<String>,
     /// Digest of a spec whose rollout failed; it is not applied again until the spec changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_digest: Option<String>,

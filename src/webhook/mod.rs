@@ -282,7 +282,13 @@ impl Shared {
             draft.request_id = Some(req.uid.clone());
             let recorded = self.audit.record(draft).await.map(|_| ());
             if let Err(e) = &recorded {
-                tracing::error!(uid = %req.uid, %e, "audit append failed");
+                tracing::error!(uid = %req.uid, user = ?req.user_info.username, refusal = ?verdict.refusal, %e, "audit append failed");
+                if verdict.refusal.is_some() {
+                    crate::metrics::METRICS
+                        .unrecorded_refusals
+                        .get_or_create(&crate::metrics::value(req.resource.resource.clone()))
+                        .inc();
+                }
             }
             verdict = verdict.after_audit(recorded);
         }

@@ -154,12 +154,24 @@ async fn requesters_are_stamped_and_refused_without_the_permission() {
                 "vera-viewer".into(),
                 "denied".into()
             ),
-            (
-                EventType::ApprovalDenied,
-                "dev-dana".into(),
-                "cancellation_recorded".into()
-            ),
-        ]
+        ],
+        "the webhook records its refusals"
+    );
+    // The accepted cancellation is recorded by the operator, once, when it sees it stored.
+    let recorded: Vec<(EventType, String, String)> =
+        crate::support::audit_entries(&client, &format!("{ns}/{apr}"))
+            .await
+            .into_iter()
+            .filter(|e| e.draft.idempotency_key.starts_with("act/"))
+            .map(|e| (e.draft.event_type, e.draft.user_id, e.draft.status))
+            .collect();
+    assert_eq!(
+        recorded,
+        [(
+            EventType::ApprovalDenied,
+            "dev-dana".into(),
+            "cancellation_recorded".into()
+        )]
     );
 }
 

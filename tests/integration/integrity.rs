@@ -158,9 +158,7 @@ async fn a_request_made_for_another_spec_never_rolls_out_this_one() {
     )
     .await
     .unwrap();
-    // The operator marks it Superseded (it is not for the spec of the time); a status writer
-    // then says Approved, which sticks (a final phase is never revisited).
-    apr_phase(&client, &ns, &name, ApprovalPhase::Superseded).await;
+    // A status writer says Approved (the operator puts it back: it is for no current spec).
     ops.patch_status(
         &name,
         &PatchParams::default(),
@@ -168,8 +166,6 @@ async fn a_request_made_for_another_spec_never_rolls_out_this_one() {
     )
     .await
     .unwrap();
-    apr_phase(&client, &ns, &name, ApprovalPhase::Approved).await;
-
     change_image(&ns, "gha:evil").await;
     let ad = status_says(&client, &ns, "is not the request for this spec").await;
     assert_eq!(ad.status.unwrap().phase, Some(Phase::PendingApproval));
@@ -380,7 +376,7 @@ async fn every_rollout_intent_is_followed_by_its_outcome() {
     let deadline = std::time::Instant::now() + WAIT;
     while !facts()
         .await
-        .contains(&(kind("rollout-failed"), d1.clone()))
+        .contains(&(kind("rollout-write_failed"), d1.clone()))
     {
         assert!(std::time::Instant::now() < deadline, "{:?}", facts().await);
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -390,7 +386,7 @@ async fn every_rollout_intent_is_followed_by_its_outcome() {
     let deadline = std::time::Instant::now() + WAIT;
     while !facts()
         .await
-        .contains(&(kind("rollout-failed"), d2.clone()))
+        .contains(&(kind("rollout-write_failed"), d2.clone()))
     {
         assert!(std::time::Instant::now() < deadline, "{:?}", facts().await);
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -400,10 +396,10 @@ async fn every_rollout_intent_is_followed_by_its_outcome() {
     assert_eq!(running(&client, &ns).await, Some(d2.clone()));
     let want = [
         ("rollout", &d1),
-        ("rollout-failed", &d1),
+        ("rollout-write_failed", &d1),
         ("rollout-superseded", &d1),
         ("rollout", &d2),
-        ("rollout-failed", &d2),
+        ("rollout-write_failed", &d2),
         ("rollout-applied", &d2),
     ]
     .map(|(k, d)| (kind(k), d.clone()));
