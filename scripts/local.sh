@@ -55,9 +55,12 @@ k config view --raw --minify > "$operator_kubeconfig"
 KUBECONFIG="$operator_kubeconfig" k config set-credentials operator --token="$token" > /dev/null
 KUBECONFIG="$operator_kubeconfig" k config set-context --current --user=operator > /dev/null
 webhook_url="${WEBHOOK_URL:-https://127.0.0.1:9443}"
+# On our local control plane the API server authenticates to webhooks with a client certificate.
+client_ca=()
+if [[ -n "$local_cluster" ]]; then client_ca=(--webhook-client-ca "$local_cluster/pki/webhook-client-ca.crt"); fi
 KUBECONFIG="$operator_kubeconfig" RUST_LOG="${RUST_LOG:-info,kube=warn}" target/debug/dvo run \
   --namespace dvo-system --health-addr 127.0.0.1:8081 \
-  --webhook-addr 127.0.0.1:9443 --webhook-url "$webhook_url" > "$state/operator.log" 2>&1 &
+  --webhook-addr 127.0.0.1:9443 --webhook-url "$webhook_url" "${client_ca[@]}" > "$state/operator.log" 2>&1 &
 pids+=($!)
 until curl -fsS http://127.0.0.1:8081/readyz > /dev/null 2>&1; do
   kill -0 "${pids[-1]}" 2>/dev/null || { tail -20 "$state/operator.log"; exit 1; }

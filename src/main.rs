@@ -64,6 +64,11 @@ struct RunArgs {
     /// requester is stamped and no approval is accepted).
     #[arg(long)]
     no_webhook: bool,
+    /// PEM file of the CA that issues the client certificate the API server presents to
+    /// admission webhooks (its AdmissionConfiguration): only such callers are served, and only
+    /// then does an audit entry of a refusal name the person refused.
+    #[arg(long, env = "DVO_WEBHOOK_CLIENT_CA")]
+    webhook_client_ca: Option<std::path::PathBuf>,
     /// Entra ID settings (YAML: tenants, audience, issuerVersion, jwksUrl or jwksFile, ...) for
     /// approvals that must prove MFA with `dvo.caat.io/approve-token`.
     #[arg(long)]
@@ -100,6 +105,13 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    let client_ca = match &args.webhook_client_ca {
+        None => None,
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+        ),
+    };
     let entra = match &args.entra_config {
         None => None,
         Some(path) => {
@@ -150,6 +162,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
                 service: args.webhook_service.clone(),
                 entra,
                 certificates: args.webhook_certificates,
+                client_ca,
             };
             tokio::spawn(dvo_operator::webhook::serve(
                 client.clone(),

@@ -127,6 +127,24 @@ pub fn draft(
     d
 }
 
+/// The actor of an audit entry whose caller did not authenticate as the API server.
+pub const UNVERIFIED_CALLER: &str = "(unverified webhook caller)";
+
+/// `draft` for a request whose caller did not prove it is the API server (no client certificate
+/// from the configured CA): the user in it is only claimed, so the entry names no person as its
+/// actor and keeps the claim in `metadata.claimedUser`.
+pub fn unverified_caller(mut d: Draft) -> Draft {
+    if !d.metadata.is_object() {
+        d.metadata = json!({});
+    }
+    d.metadata["claimedUser"] = d.user_id.clone().into();
+    d.metadata["claimedRoles"] = d.user_roles.clone().into();
+    d.user_id = UNVERIFIED_CALLER.to_owned();
+    d.user_roles = vec![];
+    d.auth_method = "unverified-caller".into();
+    d
+}
+
 /// Refuses writes to a status subresource of ours by anyone but the operator.
 pub fn status(env: &Env, user: &Identity, kind: &str, resource: String) -> Verdict {
     if user.username == env.operator {
@@ -196,6 +214,34 @@ mod tests {
             )
         );
         assert_eq!(v.audit.unwrap().event_type, EventType::PermissionDenied);
+    }
+
+    #[test]
+    fn an_unverified_caller_never_names_a_person() {
+        let alice = Identity {
+            username: "alice-admin".into(),
+            ..Identity::default()
+        };
+        let mut d = draft(
+            EventType::PermissionDenied,
+            &alice,
+            "create",
+            "ns/x".into(),
+            "AgentDeployment",
+            "denied",
+            None,
+        );
+        d.user_roles = vec!["admin".into()];
+        let mut odd = d.clone();
+        odd.metadata = json!("not an object");
+        for d in [d, odd] {
+            let u = unverified_caller(d);
+            assert_eq!(u.user_id, UNVERIFIED_CALLER);
+            assert_eq!(u.auth_method, "unverified-caller");
+            assert!(u.user_roles.is_empty());
+            assert_eq!(u.metadata["claimedUser"], "alice-admin");
+            assert_eq!(u.metadata["claimedRoles"], json!(["admin"]));
+        }
     }
 
     #[test]

@@ -48,7 +48,23 @@ pub struct Settings {
     pub entra: Option<EntraConfig>,
     /// Whether the certificate is the operator's own (generated) or another issuer's.
     pub certificates: Certificates,
+    /// PEM of the CA that issues the API server's webhook client certificate: when set, only
+    /// callers presenting such a certificate are served. When not set, any TLS client is served
+    /// and what it says is recorded as claimed (no person is named as the actor).
+    pub client_ca: Option<String>,
 }
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a connection is kept (the API server reconnects): idle connections do not pile up.
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 512;
+/// The largest AdmissionReview read (an object and its old version, each up to the API
+/// server's 3 MiB request limit).
+pub const MAX_BODY: usize = 7 * 1024 * 1024;
 
 /// Who issues the webhook's certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -67,6 +83,8 @@ struct Shared {
     operator: String,
     audit: AuditLog,
     verifier: Option<jwks::Verifier>,
+    /// Whether every caller proved it is the API server (client certificates required).
+    callers_verified: bool,
 }
 
 /// Who the API server knows `client` as (a SelfSubjectReview): for the webhook, the operator's
@@ -104,7 +122,13 @@ pub async fn serve(
         Certificates::Own => tls::ensure(&client, &ns, &hosts).await?,
         Certificates::CertManager => tls::external(&client, &ns).await?,
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&cert)?);
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(tls::server_config(&cert, settings.client_ca.as_deref())?);
+    if settings.client_ca.is_none() {
+        tracing::warn!(
+            "no --webhook-client-ca: any TLS client can call the webhook; what it says is recorded as claimed only (see README: authenticating the API server)"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(settings.addr).await?;
     let signing =
         crate::audit::SigningKey::from_seed(&keys.checkpoint).map_err(anyhow::Error::msg)?;
@@ -119,10 +143,13 @@ pub async fn serve(
         namespace: ns,
         key: keys.stamp,
         operator: operator.clone(),
+        callers_verified: settings.client_ca.is_some(),
     });
     let app = Router::new()
         .route("/admit/{kind}", post(admit))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared);
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     registration::apply(&client, &settings, &cert.ca).await?;
     tracing::info!(addr = %settings.addr, %operator, "admission webhook serving");
     ready.store(true, Ordering::Relaxed);
@@ -138,17 +165,33 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "webhook connection limit reached; closing");
+            continue;
+        };
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(tls) => tls,
-                Err(e) => return tracing::debug!(%peer, %e, "webhook TLS handshake failed"),
+            let _permit = permit;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::debug!(%peer, %e, "webhook TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "webhook TLS handshake timed out"),
             };
             let service = TowerToHyperService::new(app);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = tokio::time::sleep(CONNECTION_LIFETIME) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, %e, "webhook connection ended with an error");
             }
         });
@@ -280,6 +323,9 @@ impl Shared {
             draft.timestamp = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             draft.idempotency_key = format!("admission/{}", req.uid);
             draft.request_id = Some(req.uid.clone());
+            if !self.callers_verified {
+                draft = admission::unverified_caller(draft);
+            }
             let recorded = self.audit.record(draft).await.map(|_| ());
             if let Err(e) = &recorded {
                 tracing::error!(uid = %req.uid, user = ?req.user_info.username, refusal = ?verdict.refusal, %e, "audit append failed");

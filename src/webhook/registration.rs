@@ -128,6 +128,7 @@ mod tests {
             service: "dvo-operator-webhook".into(),
             entra: None,
             certificates: super::super::Certificates::Own,
+            client_ca: None,
         }
     }
 

@@ -181,16 +181,40 @@ pub async fn external(client: &Client, namespace: &str) -> anyhow::Result<Certif
 }
 
 /// A rustls server configuration serving `cert`.
-pub fn server_config(cert: &Certificate) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+///
+/// With `client_ca` (PEM), every connection must present a client certificate issued by that CA
+/// (the API server's, configured through its AdmissionConfiguration): nothing else can even
+/// complete a handshake.
+pub fn server_config(
+    cert: &Certificate,
+    client_ca: Option<&str>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(cert.cert.as_bytes()).collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(cert.key.as_bytes())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    Ok(Arc::new(config))
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(ca?)?;
+            }
+            anyhow::ensure!(
+                !roots.is_empty(),
+                "the webhook client CA file holds no certificate"
+            );
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    Ok(Arc::new(builder.with_single_cert(chain, key)?))
 }
 
 #[cfg(test)]
@@ -205,7 +229,9 @@ mod tests {
         ];
         let (cert, not_after) = generate(&hosts).unwrap();
         assert!(cert.ca.starts_with("-----BEGIN CERTIFICATE-----"));
-        server_config(&cert).unwrap();
+        server_config(&cert, None).unwrap();
+        server_config(&cert, Some(&cert.ca)).unwrap();
+        assert!(server_config(&cert, Some("not a certificate")).is_err());
         let mut secret = Secret::default();
         secret
             .annotations_mut()

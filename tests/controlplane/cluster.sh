@@ -9,7 +9,9 @@
 # Runs in the foreground until interrupted (or until process PID exits), then stops every
 # process it started and deletes its data. DIR (default: a new temporary directory) receives
 # one kubeconfig per identity (kubeconfig-<name>; `kubeconfig` is the admin), `env` with the
-# export line, and `ready` once /readyz answers ok.
+# export line, `pki/webhook-client-ca.crt` (the CA of the client certificate the API server
+# presents to admission webhooks: give it to `dvo run --webhook-client-ca`), and `ready` once
+# /readyz answers ok.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -62,6 +64,40 @@ openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
 printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n' > "$pki/san.ext"
 openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
   -days 2 -extfile "$pki/san.ext" -out "$pki/apiserver.crt" 2>/dev/null
+# The client certificate the API server presents to admission webhooks (its own CA, so that a
+# webhook that trusts it trusts nothing else): see AdmissionConfiguration below.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=dvo-test-webhook-client-ca" \
+  -keyout "$pki/webhook-client-ca.key" -out "$pki/webhook-client-ca.crt" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver-webhook-client" \
+  -keyout "$pki/webhook-client.key" -out "$pki/webhook-client.csr" 2>/dev/null
+printf 'extendedKeyUsage=clientAuth\n' > "$pki/client.ext"
+openssl x509 -req -in "$pki/webhook-client.csr" -CA "$pki/webhook-client-ca.crt" \
+  -CAkey "$pki/webhook-client-ca.key" -CAcreateserial -days 2 -extfile "$pki/client.ext" \
+  -out "$pki/webhook-client.crt" 2>/dev/null
+cat > "$pki/webhook-client.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+users:
+- name: "*"
+  user:
+    client-certificate: $pki/webhook-client.crt
+    client-key: $pki/webhook-client.key
+EOF
+cat > "$pki/admission.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: ValidatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $pki/webhook-client.kubeconfig
+- name: MutatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $pki/webhook-client.kubeconfig
+EOF
 openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 
@@ -105,6 +141,7 @@ api_port="$(free_port)"
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
   --client-ca-file "$pki/ca.crt" \
   --token-auth-file "$pki/tokens.csv" \
+  --admission-control-config-file "$pki/admission.yaml" \
   --authorization-mode RBAC \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
   --service-account-issuer https://kubernetes.default.svc \

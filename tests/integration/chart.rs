@@ -29,9 +29,20 @@ async fn the_chart_lints_and_its_manifests_pass_the_api_server() {
         "audit.sinks[0].url=syslog+tls://siem.example:6514",
         "--set",
         "entra.audience=api://dvo",
+        "--set",
+        "webhook.clientCAConfigMap=apiserver-webhook-client-ca",
+        "--set",
+        "webhook.networkPolicy.apiServerCIDRs[0]=10.0.0.0/16",
     ]);
     assert!(ok, "{manifests}");
+    assert!(
+        manifests.contains("- --webhook-client-ca=/etc/dvo/webhook-client-ca/ca.crt")
+            && manifests.contains("configMap: {name: apiserver-webhook-client-ca}")
+            && manifests.contains("ipBlock: {cidr: \"10.0.0.0/16\"}"),
+        "{manifests}"
+    );
     for kind in [
+        "NetworkPolicy",
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",

@@ -13,3 +13,4 @@ mod operator;
 mod plugin;
 mod run;
 mod support;
+mod webhook_auth;

@@ -94,6 +94,16 @@ impl ControlPlane {
         self.dir.join(format!("kubeconfig-{identity}"))
     }
 
+    /// The CA of the client certificate the API server presents to admission webhooks.
+    pub fn webhook_client_ca(&self) -> PathBuf {
+        self.dir.join("pki/webhook-client-ca.crt")
+    }
+
+    /// The control plane's files (certificates and keys under `pki/`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// A client authenticated as `identity`.
     pub async fn client(&self, identity: &str) -> Client {
         let kubeconfig = Kubeconfig::read_from(self.kubeconfig(identity)).expect("read kubeconfig");
@@ -424,6 +434,10 @@ fn start_webhook() {
             service: "dvo-operator-webhook".to_owned(),
             entra: Some(entra_config("jwksFile", jwks.to_str().expect("utf-8"), 300)),
             certificates: dvo_operator::webhook::Certificates::Own,
+            client_ca: Some(
+                std::fs::read_to_string(control_plane().webhook_client_ca())
+                    .expect("the control plane's webhook client CA"),
+            ),
         };
         dvo_operator::webhook::serve(client, settings, flag, std::future::pending())
             .await
