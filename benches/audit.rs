@@ -39,6 +39,7 @@ fn chain(n: usize, key: &SigningKey) -> (Vec<Segment>, Vec<dvo_operator::audit::
                     name: String::new(),
                     previous: prev.clone(),
                     entries: chunk.to_vec(),
+                    unreadable: None,
                 };
                 *prev = chunk.last().map(|e| e.link());
                 Some(s)

@@ -262,6 +262,7 @@ fn audit_verify_reports_intact_and_tampered_exports() {
         name: "dvo-audit-0".into(),
         previous: None,
         entries,
+        unreadable: None,
     };
     let dir = scratch("audit");
     let pubkey = dvo_operator::hex(&key.public_key());

@@ -31,6 +31,9 @@ pub enum EventType {
     BreakGlassUsed,
     /// Retention deleted whole old segments; `metadata` says which and up to which `seq`.
     RetentionApplied,
+    /// A checkpoint was signed; `metadata` is the checkpoint (seq, head hash, time, key id,
+    /// signature), so every sink receives it and a copy outside the cluster can vouch for the log.
+    CheckpointSigned,
 }
 
 /// What a writer supplies; the chain fills in `seq`, `previous_hash` and `entry_hash`.

@@ -13,7 +13,7 @@ mod verify;
 pub use chain::{GENESIS, Link, append, entry_hash};
 pub use checkpoint::{Checkpoint, SigningKey};
 pub use entry::{Draft, Entry, EventType};
-pub use verify::{Fault, FaultKind, Report, Segment, verify};
+pub use verify::{Fault, FaultKind, Report, Segment, carried_checkpoint, verify};
 
 /// The largest `seq` that canonical JSON represents exactly (2^53 - 1): numbers are IEEE doubles
 /// in RFC 8785.

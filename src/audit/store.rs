@@ -22,8 +22,11 @@ const ENTRIES_KEY: &str = "entries.jsonl";
 const CHECKPOINTS_KEY: &str = "checkpoints.jsonl";
 /// A segment is sealed once its entries exceed this many bytes (objects may hold 1 MiB).
 pub const SEGMENT_BYTES: usize = 256 * 1024;
-/// A checkpoint is signed every this many entries (and when a segment is sealed).
+/// A checkpoint is signed every this many entries (and when a segment is sealed, at shutdown, and
+/// every [`CHECKPOINT_INTERVAL`] while new entries are unsigned).
 pub const CHECKPOINT_EVERY: u64 = 100;
+/// How long new entries may stay without a checkpoint.
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn segment_name(index: u64) -> String {
     format!("dvo-audit-{index:06}")
@@ -33,23 +36,32 @@ fn index_of(name: &str) -> Option<u64> {
     name.strip_prefix("dvo-audit-")?.parse().ok()
 }
 
-fn lines<T: serde::de::DeserializeOwned>(cm: &ConfigMap, key: &str) -> Result<Vec<T>, String> {
+/// The lines of `key` that read as `T`, up to the first that does not, and what that one was.
+fn lines<T: serde::de::DeserializeOwned>(cm: &ConfigMap, key: &str) -> (Vec<T>, Option<String>) {
     let text = cm
         .data
         .as_ref()
         .and_then(|d| d.get(key))
         .map(String::as_str)
         .unwrap_or("");
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            serde_json::from_str(l)
-                .map_err(|e| format!("ConfigMap {}: unreadable {key} line: {e}", cm.name_any()))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(item) => out.push(item),
+            Err(e) => {
+                let why = format!("ConfigMap {}: {key} line {}: {e}", cm.name_any(), n + 1);
+                return (out, Some(why));
+            }
+        }
+    }
+    (out, None)
 }
 
-/// A segment as stored, with its checkpoints.
+/// A segment as stored, with its checkpoints. A line that does not read back (tampering) stops
+/// the segment there and is named in `Segment::unreadable`, for `verify()` to report.
 pub fn read_segment(cm: &ConfigMap) -> Result<(Segment, Vec<Checkpoint>), String> {
     let previous = match cm.annotations().get(PREVIOUS_ANNOTATION) {
         Some(v) => Some(serde_json::from_str(v).map_err(|e| {
@@ -60,12 +72,15 @@ pub fn read_segment(cm: &ConfigMap) -> Result<(Segment, Vec<Checkpoint>), String
         })?),
         None => None,
     };
+    let (entries, bad_entry) = lines(cm, ENTRIES_KEY);
+    let (checkpoints, bad_checkpoint) = lines(cm, CHECKPOINTS_KEY);
     let segment = Segment {
         name: cm.name_any(),
         previous,
-        entries: lines(cm, ENTRIES_KEY)?,
+        entries,
+        unreadable: bad_entry.or(bad_checkpoint),
     };
-    Ok((segment, lines(cm, CHECKPOINTS_KEY)?))
+    Ok((segment, checkpoints))
 }
 
 fn to_jsonl<T: serde::Serialize>(items: &[T]) -> String {
@@ -153,7 +168,24 @@ pub struct AuditLog {
 
 struct Writer {
     api: Api<ConfigMap>,
+    namespace: String,
     key: SigningKey,
+}
+
+/// The entry that carries `checkpoint` into the chain (and so to every sink).
+fn carrier(namespace: &str, checkpoint: &Checkpoint) -> Draft {
+    let mut d = Draft::new(
+        super::EventType::CheckpointSigned,
+        "system:dvo-operator",
+        "checkpoint",
+        namespace,
+        "AuditLog",
+        "signed",
+    );
+    d.timestamp = checkpoint.at.clone();
+    d.idempotency_key = format!("checkpoint/{}", checkpoint.seq);
+    d.metadata = serde_json::to_value(checkpoint).unwrap_or_default();
+    d
 }
 
 fn now() -> String {
@@ -163,13 +195,44 @@ fn now() -> String {
 impl AuditLog {
     /// Starts the writer task for the log in `namespace`, signing checkpoints with `key`.
     pub fn start(client: Client, namespace: &str, key: SigningKey) -> AuditLog {
+        AuditLog::start_with_interval(client, namespace, key, CHECKPOINT_INTERVAL)
+    }
+
+    /// [`AuditLog::start`], signing new entries at least every `interval`.
+    pub fn start_with_interval(
+        client: Client,
+        namespace: &str,
+        key: SigningKey,
+        interval: std::time::Duration,
+    ) -> AuditLog {
         let (tx, mut rx) = mpsc::channel::<(Option<Draft>, Reply)>(1024);
         let writer = Writer {
             api: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
             key,
         };
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Whether entries were appended since the last checkpoint this writer signed.
+            let mut unsigned = false;
+            loop {
+                let first = tokio::select! {
+                    next = rx.recv() => match next {
+                        Some(first) => first,
+                        None => break,
+                    },
+                    _ = tick.tick() => {
+                        if unsigned {
+                            match writer.append(vec![], true).await {
+                                Ok(_) => unsigned = false,
+                                Err(e) => tracing::warn!(%e, "cannot sign an audit checkpoint"),
+                            }
+                        }
+                        continue;
+                    }
+                };
                 // Group commit: everything queued by now goes into one write. A `None` draft asks
                 // for a checkpoint of the head (at shutdown).
                 let mut batch = vec![first];
@@ -178,7 +241,11 @@ impl AuditLog {
                 }
                 let checkpoint = batch.iter().any(|(d, _)| d.is_none());
                 let drafts: Vec<Draft> = batch.iter().filter_map(|(d, _)| d.clone()).collect();
+                let wrote = !drafts.is_empty();
                 let result = writer.append(drafts, checkpoint).await;
+                if result.is_ok() {
+                    unsigned = !checkpoint && (unsigned || wrote);
+                }
                 let mut entries = result.as_ref().ok().map(|e| e.iter());
                 for (draft, reply) in batch {
                     let answer = match (&result, draft) {
@@ -283,6 +350,11 @@ impl Writer {
         };
         let index = index_of(&current.name_any()).unwrap_or(0);
         let (segment, mut checkpoints) = read_segment(&current).map_err(Retry::Fatal)?;
+        if let Some(damage) = &segment.unreadable {
+            return Err(Retry::Fatal(format!(
+                "the audit log is damaged ({damage}); nothing is appended until it is repaired"
+            )));
+        }
         if current.immutable == Some(true) {
             // Sealed by another writer that has not created the next one yet: create it.
             let head = segment
@@ -300,6 +372,11 @@ impl Writer {
         let mut known: BTreeMap<String, Entry> = BTreeMap::new();
         if let Some(prev) = cms.iter().rev().nth(1) {
             let (s, _) = read_segment(prev).map_err(Retry::Fatal)?;
+            if let Some(damage) = &s.unreadable {
+                return Err(Retry::Fatal(format!(
+                    "the audit log is damaged ({damage}); nothing is appended until it is repaired"
+                )));
+            }
             known.extend(
                 s.entries
                     .into_iter()
@@ -320,6 +397,7 @@ impl Writer {
             .map(|e| serde_json::to_string(e).map_or(0, |s| s.len() + 1))
             .sum();
         let mut taken = 0;
+        let mut signed_now: Option<Checkpoint> = None;
         for draft in drafts {
             if size > SEGMENT_BYTES {
                 break;
@@ -335,7 +413,9 @@ impl Writer {
             let entry = append(head.as_ref(), draft.clone()).map_err(Retry::Fatal)?;
             head = Some(entry.link());
             if entry.seq % CHECKPOINT_EVERY == 0 {
-                checkpoints.push(self.key.sign(entry.seq, &entry.entry_hash, &now()));
+                let c = self.key.sign(entry.seq, &entry.entry_hash, &now());
+                checkpoints.push(c.clone());
+                signed_now = Some(c);
             }
             known.insert(entry.draft.idempotency_key.clone(), entry.clone());
             size += serde_json::to_string(&entry).map_or(0, |s| s.len() + 1);
@@ -347,7 +427,16 @@ impl Writer {
             .last()
             .filter(|l| checkpoints.last().is_none_or(|c| c.seq != l.seq));
         if let (true, Some(last)) = (sealed || checkpoint, unsigned_head) {
-            checkpoints.push(self.key.sign(last.seq, &last.entry_hash, &now()));
+            let c = self.key.sign(last.seq, &last.entry_hash, &now());
+            checkpoints.push(c.clone());
+            signed_now = Some(c);
+        }
+        // The newest checkpoint signed in this write also goes into the chain, right after the
+        // entries it covers: sinks deliver it, and a sealed segment ends with it.
+        if let Some(c) = signed_now {
+            let entry =
+                append(head.as_ref(), carrier(&self.namespace, &c)).map_err(Retry::Fatal)?;
+            entries.push(entry);
         }
         let mut cm = segment_cm(
             index,
@@ -470,6 +559,7 @@ mod tests {
             name: name.to_owned(),
             previous: None,
             entries,
+            unreadable: None,
         }
     }
 

@@ -17,6 +17,10 @@ pub struct Segment {
     pub previous: Option<Link>,
     /// Its entries, in order.
     pub entries: Vec<Entry>,
+    /// What could not be read back, if anything (which key, which line, why): a stored line
+    /// that is not an entry or a checkpoint was altered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 /// The kind of fault.
@@ -37,6 +41,11 @@ pub enum FaultKind {
     BadCheckpointSignature,
     /// A validly signed checkpoint names another head hash: the chain was rewritten.
     CheckpointMismatch,
+    /// A sealed segment (any but the newest) does not end at a checkpoint: its checkpoints were
+    /// removed, or it was rewritten or cut.
+    MissingCheckpoint,
+    /// A stored line does not read as an entry or a checkpoint: it was altered.
+    Unreadable,
 }
 
 /// The first fault in a chain.
@@ -104,7 +113,28 @@ fn retained_through(segments: &[Segment]) -> u64 {
         .unwrap_or(0)
 }
 
-/// Verifies segments (in chain order) and checkpoints against the checkpoint public key.
+/// The checkpoint a `checkpoint_signed` entry carries.
+pub fn carried_checkpoint(entry: &Entry) -> Option<Result<Checkpoint, String>> {
+    (entry.draft.event_type == EventType::CheckpointSigned).then(|| {
+        serde_json::from_value(entry.draft.metadata.clone())
+            .map_err(|e| format!("its metadata is not a checkpoint: {e}"))
+    })
+}
+
+/// Whether a sealed segment ends at a checkpoint: its last entry is covered by one, or its last
+/// entry carries the checkpoint of the entry before it.
+fn ends_at_checkpoint(segment: &Segment, covered: &std::collections::HashSet<u64>) -> bool {
+    let Some(last) = segment.entries.last() else {
+        return true;
+    };
+    covered.contains(&last.seq)
+        || matches!(carried_checkpoint(last), Some(Ok(c)) if c.seq + 1 == last.seq)
+}
+
+/// Verifies segments (in chain order) and checkpoints against the checkpoint public key. The
+/// checkpoints are those stored beside the segments, those carried by `checkpoint_signed`
+/// entries, and any trusted ones given from outside (a sink's copy): each must verify and match
+/// the log, and every sealed segment must end at one.
 pub fn verify(
     segments: &[Segment],
     checkpoints: &[Checkpoint],
@@ -183,7 +213,25 @@ pub fn verify(
             count += 1;
             expected = e.link();
         }
+        if let Some(what) = &segment.unreadable {
+            return Err(fault(
+                FaultKind::Unreadable,
+                expected.seq + 1,
+                name,
+                format!("{what}: a stored line was altered"),
+            ));
+        }
         head = Some(expected);
+    }
+    let mut checkpoints: Vec<Checkpoint> = checkpoints.to_vec();
+    for e in segments.iter().flat_map(|s| &s.entries) {
+        match carried_checkpoint(e) {
+            None => {}
+            Some(Ok(c)) => checkpoints.push(c),
+            Some(Err(why)) => {
+                return Err(fault(FaultKind::BadCheckpointSignature, e.seq, None, why));
+            }
+        }
     }
     let head = head.unwrap_or(Link {
         seq: 0,
@@ -196,7 +244,7 @@ pub fn verify(
         .map(|e| (e.seq, e.entry_hash.as_str()))
         .collect();
     let hash_at = |seq: u64| hashes.get(&seq).copied();
-    for c in checkpoints {
+    for c in &checkpoints {
         if !c.verifies(public_key) {
             return Err(fault(
                 FaultKind::BadCheckpointSignature,
@@ -230,6 +278,24 @@ pub fn verify(
                 ),
             ));
         }
+    }
+    let covered: std::collections::HashSet<u64> = checkpoints.iter().map(|c| c.seq).collect();
+    let sealed = segments.len().saturating_sub(1);
+    if let Some(open) = segments
+        .iter()
+        .take(sealed)
+        .find(|s| !ends_at_checkpoint(s, &covered))
+    {
+        let last = open.entries.last().map_or(0, |e| e.seq);
+        return Err(fault(
+            FaultKind::MissingCheckpoint,
+            last,
+            Some(&open.name),
+            format!(
+                "sealed segment {} ends at seq {last} without a checkpoint of it: its checkpoints were removed or it was rewritten",
+                open.name
+            ),
+        ));
     }
     Ok(Report {
         entries: count,

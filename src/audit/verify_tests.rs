@@ -22,7 +22,8 @@ fn draft(i: u64) -> Draft {
     d
 }
 
-/// 10 entries in segments of 4, 4 and 2; checkpoints at seq 5 and 10.
+/// 10 entries in segments of 4, 4 and 2; checkpoints where the first two were sealed (seq 4 and
+/// 8) and at seq 10.
 fn chain() -> (Vec<Segment>, Vec<Checkpoint>) {
     let key = SigningKey::from_seed(&SEED).unwrap();
     let mut entries = Vec::new();
@@ -33,7 +34,8 @@ fn chain() -> (Vec<Segment>, Vec<Checkpoint>) {
         entries.push(e);
     }
     let checkpoints = vec![
-        key.sign(5, &entries[4].entry_hash, "t5"),
+        key.sign(4, &entries[3].entry_hash, "t4"),
+        key.sign(8, &entries[7].entry_hash, "t8"),
         key.sign(10, &entries[9].entry_hash, "t10"),
     ];
     (segments_of(&entries), checkpoints)
@@ -47,6 +49,7 @@ fn segments_of(entries: &[Entry]) -> Vec<Segment> {
             name: format!("seg-{n}"),
             previous: previous.clone(),
             entries: chunk.to_vec(),
+            unreadable: None,
         });
         previous = chunk.last().map(Entry::link);
     }
@@ -66,6 +69,23 @@ fn rehash(e: &mut Entry) {
     e.entry_hash = crate::audit::entry_hash(e);
 }
 
+/// Re-links and re-hashes every entry (what someone who rewrites the whole chain does).
+fn relink(s: &mut [Segment]) {
+    let mut head: Option<crate::audit::Link> = None;
+    for seg in s.iter_mut() {
+        if let Some(h) = &head {
+            seg.previous = Some(h.clone());
+        }
+        for e in seg.entries.iter_mut() {
+            e.previous_hash = head
+                .as_ref()
+                .map_or(crate::audit::GENESIS.to_owned(), |h| h.hash.clone());
+            rehash(e);
+            head = Some(e.link());
+        }
+    }
+}
+
 #[test]
 fn an_intact_chain_verifies() {
     let (segs, cps) = chain();
@@ -78,7 +98,7 @@ fn an_intact_chain_verifies() {
             r.checkpoints,
             r.last_checkpoint_seq
         ),
-        (10, 1, 10, 2, Some(10))
+        (10, 1, 10, 3, Some(10))
     );
     assert_eq!(r.head_hash, segs[2].entries[1].entry_hash);
     assert_eq!(segs[0].entries[0].previous_hash, crate::audit::GENESIS);
@@ -190,7 +210,7 @@ fn faults_are_named_with_their_first_bad_seq() {
         (
             "forge a checkpoint's head",
             Box::new(|_, c| c[0].head_hash = "f".repeat(64)),
-            (FaultKind::BadCheckpointSignature, 5),
+            (FaultKind::BadCheckpointSignature, 4),
         ),
         (
             "rewrite the whole chain",
@@ -210,7 +230,45 @@ fn faults_are_named_with_their_first_bad_seq() {
                     }
                 }
             }),
-            (FaultKind::CheckpointMismatch, 5),
+            (FaultKind::CheckpointMismatch, 4),
+        ),
+        (
+            "rewrite the whole chain and remove its checkpoints",
+            Box::new(|s, c| {
+                for seg in s.iter_mut() {
+                    for e in seg.entries.iter_mut() {
+                        e.draft.user_id = "mallory".into();
+                    }
+                }
+                relink(s);
+                c.clear();
+            }),
+            (FaultKind::MissingCheckpoint, 4),
+        ),
+        (
+            "remove a sealed segment's checkpoint",
+            Box::new(|_, c| {
+                c.remove(1);
+            }),
+            (FaultKind::MissingCheckpoint, 8),
+        ),
+        (
+            "a line that no longer reads as an entry",
+            Box::new(|s, _| {
+                s[1].entries.truncate(2);
+                s[1].unreadable = Some("ConfigMap seg-1: entries.jsonl line 3: EOF".into());
+            }),
+            (FaultKind::Unreadable, 7),
+        ),
+        (
+            "a checkpoint entry whose metadata is not a checkpoint",
+            Box::new(|s, _| {
+                let e = &mut s[2].entries[1];
+                e.draft.event_type = EventType::CheckpointSigned;
+                e.draft.metadata = json!({"seq": "ten"});
+                rehash(e);
+            }),
+            (FaultKind::BadCheckpointSignature, 10),
         ),
         (
             "rewrite and sign with another key",
@@ -218,7 +276,7 @@ fn faults_are_named_with_their_first_bad_seq() {
                 let other = SigningKey::from_seed(&[9; 32]).unwrap();
                 c[0] = other.sign(c[0].seq, &c[0].head_hash, &c[0].at);
             }),
-            (FaultKind::BadCheckpointSignature, 5),
+            (FaultKind::BadCheckpointSignature, 4),
         ),
     ];
     for (what, tamper, want) in table {
@@ -259,7 +317,10 @@ fn retention_may_delete_old_segments_when_it_says_so() {
     let e = append(Some(&head), retention).unwrap();
     segs[2].entries.push(e.clone());
     segs.remove(0);
-    let cps = vec![key.sign(11, &e.entry_hash, "t11")];
+    let cps = vec![
+        key.sign(8, &segs[0].entries[3].entry_hash, "t8"),
+        key.sign(11, &e.entry_hash, "t11"),
+    ];
     let r = verify(&segs, &cps, &public()).unwrap();
     assert_eq!((r.first_seq, r.last_seq), (5, 11));
     // Deleting more than retention declared is still a missing segment.
@@ -306,4 +367,67 @@ fn any_single_byte_change_is_detected() {
         }
     }
     assert!(tried > 500, "only {tried} alterations still parsed");
+}
+
+/// A checkpoint carried by a `checkpoint_signed` entry counts like a stored one: it closes a
+/// sealed segment, and a rewrite of what it covers is caught even with every stored checkpoint
+/// removed; a trusted copy from outside (a sink) catches the deletion of the newest entries.
+#[test]
+fn checkpoints_in_the_chain_and_from_outside() {
+    let key = SigningKey::from_seed(&SEED).unwrap();
+    let mut entries = Vec::new();
+    let mut head = None;
+    for i in 1..=3 {
+        let e = append(head.as_ref(), draft(i)).unwrap();
+        head = Some(e.link());
+        entries.push(e);
+    }
+    let c3 = key.sign(3, &entries[2].entry_hash, "t3");
+    let mut carrier = Draft::new(
+        EventType::CheckpointSigned,
+        "system:dvo-operator",
+        "checkpoint",
+        "dvo-system",
+        "AuditLog",
+        "signed",
+    );
+    carrier.metadata = serde_json::to_value(&c3).unwrap();
+    let e4 = append(head.as_ref(), carrier).unwrap();
+    let e5 = append(Some(&e4.link()), draft(5)).unwrap();
+    let segs = vec![
+        Segment {
+            name: "a".into(),
+            previous: None,
+            entries: vec![
+                entries[0].clone(),
+                entries[1].clone(),
+                entries[2].clone(),
+                e4.clone(),
+            ],
+            unreadable: None,
+        },
+        Segment {
+            name: "b".into(),
+            previous: Some(e4.link()),
+            entries: vec![e5.clone()],
+            unreadable: None,
+        },
+    ];
+    let r = verify(&segs, &[], &public()).unwrap();
+    assert_eq!((r.checkpoints, r.last_checkpoint_seq), (1, Some(3)));
+    // Rewriting what the carried checkpoint covers is caught.
+    let mut rewritten = segs.clone();
+    rewritten[0].entries[1].draft.user_id = "mallory".into();
+    relink(&mut rewritten);
+    assert_eq!(
+        fault_of(&rewritten, &[]),
+        (FaultKind::CheckpointMismatch, 3)
+    );
+    // Deleting the newest entry goes unnoticed in the log alone, but not against a trusted
+    // checkpoint of it kept outside.
+    let mut cut = segs.clone();
+    cut[1].entries.clear();
+    assert!(verify(&cut, &[], &public()).is_ok());
+    let outside = key.sign(5, &e5.entry_hash, "t5");
+    assert_eq!(fault_of(&cut, &[outside]), (FaultKind::Truncated, 5));
 }

@@ -32,6 +32,40 @@ pub struct VerifyArgs {
     /// derived from the operator's keys Secret when not given.
     #[arg(long)]
     pub public_key: Option<String>,
+    /// Trusted checkpoints kept outside the cluster (a file of JSON lines: checkpoints, or the
+    /// `checkpoint_signed` entries a sink received): the log must extend each of them.
+    #[arg(long = "checkpoint")]
+    pub trusted: Vec<PathBuf>,
+}
+
+/// The checkpoints in a file of JSON lines: checkpoints themselves, or entries that carry one.
+pub fn trusted_checkpoints(file: &std::path::Path) -> Result<Vec<Checkpoint>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let bad = || {
+            anyhow!(
+                "{} line {}: not a checkpoint or a checkpoint_signed entry",
+                file.display(),
+                n + 1
+            )
+        };
+        if let Ok(c) = serde_json::from_str::<Checkpoint>(line) {
+            out.push(c);
+            continue;
+        }
+        let entry: audit::Entry = serde_json::from_str(line).map_err(|_| bad())?;
+        match audit::carried_checkpoint(&entry) {
+            Some(Ok(c)) => out.push(c),
+            _ => return Err(bad()),
+        }
+    }
+    Ok(out)
 }
 
 fn public_key(arg: &str) -> Result<Vec<u8>> {
@@ -66,7 +100,11 @@ pub fn run(args: &VerifyArgs) -> Result<(String, u8)> {
         None => tokio::runtime::Runtime::new()?
             .block_on(from_cluster(&args.namespace, args.public_key.as_deref()))?,
     };
-    Ok(report(&export, &key))
+    let mut trusted = Vec::new();
+    for file in &args.trusted {
+        trusted.extend(trusted_checkpoints(file)?);
+    }
+    Ok(report(&export, &trusted, &key))
 }
 
 async fn from_cluster(namespace: &str, key: Option<&str>) -> Result<(Export, Vec<u8>)> {
@@ -94,19 +132,25 @@ async fn from_cluster(namespace: &str, key: Option<&str>) -> Result<(Export, Vec
     ))
 }
 
-/// The verification report of an export, and its exit code.
-pub fn report(export: &Export, key: &[u8]) -> (String, u8) {
-    match audit::verify(&export.segments, &export.checkpoints, key) {
+/// The verification report of an export (with checkpoints trusted from outside), and its exit
+/// code.
+pub fn report(export: &Export, trusted: &[Checkpoint], key: &[u8]) -> (String, u8) {
+    let all: Vec<Checkpoint> = export.checkpoints.iter().chain(trusted).cloned().collect();
+    match audit::verify(&export.segments, &all, key) {
         Ok(r) => (
             format!(
-                "intact: {} entries, seq {}..{}, head {}, {} checkpoints (newest at seq {})\n",
+                "intact: {} entries, seq {}..{}, head {}, {} checkpoints (newest at seq {}){}\n",
                 r.entries,
                 r.first_seq,
                 r.last_seq,
                 r.head_hash,
                 r.checkpoints,
                 r.last_checkpoint_seq
-                    .map_or("none".to_owned(), |s| s.to_string())
+                    .map_or("none".to_owned(), |s| s.to_string()),
+                match trusted.iter().map(|c| c.seq).max() {
+                    Some(seq) => format!("; extends the trusted checkpoint at seq {seq}"),
+                    None => String::new(),
+                }
             ),
             0,
         ),

@@ -34,6 +34,19 @@ async fn log_namespace(client: &Client, name: &str) -> String {
     namespace(client, name).await
 }
 
+/// The `dvo` binary as the admin runs it: its output and exit code.
+fn dvo(args: &[&str]) -> (String, Option<i32>) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dvo"))
+        .env("KUBECONFIG", control_plane().kubeconfig("admin"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        out.status.code(),
+    )
+}
+
 #[tokio::test]
 async fn concurrent_appends_are_batched_sealed_and_verify() {
     let client = operator().await;
@@ -51,14 +64,23 @@ async fn concurrent_appends_are_batched_sealed_and_verify() {
         seqs.push(t.await.unwrap().unwrap().seq);
     }
     seqs.sort();
-    assert_eq!(
-        seqs,
-        (1..=400).collect::<Vec<u64>>(),
-        "every fact once, no gaps"
-    );
+    seqs.dedup();
+    assert_eq!(seqs.len(), 400, "every fact once");
+    // With the entries that carry checkpoints, the log has no gaps.
+    let (segments, _) = load(&client, &ns).await.unwrap();
+    let mut all: Vec<u64> = segments
+        .iter()
+        .flat_map(|s| &s.entries)
+        .filter(|e| e.draft.event_type == EventType::CheckpointSigned)
+        .map(|e| e.seq)
+        .chain(seqs.iter().copied())
+        .collect();
+    all.sort();
+    assert_eq!(all, (1..=all.len() as u64).collect::<Vec<u64>>(), "no gaps");
     // The same fact again is not recorded twice.
     let again = log.record(draft(399, "a")).await.unwrap();
-    assert!(again.seq <= 400);
+    assert!(seqs.contains(&again.seq));
+    let head = *all.last().unwrap();
     log.checkpoint().await.unwrap();
     let (segments, checkpoints) = load(&client, &ns).await.unwrap();
     assert!(
@@ -69,9 +91,10 @@ async fn concurrent_appends_are_batched_sealed_and_verify() {
     );
     let public = SigningKey::from_seed(&SEED).unwrap().public_key();
     let report = verify(&segments, &checkpoints, &public).unwrap();
+    // The checkpoint of the head, and the entry that carries it.
     assert_eq!(
         (report.entries, report.last_seq, report.last_checkpoint_seq),
-        (400, 400, Some(400))
+        (head + 1, head + 1, Some(head))
     );
     let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns)
         .list(&ListParams::default().labels(SEGMENT_LABEL))
@@ -110,10 +133,14 @@ async fn two_writers_never_fork_the_chain() {
     }
     let (segments, checkpoints) = load(&client, &ns).await.unwrap();
     let public = SigningKey::from_seed(&SEED).unwrap().public_key();
-    assert_eq!(
-        verify(&segments, &checkpoints, &public).unwrap().entries,
-        120
-    );
+    let report = verify(&segments, &checkpoints, &public).unwrap();
+    let facts = segments
+        .iter()
+        .flat_map(|s| &s.entries)
+        .filter(|e| e.draft.event_type != EventType::CheckpointSigned)
+        .count();
+    assert_eq!(facts, 120);
+    assert!(report.entries >= 120, "{report:?}");
 }
 
 #[tokio::test]
@@ -126,18 +153,7 @@ async fn tampering_with_a_segment_is_named_by_dvo_audit_verify() {
     }
     log.checkpoint().await.unwrap();
     let public = dvo_operator::hex(&SigningKey::from_seed(&SEED).unwrap().public_key());
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dvo"))
-            .env("KUBECONFIG", control_plane().kubeconfig("admin"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-            out.status.code(),
-        )
-    };
+    let run = dvo;
     let (out, code) = run(&[
         "audit",
         "verify",
@@ -147,7 +163,8 @@ async fn tampering_with_a_segment_is_named_by_dvo_audit_verify() {
         &public,
     ]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.starts_with("intact: 5 entries"), "{out}");
+    // Five facts and the entry that carries the checkpoint signed at the end.
+    assert!(out.starts_with("intact: 6 entries"), "{out}");
     // An export verifies offline; tail shows the newest entries.
     let (export, code) = run(&["audit", "export", "--namespace", &ns]);
     assert_eq!(code, Some(0), "{export}");
@@ -162,7 +179,7 @@ async fn tampering_with_a_segment_is_named_by_dvo_audit_verify() {
         &public,
     ]);
     assert_eq!(
-        (code, out.starts_with("intact: 5 entries")),
+        (code, out.starts_with("intact: 6 entries")),
         (Some(0), true),
         "{out}"
     );
@@ -175,7 +192,7 @@ async fn tampering_with_a_segment_is_named_by_dvo_audit_verify() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(seqs, vec![4, 5]);
+    assert_eq!(seqs, vec![5, 6]);
     let (cef, _) = run(&["audit", "export", "--format", "cef", "--namespace", &ns]);
     assert_eq!(
         cef.lines()
@@ -234,6 +251,87 @@ async fn tampering_with_a_segment_is_named_by_dvo_audit_verify() {
     )
     .unwrap_err();
     assert_eq!(fault.kind, FaultKind::HashMismatch);
+}
+
+/// Checkpoints come by time, not only every 100 entries: a log of a few entries, never stopped
+/// gracefully, is signed within the interval, and the checkpoint also goes into the chain (so
+/// every sink receives it). Deleting the newest entries together with the stored checkpoints
+/// then passes in the cluster alone but not against the copy kept outside; a line that no
+/// longer reads as an entry is tampering, named with its segment and line.
+#[tokio::test]
+async fn checkpoints_come_by_time_reach_the_chain_and_outside_copies_catch_deletions() {
+    let client = operator().await;
+    let ns = log_namespace(&client, "auditcp").await;
+    let key = SigningKey::from_seed(&SEED).unwrap();
+    let public = dvo_operator::hex(&key.public_key());
+    let log = AuditLog::start_with_interval(client.clone(), &ns, key, Duration::from_secs(1));
+    for i in 0..3 {
+        log.record(draft(i, "t")).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let carrier = loop {
+        let (segments, _) = load(&client, &ns).await.unwrap();
+        let found = segments
+            .iter()
+            .flat_map(|s| &s.entries)
+            .find(|e| e.draft.event_type == EventType::CheckpointSigned)
+            .cloned();
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint by time"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(carrier.draft.metadata["seq"], 3);
+    let outside = std::env::temp_dir().join(format!("dvo-checkpoint-{}.jsonl", std::process::id()));
+    std::fs::write(&outside, serde_json::to_string(&carrier).unwrap() + "\n").unwrap();
+    drop(log);
+
+    // Someone who can edit ConfigMaps deletes the newest entries and every stored checkpoint.
+    let api = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let mut cm = api.get("dvo-audit-000000").await.unwrap();
+    let data = cm.data.as_mut().unwrap();
+    let kept: Vec<&str> = data["entries.jsonl"].lines().take(2).collect();
+    let kept = kept.join("\n") + "\n";
+    data.insert("entries.jsonl".into(), kept.clone());
+    data.insert("checkpoints.jsonl".into(), String::new());
+    api.replace("dvo-audit-000000", &PostParams::default(), &cm)
+        .await
+        .unwrap();
+    let verify_args = [
+        "audit",
+        "verify",
+        "--namespace",
+        &ns,
+        "--public-key",
+        &public,
+    ];
+    let (out, code) = dvo(&verify_args);
+    assert_eq!(code, Some(0), "the cluster alone cannot tell: {out}");
+    let mut with_copy = verify_args.to_vec();
+    with_copy.extend(["--checkpoint", outside.to_str().unwrap()]);
+    let (out, code) = dvo(&with_copy);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.starts_with("TAMPERED: Truncated at seq 3"), "{out}");
+
+    // A line made unreadable is tampering, not bad input.
+    let mut cm = api.get("dvo-audit-000000").await.unwrap();
+    let data = cm.data.as_mut().unwrap();
+    let mut lines: Vec<String> = kept.lines().map(str::to_owned).collect();
+    lines[1].replace_range(0..1, "[");
+    data.insert("entries.jsonl".into(), lines.join("\n") + "\n");
+    api.replace("dvo-audit-000000", &PostParams::default(), &cm)
+        .await
+        .unwrap();
+    let (out, code) = dvo(&verify_args);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.starts_with("TAMPERED: Unreadable at seq 2 (segment dvo-audit-000000): ConfigMap dvo-audit-000000: entries.jsonl line 2"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -472,7 +570,7 @@ async fn retention_deletes_whole_old_segments_and_says_so() {
     let (after, checkpoints) = load(&client, &ns).await.unwrap();
     let public = SigningKey::from_seed(&SEED).unwrap().public_key();
     let report = verify(&after, &checkpoints, &public).unwrap();
-    assert!(report.first_seq > 1 && report.last_seq == 301, "{report:?}");
+    assert!(report.first_seq > 1 && report.last_seq > 300, "{report:?}");
     let retention = after
         .iter()
         .flat_map(|s| &s.entries)
@@ -830,6 +928,7 @@ async fn admin_tampering_is_reported() {
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
+    let mut dropped_from = 0;
     for case in ["recreate-sealed", "drop-newest", "rewrite-all"] {
         let ns = log_namespace(&client, &format!("tamper-{case}")).await;
         let log = AuditLog::start(client.clone(), &ns, SigningKey::from_seed(&SEED).unwrap());
@@ -883,6 +982,9 @@ async fn admin_tampering_is_reported() {
                 let mut newest = cms.last().unwrap().clone();
                 let lines = lines_of(&newest);
                 let kept = lines[..lines.len() - 3].join("\n") + "\n";
+                let first_dropped: serde_json::Value =
+                    serde_json::from_str(&lines[lines.len() - 3]).unwrap();
+                dropped_from = first_dropped["seq"].as_u64().unwrap();
                 newest
                     .data
                     .as_mut()
@@ -891,7 +993,7 @@ async fn admin_tampering_is_reported() {
                 api.replace(&newest.name_any(), &PostParams::default(), &newest)
                     .await
                     .unwrap();
-                "TAMPERED: Truncated at seq 298"
+                "TAMPERED: Truncated at seq"
             }
             _ => {
                 // Rewrite every entry with fresh hashes (and links), keeping the old checkpoints.
@@ -930,6 +1032,12 @@ async fn admin_tampering_is_reported() {
         let (out, code) = verify_cli(&ns);
         assert_eq!(code, Some(3), "{case}: {out}");
         assert!(out.starts_with(want), "{case}: {out}");
+        if case == "drop-newest" {
+            assert!(
+                out.starts_with(&format!("{want} {dropped_from}:")),
+                "{case}: {out}"
+            );
+        }
     }
 }
 
