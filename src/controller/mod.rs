@@ -79,6 +79,28 @@ pub enum Error {
     /// The audit log did not record the fact: the action waits (fail closed).
     #[error("audit: {0}")]
     Audit(String),
+    /// The reconcile panicked (a bug, or input nothing bounded): that object waits and is
+    /// retried; the controller and every other object go on.
+    #[error("the reconcile panicked: {0}")]
+    Panic(String),
+}
+
+/// Runs one reconcile, turning a panic into an error of that reconcile alone.
+pub async fn unwind_safe(
+    fut: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            Err(Error::Panic(what))
+        }
+    }
 }
 
 impl Context {
@@ -225,6 +247,7 @@ where
         Error::Kube(_) => "kube",
         Error::Config(_) => "config",
         Error::Audit(_) => "audit",
+        Error::Panic(_) => "panic",
     };
     crate::metrics::METRICS
         .reconcile_errors
@@ -347,7 +370,11 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(stop.clone())
-        .run(agent_deployment::reconcile, error_policy, ctx.clone())
+        .run(
+            |o, c| unwind_safe(agent_deployment::reconcile(o, c)),
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|r| async move {
             counted("AgentDeployment");
             if let Ok((obj, _)) = r {
@@ -407,7 +434,11 @@ pub async fn run(
             },
         )
         .graceful_shutdown_on(stop.clone())
-        .run(approval_request::reconcile, error_policy, ctx.clone())
+        .run(
+            |o, c| unwind_safe(approval_request::reconcile(o, c)),
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| async { counted("ApprovalRequest") });
 
     let policies = Controller::new(
@@ -415,7 +446,11 @@ pub async fn run(
         watcher::Config::default(),
     )
     .graceful_shutdown_on(stop.clone())
-    .run(deployment_policy::reconcile, error_policy, ctx.clone())
+    .run(
+        |o, c| unwind_safe(deployment_policy::reconcile(o, c)),
+        error_policy,
+        ctx.clone(),
+    )
     .for_each(|_| async { counted("DeploymentPolicy") });
 
     tracing::info!(namespace = %settings.namespace, "controllers started");
@@ -496,4 +531,27 @@ pub async fn run(
     }
     tracing::info!("controllers stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_reconcile_is_an_error_of_its_own() {
+        let ok = unwind_safe(async { Ok(Action::await_change()) }).await;
+        assert!(ok.is_ok());
+        let failed = unwind_safe(async { Err(Error::Config("bad".into())) }).await;
+        assert!(matches!(failed, Err(Error::Config(_))));
+        let empty: Vec<Action> = vec![];
+        let panicked = unwind_safe(async move {
+            #[allow(clippy::indexing_slicing)]
+            Ok(empty[0].clone())
+        })
+        .await;
+        match panicked {
+            Err(Error::Panic(what)) => assert!(what.contains("index out of bounds"), "{what}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
