@@ -367,3 +367,49 @@ fn hostile_policy_values_are_refused_not_panicked_on() {
         assert!(err.contains(want), "{name}: {out}{err}");
     }
 }
+
+/// Offline accepts exactly what the API server accepts: a misspelled kind, an unknown field and
+/// a directory with no policy (here: text in .yaml files) are errors, never "Allow, exit 0".
+#[test]
+fn offline_refuses_what_the_api_server_refuses() {
+    let dir = scratch("strict");
+    let policy = |spec: &str| {
+        format!("apiVersion: dvo.caat.io/v1alpha1\nkind: DeploymentPolicy\nmetadata: {{name: p}}\nspec: {spec}\n")
+    };
+    let cases = [
+        (
+            "kind",
+            policy("{action: Deny}").replace("kind: DeploymentPolicy", "kind: DeploymentPolicys"),
+            "unknown kind \"DeploymentPolicys\" in dvo.caat.io/v1alpha1",
+        ),
+        (
+            "field",
+            policy("{action: Deny, blackout: [{start: '2026-12-20T00:00:00Z', end: '2026-12-21T00:00:00Z'}]}"),
+            "DeploymentPolicy p: unknown field spec.blackout (the API server refuses them)",
+        ),
+        (
+            "text",
+            "deny everything in production\n".to_owned(),
+            "not a Kubernetes object (a mapping with apiVersion and kind)",
+        ),
+        (
+            "none",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n".to_owned(),
+            "no DeploymentPolicy found (in .yaml or .yml files): nothing to evaluate against",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let policies = dir.join(name);
+        std::fs::create_dir_all(&policies).unwrap();
+        write(&policies, "p.yaml", &text);
+        let (out, err, code) = dvo(&[
+            "evaluate",
+            "-f",
+            "examples/gha-production.yaml",
+            "--policies",
+            &policies.display().to_string(),
+        ]);
+        assert!(code != 0 && code != 101, "{name}: exit {code}: {out}{err}");
+        assert!(err.contains(want), "{name}: {out}{err}");
+    }
+}

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::capability::CapabilitySet;
-use crate::crd::{AgentDeployment, Capability, DeploymentPolicy};
+use crate::crd::{AgentDeployment, Capability, DeploymentPolicy, strict};
 use crate::identity::RoleMapping;
 use crate::policy;
 
@@ -42,7 +42,29 @@ pub fn objects<T: DeserializeOwned>(path: &Path, kind: &str) -> Result<Vec<(Path
             let value = serde_yaml::Value::deserialize(doc).map_err(|e| {
                 anyhow!("{} (document {}): invalid YAML: {e}", file.display(), i + 1)
             })?;
-            if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some(kind) {
+            if value.is_null() {
+                continue;
+            }
+            let at = || format!("{} (document {})", file.display(), i + 1);
+            let (Some(api_version), Some(found)) = (
+                value.get("apiVersion").and_then(|k| k.as_str()),
+                value.get("kind").and_then(|k| k.as_str()),
+            ) else {
+                bail!(
+                    "{}: not a Kubernetes object (a mapping with apiVersion and kind)",
+                    at()
+                );
+            };
+            if api_version.split('/').next() == Some("dvo.caat.io")
+                && !strict::KINDS.contains(&found)
+            {
+                bail!(
+                    "{}: unknown kind {found:?} in {api_version} (the kinds are {})",
+                    at(),
+                    strict::KINDS.join(", ")
+                );
+            }
+            if found != kind {
                 continue;
             }
             let name = value
@@ -51,7 +73,18 @@ pub fn objects<T: DeserializeOwned>(path: &Path, kind: &str) -> Result<Vec<(Path
                 .and_then(|n| n.as_str())
                 .unwrap_or("<no name>")
                 .to_owned();
-            let obj = serde_yaml::from_value(value)
+            let json = serde_json::to_value(&value)
+                .map_err(|e| anyhow!("{}: {kind} {name}: {e}", at()))?;
+            let unknown = strict::unknown_fields(kind, &json);
+            if !unknown.is_empty() {
+                bail!(
+                    "{}: {kind} {name}: unknown field{} {} (the API server refuses them)",
+                    at(),
+                    if unknown.len() == 1 { "" } else { "s" },
+                    unknown.join(", ")
+                );
+            }
+            let obj = serde_json::from_value(json)
                 .map_err(|e| anyhow!("{}: {kind} {name}: {e}", file.display()))?;
             out.push((file.clone(), obj));
         }
@@ -76,10 +109,18 @@ pub fn agent_deployment(file: &Path) -> Result<AgentDeployment> {
 }
 
 /// Policies under `path`, each checked with `validate()`: an invalid policy is an error here
-/// (the cluster would refuse it at admission).
+/// (the cluster would refuse it at admission), and so is finding none (a wrong path must not
+/// read as "no policy holds this back").
 pub fn policies(path: &Path) -> Result<Vec<(String, crate::crd::DeploymentPolicySpec)>> {
+    let found = objects::<DeploymentPolicy>(path, "DeploymentPolicy")?;
+    if found.is_empty() {
+        bail!(
+            "{}: no DeploymentPolicy found (in .yaml or .yml files): nothing to evaluate against",
+            path.display()
+        );
+    }
     let mut out = Vec::new();
-    for (file, p) in objects::<DeploymentPolicy>(path, "DeploymentPolicy")? {
+    for (file, p) in found {
         let name = p.metadata.name.clone().ok_or_else(|| {
             anyhow!(
                 "{}: a DeploymentPolicy has no metadata.name",

@@ -11,6 +11,7 @@
 pub mod agent_deployment;
 pub mod approval_request;
 pub mod capability;
+pub mod strict;
 pub mod deployment_policy;
 
 pub use agent_deployment::{AgentDeployment, AgentDeploymentSpec, AgentDeploymentStatus};
