@@ -374,7 +374,9 @@ fn hostile_policy_values_are_refused_not_panicked_on() {
 fn offline_refuses_what_the_api_server_refuses() {
     let dir = scratch("strict");
     let policy = |spec: &str| {
-        format!("apiVersion: dvo.caat.io/v1alpha1\nkind: DeploymentPolicy\nmetadata: {{name: p}}\nspec: {spec}\n")
+        format!(
+            "apiVersion: dvo.caat.io/v1alpha1\nkind: DeploymentPolicy\nmetadata: {{name: p}}\nspec: {spec}\n"
+        )
     };
     let cases = [
         (
@@ -384,7 +386,9 @@ fn offline_refuses_what_the_api_server_refuses() {
         ),
         (
             "field",
-            policy("{action: Deny, blackout: [{start: '2026-12-20T00:00:00Z', end: '2026-12-21T00:00:00Z'}]}"),
+            policy(
+                "{action: Deny, blackout: [{start: '2026-12-20T00:00:00Z', end: '2026-12-21T00:00:00Z'}]}",
+            ),
             "DeploymentPolicy p: unknown field spec.blackout (the API server refuses them)",
         ),
         (

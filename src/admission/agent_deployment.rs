@@ -123,7 +123,14 @@ pub fn review(
                 BREAK_GLASS_STAMP,
                 &serde_json::to_string(&bg).expect("stamps serialize"),
             );
-            let mut d = audit(EventType::BreakGlassUsed, "break_glass", "success", &reason);
+            // The stamp is a permission used, not yet an override: the operator records
+            // break_glass_used with what it lifted, when it lifts something.
+            let mut d = audit(
+                EventType::PermissionGranted,
+                "break_glass",
+                "stamped",
+                &reason,
+            );
             d.metadata["digest"] = digest.clone().into();
             recorded = Some(d);
         }

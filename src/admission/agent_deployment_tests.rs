@@ -171,7 +171,7 @@ fn break_glass_is_for_holders_of_bypass_approval_and_one_spec() {
 
     let (refusal, glassed, event) = run("alice", Some(&base), &with(&base, "INC-1 outage"));
     assert_eq!(refusal, None);
-    assert_eq!(event, Some(EventType::BreakGlassUsed));
+    assert_eq!(event, Some(EventType::PermissionGranted));
     assert_eq!(
         break_glass(&glassed).as_deref(),
         Some("alice-admin: INC-1 outage")

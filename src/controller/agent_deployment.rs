@@ -67,8 +67,34 @@ fn violations_summary(d: &Decision) -> String {
     parts.join("; ")
 }
 
-/// Reconciles one AgentDeployment.
+/// Reconciles one AgentDeployment. When the audit log cannot record the next step, nothing is
+/// done and the status says exactly that (not what it said before).
 pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let result = reconcile_spec(ad.clone(), ctx.clone()).await;
+    if let Err(Error::Audit(why)) = &result {
+        let mut st = ad.status.clone().unwrap_or_default();
+        let message = format!(
+            "held: the audit log could not record the next step, so nothing is done until it can ({why})"
+        );
+        conditions::set(
+            &mut st.conditions,
+            "Ready",
+            false,
+            "AuditLogUnavailable",
+            &message,
+            ad.metadata.generation,
+            Utc::now(),
+        );
+        st.message = Some(message);
+        if let Err(e) = write_status(&ctx, &ad, &st).await {
+            tracing::warn!(%e, "cannot say in status that the audit log holds the rollout");
+        }
+    }
+    result
+}
+
+/// One reconcile of the current spec.
+async fn reconcile_spec(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     if ad.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -119,7 +145,42 @@ pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Ac
         None => decision,
         Some(text) => match BreakGlass::verified(text, &ctx.stamp_key, &ns, &name, &digest) {
             Ok(bg) => {
-                policy::break_glass::apply(&rules, decision, &bg.identity.username, &bg.reason)
+                let by = &bg.identity.username;
+                let (decision, lifted) =
+                    policy::break_glass::apply(&rules, decision, by, &bg.reason);
+                // What it lifted is the fact (at the highest severity); one that lifted nothing
+                // is recorded as such. Once: when the status does not say it yet.
+                let said = decision.warnings.last().cloned();
+                let known = ad
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.decision.as_ref())
+                    .is_some_and(|d| said.as_ref().is_some_and(|w| d.warnings.contains(w)));
+                let (event, status, key) = if lifted.is_empty() {
+                    (
+                        AuditEvent::PolicyEvaluated,
+                        "break_glass_lifted_nothing",
+                        "break-glass-idle",
+                    )
+                } else {
+                    (AuditEvent::BreakGlassUsed, "success", "break-glass")
+                };
+                let mut d = record::agent(
+                    &ad,
+                    &digest,
+                    requester.as_ref(),
+                    event,
+                    "break_glass",
+                    status,
+                    key,
+                );
+                d.user_id = by.clone();
+                d.metadata["reason"] = bg.reason.clone().into();
+                d.metadata["lifted"] = lifted.into();
+                if !known {
+                    ctx.audit.record(d).await.map_err(Error::Audit)?;
+                }
+                decision
             }
             Err(why) => {
                 tracing::warn!(namespace = %ns, name = %name, %why, "ignoring the break-glass stamp");

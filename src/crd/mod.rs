@@ -11,8 +11,8 @@
 pub mod agent_deployment;
 pub mod approval_request;
 pub mod capability;
-pub mod strict;
 pub mod deployment_policy;
+pub mod strict;
 
 pub use agent_deployment::{AgentDeployment, AgentDeploymentSpec, AgentDeploymentStatus};
 pub use approval_request::{ApprovalRequest, ApprovalRequestSpec, ApprovalRequestStatus};

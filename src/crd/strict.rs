@@ -145,7 +145,11 @@ mod tests {
                         "template": {"spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicyy": "x"}]}}}}),
                 vec!["spec.template.spec.containers[0].imagePullPolicyy"],
             ),
-            ("ConfigMap", json!({"kind": "ConfigMap", "data": {"x": "y"}}), vec![]),
+            (
+                "ConfigMap",
+                json!({"kind": "ConfigMap", "data": {"x": "y"}}),
+                vec![],
+            ),
         ];
         for (kind, doc, want) in table {
             assert_eq!(unknown_fields(kind, &doc), want, "{doc}");

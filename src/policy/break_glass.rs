@@ -17,8 +17,14 @@ fn bypassable(rules: &Rules, source: &str) -> bool {
     }
 }
 
-/// `decision` as break-glass by `by` (for `reason`) leaves it.
-pub fn apply(rules: &Rules, mut decision: Decision, by: &str, reason: &str) -> Decision {
+/// `decision` as break-glass by `by` (for `reason`) leaves it, and what it lifted (empty: the
+/// break-glass changed nothing).
+pub fn apply(
+    rules: &Rules,
+    mut decision: Decision,
+    by: &str,
+    reason: &str,
+) -> (Decision, Vec<String>) {
     let liftable = |kind: ViolationKind| {
         matches!(
             kind,
@@ -56,15 +62,15 @@ pub fn apply(rules: &Rules, mut decision: Decision, by: &str, reason: &str) -> D
     } else {
         Outcome::Allow
     };
-    let lifted = if lifted.is_empty() {
+    let said = if lifted.is_empty() {
         "nothing".to_owned()
     } else {
         lifted.join(", ")
     };
     decision
         .warnings
-        .push(format!("break-glass by {by} ({reason}) lifted {lifted}"));
-    decision
+        .push(format!("break-glass by {by} ({reason}) lifted {said}"));
+    (decision, lifted)
 }
 
 #[cfg(test)]
@@ -166,8 +172,16 @@ mod tests {
             let rules = rules(&policies);
             let before = decide(&rules, &request(requester), now());
             assert_ne!(before.outcome, Outcome::Allow, "{case}: something to lift");
-            let after = apply(&rules, before, "alice-admin", "INC-1");
+            let (after, lifted) = apply(&rules, before, "alice-admin", "INC-1");
+            assert!(!lifted.is_empty(), "{case}");
             assert_eq!(after.outcome, outcome, "{case}: {after:#?}");
+            // Applied again, it lifts nothing more, and says so.
+            let (again, nothing) = apply(&rules, after.clone(), "alice-admin", "INC-1");
+            assert!(nothing.is_empty(), "{case}: {nothing:?}");
+            assert_eq!(
+                again.warnings.last().map(String::as_str),
+                Some("break-glass by alice-admin (INC-1) lifted nothing")
+            );
             assert_eq!(after.violations.len(), violations, "{case}");
             assert!(
                 after
@@ -179,7 +193,7 @@ mod tests {
         }
         hard["action"] = json!("Warn");
         let rules = rules(&[("hard", hard)]);
-        let after = apply(
+        let (after, _) = apply(
             &rules,
             decide(&rules, &request(Some("dev-dana")), now()),
             "a",

@@ -404,11 +404,26 @@ async fn break_glass_lets_one_spec_through_a_blackout_and_approvals() {
     let facts = admission_facts(&client, &format!("{ns}/gha")).await;
     assert!(
         facts.contains(&(
-            EventType::BreakGlassUsed,
+            EventType::PermissionGranted,
             "alice-admin".into(),
-            "success".into()
+            "stamped".into()
         )),
         "{facts:?}"
+    );
+    // The override itself, with what it lifted, at the highest severity.
+    let used: Vec<_> = crate::support::audit_entries(&client, &format!("{ns}/gha"))
+        .await
+        .into_iter()
+        .filter(|e| e.draft.event_type == EventType::BreakGlassUsed)
+        .collect();
+    assert_eq!(used.len(), 1, "{used:?}");
+    assert_eq!(used[0].draft.user_id, "alice-admin");
+    assert!(
+        used[0].draft.metadata["lifted"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty()),
+        "{:?}",
+        used[0].draft.metadata
     );
     // A new spec is not covered: it is held again.
     let patch = r#"{"spec":{"replicas":2}}"#;
