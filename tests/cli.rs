@@ -328,6 +328,17 @@ fn run_refuses_malformed_audit_sinks_before_connecting() {
     );
 }
 
+/// `dvo evaluate` of the production example against the policies under `policies`.
+fn evaluate_against(policies: &Path) -> (String, String, i32) {
+    dvo(&[
+        "evaluate",
+        "-f",
+        "examples/gha-production.yaml",
+        "--policies",
+        &policies.display().to_string(),
+    ])
+}
+
 /// Hostile policy values are refused with the user's own text, never a panic (exit 101): an
 /// expiry that overflows, a regex that is invalid as written but valid once wrapped in anchors.
 #[test]
@@ -355,13 +366,7 @@ fn hostile_policy_values_are_refused_not_panicked_on() {
                 "apiVersion: dvo.caat.io/v1alpha1\nkind: DeploymentPolicy\nmetadata: {{name: {name}}}\nspec: {spec}\n"
             ),
         );
-        let (out, err, code) = dvo(&[
-            "evaluate",
-            "-f",
-            "examples/gha-production.yaml",
-            "--policies",
-            &policies.display().to_string(),
-        ]);
+        let (out, err, code) = evaluate_against(&policies);
         assert_ne!(code, 101, "{name} panicked: {err}");
         assert_ne!(code, 0, "{name} was accepted: {out}");
         assert!(err.contains(want), "{name}: {out}{err}");
@@ -406,13 +411,7 @@ fn offline_refuses_what_the_api_server_refuses() {
         let policies = dir.join(name);
         std::fs::create_dir_all(&policies).unwrap();
         write(&policies, "p.yaml", &text);
-        let (out, err, code) = dvo(&[
-            "evaluate",
-            "-f",
-            "examples/gha-production.yaml",
-            "--policies",
-            &policies.display().to_string(),
-        ]);
+        let (out, err, code) = evaluate_against(&policies);
         assert!(code != 0 && code != 101, "{name}: exit {code}: {out}{err}");
         assert!(err.contains(want), "{name}: {out}{err}");
     }

@@ -139,6 +139,15 @@ impl Acts {
         self.verified.iter().filter(move |a| a.kind == kind)
     }
 
+    /// The approvals that counted in `eval` (this request's evaluation): the quorum.
+    pub fn quorum<'a>(&'a self, eval: &super::Evaluation) -> Vec<&'a SignedAct> {
+        self.of(ActKind::Approve)
+            .zip(&eval.approvals)
+            .filter(|(_, counted)| counted.is_ok())
+            .map(|(act, _)| act)
+            .collect()
+    }
+
     /// The life cycle over the verified acts: the first rejection and cancellation count.
     pub fn evaluate(
         &self,

@@ -16,7 +16,7 @@ use kube::{Resource, ResourceExt};
 use super::workload::{self, Rollout};
 use super::{Context, Error, MANAGER, conditions, record};
 use crate::approval;
-use crate::approval::signed::{ActKind, Acts, SignedAct};
+use crate::approval::signed::{Acts, SignedAct};
 use crate::audit::EventType as AuditEvent;
 use crate::capability::CapabilitySet;
 use crate::crd::agent_deployment::{
@@ -255,12 +255,7 @@ async fn reconcile_spec(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<A
                     );
                     match reported {
                         Some(ApprovalPhase::Approved) if ok => {
-                            let quorum: Vec<&SignedAct> = acts
-                                .of(ActKind::Approve)
-                                .zip(&eval.approvals)
-                                .filter(|(_, counted)| counted.is_ok())
-                                .map(|(act, _)| act)
-                                .collect();
+                            let quorum = acts.quorum(&eval);
                             let approval = Approval {
                                 request: &apr_name,
                                 quorum: &quorum,

@@ -189,12 +189,7 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
                 (AuditEvent::ApprovalDenied, "superseded", vec![])
             }
         };
-        let quorum: Vec<&SignedAct> = acts
-            .of(ActKind::Approve)
-            .zip(&eval.approvals)
-            .filter(|(_, counted)| counted.is_ok())
-            .map(|(act, _)| act)
-            .collect();
+        let quorum = acts.quorum(&eval);
         let draft = record::approval(&apr, event, status, &actors, &quorum, &eval.message);
         ctx.audit.record(draft).await.map_err(Error::Audit)?;
     }

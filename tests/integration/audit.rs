@@ -1,6 +1,7 @@
 //! The audit log in ConfigMaps on a real API server: group commit, sealing, racing writers, and
 //! the operator's own records of a deployment, verified end to end.
 
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -1189,25 +1190,7 @@ async fn the_syslog_sink_speaks_tls_to_rsyslog() {
     assert_eq!(entry.seq, 1);
     // A server whose certificate the CA did not sign is refused.
     let other = std::env::temp_dir().join(format!("dvo-other-ca-{}.pem", std::process::id()));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=other",
-            "-keyout",
-            "/dev/null",
-            "-out",
-        ])
-        .arg(&other)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    crate::support::self_signed("other", Path::new("/dev/null"), &other);
     let wrong: Target = format!(
         "syslog+tls://127.0.0.1:{}?ca-file={}",
         rsyslog.port,

@@ -128,6 +128,23 @@ impl ControlPlane {
     }
 }
 
+/// A self-signed certificate for `cn` made with openssl (as an outsider would make one): its key
+/// is written to `key` and the certificate to `crt`.
+pub fn self_signed(cn: &str, key: &Path, crt: &Path) {
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+        ])
+        .arg(format!("/CN={cn}"))
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(crt)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl: {out:?}");
+}
+
 /// The identity the in-process operator and its webhook run as (bound to cluster-admin here;
 /// the chart's RBAC is tested on its own).
 pub const OPERATOR_IDENTITY: &str = "dvo-operator";

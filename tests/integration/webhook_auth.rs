@@ -107,25 +107,7 @@ async fn only_the_api_server_can_call_the_webhook() {
 
     // A certificate of another CA (made here, as an attacker would): refused the same way.
     let (key, crt) = (dir.join("mallory.key"), dir.join("mallory.crt"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=kube-apiserver-webhook-client",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .output()
-        .unwrap();
-    assert!(made.status.success());
+    crate::support::self_signed("kube-apiserver-webhook-client", &key, &crt);
     let (code, out) = post(&url, &ca, Some((&crt, &key)), review.as_bytes(), &dir);
     assert_eq!(code, 0, "served with another CA's certificate: {out}");
     assert!(
