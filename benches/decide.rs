@@ -27,7 +27,7 @@ fn policies(n: usize) -> Vec<(String, DeploymentPolicySpec)> {
             } else {
                 format!("{{priority: {i}, action: RequireApproval, scope: {{agents: [AGENT-{i}]}}, approval: {{roles: [admin]}}}}")
             };
-            (format!("p{i:04}"), serde_yaml::from_str(&yaml).expect("policy"))
+            (format!("p{i:04}"), dvo_operator::yaml::from_str(&yaml).expect("policy"))
         })
         .collect()
 }
@@ -53,7 +53,8 @@ fn request() -> Request {
 
 fn rules(n: usize) -> Rules {
     let mapping: RoleMapping =
-        serde_yaml::from_str("groups: {release-managers: [release_manager]}").expect("mapping");
+        dvo_operator::yaml::from_str("groups: {release-managers: [release_manager]}")
+            .expect("mapping");
     Rules::new(policies(n), CapabilitySet::default(), mapping)
 }
 

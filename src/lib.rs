@@ -16,6 +16,7 @@ pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod webhook;
+pub mod yaml;
 
 /// Lowercase hexadecimal of bytes.
 pub fn hex(bytes: &[u8]) -> String {

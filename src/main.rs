@@ -117,7 +117,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-            Some(serde_yaml::from_str(&text).map_err(|e| {
+            Some(dvo_operator::yaml::from_str(&text).map_err(|e| {
                 anyhow::anyhow!("{} is not valid Entra ID settings: {e}", path.display())
             })?)
         }

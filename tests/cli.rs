@@ -193,7 +193,7 @@ fn bad_input_names_the_file_and_field() {
     ]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("broken.yaml (document 1): invalid YAML"),
+        err.contains("broken.yaml: invalid YAML: error: line 1 column 7: unclosed bracket '['"),
         "{err}"
     );
 }
@@ -232,7 +232,9 @@ fn policy_tests_pass_and_fail_like_a_test_runner() {
     let (out, _, code) = dvo(&["test", dir.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(
-        out.contains("suite.yaml: not a test suite: unknown field `policy`"),
+        out.contains(
+            "suite.yaml: not a test suite: error: line 2 column 1: unknown field `policy`"
+        ),
         "{out}"
     );
 }
@@ -340,19 +342,25 @@ fn evaluate_against(policies: &Path) -> (String, String, i32) {
 }
 
 /// Hostile policy values are refused with the user's own text, never a panic (exit 101): an
-/// expiry that overflows, a regex that is invalid as written but valid once wrapped in anchors.
+/// expiry that overflows, 64k-deep nesting (refused by the parser's bounds, not parsed for
+/// 40 s), a regex that is invalid as written but valid once wrapped in anchors.
 #[test]
 fn hostile_policy_values_are_refused_not_panicked_on() {
     let dir = scratch("hostile");
     let cases = [
         (
             "expiry",
-            "{action: RequireApproval, approval: {roles: [release_manager], expiry: 99999999999999h}}",
+            "{action: RequireApproval, approval: {roles: [release_manager], expiry: 99999999999999h}}".to_owned(),
             "approval.expiry \"99999999999999h\" is not a duration",
         ),
         (
+            "nesting",
+            "[".repeat(65_536) + &"]".repeat(65_536),
+            "recursion limit exceeded",
+        ),
+        (
             "regex",
-            "{priority: 1, action: Allow, conditions: [{field: agent, operator: Matches, value: 'GHA)|(.*'}]}",
+            "{priority: 1, action: Allow, conditions: [{field: agent, operator: Matches, value: 'GHA)|(.*'}]}".to_owned(),
             "invalid regular expression \"GHA)|(.*\"",
         ),
     ];

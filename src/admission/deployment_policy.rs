@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn protected_policies_are_deleted_by_admins_only() {
         let mapping: RoleMapping =
-            serde_yaml::from_str(include_str!("../../examples/role-mapping.yaml")).unwrap();
+            crate::yaml::from_str(include_str!("../../examples/role-mapping.yaml")).unwrap();
         let env = Env {
             mapping: &mapping,
             key: b"k",

@@ -6,7 +6,7 @@ pub const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 pub const OPERATOR: &str = "system:serviceaccount:dvo-system:dvo-operator";
 
 pub fn mapping() -> RoleMapping {
-    serde_yaml::from_str(include_str!("../../examples/role-mapping.yaml")).unwrap()
+    crate::yaml::from_str(include_str!("../../examples/role-mapping.yaml")).unwrap()
 }
 
 pub fn who(name: &str) -> Identity {

@@ -195,7 +195,8 @@ mod tests {
             uid: None,
             groups: vec!["rm".into()],
         };
-        let mapping: RoleMapping = serde_yaml::from_str("groups: {rm: [release_manager]}").unwrap();
+        let mapping: RoleMapping =
+            crate::yaml::from_str("groups: {rm: [release_manager]}").unwrap();
         SignedAct {
             kind: ActKind::Approve,
             subject: mapping.subject(&identity, "production"),

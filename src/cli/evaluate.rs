@@ -101,7 +101,7 @@ pub fn run(args: &EvaluateArgs) -> Result<(String, u8)> {
     let decision = policy::decide(&rules, &request, args.at.unwrap_or_else(Utc::now));
     let text = match args.output {
         Format::Table => table(&adep, &rules, &request, &decision),
-        Format::Yaml => serde_yaml::to_string(&decision)?,
+        Format::Yaml => crate::yaml::to_string(&decision).map_err(anyhow::Error::msg)?,
         Format::Json => serde_json::to_string_pretty(&decision)? + "\n",
     };
     Ok((text, exit_code(decision.outcome)))

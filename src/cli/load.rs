@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::capability::CapabilitySet;
@@ -38,10 +37,9 @@ pub fn objects<T: DeserializeOwned>(path: &Path, kind: &str) -> Result<Vec<(Path
     for file in yaml_files(path)? {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("cannot read {}", file.display()))?;
-        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let value = serde_yaml::Value::deserialize(doc).map_err(|e| {
-                anyhow!("{} (document {}): invalid YAML: {e}", file.display(), i + 1)
-            })?;
+        let docs: Vec<serde_json::Value> = crate::yaml::documents(&text)
+            .map_err(|e| anyhow!("{}: invalid YAML: {e}", file.display()))?;
+        for (i, value) in docs.into_iter().enumerate() {
             if value.is_null() {
                 continue;
             }
@@ -73,8 +71,7 @@ pub fn objects<T: DeserializeOwned>(path: &Path, kind: &str) -> Result<Vec<(Path
                 .and_then(|n| n.as_str())
                 .unwrap_or("<no name>")
                 .to_owned();
-            let json = serde_json::to_value(&value)
-                .map_err(|e| anyhow!("{}: {kind} {name}: {e}", at()))?;
+            let json = value;
             let unknown = strict::unknown_fields(kind, &json);
             if !unknown.is_empty() {
                 bail!(

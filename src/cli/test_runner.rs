@@ -114,7 +114,8 @@ pub fn run(path: &Path) -> Result<(String, Summary)> {
 fn run_suite(file: &Path, out: &mut String, summary: &mut Summary) -> Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let suite: Suite = serde_yaml::from_str(&text).map_err(|e| anyhow!("not a test suite: {e}"))?;
+    let suite: Suite =
+        crate::yaml::from_str(&text).map_err(|e| anyhow!("not a test suite: {e}"))?;
     let base = file.parent().unwrap_or(Path::new("."));
     let rules = Rules::new(
         load::policies(&base.join(&suite.policies))?,

@@ -97,7 +97,7 @@ pub fn crds_yaml() -> String {
         .map(|crd| {
             let mut value = serde_json::to_value(crd).expect("a CRD serializes");
             unwrap_descriptions(&mut value);
-            serde_yaml::to_string(&value).expect("a CRD serializes to YAML")
+            crate::yaml::to_string(&value).expect("a CRD serializes to YAML")
         })
         .collect::<Vec<_>>()
         .join("---\n")

@@ -127,7 +127,7 @@ mod tests {
     }
 
     fn mapping() -> RoleMapping {
-        serde_yaml::from_str(
+        crate::yaml::from_str(
             r#"
 users: {adm: [admin], rm: [release_manager], op: [operator], dev: [developer], ci: [service_account]}
 permissionOverrides: {production: {bypass_approval: false}}

@@ -22,7 +22,7 @@ fn jwks(which: &[&TestKey]) -> JwkSet {
 }
 
 fn config() -> EntraConfig {
-    serde_yaml::from_str(&format!(
+    crate::yaml::from_str(&format!(
         "tenants: [{TENANT}]\naudience: {AUD}\nissuerVersion: both\nleewaySeconds: 30\nappRoles: {{DVO.ReleaseManager: release_manager}}"
     ))
     .unwrap()

@@ -122,7 +122,7 @@ impl RoleMapping {
         if text.trim().is_empty() {
             return Ok(RoleMapping::default());
         }
-        serde_yaml::from_str(text).map_err(|e| e.to_string())
+        crate::yaml::from_str(text).map_err(|e| e.to_string())
     }
 
     /// The roles and machine flag of `identity` in `environment`.
@@ -167,7 +167,7 @@ mod tests {
     use super::*;
 
     fn mapping() -> RoleMapping {
-        serde_yaml::from_str(
+        crate::yaml::from_str(
             r#"
 users:
   alice@example.com: [admin]
@@ -272,11 +272,11 @@ environmentTiers:
 
     #[test]
     fn unknown_keys_are_refused() {
-        let err = serde_yaml::from_str::<RoleMapping>("user: {}")
+        let err = crate::yaml::from_str::<RoleMapping>("user: {}")
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `user`"), "{err}");
-        let err = serde_yaml::from_str::<RoleMapping>("users: {a: [root]}")
+        let err = crate::yaml::from_str::<RoleMapping>("users: {a: [root]}")
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown variant `root`"), "{err}");
@@ -292,9 +292,9 @@ environmentTiers:
             ("grups: {g: [admin]}", "unknown field `grups`"),
             (
                 "environmentTiers: {}\nenvironmentTiers: {}",
-                "duplicate field `environmentTiers`",
+                "duplicate mapping key: environmentTiers",
             ),
-            ("users: [alice]", "invalid type"),
+            ("users: [alice]", "expected mapping start"),
         ] {
             let err = RoleMapping::parse(text).unwrap_err();
             assert!(err.contains(want), "{text}: {err}");

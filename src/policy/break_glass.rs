@@ -90,7 +90,7 @@ mod tests {
                 .iter()
                 .map(|(n, spec)| (n.to_string(), serde_json::from_value(spec.clone()).unwrap())),
             CapabilitySet::new(std::iter::empty()).unwrap(),
-            serde_yaml::from_str(include_str!("../../examples/role-mapping.yaml")).unwrap(),
+            crate::yaml::from_str(include_str!("../../examples/role-mapping.yaml")).unwrap(),
         )
     }
 

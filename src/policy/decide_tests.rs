@@ -21,11 +21,11 @@ fn tuesday() -> DateTime<Utc> {
 }
 
 fn policy(yaml: &str) -> DeploymentPolicySpec {
-    serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}: {yaml}"))
+    crate::yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}: {yaml}"))
 }
 
 fn mapping() -> RoleMapping {
-    serde_yaml::from_str("users: {adm: [admin], rm: [release_manager], op: [operator], dev: [developer], ci: [service_account]}").unwrap()
+    crate::yaml::from_str("users: {adm: [admin], rm: [release_manager], op: [operator], dev: [developer], ci: [service_account]}").unwrap()
 }
 
 fn rules_with(policies: &[(&str, &str)], caps: CapabilitySet) -> Rules {

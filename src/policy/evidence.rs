@@ -75,7 +75,7 @@ mod tests {
 
     #[test]
     fn evidence_table() {
-        let m: RoleMapping = serde_yaml::from_str("environmentTiers: {qa: staging}").unwrap();
+        let m: RoleMapping = crate::yaml::from_str("environmentTiers: {qa: staging}").unwrap();
         let prod = adep("production", "GHA", "gha:2");
         // (the other AgentDeployment, validated?)
         let table = [

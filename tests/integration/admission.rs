@@ -602,14 +602,14 @@ async fn role_mapping_changes_apply_to_the_next_request() {
         }
     };
     // The new environment is a staging one: dev-dana may not deploy there...
-    let mut mapping: serde_yaml::Value = serde_yaml::from_str(&base).unwrap();
+    let mut mapping: Value = dvo_operator::yaml::from_str(&base).unwrap();
     mapping["environmentTiers"][env.as_str()] = "staging".into();
-    set(serde_yaml::to_string(&mapping).unwrap()).await;
+    set(dvo_operator::yaml::to_string(&mapping).unwrap()).await;
     let (refused_out, refused_ok) = try_apply();
     // ...until she is made an operator in it.
     mapping["environments"][env.as_str()] =
-        serde_yaml::from_str("{users: {dev-dana: [operator]}}").unwrap();
-    set(serde_yaml::to_string(&mapping).unwrap()).await;
+        dvo_operator::yaml::from_str("{users: {dev-dana: [operator]}}").unwrap();
+    set(dvo_operator::yaml::to_string(&mapping).unwrap()).await;
     let (allowed_out, allowed_ok) = try_apply();
     set(base).await;
     assert!(

@@ -211,7 +211,7 @@ fn the_chart_ships_every_script_as_an_argocd_customization() {
         "templates/argocd.yaml",
     ]);
     assert!(ok, "{err}");
-    let cm: Value = serde_yaml::from_str(&out).unwrap();
+    let cm: Value = dvo_operator::yaml::from_str(&out).unwrap();
     for kind in [
         "AgentDeployment",
         "ApprovalRequest",

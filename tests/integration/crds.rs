@@ -41,8 +41,7 @@ fn example_manifests() -> Vec<(String, Value)> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     for file in dvo_operator::cli::load::yaml_files(&root).unwrap() {
         let text = std::fs::read_to_string(&file).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        for v in dvo_operator::yaml::documents::<Value>(&text).unwrap() {
             if v.get("apiVersion").is_some() && v.get("kind").is_some() {
                 out.push((file.display().to_string(), v));
             }

@@ -59,7 +59,13 @@ async fn change_spec(ns: &str, name: &str, changes: Value, who: &str) -> AgentDe
 
 /// A policy scoped to the test's namespace (policies are cluster-wide).
 async fn policy(client: &Client, ns: &str, name: &str, yaml: &str) -> String {
-    crate::support::scoped_policy(client, ns, name, serde_yaml::from_str(yaml).unwrap()).await
+    crate::support::scoped_policy(
+        client,
+        ns,
+        name,
+        dvo_operator::yaml::from_str(yaml).unwrap(),
+    )
+    .await
 }
 
 /// A staging AgentDeployment `gha` by ops-omar, held by policy `approve` (`approval` as given):
@@ -861,7 +867,7 @@ async fn policies_report_whether_they_are_accepted() {
     // The schema cannot see an unknown time zone; the webhook refuses it at admission, and the
     // controller flags one stored without the webhook (written here as the operator itself).
     let yaml = "{action: Warn, timeZone: Mars/Olympus_Mons}";
-    let mut spec: Value = serde_yaml::from_str(yaml).unwrap();
+    let mut spec: Value = dvo_operator::yaml::from_str(yaml).unwrap();
     spec["scope"]["namespaces"] = json!([ns]);
     let bad = format!("{ns}-bad");
     let p: DeploymentPolicy = serde_json::from_value(json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "DeploymentPolicy", "metadata": {"name": bad}, "spec": spec})).unwrap();

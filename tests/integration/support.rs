@@ -344,7 +344,7 @@ pub fn helm(args: &[&str]) -> (String, String, bool) {
 /// Installs the chart into the operator's namespace with the example role mapping and no pods
 /// (there is no kubelet; the operator runs in this process with the chart's ServiceAccount).
 fn install_chart() {
-    let mapping: serde_json::Value = serde_yaml::from_str(
+    let mapping: serde_json::Value = dvo_operator::yaml::from_str(
         &std::fs::read_to_string(repo().join("examples/role-mapping.yaml")).expect("role mapping"),
     )
     .expect("role mapping YAML");
@@ -521,8 +521,7 @@ async fn install_crds(client: Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let text =
         std::fs::read_to_string(repo().join("crds/dvo-crds.yaml")).expect("crds/dvo-crds.yaml");
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc).expect("CRD YAML");
+    for crd in dvo_operator::yaml::documents::<CustomResourceDefinition>(&text).expect("CRD YAML") {
         let name = crd.metadata.name.clone().expect("CRD name");
         api.patch(
             &name,
