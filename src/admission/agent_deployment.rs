@@ -118,6 +118,39 @@ pub fn review(
                     "break-glass on AgentDeployment {resource} needs a reason: {BREAK_GLASS}=\"<incident and why>\""
                 ));
             }
+            // For the spec the operator has decided (its status), the core says what a
+            // break-glass would lift; one that would lift nothing is refused.
+            let decided = old
+                .filter(|_| !spec_changed)
+                .and_then(|o| o.status.as_ref())
+                .filter(|st| {
+                    st.observed_generation == new.metadata.generation
+                        && st.spec_digest.as_deref() == Some(digest.as_str())
+                })
+                .and_then(|st| st.decision.as_ref());
+            if let Some(d) = decided.filter(|d| !crate::policy::break_glass::would_lift(d)) {
+                let holding: Vec<String> = d
+                    .violations
+                    .iter()
+                    .map(|v| format!("{} ({:?})", v.source, v.kind))
+                    .chain(
+                        d.approval_requirements
+                            .iter()
+                            .map(|r| format!("approval ({})", r.source)),
+                    )
+                    .collect();
+                let what = if holding.is_empty() {
+                    "nothing holds it back".to_owned()
+                } else {
+                    format!(
+                        "what holds it back is not lifted by break-glass: {} (capabilities, permissions and policies with bypassable: false)",
+                        holding.join(", ")
+                    )
+                };
+                return refuse(format!(
+                    "break-glass on AgentDeployment {resource} refused: it would lift nothing; {what}"
+                ));
+            }
             let bg = BreakGlass::sign(env.key, ns, name, &digest, user.clone(), &reason, now);
             patch.set(
                 BREAK_GLASS_STAMP,

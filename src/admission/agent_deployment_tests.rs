@@ -246,3 +246,69 @@ fn the_final_check_wants_a_stamp_for_exactly_the_stored_spec() {
         Verdict::allow()
     );
 }
+
+#[test]
+fn a_break_glass_that_would_lift_nothing_is_refused() {
+    let (_, base, _) = run("dana", None, &ad("production", "a:1", json!(null)));
+    // The operator's decision for exactly this spec, as its status says.
+    let decided = |violations: Value, approvals: Value| {
+        let mut o = base.clone();
+        o.metadata.generation = Some(1);
+        o.status = Some(
+            serde_json::from_value(json!({
+                "observedGeneration": 1, "specDigest": spec_digest(&o.spec),
+                "decision": {"outcome": "Deny", "evaluatedAt": "2026-11-22T03:00:00Z",
+                    "violations": violations, "approvalRequirements": approvals},
+            }))
+            .unwrap(),
+        );
+        o
+    };
+    let glassed = |old: &AgentDeployment| {
+        let mut o = old.clone();
+        o.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(BREAK_GLASS.into(), "INC-7".into());
+        o
+    };
+    let capability = json!([{"source": "capability/deploy-to-production", "kind": "CapabilityUnavailable", "message": "off", "breakGlassLifts": false}]);
+    let window = json!([{"source": "policy/hours", "kind": "OutsideWindow", "message": "closed", "breakGlassLifts": true}]);
+    let approval = json!([{"source": "policy/p", "roles": ["release_manager"], "minApprovals": 1, "expiry": "24h", "allowSelfApproval": false, "breakGlassLifts": true}]);
+    // (violations, approval requirements, refusal)
+    let table = [
+        (
+            capability.clone(),
+            json!([]),
+            Some(
+                "it would lift nothing; what holds it back is not lifted by break-glass: capability/deploy-to-production (CapabilityUnavailable)",
+            ),
+        ),
+        (
+            json!([]),
+            json!([]),
+            Some("it would lift nothing; nothing holds it back"),
+        ),
+        (window, json!([]), None),
+        (capability, approval, None),
+    ];
+    for (violations, approvals, want) in table {
+        let old = decided(violations.clone(), approvals.clone());
+        let (refusal, _, _) = run("alice", Some(&old), &glassed(&old));
+        match want {
+            None => assert_eq!(refusal, None, "{violations} {approvals}"),
+            Some(w) => assert!(
+                refusal.as_deref().is_some_and(|r| r.contains(w)),
+                "{violations}: {refusal:?}"
+            ),
+        }
+    }
+    // A status of another spec says nothing about this one: not refused here.
+    let mut stale = decided(capability_only(), json!([]));
+    stale.status.as_mut().unwrap().spec_digest = Some("sha256:other".into());
+    assert_eq!(run("alice", Some(&stale), &glassed(&stale)).0, None);
+}
+
+fn capability_only() -> Value {
+    json!([{"source": "capability/x", "kind": "CapabilityUnavailable", "message": "off"}])
+}

@@ -250,13 +250,27 @@ async fn status(client: &Client, ns: &str, name: Option<&str>) -> Result<(String
                 at.to_rfc3339()
             )?;
         }
-        for v in d.violations.iter().filter(|v| !v.is_temporal()) {
-            writeln!(
-                out,
-                "    change what {} refuses, or break-glass by a holder of bypass_approval (kubectl annotate adep {} dvo.caat.io/break-glass=\"reason\")",
-                v.source,
-                ad.name_any()
-            )?;
+        // What break-glass would lift is the core's word (Violation::break_glass_lifts), the
+        // same that the operator applies and the webhook checks.
+        for v in &d.violations {
+            let change = if v.is_temporal() {
+                "wait for it".to_owned()
+            } else {
+                format!("change what {} refuses", v.source)
+            };
+            if v.break_glass_lifts {
+                writeln!(
+                    out,
+                    "    {change}, or break-glass by a holder of bypass_approval (kubectl annotate adep {} dvo.caat.io/break-glass=\"reason\")",
+                    ad.name_any()
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "    {change} ({}: break-glass does not lift it)",
+                    v.source
+                )?;
+            }
         }
         for i in &d.manual_instructions {
             writeln!(out, "    a person: {i}")?;

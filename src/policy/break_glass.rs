@@ -17,14 +17,10 @@ fn bypassable(rules: &Rules, source: &str) -> bool {
     }
 }
 
-/// `decision` as break-glass by `by` (for `reason`) leaves it, and what it lifted (empty: the
-/// break-glass changed nothing).
-pub fn apply(
-    rules: &Rules,
-    mut decision: Decision,
-    by: &str,
-    reason: &str,
-) -> (Decision, Vec<String>) {
+/// Marks what in `decision` a break-glass would lift: the one place that decides it (the
+/// operator applies it, `kubectl dvo status` advises it, the webhook refuses a break-glass that
+/// would lift nothing).
+pub fn mark(rules: &Rules, decision: &mut Decision) {
     let liftable = |kind: ViolationKind| {
         matches!(
             kind,
@@ -35,20 +31,44 @@ pub fn apply(
                 | ViolationKind::UnverifiedRequester
         )
     };
+    for v in &mut decision.violations {
+        v.break_glass_lifts = liftable(v.kind) && bypassable(rules, &v.source);
+    }
+    for r in &mut decision.approval_requirements {
+        r.break_glass_lifts = bypassable(rules, &r.source);
+    }
+}
+
+/// Whether a break-glass would lift anything of `decision` (as [`mark`] marked it).
+pub fn would_lift(decision: &Decision) -> bool {
+    decision.violations.iter().any(|v| v.break_glass_lifts)
+        || decision
+            .approval_requirements
+            .iter()
+            .any(|r| r.break_glass_lifts)
+}
+
+/// `decision` as break-glass by `by` (for `reason`) leaves it, and what it lifted (empty: the
+/// break-glass changed nothing).
+pub fn apply(
+    rules: &Rules,
+    mut decision: Decision,
+    by: &str,
+    reason: &str,
+) -> (Decision, Vec<String>) {
+    mark(rules, &mut decision);
     let mut lifted: Vec<String> = vec![];
     decision.violations.retain(|v| {
-        let lift = liftable(v.kind) && bypassable(rules, &v.source);
-        if lift {
+        if v.break_glass_lifts {
             lifted.push(format!("{:?} ({})", v.kind, v.source));
         }
-        !lift
+        !v.break_glass_lifts
     });
     decision.approval_requirements.retain(|r| {
-        let lift = bypassable(rules, &r.source);
-        if lift {
+        if r.break_glass_lifts {
             lifted.push(format!("approval ({})", r.source));
         }
-        !lift
+        !r.break_glass_lifts
     });
     if !decision.violations.iter().any(|v| v.is_temporal()) {
         decision.next_window_opens_at = None;
@@ -200,5 +220,49 @@ mod tests {
             "b",
         );
         assert!(after.warnings.last().unwrap().ends_with("lifted approval (permission/deploy_production), approval (capability/deploy-to-production)"), "{:?}", after.warnings);
+    }
+
+    #[test]
+    fn what_break_glass_lifts_is_marked_by_kind_and_bypassable() {
+        let rules = rules(&[
+            ("soft", json!({"action": "Deny"})),
+            ("hard", json!({"action": "Deny", "bypassable": false})),
+        ]);
+        let v = |source: &str, kind: ViolationKind| crate::policy::decision::Violation {
+            source: source.into(),
+            kind,
+            message: String::new(),
+            break_glass_lifts: false,
+        };
+        // (violation, lifted)
+        let table = [
+            (v("policy/soft", ViolationKind::PolicyDenied), true),
+            (v("policy/hard", ViolationKind::PolicyDenied), false),
+            (v("policy/soft", ViolationKind::OutsideWindow), true),
+            (v("policy/soft", ViolationKind::Blackout), true),
+            (v("policy/soft", ViolationKind::BlockedAction), true),
+            (
+                v(
+                    "permission/deploy_production",
+                    ViolationKind::UnverifiedRequester,
+                ),
+                true,
+            ),
+            (
+                v(
+                    "capability/deploy-langchain",
+                    ViolationKind::CapabilityUnavailable,
+                ),
+                false,
+            ),
+        ];
+        for (violation, lifted) in table {
+            let mut d = decide(&rules, &request(Some("dev-dana")), now());
+            d.violations = vec![violation.clone()];
+            d.approval_requirements.clear();
+            mark(&rules, &mut d);
+            assert_eq!(d.violations[0].break_glass_lifts, lifted, "{violation:?}");
+            assert_eq!(would_lift(&d), lifted, "{violation:?}");
+        }
     }
 }

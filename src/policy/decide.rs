@@ -32,6 +32,7 @@ enum Clearance {
 /// give the same Decision.
 pub fn decide(rules: &Rules, request: &Request, now: DateTime<Utc>) -> Decision {
     let (mut decision, clearances) = evaluate(rules, request, now);
+    super::break_glass::mark(rules, &mut decision);
     let only_time =
         decision.outcome == Outcome::Deny && clearances.len() == decision.violations.len();
     if only_time {
@@ -118,6 +119,7 @@ impl Builder {
             source,
             kind,
             message,
+            break_glass_lifts: false,
         });
         self.clearances.extend(clearance);
     }
@@ -416,6 +418,7 @@ fn apply_match(
                 expiry: a.expiry.clone(),
                 allow_self_approval: a.allow_self_approval,
                 require_mfa: a.require_mfa,
+                break_glass_lifts: false,
             });
             false
         }
@@ -444,6 +447,7 @@ fn approval_by_holders(source: String, permissions: &[Permission]) -> ApprovalRe
         expiry: DEFAULT_EXPIRY.to_owned(),
         allow_self_approval: false,
         require_mfa: false,
+        break_glass_lifts: false,
     }
 }
 

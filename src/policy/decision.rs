@@ -112,6 +112,11 @@ pub struct Violation {
     pub kind: ViolationKind,
     /// The message for people.
     pub message: String,
+    /// Whether a break-glass by a holder of `bypass_approval` lifts it (decided by the core:
+    /// windows, blackouts, `Deny` policies, blocked actions and an unverified requester, unless
+    /// the policy says `bypassable: false`).
+    #[serde(default)]
+    pub break_glass_lifts: bool,
 }
 
 impl Violation {
@@ -141,6 +146,9 @@ pub struct ApprovalRequirement {
     /// Whether only approvals that proved multi-factor authentication count.
     #[serde(default)]
     pub require_mfa: bool,
+    /// Whether a break-glass lifts it (unless the policy says `bypassable: false`).
+    #[serde(default)]
+    pub break_glass_lifts: bool,
 }
 
 /// A step changed by a capability fallback.
