@@ -62,6 +62,44 @@ const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
 /// Connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 512;
+/// New connections accepted per second on average, and in a burst: beyond that a connection is
+/// closed at once (the API server retries; a flood costs no handshakes).
+const CONNECTIONS_PER_SECOND: f64 = 100.0;
+const CONNECTION_BURST: f64 = 200.0;
+
+/// A token bucket: `take` at `now` is allowed while tokens remain, refilled at `rate` per second
+/// up to `burst`.
+#[derive(Debug)]
+struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl RateLimit {
+    fn new(rate: f64, burst: f64, now: std::time::Instant) -> RateLimit {
+        RateLimit {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// The largest AdmissionReview read (an object and its old version, each up to the API
 /// server's 3 MiB request limit).
 pub const MAX_BODY: usize = 7 * 1024 * 1024;
@@ -150,6 +188,11 @@ pub async fn serve(
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared);
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut accepting = RateLimit::new(
+        CONNECTIONS_PER_SECOND,
+        CONNECTION_BURST,
+        std::time::Instant::now(),
+    );
     registration::apply(&client, &settings, &cert.ca).await?;
     tracing::info!(addr = %settings.addr, %operator, "admission webhook serving");
     ready.store(true, Ordering::Relaxed);
@@ -165,6 +208,10 @@ pub async fn serve(
                 }
             },
         };
+        if !accepting.take(std::time::Instant::now()) {
+            tracing::debug!(%peer, "webhook connection rate exceeded; closing");
+            continue;
+        }
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "webhook connection limit reached; closing");
             continue;
@@ -356,5 +403,32 @@ impl Shared {
             Err(e) => AdmissionResponse::from(req)
                 .deny(format!("dvo admission could not build its patch: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn connections_are_rate_limited_with_a_burst() {
+        let t0 = Instant::now();
+        let mut limit = RateLimit::new(10.0, 3.0, t0);
+        let taken: Vec<bool> = (0..5).map(|_| limit.take(t0)).collect();
+        assert_eq!(
+            taken,
+            [true, true, true, false, false],
+            "the burst, then nothing"
+        );
+        assert!(!limit.take(t0 + Duration::from_millis(50)), "half a token");
+        assert!(
+            limit.take(t0 + Duration::from_millis(100)),
+            "one token per 100 ms"
+        );
+        assert!(!limit.take(t0 + Duration::from_millis(100)));
+        let later = t0 + Duration::from_secs(60);
+        let refilled = (0..5).filter(|_| limit.take(later)).count();
+        assert_eq!(refilled, 3, "never more than the burst");
     }
 }

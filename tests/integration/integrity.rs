@@ -405,3 +405,49 @@ async fn every_rollout_intent_is_followed_by_its_outcome() {
     .map(|(k, d)| (kind(k), d.clone()));
     assert_eq!(facts().await, want);
 }
+
+/// Audit: an act stored while the operator is down is recorded once it is back, exactly once,
+/// before anything it causes (the rollout entry comes after it).
+#[tokio::test]
+async fn an_act_stored_while_the_operator_is_down_is_recorded_once_when_it_is_back() {
+    let client = operator().await;
+    let ns = approval_namespace(&client, "downact").await;
+    let ad = create_as("operator", &ns, manifest("gha:1")).await;
+    let apr = approval_request_name("gha", 1, &spec_digest(&ad.spec));
+    apr_phase(&client, &ns, &apr, ApprovalPhase::Pending).await;
+    let resource = format!("{ns}/{apr}");
+    let recorded = || async {
+        audit_entries(&client, &resource)
+            .await
+            .into_iter()
+            .filter(|e| e.draft.status == "approval_recorded")
+            .count()
+    };
+    crate::support::while_operator_stopped(async {
+        accepted(&ns, &apr, "release-manager-1", "approve");
+        assert_eq!(
+            recorded().await,
+            0,
+            "nobody recorded it yet: the webhook does not"
+        );
+    })
+    .await;
+    phase(&client, &ns, "gha", Phase::Deployed).await;
+    assert_eq!(recorded().await, 1);
+    let act_seq = audit_entries(&client, &resource)
+        .await
+        .into_iter()
+        .find(|e| e.draft.status == "approval_recorded")
+        .map(|e| e.seq)
+        .unwrap();
+    let rollout_seq = audit_entries(&client, &format!("{ns}/gha"))
+        .await
+        .into_iter()
+        .find(|e| e.draft.idempotency_key.starts_with("rollout/"))
+        .map(|e| e.seq)
+        .unwrap();
+    assert!(
+        act_seq < rollout_seq,
+        "the act is recorded before the rollout it released"
+    );
+}

@@ -806,16 +806,28 @@ pub async fn operator() -> Client {
 
 /// Stops the operator (letting reconciles in flight finish) and starts a new one.
 pub async fn restart_operator() {
+    while_operator_stopped(async {}).await;
+}
+
+/// Runs `during` while the operator is stopped (the webhook keeps serving), then starts a new
+/// operator.
+pub async fn while_operator_stopped<T>(during: impl Future<Output = T>) -> T {
     tokio::task::spawn_blocking(|| {
         let mut guard = OPERATOR.lock().unwrap();
         if let Some(running) = guard.take() {
             running.stop.send(true).expect("operator listens");
             running.thread.join().expect("operator thread");
         }
-        *guard = Some(start_operator());
     })
     .await
-    .expect("restart");
+    .expect("stop the operator");
+    let out = during.await;
+    tokio::task::spawn_blocking(|| {
+        *OPERATOR.lock().unwrap() = Some(start_operator());
+    })
+    .await
+    .expect("start the operator");
+    out
 }
 
 /// The requester-stamp key the operator created.
