@@ -3,6 +3,16 @@
 //! The pure core (`policy`, `capability`, `identity`) decides; the shells (CLI, controllers,
 //! webhook) gather inputs, call the core and write results.
 #![warn(missing_docs)]
+// No panic path on user data outside tests: every parse is bounded and every failure an error.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
 
 pub mod admission;
 pub mod approval;
@@ -13,6 +23,7 @@ pub mod controller;
 pub mod crd;
 pub mod health;
 pub mod identity;
+pub mod json;
 pub mod metrics;
 pub mod policy;
 pub mod webhook;
@@ -21,6 +32,11 @@ pub mod yaml;
 /// Lowercase hexadecimal of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lowercase hexadecimal of the first `n` bytes (all of them when there are fewer).
+pub fn hex_prefix(bytes: &[u8], n: usize) -> String {
+    hex(bytes.get(..n).unwrap_or(bytes))
 }
 
 /// The bytes of a hexadecimal string; None when it is not one (odd length, other characters).

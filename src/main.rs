@@ -1,4 +1,10 @@
 //! `dvo`: the dvo-operator binary.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -206,11 +212,17 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%e, "no SIGTERM handler; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -218,10 +230,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Crds => {
-            print!("{}", dvo_operator::crd::crds_yaml());
-            Ok(0)
-        }
+        Command::Crds => dvo_operator::crd::crds_yaml()
+            .map(|yaml| {
+                print!("{yaml}");
+                0
+            })
+            .map_err(anyhow::Error::msg),
         Command::Offline(command) => command.run(),
     };
     match result {

@@ -142,8 +142,9 @@ pub fn kind(k: impl Into<String>) -> KindLabel {
 /// The metrics in the Prometheus text format.
 pub fn encode() -> String {
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &METRICS.registry)
-        .expect("writing to a String cannot fail");
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &METRICS.registry) {
+        out = format!("# the metrics could not be encoded: {e}\n");
+    }
     out
 }
 

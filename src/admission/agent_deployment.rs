@@ -85,10 +85,7 @@ pub fn review(
             ));
         }
         let stamp = Stamp::sign(env.key, ns, name, &digest, user.clone());
-        patch.set(
-            stamp::ANNOTATION,
-            &serde_json::to_string(&stamp).expect("stamps serialize"),
-        );
+        patch.set(stamp::ANNOTATION, &crate::json::to_string(&stamp));
     }
 
     let reason = annotation(Some(new), BREAK_GLASS);
@@ -152,10 +149,7 @@ pub fn review(
                 ));
             }
             let bg = BreakGlass::sign(env.key, ns, name, &digest, user.clone(), &reason, now);
-            patch.set(
-                BREAK_GLASS_STAMP,
-                &serde_json::to_string(&bg).expect("stamps serialize"),
-            );
+            patch.set(BREAK_GLASS_STAMP, &crate::json::to_string(&bg));
             // The stamp is a permission used, not yet an override: the operator records
             // break_glass_used with what it lifted, when it lifts something.
             let mut d = audit(
@@ -164,7 +158,7 @@ pub fn review(
                 "stamped",
                 &reason,
             );
-            d.metadata["digest"] = digest.clone().into();
+            crate::json::set(&mut d.metadata, "digest", digest.clone());
             recorded = Some(d);
         }
         reason => {

@@ -122,7 +122,7 @@ pub fn review_update(
         d.environment = Some(spec.environment.clone());
         d.platform = Some(spec.platform.as_str().to_owned());
         d.agents = vec![spec.agent.clone()];
-        d.metadata["specDigest"] = spec.spec_digest.clone().into();
+        crate::json::set(&mut d.metadata, "specDigest", spec.spec_digest.clone());
         d
     };
     let refuse_as = |event: EventType, message: String, roles: &[Role]| {
@@ -320,7 +320,7 @@ pub fn review_update(
     all.push(signed);
     let mut patch = AnnotationPatch::new(true);
     patch.remove(key);
-    patch.set(ACTS, &serde_json::to_string(&all).expect("acts serialize"));
+    patch.set(ACTS, &crate::json::to_string(&all));
     // An accepted act is not recorded here: the API server may call this webhook several times
     // for one write (conflicts, reinvocation) and may then not store it. The operator records
     // each act once, when it sees it stored (`controller::record::act`).

@@ -134,11 +134,8 @@ pub const UNVERIFIED_CALLER: &str = "(unverified webhook caller)";
 /// from the configured CA): the user in it is only claimed, so the entry names no person as its
 /// actor and keeps the claim in `metadata.claimedUser`.
 pub fn unverified_caller(mut d: Draft) -> Draft {
-    if !d.metadata.is_object() {
-        d.metadata = json!({});
-    }
-    d.metadata["claimedUser"] = d.user_id.clone().into();
-    d.metadata["claimedRoles"] = d.user_roles.clone().into();
+    crate::json::set(&mut d.metadata, "claimedUser", d.user_id.clone());
+    crate::json::set(&mut d.metadata, "claimedRoles", d.user_roles.clone());
     d.user_id = UNVERIFIED_CALLER.to_owned();
     d.user_roles = vec![];
     d.auth_method = "unverified-caller".into();

@@ -63,8 +63,8 @@ pub struct SignedAct {
 }
 
 fn message(apr: &ApprovalRequest, act: &SignedAct) -> serde_json::Value {
-    let mut unsigned = serde_json::to_value(act).expect("acts serialize");
-    unsigned["signature"] = serde_json::Value::Null;
+    let mut unsigned = crate::json::to_value(act);
+    crate::json::set(&mut unsigned, "signature", serde_json::Value::Null);
     serde_json::json!({
         "namespace": apr.metadata.namespace, "name": apr.metadata.name, "uid": apr.metadata.uid,
         "digest": apr.spec.spec_digest, "act": unsigned,

@@ -19,12 +19,11 @@ pub struct Link {
 
 /// The hash an entry must carry: over the canonical JSON of every field except `entry_hash`.
 pub fn entry_hash(entry: &Entry) -> String {
-    let mut value = serde_json::to_value(entry).expect("an entry serializes");
-    value
-        .as_object_mut()
-        .expect("an entry is an object")
-        .remove("entry_hash");
-    let canonical = serde_jcs::to_string(&value).expect("canonical JSON of an entry");
+    let mut value = crate::json::to_value(entry);
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("entry_hash");
+    }
+    let canonical = crate::json::canonical(&value);
     crate::hex(&Sha256::digest(canonical.as_bytes()))
 }
 

@@ -23,12 +23,12 @@ pub struct Checkpoint {
 pub struct SigningKey(Ed25519KeyPair);
 
 fn key_id(public: &[u8]) -> String {
-    crate::hex(&public[..8])
+    crate::hex_prefix(public, 8)
 }
 
 fn message(seq: u64, head_hash: &str, at: &str, key_id: &str) -> Vec<u8> {
     let v = serde_json::json!({"seq": seq, "head_hash": head_hash, "at": at, "key_id": key_id});
-    serde_jcs::to_vec(&v).expect("canonical JSON")
+    crate::json::canonical(&v).into_bytes()
 }
 
 impl SigningKey {

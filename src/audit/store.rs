@@ -86,7 +86,7 @@ pub fn read_segment(cm: &ConfigMap) -> Result<(Segment, Vec<Checkpoint>), String
 fn to_jsonl<T: serde::Serialize>(items: &[T]) -> String {
     items
         .iter()
-        .map(|i| serde_json::to_string(i).expect("serializes") + "\n")
+        .map(|i| crate::json::to_string(i) + "\n")
         .collect()
 }
 
@@ -106,7 +106,7 @@ fn segment_cm(
     if let Some(p) = previous {
         cm.metadata.annotations = Some(BTreeMap::from([(
             PREVIOUS_ANNOTATION.to_owned(),
-            serde_json::to_string(p).expect("a link serializes"),
+            crate::json::to_string(p),
         )]));
     }
     cm.data = Some(BTreeMap::from([
@@ -306,7 +306,7 @@ impl Writer {
             match self.try_append(rest, checkpoint).await {
                 Ok((entries, taken)) => {
                     out.extend(entries);
-                    rest = &rest[taken..];
+                    rest = rest.get(taken..).unwrap_or_default();
                     if rest.is_empty() {
                         return Ok(out);
                     }

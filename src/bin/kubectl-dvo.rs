@@ -1,4 +1,10 @@
 //! `kubectl-dvo`: the kubectl plugin (`kubectl dvo ...`). Put it on PATH.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::process::ExitCode;
 

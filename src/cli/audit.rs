@@ -212,12 +212,14 @@ pub fn render(export: &Export, format: ExportFormat, last: Option<usize>) -> Res
             ));
         }
         ExportFormat::Json => serde_json::to_string_pretty(export)? + "\n",
-        ExportFormat::Jsonl => entries[skip..]
+        ExportFormat::Jsonl => entries
             .iter()
-            .map(|e| serde_json::to_string(e).expect("serializes") + "\n")
+            .skip(skip)
+            .map(|e| crate::json::to_string(e) + "\n")
             .collect(),
-        ExportFormat::Cef => entries[skip..]
+        ExportFormat::Cef => entries
             .iter()
+            .skip(skip)
             .map(|e| crate::audit::sink::format::cef(e) + "\n")
             .collect(),
     })

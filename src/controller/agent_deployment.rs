@@ -175,8 +175,8 @@ async fn reconcile_spec(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<A
                     key,
                 );
                 d.user_id = by.clone();
-                d.metadata["reason"] = bg.reason.clone().into();
-                d.metadata["lifted"] = lifted.into();
+                crate::json::set(&mut d.metadata, "reason", bg.reason.clone());
+                crate::json::set(&mut d.metadata, "lifted", lifted);
                 if !known {
                     ctx.audit.record(d).await.map_err(Error::Audit)?;
                 }
@@ -391,11 +391,11 @@ async fn reconcile_spec(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<A
     );
     st.phase = Some(phase);
     st.message = Some(message.clone());
-    st.decision = Some(decision);
+    st.decision = Some(decision.clone());
 
     if old.phase != Some(phase) || old.spec_digest.as_deref() != Some(digest.as_str()) {
-        let decision = st.decision.as_ref().expect("set above");
-        let draft = record::transition(&ad, &digest, requester.as_ref(), phase, &message, decision);
+        let draft =
+            record::transition(&ad, &digest, requester.as_ref(), phase, &message, &decision);
         ctx.audit.record(draft).await.map_err(Error::Audit)?;
     }
     if differs(&old, &st) {
@@ -632,7 +632,8 @@ async fn rollout(
     let Some(template) = ad.spec.template.clone() else {
         return Err(Error::Config("spec.template is missing".into()));
     };
-    if current.as_ref().and_then(workload::digest_of) != Some(digest) {
+    let running = current.filter(|d| workload::digest_of(d) == Some(digest));
+    let Some(deployment) = running else {
         // Write-ahead, in order: the intent in status (so that its outcome is recorded even if
         // the spec moves on while the operator is down), the intent in the log, the write, and
         // its outcome in the log.
@@ -653,12 +654,16 @@ async fn rollout(
             "success",
             "rollout",
         );
-        started.metadata["approval"] = match &approval {
-            Some(a) => serde_json::json!({
-                "request": a.request, "approvers": record::acts_summary(a.quorum),
-            }),
-            None => serde_json::json!({"required": false, "outcome": decision.outcome}),
-        };
+        crate::json::set(
+            &mut started.metadata,
+            "approval",
+            match &approval {
+                Some(a) => serde_json::json!({
+                    "request": a.request, "approvers": record::acts_summary(a.quorum),
+                }),
+                None => serde_json::json!({"required": false, "outcome": decision.outcome}),
+            },
+        );
         ctx.audit.record(started).await.map_err(Error::Audit)?;
         if let Err(e) = apply(ctx, ad, &ns, template, digest).await {
             // An attempt, not an outcome: the write may still have happened (a timeout), and
@@ -674,8 +679,7 @@ async fn rollout(
         st.rollout_intent = None;
         st.deployed_digest = Some(digest.to_owned());
         return Ok((Phase::Progressing, format!("rolling out {digest}")));
-    }
-    let deployment = current.expect("checked above");
+    };
     st.deployed_digest = Some(digest.to_owned());
     let healthy_phase = if decision.skipped_steps.is_empty() && decision.degraded_steps.is_empty() {
         Phase::Deployed
@@ -742,8 +746,8 @@ async fn fail(
     let operator = |event, operation: &str, status: &str, key: String| {
         let mut d = record::agent(ad, digest, None, event, operation, status, &key);
         d.user_id = record::OPERATOR.to_owned();
-        d.metadata["rollbackTo"] = good.clone().into();
-        d.metadata["template"] = hash.clone().into();
+        crate::json::set(&mut d.metadata, "rollbackTo", good.clone());
+        crate::json::set(&mut d.metadata, "template", hash.clone());
         d
     };
     let started = operator(

@@ -15,8 +15,8 @@ pub fn set(
     now: DateTime<Utc>,
 ) {
     let status = if status { "True" } else { "False" }.to_owned();
-    let previous = conditions.iter().position(|c| c.type_ == type_);
-    let last_transition_time = match previous.map(|i| &conditions[i]) {
+    let previous = conditions.iter_mut().find(|c| c.type_ == type_);
+    let last_transition_time = match &previous {
         Some(c) if c.status == status => c.last_transition_time.clone(),
         _ => to_time(now),
     };
@@ -29,7 +29,7 @@ pub fn set(
         last_transition_time,
     };
     match previous {
-        Some(i) => conditions[i] = condition,
+        Some(c) => *c = condition,
         None => conditions.push(condition),
     }
 }
@@ -41,9 +41,10 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
         .any(|c| c.type_ == type_ && c.status == "True")
 }
 
-/// A Kubernetes `Time` from a chrono instant (second precision, as the API stores it).
+/// A Kubernetes `Time` from a chrono instant (second precision, as the API stores it); an
+/// instant beyond what Kubernetes represents (years past 9999) reads as the epoch.
 pub fn to_time(t: DateTime<Utc>) -> Time {
-    Time(k8s_openapi::jiff::Timestamp::from_second(t.timestamp()).expect("a representable time"))
+    Time(k8s_openapi::jiff::Timestamp::from_second(t.timestamp()).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ fn base(
     key: String,
 ) -> Draft {
     let mut d = Draft::new(event, user, operation, &resource, kind, status);
-    d.event_id = crate::hex(&Sha256::digest(key.as_bytes())[..16]);
+    d.event_id = crate::hex_prefix(&Sha256::digest(key.as_bytes()), 16);
     d.timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     d.idempotency_key = key;
     d
@@ -66,8 +66,8 @@ pub fn rollout_outcome(
     );
     d.user_id = OPERATOR.to_owned();
     d.error_message = (outcome != "applied").then(|| message.to_owned());
-    d.metadata["outcome"] = outcome.into();
-    d.metadata["message"] = message.into();
+    crate::json::set(&mut d.metadata, "outcome", outcome);
+    crate::json::set(&mut d.metadata, "message", message);
     d
 }
 
@@ -148,7 +148,11 @@ pub fn transition(
         .collect();
     d.error_message =
         matches!(status, "blocked" | "failure" | "expired").then(|| message.to_owned());
-    d.metadata["outcome"] = serde_json::json!(decision.outcome);
+    crate::json::set(
+        &mut d.metadata,
+        "outcome",
+        serde_json::json!(decision.outcome),
+    );
     d
 }
 

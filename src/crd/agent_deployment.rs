@@ -324,9 +324,7 @@ impl RolloutIntent {
 pub fn spec_digest(spec: &AgentDeploymentSpec) -> String {
     use sha2::{Digest, Sha256};
     // serde_json::Value keeps object keys sorted (BTreeMap), which makes the text canonical.
-    let canonical = serde_json::to_value(spec)
-        .expect("a spec serializes")
-        .to_string();
+    let canonical = crate::json::to_value(spec).to_string();
     format!(
         "sha256:{}",
         crate::hex(&Sha256::digest(canonical.as_bytes()))

@@ -86,7 +86,7 @@ impl DeployAction {
 }
 
 /// All CRDs as one multi-document YAML stream, as committed under `crds/`.
-pub fn crds_yaml() -> String {
+pub fn crds_yaml() -> Result<String, String> {
     let crds = [
         AgentDeployment::crd(),
         DeploymentPolicy::crd(),
@@ -95,12 +95,12 @@ pub fn crds_yaml() -> String {
     ];
     crds.iter()
         .map(|crd| {
-            let mut value = serde_json::to_value(crd).expect("a CRD serializes");
+            let mut value = crate::json::to_value(crd);
             unwrap_descriptions(&mut value);
-            crate::yaml::to_string(&value).expect("a CRD serializes to YAML")
+            crate::yaml::to_string(&value)
         })
-        .collect::<Vec<_>>()
-        .join("---\n")
+        .collect::<Result<Vec<_>, _>>()
+        .map(|docs| docs.join("---\n"))
 }
 
 /// Doc comments keep their source line breaks; `kubectl explain` reads better when a paragraph

@@ -26,16 +26,22 @@ pub struct Stamp {
     pub signature: String,
 }
 
+/// HMAC-SHA256 under `key`.
+pub fn hmac(key: &[u8]) -> Hmac<Sha256> {
+    #[expect(clippy::expect_used, reason = "HMAC takes a key of any length")]
+    Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length")
+}
+
 /// Hex HMAC-SHA256 of `message` (its compact JSON) under `key`: the signature of every stamp.
 pub fn sign_value(key: &[u8], message: &serde_json::Value) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    let mut mac = hmac(key);
     mac.update(message.to_string().as_bytes());
     crate::hex(&mac.finalize().into_bytes())
 }
 
 /// Whether `signature` is the HMAC of `message` under `key` (constant-time comparison).
 pub fn verify_value(key: &[u8], message: &serde_json::Value, signature: &str) -> bool {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    let mut mac = hmac(key);
     mac.update(message.to_string().as_bytes());
     crate::unhex(signature).is_some_and(|b| mac.verify_slice(&b).is_ok())
 }
@@ -120,8 +126,8 @@ pub struct BreakGlass {
 impl BreakGlass {
     fn message(&self, namespace: &str, name: &str) -> serde_json::Value {
         let mut m = message(namespace, name, &self.digest, &self.identity);
-        m["reason"] = self.reason.clone().into();
-        m["at"] = self.at.to_rfc3339().into();
+        crate::json::set(&mut m, "reason", self.reason.clone());
+        crate::json::set(&mut m, "at", self.at.to_rfc3339());
         m
     }
 

@@ -1,5 +1,12 @@
 //! Entra ID look-alike keys and tokens for tests (unit and integration): RSA keys made with
 //! `openssl`, published like Entra's (a JWK without `alg`), and RS256 tokens signed with them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test tooling (keys and tokens the tests make); never given user data"
+)]
 
 use std::process::Command;
 

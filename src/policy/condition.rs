@@ -175,7 +175,8 @@ pub fn lookup<'a>(root: &'a Value, path: &str) -> &'a Value {
             return NULL;
         };
         for j in (i + 1..=parts.len()).rev() {
-            if let Some(next) = map.get(&parts[i..j].join(".")) {
+            let key = parts.get(i..j).map(|p| p.join(".")).unwrap_or_default();
+            if let Some(next) = map.get(&key) {
                 node = next;
                 i = j;
                 continue 'outer;

@@ -74,9 +74,7 @@ fn next_opening(
 
 fn next_quarter_hour(t: DateTime<Utc>) -> DateTime<Utc> {
     let q = Duration::minutes(15);
-    t.duration_trunc(q)
-        .expect("quarter hours are representable")
-        + q
+    t.duration_trunc(q).unwrap_or(t) + q
 }
 
 fn unknown_requester() -> Identity {
@@ -318,8 +316,13 @@ fn apply_match(
     b: &mut Builder,
 ) -> bool {
     let spec = &policy.spec;
-    let parsed = policy.parsed.as_ref().expect("only parsed policies match");
     let source = format!("policy/{}", policy.name);
+    // Only parsed policies match; should one not be, it refuses (fail closed).
+    let Ok(parsed) = policy.parsed.as_ref() else {
+        let why = format!("policy {} is invalid", policy.name);
+        b.violation(source, ViolationKind::EvaluationError, why, None);
+        return true;
+    };
     let reason = if trace.conditions.is_empty() {
         "no conditions: matches everything in scope".to_owned()
     } else {
@@ -407,10 +410,12 @@ fn apply_match(
             true
         }
         PolicyAction::RequireApproval => {
-            let a = spec
-                .approval
-                .as_ref()
-                .expect("parsed RequireApproval policies have approval");
+            // Parsed RequireApproval policies have approval; should one not, it refuses.
+            let Some(a) = spec.approval.as_ref() else {
+                let why = format!("policy {} asks for approval but says by whom", policy.name);
+                b.violation(source, ViolationKind::EvaluationError, why, None);
+                return true;
+            };
             b.require_approval(ApprovalRequirement {
                 source,
                 roles: human(a.roles.iter().copied()),

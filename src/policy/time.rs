@@ -105,11 +105,15 @@ impl Window {
         }
         let mut days = [false; 7];
         for d in &w.days {
-            days[weekday_index(*d)] = true;
+            if let Some(day) = days.get_mut(weekday_index(*d)) {
+                *day = true;
+            }
         }
+        let start = NaiveTime::from_hms_opt(sh, sm, 0)
+            .ok_or_else(|| format!("window start {} is not a time of day", w.start))?;
         Ok(Window {
             days,
-            start: NaiveTime::from_hms_opt(sh, sm, 0).expect("validated"),
+            start,
             end_offset: Duration::minutes(end_min),
             tz,
         })
@@ -117,10 +121,11 @@ impl Window {
 
     /// The interval of the window opening on local day `day`, if it opens that day.
     fn interval(&self, day: NaiveDate) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
-        if !self.days[day.weekday().num_days_from_monday() as usize] {
+        let weekday = day.weekday().num_days_from_monday() as usize;
+        if !self.days.get(weekday).copied().unwrap_or(false) {
             return None;
         }
-        let midnight = day.and_hms_opt(0, 0, 0).expect("midnight exists");
+        let midnight = day.and_time(NaiveTime::MIN);
         let open = resolve_local(self.tz, day.and_time(self.start));
         let close = resolve_local(self.tz, midnight + self.end_offset);
         (open < close).then_some((open, close))
@@ -148,10 +153,7 @@ fn parse_bound(s: &str, tz: Tz, is_end: bool) -> Result<DateTime<Utc>, String> {
         } else {
             day
         };
-        return Ok(resolve_local(
-            tz,
-            day.and_hms_opt(0, 0, 0).expect("midnight exists"),
-        ));
+        return Ok(resolve_local(tz, day.and_time(NaiveTime::MIN)));
     }
     NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M")
         .map(|local| resolve_local(tz, local))

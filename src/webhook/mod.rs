@@ -366,7 +366,7 @@ impl Shared {
         };
         let mut verdict = verdict;
         if let (Some(mut draft), false) = (verdict.audit.take(), req.dry_run) {
-            draft.event_id = crate::hex(&Sha256::digest(req.uid.as_bytes())[..16]);
+            draft.event_id = crate::hex_prefix(&Sha256::digest(req.uid.as_bytes()), 16);
             draft.timestamp = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             draft.idempotency_key = format!("admission/{}", req.uid);
             draft.request_id = Some(req.uid.clone());

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::body::Bytes;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::Mutex;
 
 use super::http::Https;
@@ -87,8 +87,8 @@ fn form(pairs: &[(&str, &str)]) -> String {
 
 /// A record of the stream: the entry's fields, with `TimeGenerated`.
 pub fn record(e: &Entry) -> Value {
-    let mut v = serde_json::to_value(e).expect("an entry serializes");
-    v["TimeGenerated"] = json!(e.draft.timestamp);
+    let mut v = crate::json::to_value(e);
+    crate::json::set(&mut v, "TimeGenerated", e.draft.timestamp.clone());
     v
 }
 
@@ -254,6 +254,7 @@ impl Azure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn chunks_stay_under_a_megabyte_and_keep_every_record() {

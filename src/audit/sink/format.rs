@@ -110,7 +110,7 @@ pub fn syslog_frame(entry: &Entry, payload: Payload, hostname: &str) -> String {
     let pri = 13 * 8 + u32::from(syslog_severity(severity(entry)));
     let body = match payload {
         Payload::Cef => cef(entry),
-        Payload::Json => serde_json::to_string(entry).expect("an entry serializes"),
+        Payload::Json => crate::json::to_string(entry),
     };
     let ts = if entry.draft.timestamp.is_empty() {
         "-"

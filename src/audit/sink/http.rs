@@ -116,10 +116,10 @@ impl Splunk {
                 let mut ev =
                     json!({"source": "dvo-operator", "sourcetype": "dvo:audit", "event": e});
                 if let Some(t) = time {
-                    ev["time"] = json!(t);
+                    crate::json::set(&mut ev, "time", t);
                 }
                 if let Some(i) = &self.index {
-                    ev["index"] = json!(i);
+                    crate::json::set(&mut ev, "index", i.clone());
                 }
                 ev.to_string()
             })
@@ -148,7 +148,8 @@ impl Splunk {
                 post(client, &url, &headers, json!({"acks": [id]}).to_string()).await?;
             hec_outcome(status, &body)?;
             let acked: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            if acked["acks"][id.to_string()] == json!(true) {
+            let ack = acked.get("acks").and_then(|a| a.get(id.to_string()));
+            if ack == Some(&json!(true)) {
                 return Ok(());
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -164,9 +165,8 @@ pub const SIGNATURE_HEADER: &str = "x-dvo-signature";
 
 /// The value of [`SIGNATURE_HEADER`] for `body` under `secret`.
 pub fn signature(secret: &str, body: &str) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac =
-        Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    use hmac::Mac;
+    let mut mac = crate::identity::stamp::hmac(secret.as_bytes());
     mac.update(body.as_bytes());
     format!("sha256={}", crate::hex(&mac.finalize().into_bytes()))
 }
@@ -179,7 +179,7 @@ pub async fn webhook(
     secret: Option<&str>,
     entries: &[Entry],
 ) -> Result<(), String> {
-    let body = serde_json::to_string(entries).expect("entries serialize");
+    let body = crate::json::to_string(entries);
     let headers: Vec<(&str, String)> = secret
         .map(|s| (SIGNATURE_HEADER, signature(s, &body)))
         .into_iter()

@@ -57,24 +57,30 @@ fn query(q: &str) -> Vec<(&str, &str)> {
         .collect()
 }
 
-/// A secret from the environment variable named by `token-env` (default `default_var`), as a
-/// Secret mounted with `env.valueFrom.secretKeyRef` provides it.
-fn token(
-    params: &[(&str, &str)],
-    default_var: &str,
-    required: bool,
-) -> Result<Option<String>, String> {
-    let var = params
+/// The environment variable named by `token-env` (default `default_var`) that holds a sink's
+/// secret, as a Secret mounted with `env.valueFrom.secretKeyRef` provides it.
+fn token_var<'a>(params: &[(&'a str, &'a str)], default_var: &'a str) -> &'a str {
+    params
         .iter()
         .find(|(k, _)| *k == "token-env")
-        .map_or(default_var, |(_, v)| v);
-    match std::env::var(var) {
-        Ok(t) if !t.is_empty() => Ok(Some(t)),
-        _ if required => Err(format!(
-            "the sink's token is not set: environment variable {var} is empty"
-        )),
-        _ => Ok(None),
-    }
+        .map_or(default_var, |(_, v)| v)
+}
+
+/// The secret of [`token_var`], when it is set.
+fn token(params: &[(&str, &str)], default_var: &str) -> Option<String> {
+    std::env::var(token_var(params, default_var))
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+/// The secret of [`token_var`], which must be set.
+fn required_token(params: &[(&str, &str)], default_var: &str) -> Result<String, String> {
+    token(params, default_var).ok_or_else(|| {
+        format!(
+            "the sink's token is not set: environment variable {} is empty",
+            token_var(params, default_var)
+        )
+    })
 }
 
 impl std::str::FromStr for Target {
@@ -148,7 +154,7 @@ impl std::str::FromStr for Target {
                 });
                 Ok(Target::Splunk(http::Splunk {
                     base: format!("{http}://{address}"),
-                    token: token(&params, "DVO_SPLUNK_TOKEN", true)?.expect("required"),
+                    token: required_token(&params, "DVO_SPLUNK_TOKEN")?,
                     index: params
                         .iter()
                         .find(|(k, _)| *k == "index")
@@ -180,9 +186,10 @@ impl std::str::FromStr for Target {
                     .filter(|v| !v.is_empty())
                 {
                     Some(file) => azure::Credential::FederatedTokenFile(file),
-                    None => azure::Credential::Secret(
-                        token(&params, "DVO_AZURE_CLIENT_SECRET", true)?.expect("required"),
-                    ),
+                    None => azure::Credential::Secret(required_token(
+                        &params,
+                        "DVO_AZURE_CLIENT_SECRET",
+                    )?),
                 };
                 Ok(Target::Azure(std::sync::Arc::new(azure::Azure::new(
                     &format!("{}://{address}", scheme.trim_start_matches("azure+")),
@@ -200,7 +207,7 @@ impl std::str::FromStr for Target {
                 known(&["token-env"])?;
                 Ok(Target::Webhook {
                     url: format!("{}://{address}", scheme.trim_start_matches("webhook+")),
-                    secret: token(&params, "DVO_WEBHOOK_SECRET", false)?,
+                    secret: token(&params, "DVO_WEBHOOK_SECRET"),
                 })
             }
             _ => Err(usage()),
@@ -287,10 +294,10 @@ impl Sink {
     }
 
     fn https(&mut self) -> Result<&http::Https, String> {
-        if self.https.is_none() {
-            self.https = Some(http::client()?);
+        match &mut self.https {
+            Some(client) => Ok(client),
+            slot @ None => Ok(slot.insert(http::client()?)),
         }
-        Ok(self.https.as_ref().expect("set above"))
     }
 
     /// Delivers a batch (connecting first when needed).
@@ -303,7 +310,7 @@ impl Sink {
             }
             Target::Stdout => {
                 for e in entries {
-                    println!("{}", serde_json::to_string(e).expect("an entry serializes"));
+                    println!("{}", crate::json::to_string(e));
                 }
                 Ok(())
             }
@@ -317,10 +324,12 @@ impl Sink {
                     .iter()
                     .map(|e| format::syslog_frame(e, payload, &hostname))
                     .collect();
-                if self.connection.is_none() {
-                    self.connection = Some(Connection::open(&address, tls_ca.as_deref()).await?);
-                }
-                let conn = self.connection.as_mut().expect("connected above");
+                let conn = match &mut self.connection {
+                    Some(conn) => conn,
+                    slot @ None => {
+                        slot.insert(Connection::open(&address, tls_ca.as_deref()).await?)
+                    }
+                };
                 let result = conn.write(frames.as_bytes()).await;
                 result.map_err(|e| {
                     self.connection = None;
@@ -374,13 +383,9 @@ async fn drain(client: &Client, namespace: &str, sink: &mut Sink) -> Result<usiz
         .clone();
     lag.set(pending.len() as i64);
     for batch in pending.chunks(200) {
+        let Some(last) = batch.last() else { continue };
         sink.deliver(batch).await?;
-        write_cursor(
-            &api,
-            &sink.name,
-            batch.last().expect("chunks are not empty").seq,
-        )
-        .await?;
+        write_cursor(&api, &sink.name, last.seq).await?;
         lag.dec_by(batch.len() as i64);
     }
     Ok(pending.len())
