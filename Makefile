@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test build controlplane cluster run demo crds bench fmt clippy unit integration clean
+.PHONY: test build controlplane cluster run demo crds bench fuzz fmt clippy unit integration clean
 
 ## Everything CI checks: format, lints, unit and CLI tests, integration tests against a real
 ## control plane (built on first use, cached in tests/controlplane/bin).
@@ -41,6 +41,19 @@ bench: controlplane
 	$(CARGO) bench --bench decide
 	$(CARGO) bench --bench audit
 	$(CARGO) bench --bench audit_store
+
+## Coverage-guided fuzzing of every parser of untrusted data (not part of `make test`; needs the
+## nightly toolchain and `cargo install cargo-fuzz`): FUZZ_SECONDS per target. New inputs go to
+## target/fuzz-corpus; crashes to fuzz/artifacts (fix, then keep them in fuzz/regressions, which
+## `make test` replays).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := admission_review policy stamps jwt audit role_mapping
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$t && \
+	  cargo +nightly fuzz run --fuzz-dir fuzz $$t target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 || exit 1; \
+	done
 
 fmt:
 	$(CARGO) fmt --all

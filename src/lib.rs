@@ -21,6 +21,8 @@ pub mod capability;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+#[cfg(any(test, fuzzing))]
+pub mod fuzz_targets;
 pub mod health;
 pub mod identity;
 pub mod json;

@@ -7,6 +7,7 @@ pub mod approval_request;
 pub mod deployment_policy;
 #[cfg(test)]
 mod fixtures;
+pub mod request;
 
 use serde_json::{Value, json};
 

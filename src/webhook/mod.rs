@@ -21,13 +21,11 @@ use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use serde::de::DeserializeOwned;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use sha2::{Digest, Sha256};
 
 use crate::admission::{self, Env, Verdict};
 use crate::audit::store::AuditLog;
-use crate::crd::{AgentDeployment, ApprovalRequest, DeploymentPolicy};
 use crate::identity::Identity;
 use crate::identity::entra::EntraConfig;
 
@@ -269,25 +267,14 @@ async fn admit(
     Json(answer.into_review())
 }
 
-fn typed<K: DeserializeOwned>(obj: Option<&DynamicObject>) -> Result<K, String> {
-    let obj = obj.ok_or("the request carries no object")?;
-    let value = serde_json::to_value(obj).map_err(|e| e.to_string())?;
-    serde_json::from_value(value).map_err(|e| format!("cannot read the object: {e}"))
-}
-
 impl Shared {
     async fn review(
         &self,
         path: &str,
         req: &AdmissionRequest<DynamicObject>,
     ) -> Result<Verdict, String> {
-        let user = Identity {
-            username: req.user_info.username.clone().unwrap_or_default(),
-            uid: req.user_info.uid.clone(),
-            groups: req.user_info.groups.clone().unwrap_or_default(),
-        };
-        // The operator's own writes (status, requests, finalizers) pass untouched.
-        if user.username == self.operator {
+        // The operator's own writes need neither the mapping nor a token.
+        if admission::request::user(req).username == self.operator {
             return Ok(Verdict::allow());
         }
         let mapping = crate::controller::role_mapping(&self.client, &self.namespace)
@@ -298,55 +285,17 @@ impl Shared {
             key: &self.key,
             operator: &self.operator,
         };
-        let now = Utc::now();
-        let resource = match &req.namespace {
-            Some(ns) => format!("{ns}/{}", req.name),
-            None => req.name.clone(),
+        let token = match admission::request::approval_token(path, req) {
+            None => None,
+            Some(token) => Some(match &self.verifier {
+                Some(v) => v.verify(&token).await,
+                None => Err(
+                    "this operator has no Entra ID settings, so it cannot verify approval tokens"
+                        .to_owned(),
+                ),
+            }),
         };
-        Ok(match (path, &req.operation) {
-            ("status", _) => admission::status(&env, &user, &req.kind.kind, resource),
-            ("agentdeployments", Operation::Create | Operation::Update) => {
-                // What our types cannot read, the API server's schema refuses next (mutating
-                // webhooks run before schema validation); the operator never trusts an object
-                // without a verified stamp.
-                let Ok(new) = typed::<AgentDeployment>(req.object.as_ref()) else {
-                    return Ok(Verdict::allow());
-                };
-                let old = typed::<AgentDeployment>(req.old_object.as_ref()).ok();
-                admission::agent_deployment::review(&env, &user, old.as_ref(), &new, now)
-            }
-            ("agentdeployments-final", Operation::Create | Operation::Update) => {
-                // After the schema: what our types cannot read is refused (fail closed).
-                let new = typed::<AgentDeployment>(req.object.as_ref())?;
-                let old = typed::<AgentDeployment>(req.old_object.as_ref()).ok();
-                admission::agent_deployment::review_final(&env, &user, old.as_ref(), &new)
-            }
-            ("approvalrequests", Operation::Create) => {
-                let new = typed::<ApprovalRequest>(req.object.as_ref())?;
-                admission::approval_request::review_create(&env, &user, &new)
-            }
-            ("approvalrequests", Operation::Update) => {
-                let new = typed::<ApprovalRequest>(req.object.as_ref())?;
-                let old = typed::<ApprovalRequest>(req.old_object.as_ref())?;
-                let token = match admission::approval_request::token(&old, &new) {
-                    None => None,
-                    Some(token) => Some(match &self.verifier {
-                        Some(v) => v.verify(token).await,
-                        None => Err("this operator has no Entra ID settings, so it cannot verify approval tokens".to_owned()),
-                    }),
-                };
-                admission::approval_request::review_update(&env, &user, &old, &new, token, now)
-            }
-            ("deploymentpolicies", Operation::Delete) => {
-                let old = typed::<DeploymentPolicy>(req.old_object.as_ref())?;
-                admission::deployment_policy::review_delete(&env, &user, &old)
-            }
-            ("deploymentpolicies", Operation::Create | Operation::Update) => {
-                let new = typed::<DeploymentPolicy>(req.object.as_ref())?;
-                admission::deployment_policy::review_write(&user, &new)
-            }
-            (path, op) => return Err(format!("no review for {op:?} on {path}")),
-        })
+        admission::request::review(&env, path, req, token, Utc::now())
     }
 
     async fn answer(
