@@ -72,25 +72,37 @@ fn violations_summary(d: &Decision) -> String {
 pub async fn reconcile(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let result = reconcile_spec(ad.clone(), ctx.clone()).await;
     if let Err(Error::Audit(why)) = &result {
-        let mut st = ad.status.clone().unwrap_or_default();
-        let message = format!(
-            "held: the audit log could not record the next step, so nothing is done until it can ({why})"
-        );
-        conditions::set(
-            &mut st.conditions,
-            "Ready",
-            false,
-            "AuditLogUnavailable",
-            &message,
-            ad.metadata.generation,
-            Utc::now(),
-        );
-        st.message = Some(message);
+        let st = held_by_audit(ad.status.as_ref(), why, ad.metadata.generation, Utc::now());
         if let Err(e) = write_status(&ctx, &ad, &st).await {
             tracing::warn!(%e, "cannot say in status that the audit log holds the rollout");
         }
     }
     result
+}
+
+/// The status of an AgentDeployment whose next step the audit log could not record: it says
+/// so (not what it said before, such as "waiting for approvals"), and is not Ready.
+fn held_by_audit(
+    status: Option<&AgentDeploymentStatus>,
+    why: &str,
+    generation: Option<i64>,
+    now: chrono::DateTime<Utc>,
+) -> AgentDeploymentStatus {
+    let mut st = status.cloned().unwrap_or_default();
+    let message = format!(
+        "held: the audit log could not record the next step, so nothing is done until it can ({why})"
+    );
+    conditions::set(
+        &mut st.conditions,
+        "Ready",
+        false,
+        "AuditLogUnavailable",
+        &message,
+        generation,
+        now,
+    );
+    st.message = Some(message);
+    st
 }
 
 /// One reconcile of the current spec.
@@ -921,4 +933,38 @@ async fn previous_template(
         }
         t
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audit_failure_is_what_the_status_says() {
+        let waiting: AgentDeploymentStatus = serde_json::from_value(serde_json::json!({
+            "phase": "PendingApproval", "message": "ApprovalRequest gha-g1-x: waiting for approvals",
+            "conditions": [{"type": "Ready", "status": "False", "reason": "PendingApproval",
+                "message": "waiting for approvals", "lastTransitionTime": "2026-11-26T00:00:00Z"}],
+        }))
+        .unwrap();
+        let now = "2026-11-26T01:00:00Z".parse().unwrap();
+        let held = held_by_audit(Some(&waiting), "etcd is down", Some(3), now);
+        let said = "held: the audit log could not record the next step, so nothing is done until it can (etcd is down)";
+        assert_eq!(held.message.as_deref(), Some(said));
+        let ready = held.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(
+            (
+                ready.status.as_str(),
+                ready.reason.as_str(),
+                ready.message.as_str()
+            ),
+            ("False", "AuditLogUnavailable", said)
+        );
+        assert_eq!(ready.observed_generation, Some(3));
+        assert_eq!(
+            held.phase, waiting.phase,
+            "the phase is what it was: nothing happened"
+        );
+        assert!(held_by_audit(None, "x", None, now).message.is_some());
+    }
 }
