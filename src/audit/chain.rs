@@ -30,7 +30,7 @@ pub fn entry_hash(entry: &Entry) -> String {
 /// The entry that follows `head` (None: the first entry of a chain).
 pub fn append(head: Option<&Link>, draft: Draft) -> Result<Entry, String> {
     let (seq, previous_hash) = match head {
-        Some(h) => (h.seq + 1, h.hash.clone()),
+        Some(h) => (h.seq.saturating_add(1), h.hash.clone()),
         None => (1, GENESIS.to_owned()),
     };
     if seq > MAX_SEQ {

@@ -52,7 +52,8 @@ fn lines<T: serde::de::DeserializeOwned>(cm: &ConfigMap, key: &str) -> (Vec<T>, 
         match serde_json::from_str(line) {
             Ok(item) => out.push(item),
             Err(e) => {
-                let why = format!("ConfigMap {}: {key} line {}: {e}", cm.name_any(), n + 1);
+                let line = n.saturating_add(1);
+                let why = format!("ConfigMap {}: {key} line {line}: {e}", cm.name_any());
                 return (out, Some(why));
             }
         }
@@ -157,7 +158,7 @@ fn conflict_backoff(n: u32) -> std::time::Duration {
     let base = 5u64.saturating_mul(1 << n.min(7)).min(500);
     let mut byte = [0u8; 1];
     let jitter = getrandom::fill(&mut byte).map_or(128, |()| u64::from(byte[0]));
-    std::time::Duration::from_millis(base / 2 + base * jitter / 255)
+    std::time::Duration::from_millis((base / 2).saturating_add(base.saturating_mul(jitter) / 255))
 }
 
 /// Appends to the log in the cluster. Cheap to clone; appends from many tasks are batched.
@@ -212,8 +213,12 @@ impl AuditLog {
             key,
         };
         tokio::spawn(async move {
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now()
+                    .checked_add(interval)
+                    .unwrap_or_else(tokio::time::Instant::now),
+                interval,
+            );
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Whether entries were appended since the last checkpoint this writer signed.
             let mut unsigned = false;
@@ -298,9 +303,9 @@ impl Writer {
     /// Appends `drafts` in one write to the current segment (sealing and starting a new one when
     /// it is full), retrying on a lost race.
     async fn append(&self, drafts: Vec<Draft>, checkpoint: bool) -> Result<Vec<Entry>, String> {
-        let mut out = Vec::with_capacity(drafts.len() + 1);
+        let mut out = Vec::with_capacity(drafts.len().saturating_add(1));
         let mut rest: &[Draft] = &drafts;
-        let mut conflicts = 0;
+        let mut conflicts: u32 = 0;
         loop {
             // A write takes what fits in the current segment; the rest goes to the next one.
             match self.try_append(rest, checkpoint).await {
@@ -319,7 +324,7 @@ impl Writer {
                     if conflicts > 0 {
                         tokio::time::sleep(conflict_backoff(conflicts)).await;
                     }
-                    conflicts += 1;
+                    conflicts = conflicts.saturating_add(1);
                 }
                 Err(Retry::Conflict) => {
                     return Err(format!(
@@ -362,7 +367,7 @@ impl Writer {
                 .last()
                 .map(Entry::link)
                 .or(segment.previous.clone());
-            let next = segment_cm(index + 1, head.as_ref(), &[], &[], false);
+            let next = segment_cm(index.saturating_add(1), head.as_ref(), &[], &[], false);
             return match self.api.create(&PostParams::default(), &next).await {
                 Ok(_) => Err(Retry::Again),
                 Err(kube::Error::Api(e)) if e.code == 409 => Err(Retry::Conflict),
@@ -391,18 +396,18 @@ impl Writer {
         );
         let mut entries = segment.entries.clone();
         let mut head = entries.last().map(Entry::link).or(segment.previous.clone());
-        let mut out: Vec<Entry> = Vec::with_capacity(drafts.len() + 1);
+        let mut out: Vec<Entry> = Vec::with_capacity(drafts.len().saturating_add(1));
         let mut size: usize = entries
             .iter()
-            .map(|e| serde_json::to_string(e).map_or(0, |s| s.len() + 1))
+            .map(|e| serde_json::to_string(e).map_or(0, |s| s.len().saturating_add(1)))
             .sum();
-        let mut taken = 0;
+        let mut taken: usize = 0;
         let mut signed_now: Option<Checkpoint> = None;
         for draft in drafts {
             if size > SEGMENT_BYTES {
                 break;
             }
-            taken += 1;
+            taken = taken.saturating_add(1);
             if let Some(existing) = known
                 .get(&draft.idempotency_key)
                 .filter(|_| !draft.idempotency_key.is_empty())
@@ -418,7 +423,9 @@ impl Writer {
                 signed_now = Some(c);
             }
             known.insert(entry.draft.idempotency_key.clone(), entry.clone());
-            size += serde_json::to_string(&entry).map_or(0, |s| s.len() + 1);
+            size = size.saturating_add(
+                serde_json::to_string(&entry).map_or(0, |s| s.len().saturating_add(1)),
+            );
             entries.push(entry.clone());
             out.push(entry);
         }

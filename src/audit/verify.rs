@@ -128,7 +128,7 @@ fn ends_at_checkpoint(segment: &Segment, covered: &std::collections::HashSet<u64
         return true;
     };
     covered.contains(&last.seq)
-        || matches!(carried_checkpoint(last), Some(Ok(c)) if c.seq + 1 == last.seq)
+        || matches!(carried_checkpoint(last), Some(Ok(c)) if c.seq.saturating_add(1) == last.seq)
 }
 
 /// Verifies segments (in chain order) and checkpoints against the checkpoint public key. The
@@ -156,7 +156,7 @@ pub fn verify(
                 if retained_through(segments) < prev.seq {
                     return Err(fault(
                         FaultKind::MissingSegment,
-                        prev.seq + 1,
+                        prev.seq.saturating_add(1),
                         name,
                         format!(
                             "the log starts after seq {} but no retention entry accounts for the entries before it",
@@ -169,11 +169,11 @@ pub fn verify(
             (Some(h), Some(prev)) if prev.seq > h.seq => {
                 return Err(fault(
                     FaultKind::MissingSegment,
-                    h.seq + 1,
+                    h.seq.saturating_add(1),
                     name,
                     format!(
                         "entries {} to {} are missing before segment {}",
-                        h.seq + 1,
+                        h.seq.saturating_add(1),
                         prev.seq,
                         segment.name
                     ),
@@ -182,12 +182,16 @@ pub fn verify(
             (Some(h), _) => h.clone(),
         };
         for e in &segment.entries {
-            if e.seq != expected.seq + 1 {
+            if e.seq != expected.seq.saturating_add(1) {
                 return Err(fault(
                     FaultKind::SequenceGap,
-                    expected.seq + 1,
+                    expected.seq.saturating_add(1),
                     name,
-                    format!("expected seq {}, found {}", expected.seq + 1, e.seq),
+                    format!(
+                        "expected seq {}, found {}",
+                        expected.seq.saturating_add(1),
+                        e.seq
+                    ),
                 ));
             }
             if entry_hash(e) != e.entry_hash {
@@ -210,13 +214,13 @@ pub fn verify(
                 ));
             }
             first_seq.get_or_insert(e.seq);
-            count += 1;
+            count = count.saturating_add(1);
             expected = e.link();
         }
         if let Some(what) = &segment.unreadable {
             return Err(fault(
                 FaultKind::Unreadable,
-                expected.seq + 1,
+                expected.seq.saturating_add(1),
                 name,
                 format!("{what}: a stored line was altered"),
             ));
@@ -259,7 +263,7 @@ pub fn verify(
         if c.seq > head.seq {
             return Err(fault(
                 FaultKind::Truncated,
-                head.seq + 1,
+                head.seq.saturating_add(1),
                 None,
                 format!(
                     "a checkpoint covers seq {} but the log ends at seq {}: the newest entries were deleted",

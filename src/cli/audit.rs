@@ -52,7 +52,7 @@ pub fn trusted_checkpoints(file: &std::path::Path) -> Result<Vec<Checkpoint>> {
             anyhow!(
                 "{} line {}: not a checkpoint or a checkpoint_signed entry",
                 file.display(),
-                n + 1
+                n.saturating_add(1)
             )
         };
         if let Ok(c) = serde_json::from_str::<Checkpoint>(line) {

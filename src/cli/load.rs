@@ -43,7 +43,7 @@ pub fn objects<T: DeserializeOwned>(path: &Path, kind: &str) -> Result<Vec<(Path
             if value.is_null() {
                 continue;
             }
-            let at = || format!("{} (document {})", file.display(), i + 1);
+            let at = || format!("{} (document {})", file.display(), i.saturating_add(1));
             let (Some(api_version), Some(found)) = (
                 value.get("apiVersion").and_then(|k| k.as_str()),
                 value.get("kind").and_then(|k| k.as_str()),

@@ -98,7 +98,7 @@ pub fn run(path: &Path) -> Result<(String, Summary)> {
         match run_suite(&file, &mut out, &mut summary) {
             Ok(()) => {}
             Err(e) => {
-                summary.failed += 1;
+                summary.failed = summary.failed.saturating_add(1);
                 let _ = writeln!(out, "ERROR {}: {e:#}", file.display());
             }
         }
@@ -143,10 +143,10 @@ fn run_suite(file: &Path, out: &mut String, summary: &mut Summary) -> Result<()>
         let decision = policy::decide(&rules, &request, case.at);
         let failures = check(&case.expect, &decision);
         if failures.is_empty() {
-            summary.passed += 1;
+            summary.passed = summary.passed.saturating_add(1);
             let _ = writeln!(out, "  PASS {}", case.name);
         } else {
-            summary.failed += 1;
+            summary.failed = summary.failed.saturating_add(1);
             let _ = writeln!(out, "  FAIL {}", case.name);
             for f in failures {
                 let _ = writeln!(out, "       {f}");

@@ -38,7 +38,10 @@ const RESYNC: Duration = Duration::from_secs(300);
 pub fn approval_request_name(ad_name: &str, generation: i64, digest: &str) -> String {
     let short = digest.trim_start_matches("sha256:").get(..12).unwrap_or("");
     let suffix = format!("-g{generation}-{short}");
-    let base: String = ad_name.chars().take(253 - suffix.len()).collect();
+    let base: String = ad_name
+        .chars()
+        .take(253usize.saturating_sub(suffix.len()))
+        .collect();
     format!("{base}{suffix}")
 }
 
@@ -221,7 +224,11 @@ async fn reconcile_spec(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<A
     let (phase, message) = match decision.outcome {
         Outcome::Deny => {
             if let Some(at) = decision.next_window_opens_at {
-                let wait = (at - now).to_std().unwrap_or_default() + Duration::from_secs(1);
+                let wait = at
+                    .signed_duration_since(now)
+                    .to_std()
+                    .unwrap_or_default()
+                    .saturating_add(Duration::from_secs(1));
                 requeue = Some(wait.min(RESYNC));
             }
             (Phase::Blocked, violations_summary(&decision))
@@ -590,7 +597,10 @@ async fn ensure_approval_request(
         action: ad.spec.action,
         justification: ad.spec.justification.clone(),
         requirements,
-        expires_at: (Utc::now() + expiry).trunc_subsecs(0),
+        expires_at: Utc::now()
+            .checked_add_signed(expiry)
+            .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
+            .trunc_subsecs(0),
     };
     let mut apr = ApprovalRequest::new(&name, spec);
     apr.metadata.owner_references = ad.controller_owner_ref(&()).map(|o| vec![o]);

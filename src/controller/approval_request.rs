@@ -166,7 +166,9 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
         && eval.phase == ApprovalPhase::Approved
         && let Some(created) = &apr.metadata.creation_timestamp
     {
-        let waited = now.timestamp_millis() - created.0.as_millisecond();
+        let waited = now
+            .timestamp_millis()
+            .saturating_sub(created.0.as_millisecond());
         crate::metrics::METRICS
             .approval_latency
             .observe(waited as f64 / 1000.0);
@@ -227,9 +229,12 @@ pub async fn reconcile(apr: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<A
         tracing::info!(namespace = %ns, name = %name, phase = ?eval.phase, message = %eval.message, "approval request phase");
     }
     Ok(match eval.requeue_at {
-        Some(at) => {
-            Action::requeue((at - now).to_std().unwrap_or_default() + Duration::from_millis(500))
-        }
+        Some(at) => Action::requeue(
+            at.signed_duration_since(now)
+                .to_std()
+                .unwrap_or_default()
+                .saturating_add(Duration::from_millis(500)),
+        ),
         None => Action::await_change(),
     })
 }

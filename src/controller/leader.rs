@@ -28,7 +28,7 @@ pub fn may_take(spec: Option<&LeaseSpec>, me: &str, now: DateTime<Utc>) -> bool 
     }
     let duration = i64::from(spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS));
     let renewed = spec.renew_time.as_ref().map(|t| t.0.as_second());
-    renewed.is_none_or(|r| r + duration < now.timestamp())
+    renewed.is_none_or(|r| r.saturating_add(duration) < now.timestamp())
 }
 
 fn micro(now: DateTime<Utc>) -> MicroTime {
@@ -65,7 +65,7 @@ pub async fn try_acquire(client: &Client, namespace: &str, me: &str) -> Result<b
     if spec.holder_identity.as_deref() != Some(me) {
         spec.holder_identity = Some(me.to_owned());
         spec.acquire_time = Some(micro(now));
-        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
     }
     spec.lease_duration_seconds = Some(LEASE_SECONDS);
     spec.renew_time = Some(micro(now));

@@ -479,7 +479,9 @@ pub async fn run(
                     &client,
                     &ns,
                     &audit,
-                    chrono::Utc::now() - keep,
+                    chrono::Utc::now()
+                        .checked_sub_signed(keep)
+                        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC),
                 )
                 .await
                 {

@@ -132,7 +132,7 @@ pub fn rollout(d: &Deployment) -> Rollout {
     } else if total > updated {
         Rollout::Progressing(format!(
             "{} old replicas pending termination",
-            total - updated
+            total.saturating_sub(updated)
         ))
     } else if available < updated {
         Rollout::Progressing(format!(
@@ -200,7 +200,10 @@ pub fn hook_job(
 /// The name of a hook step's Job: the AgentDeployment, the step and the digest.
 pub fn hook_job_name(ad_name: &str, step: &str, digest: &str) -> String {
     let short = digest.trim_start_matches("sha256:").get(..10).unwrap_or("");
-    let base: String = ad_name.chars().take(63 - step.len() - 12).collect();
+    let base: String = ad_name
+        .chars()
+        .take(51usize.saturating_sub(step.len()))
+        .collect();
     format!("{base}-{step}-{short}")
 }
 

@@ -5,6 +5,7 @@
     clippy::expect_used,
     clippy::indexing_slicing,
     clippy::panic,
+    clippy::arithmetic_side_effects,
     reason = "test tooling (keys and tokens the tests make); never given user data"
 )]
 

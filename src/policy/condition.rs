@@ -174,7 +174,7 @@ pub fn lookup<'a>(root: &'a Value, path: &str) -> &'a Value {
         let Value::Object(map) = node else {
             return NULL;
         };
-        for j in (i + 1..=parts.len()).rev() {
+        for j in (i.saturating_add(1)..=parts.len()).rev() {
             let key = parts.get(i..j).map(|p| p.join(".")).unwrap_or_default();
             if let Some(next) = map.get(&key) {
                 node = next;

@@ -61,7 +61,8 @@ pub fn build(request: &Request, subject: &Subject, now: DateTime<Utc>, tz: Tz) -
             ctx.insert(k.clone(), v.clone());
         }
     }
-    let local = now.with_timezone(&tz);
+    // Beyond what dates represent in `tz` (the very ends of time), UTC wall time stands in.
+    let local = super::time::local(now, tz).unwrap_or_else(|| now.naive_utc());
     let weekday = local.weekday();
     let built: [(&str, Value); 16] = [
         ("agent", json!(spec.agent)),

@@ -48,7 +48,9 @@ fn next_opening(
     now: DateTime<Utc>,
     mut clearances: Vec<Clearance>,
 ) -> Option<DateTime<Utc>> {
-    let horizon = now + Duration::days(HORIZON_DAYS);
+    let horizon = now
+        .checked_add_signed(Duration::days(HORIZON_DAYS))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let mut t = now;
     while t <= horizon {
         let quarter = next_quarter_hour(t);
@@ -74,7 +76,10 @@ fn next_opening(
 
 fn next_quarter_hour(t: DateTime<Utc>) -> DateTime<Utc> {
     let q = Duration::minutes(15);
-    t.duration_trunc(q).unwrap_or(t) + q
+    let start = t.duration_trunc(q).unwrap_or(t);
+    start
+        .checked_add_signed(q)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn unknown_requester() -> Identity {

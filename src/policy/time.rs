@@ -16,6 +16,14 @@ use chrono_tz::Tz;
 
 use crate::crd::deployment_policy::{Blackout, TimeWindow, Weekday};
 
+/// The wall-clock time of `t` in `tz`; None for an instant whose local time no date represents
+/// (the very ends of chrono's range), where `with_timezone` would panic.
+pub fn local(t: DateTime<Utc>, tz: Tz) -> Option<NaiveDateTime> {
+    use chrono::Offset;
+    let offset = tz.offset_from_utc_datetime(&t.naive_utc()).fix();
+    t.naive_utc().checked_add_offset(offset)
+}
+
 /// A window with its zone and times parsed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Window {
@@ -73,7 +81,10 @@ pub fn resolve_local(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
         match tz.from_local_datetime(&probe) {
             LocalResult::Single(t) => return t.with_timezone(&Utc),
             LocalResult::Ambiguous(first, _) => return first.with_timezone(&Utc),
-            LocalResult::None => probe += Duration::minutes(1),
+            LocalResult::None => match probe.checked_add_signed(Duration::minutes(1)) {
+                Some(next) => probe = next,
+                None => break,
+            },
         }
     }
     // No zone skips a whole day; treat the wall time as UTC rather than fail.
@@ -98,10 +109,12 @@ impl Window {
                 w.start, w.end
             ));
         }
-        let start_min = i64::from(sh * 60 + sm);
-        let mut end_min = i64::from(eh * 60 + em);
+        // Hours and minutes are parsed as at most 24 and 59.
+        let minutes = |h: u32, m: u32| i64::from(h).saturating_mul(60).saturating_add(i64::from(m));
+        let start_min = minutes(sh, sm);
+        let mut end_min = minutes(eh, em);
         if end_min <= start_min {
-            end_min += 24 * 60;
+            end_min = end_min.saturating_add(24 * 60);
         }
         let mut days = [false; 7];
         for d in &w.days {
@@ -127,7 +140,7 @@ impl Window {
         }
         let midnight = day.and_time(NaiveTime::MIN);
         let open = resolve_local(self.tz, day.and_time(self.start));
-        let close = resolve_local(self.tz, midnight + self.end_offset);
+        let close = resolve_local(self.tz, midnight.checked_add_signed(self.end_offset)?);
         (open < close).then_some((open, close))
     }
 
@@ -136,11 +149,12 @@ impl Window {
         self.next_open(t) == Some(t)
     }
 
-    /// The first instant at or after `t` at which the window is open.
+    /// The first instant at or after `t` at which the window is open (None also for an instant
+    /// beyond what dates represent).
     pub fn next_open(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let today = t.with_timezone(&self.tz).date_naive();
+        let today = local(t, self.tz)?.date();
         (-1..=8)
-            .filter_map(|d| self.interval(today + Duration::days(d)))
+            .filter_map(|d| self.interval(today.checked_add_signed(Duration::days(d))?))
             .find(|(_, close)| *close > t)
             .map(|(open, _)| open.max(t))
     }

@@ -318,3 +318,23 @@ fn blackouts() {
             .contains("neither a date")
     );
 }
+
+/// At the edges of time (an `--at` near the largest instant chrono represents) windows answer
+/// instead of overflowing.
+#[test]
+fn windows_at_the_edges_of_time_do_not_overflow() {
+    let w = window(
+        &[Weekday::Monday, Weekday::Saturday],
+        "22:00",
+        "02:00",
+        "Pacific/Auckland",
+    );
+    for t in [
+        DateTime::<Utc>::MAX_UTC,
+        DateTime::<Utc>::MAX_UTC - chrono::Duration::days(3),
+        DateTime::<Utc>::MIN_UTC,
+    ] {
+        let _ = w.is_open(t);
+        let _ = w.next_open(t);
+    }
+}

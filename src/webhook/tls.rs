@@ -41,14 +41,17 @@ pub struct Certificate {
 pub fn generate(hosts: &[String]) -> anyhow::Result<(Certificate, NaiveDate)> {
     let day = |d: NaiveDate| date_time_ymd(d.year(), d.month() as u8, d.day() as u8);
     let today = Utc::now().date_naive();
-    let not_after = today + Duration::days(VALID_DAYS);
+    let not_after = today
+        .checked_add_signed(Duration::days(VALID_DAYS))
+        .unwrap_or(NaiveDate::MAX);
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.distinguished_name
         .push(DnType::CommonName, "dvo-operator webhook CA");
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca.not_before = day(today - Duration::days(1));
+    let yesterday = today.pred_opt().unwrap_or(today);
+    ca.not_before = day(yesterday);
     ca.not_after = day(not_after);
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
@@ -56,7 +59,7 @@ pub fn generate(hosts: &[String]) -> anyhow::Result<(Certificate, NaiveDate)> {
     let mut leaf = CertificateParams::new(hosts.to_vec())?;
     leaf.distinguished_name
         .push(DnType::CommonName, "dvo-operator webhook");
-    leaf.not_before = day(today - Duration::days(1));
+    leaf.not_before = day(yesterday);
     leaf.not_after = day(not_after);
     let cert = leaf.signed_by(&key, &issuer)?;
     Ok((
@@ -88,7 +91,7 @@ fn usable(secret: &Secret, hosts: &[String]) -> Option<Certificate> {
         return None;
     }
     let not_after: NaiveDate = ann.get(NOT_AFTER)?.parse().ok()?;
-    if not_after - Utc::now().date_naive() < Duration::days(RENEW_DAYS) {
+    if not_after.signed_duration_since(Utc::now().date_naive()) < Duration::days(RENEW_DAYS) {
         return None;
     }
     let data = secret.data.as_ref()?;
@@ -176,7 +179,7 @@ pub async fn external(client: &Client, namespace: &str) -> anyhow::Result<Certif
             tracing::info!(secret = %SECRET, "waiting for the issuer to fill the webhook certificate Secret");
         }
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        waited += std::time::Duration::from_secs(2);
+        waited = waited.saturating_add(std::time::Duration::from_secs(2));
     }
 }
 

@@ -96,15 +96,15 @@ pub fn record(e: &Entry) -> Value {
 pub fn chunks(records: &[Value]) -> Vec<String> {
     let mut out = Vec::new();
     let mut current: Vec<String> = Vec::new();
-    let mut size = 2;
+    let mut size: usize = 2;
     for r in records {
         let s = r.to_string();
-        if !current.is_empty() && size + s.len() + 1 > CHUNK_BYTES {
+        if !current.is_empty() && size.saturating_add(s.len()).saturating_add(1) > CHUNK_BYTES {
             out.push(format!("[{}]", current.join(",")));
             current.clear();
             size = 2;
         }
-        size += s.len() + 1;
+        size = size.saturating_add(s.len()).saturating_add(1);
         current.push(s);
     }
     if !current.is_empty() {
@@ -195,7 +195,8 @@ impl Azure {
             .and_then(Value::as_u64)
             .unwrap_or(300)
             .saturating_sub(60);
-        *cached = Some((token.clone(), Instant::now() + Duration::from_secs(ttl)));
+        let until = Instant::now().checked_add(Duration::from_secs(ttl));
+        *cached = until.map(|at| (token.clone(), at));
         Ok(token)
     }
 
@@ -207,7 +208,7 @@ impl Azure {
         );
         let records: Vec<Value> = entries.iter().map(record).collect();
         for chunk in chunks(&records) {
-            let mut attempts = 0;
+            let mut attempts: u32 = 0;
             loop {
                 let token = self.token(client).await?;
                 let req = Request::post(&url)
@@ -224,7 +225,7 @@ impl Azure {
                     break;
                 }
                 if status.as_u16() == 429 && attempts < 5 {
-                    attempts += 1;
+                    attempts = attempts.saturating_add(1);
                     let wait = resp
                         .headers()
                         .get("retry-after")

@@ -420,7 +420,7 @@ pub async fn run(
             Ok(_) => backoff = None,
             Err(e) => {
                 let next = backoff.map_or(Duration::from_secs(1), |d| {
-                    (d * 2).min(Duration::from_secs(60))
+                    d.saturating_mul(2).min(Duration::from_secs(60))
                 });
                 tracing::warn!(sink = %sink.name, error = %e, retry_in = ?next, "audit sink failed");
                 backoff = Some(next);
