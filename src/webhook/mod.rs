@@ -29,7 +29,7 @@ use crate::audit::store::AuditLog;
 use crate::identity::Identity;
 use crate::identity::entra::EntraConfig;
 
-pub use registration::NAME as CONFIGURATION;
+pub use registration::{NAME as CONFIGURATION, configurations};
 
 /// Where the webhook listens and how the API server reaches it.
 #[derive(Clone, Debug)]

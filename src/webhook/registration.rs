@@ -61,6 +61,45 @@ fn webhook(settings: &Settings, ca: &str, name: &str, path: &str, rules: Value) 
     })
 }
 
+/// Whether the request is a DELETE by a cluster admin (`system:masters`), in CEL.
+const CLUSTER_ADMIN_DELETE: &str = "request.operation == 'DELETE' && has(request.userInfo.groups) && 'system:masters' in request.userInfo.groups";
+
+/// The way out when the operator is down: a cluster admin's DELETE of a DeploymentPolicy goes to
+/// a webhook of its own that is ignored when it cannot be reached (and reviewed and recorded as
+/// usual when it can); every other write goes to webhooks that fail closed.
+fn policy_webhooks(settings: &Settings, ca: &str) -> [Value; 2] {
+    let path = "/admit/deploymentpolicies";
+    let mut guarded = webhook(
+        settings,
+        ca,
+        "deploymentpolicies.dvo.caat.io",
+        path,
+        json!([rule(
+            &["CREATE", "UPDATE", "DELETE"],
+            &["deploymentpolicies"]
+        )]),
+    );
+    crate::json::set(
+        &mut guarded,
+        "matchConditions",
+        json!([{"name": "not-a-cluster-admin-delete", "expression": format!("!({CLUSTER_ADMIN_DELETE})")}]),
+    );
+    let mut way_out = webhook(
+        settings,
+        ca,
+        "deploymentpolicies-admin-delete.dvo.caat.io",
+        path,
+        json!([rule(&["DELETE"], &["deploymentpolicies"])]),
+    );
+    crate::json::set(&mut way_out, "failurePolicy", "Ignore");
+    crate::json::set(
+        &mut way_out,
+        "matchConditions",
+        json!([{"name": "cluster-admin-delete", "expression": CLUSTER_ADMIN_DELETE}]),
+    );
+    [guarded, way_out]
+}
+
 fn rule(operations: &[&str], resources: &[&str]) -> Value {
     json!({
         "apiGroups": ["dvo.caat.io"], "apiVersions": ["*"],
@@ -87,8 +126,8 @@ pub fn configurations(settings: &Settings, ca: &str) -> [(GroupVersionKind, Valu
         "webhooks": [
             webhook(settings, ca, "agentdeployments-final.dvo.caat.io", "/admit/agentdeployments-final",
                 json!([rule(&["CREATE", "UPDATE"], &["agentdeployments"])])),
-            webhook(settings, ca, "deploymentpolicies.dvo.caat.io", "/admit/deploymentpolicies",
-                json!([rule(&["CREATE", "UPDATE", "DELETE"], &["deploymentpolicies"])])),
+            policy_webhooks(settings, ca)[0].clone(),
+            policy_webhooks(settings, ca)[1].clone(),
             webhook(settings, ca, "status.dvo.caat.io", "/admit/status",
                 json!([rule(&["UPDATE"], &["agentdeployments/status", "approvalrequests/status"])])),
         ],
@@ -153,7 +192,20 @@ mod tests {
     fn every_webhook_fails_closed_and_is_scoped_to_our_group() {
         for (_, config) in configurations(&settings(None), "CA") {
             for hook in config["webhooks"].as_array().unwrap() {
-                assert_eq!(hook["failurePolicy"], "Fail");
+                // The one exception: a cluster admin's DELETE of a policy (the way out).
+                let way_out = hook["name"] == "deploymentpolicies-admin-delete.dvo.caat.io";
+                assert_eq!(
+                    hook["failurePolicy"],
+                    if way_out { "Ignore" } else { "Fail" },
+                    "{hook}"
+                );
+                if way_out {
+                    assert_eq!(hook["rules"][0]["operations"], json!(["DELETE"]));
+                    assert_eq!(
+                        hook["matchConditions"][0]["expression"],
+                        CLUSTER_ADMIN_DELETE
+                    );
+                }
                 assert_eq!(hook["sideEffects"], "NoneOnDryRun");
                 assert_eq!(hook["rules"][0]["apiGroups"], json!(["dvo.caat.io"]));
                 assert_eq!(

@@ -169,3 +169,88 @@ async fn a_silent_connection_is_closed() {
         "closed by the handshake timeout"
     );
 }
+
+/// The way out when the operator is down (documented in README): our webhooks fail closed, but a
+/// cluster admin's DELETE of a DeploymentPolicy goes to a webhook of its own that is ignored when
+/// it cannot be reached. Tested with a copy of exactly our policy webhooks, pointed at a port
+/// where nothing listens and scoped to one policy: a release manager's delete is refused, the
+/// cluster admin's goes through.
+#[tokio::test]
+async fn a_cluster_admin_can_delete_a_policy_while_the_webhook_is_down() {
+    let client = operator().await;
+    let ns = crate::support::namespace(&client, "wayout").await;
+    let name = format!("{ns}-p");
+    let policy = json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "DeploymentPolicy",
+        "metadata": {"name": name, "labels": {"dvo-test-wayout": ns}},
+        "spec": {"action": "Warn", "scope": {"namespaces": [ns]}}});
+    crate::support::apply(
+        &client,
+        ("dvo.caat.io", "v1alpha1", "DeploymentPolicy"),
+        None,
+        policy,
+    )
+    .await;
+    let ca = std::fs::read_to_string(control_plane().dir().join("pki/ca.crt")).unwrap();
+    let settings = dvo_operator::webhook::Settings {
+        namespace: crate::support::OPERATOR_NS.to_owned(),
+        addr: ([127, 0, 0, 1], 1).into(),
+        url: Some("https://127.0.0.1:1".to_owned()),
+        service: "dvo-operator-webhook".to_owned(),
+        entra: None,
+        certificates: dvo_operator::webhook::Certificates::Own,
+        client_ca: None,
+    };
+    let [_, (gvk, mut down)] = dvo_operator::webhook::configurations(&settings, &ca);
+    down["metadata"]["name"] = json!(format!("{ns}-down"));
+    let hooks: Vec<serde_json::Value> = down["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| {
+            h["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("deploymentpolicies")
+        })
+        .map(|h| {
+            let mut h = h.clone();
+            h["objectSelector"] = json!({"matchLabels": {"dvo-test-wayout": ns}});
+            h
+        })
+        .collect();
+    assert_eq!(hooks.len(), 2, "the guarded webhook and the way out");
+    down["webhooks"] = json!(hooks);
+    crate::support::apply(&client, (&gvk.group, &gvk.version, &gvk.kind), None, down).await;
+
+    let delete = |who: &str, dry: bool| {
+        let mut args = vec!["delete", "dpol", name.as_str()];
+        if dry {
+            args.push("--dry-run=server");
+        }
+        control_plane().kubectl(who, &args)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let (out, ok) = delete("release-manager-1", true);
+        if !ok {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the down webhook never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(refused.contains("failed calling webhook"), "{refused}");
+    let (out, ok) = delete("admin", false);
+    let (gone, _) = control_plane().kubectl("admin", &["get", "dpol", &name]);
+    kube::Api::<kube::core::DynamicObject>::all_with(
+        client.clone(),
+        &kube::core::ApiResource::from_gvk_with_plural(&gvk, "validatingwebhookconfigurations"),
+    )
+    .delete(&format!("{ns}-down"), &Default::default())
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    assert!(gone.contains("NotFound"), "{gone}");
+}
