@@ -217,16 +217,9 @@ pub fn review_update(
         at: now,
         mfa,
     };
-    let recorded: Vec<SignedAct> = signed::recorded(old, env.key)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(a, ok)| ok.then_some(a))
-        .collect();
-    let decided = signed::Acts {
-        verified: recorded.clone(),
-        forged: vec![],
-    }
-    .evaluate(spec, None, false, now);
+    // Forged or unreadable acts count for nothing (and are dropped when the list is rewritten).
+    let acts = signed::Acts::read(old, env.key).unwrap_or_default();
+    let decided = acts.evaluate(spec, None, false, now);
     if decided.phase != ApprovalPhase::Pending {
         return refuse(format!(
             "ApprovalRequest {res} is already decided by the acts recorded on it ({}); it takes no more approvals, rejections or cancellations",
@@ -236,32 +229,19 @@ pub fn review_update(
     let who = &user.username;
     match kind {
         ActKind::Approve => {
-            if recorded
-                .iter()
-                .any(|a| a.kind == ActKind::Approve && a.subject.username == *who)
+            if acts
+                .of(ActKind::Approve)
+                .any(|a| a.subject.username == *who)
             {
                 return refuse(format!(
                     "{who} already approved ApprovalRequest {res}; each person counts once"
                 ));
             }
-            let prior: Vec<Act> = recorded
-                .iter()
-                .filter(|a| a.kind == ActKind::Approve)
-                .map(SignedAct::act)
-                .collect();
-            let progress = approval::evaluate(&approval::Input {
-                spec,
-                current: None,
-                approvals: &prior,
-                rejection: None,
-                cancellation: None,
-                superseded: false,
-                now,
-            })
-            .progress;
+            // Still pending (checked above), so the progress is that of the approvals alone.
+            let progress = &decided.progress;
             let mut reasons = vec![];
             let mut counts = false;
-            for (req, p) in spec.requirements.iter().zip(&progress) {
+            for (req, p) in spec.requirements.iter().zip(progress) {
                 if p.met {
                     continue;
                 }
@@ -315,7 +295,7 @@ pub fn review_update(
         signature: String::new(),
     }
     .sign(env.key, old);
-    let mut all = recorded;
+    let mut all = acts.verified;
     // Forged or unreadable entries are dropped: the list holds only what verifies.
     all.push(signed);
     let mut patch = AnnotationPatch::new(true);

@@ -15,6 +15,9 @@ pub use checkpoint::{Checkpoint, SigningKey};
 pub use entry::{Draft, Entry, EventType};
 pub use verify::{Fault, FaultKind, Report, Segment, carried_checkpoint, verify};
 
+/// The actor of what the operator decides or observes by itself.
+pub const OPERATOR: &str = "system:dvo-operator";
+
 /// The largest `seq` that canonical JSON represents exactly (2^53 - 1): numbers are IEEE doubles
 /// in RFC 8785.
 pub const MAX_SEQ: u64 = (1 << 53) - 1;

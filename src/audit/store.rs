@@ -177,7 +177,7 @@ struct Writer {
 fn carrier(namespace: &str, checkpoint: &Checkpoint) -> Draft {
     let mut d = Draft::new(
         super::EventType::CheckpointSigned,
-        "system:dvo-operator",
+        super::OPERATOR,
         "checkpoint",
         namespace,
         "AuditLog",
@@ -524,7 +524,7 @@ pub async fn apply_retention(
     }
     let mut draft = Draft::new(
         super::EventType::RetentionApplied,
-        "system:dvo-operator",
+        super::OPERATOR,
         "retention",
         namespace,
         "ConfigMap",

@@ -10,8 +10,7 @@ use crate::crd::{AgentDeployment, ApprovalRequest};
 use crate::identity::Identity;
 use crate::policy::Decision;
 
-/// The actor of what the operator decides by itself.
-pub const OPERATOR: &str = "system:dvo-operator";
+pub use crate::audit::OPERATOR;
 
 fn base(
     event: EventType,

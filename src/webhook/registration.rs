@@ -120,14 +120,15 @@ pub fn configurations(settings: &Settings, ca: &str) -> [(GroupVersionKind, Valu
                 json!([rule(&["CREATE", "UPDATE"], &["approvalrequests"])])),
         ],
     });
+    let [guarded_policies, policies_way_out] = policy_webhooks(settings, ca);
     let validating = json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": NAME, "labels": {"app.kubernetes.io/name": "dvo-operator"}},
         "webhooks": [
             webhook(settings, ca, "agentdeployments-final.dvo.caat.io", "/admit/agentdeployments-final",
                 json!([rule(&["CREATE", "UPDATE"], &["agentdeployments"])])),
-            policy_webhooks(settings, ca)[0].clone(),
-            policy_webhooks(settings, ca)[1].clone(),
+            guarded_policies,
+            policies_way_out,
             webhook(settings, ca, "status.dvo.caat.io", "/admit/status",
                 json!([rule(&["UPDATE"], &["agentdeployments/status", "approvalrequests/status"])])),
         ],
