@@ -20,6 +20,7 @@ pub mod approval;
 pub mod audit;
 pub mod capability;
 pub mod cli;
+pub mod client;
 pub mod controller;
 pub mod crd;
 #[cfg(any(test, fuzzing))]

@@ -130,8 +130,16 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         }
     };
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
-        let client = kube::Client::try_default()
+    // The webhook answers the API server within its timeout whatever the controllers are doing:
+    // it runs on threads of its own, with a client of its own.
+    let webhook_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("dvo-webhook")
+        .enable_all()
+        .build()?;
+    let webhook_handle = webhook_runtime.handle().clone();
+    let result = runtime.block_on(async move {
+        let client = dvo_operator::client::from_environment()
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach the API server: {e}"))?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -171,12 +179,13 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
                 certificates: args.webhook_certificates,
                 client_ca,
             };
-            tokio::spawn(dvo_operator::webhook::serve(
-                client.clone(),
-                settings,
-                webhook_ready,
-                stopped(),
-            ))
+            let stop = stopped();
+            webhook_handle.spawn(async move {
+                let client = dvo_operator::client::from_environment()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot reach the API server: {e}"))?;
+                dvo_operator::webhook::serve(client, settings, webhook_ready, stop).await
+            })
         });
         let settings = dvo_operator::controller::Settings {
             namespace: args.namespace,
@@ -209,7 +218,9 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         };
         health.abort();
         result.map(|()| 0)
-    })
+    });
+    webhook_runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 async fn shutdown_signal() {

@@ -66,6 +66,14 @@ pub struct Metrics {
     pub sink_lag: Family<ValueLabel, Gauge>,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
+    /// Watch failures by kind (each watch retries on its own backoff).
+    pub watch_errors: Family<KindLabel, Counter>,
+    /// Seconds a reconcile of an AgentDeployment took.
+    pub reconcile_seconds: Histogram,
+    /// Reconciles running now (bounded by the controllers' concurrency).
+    pub reconciles_running: Gauge,
+    /// Requests the operator made to the API server, by verb (`list`, `get`, `watch`, ...).
+    pub api_requests: Family<ValueLabel, Counter>,
 }
 
 /// The process's metrics.
@@ -81,6 +89,10 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         audit_appends: Family::default(),
         unrecorded_refusals: Family::default(),
         sink_lag: Family::default(),
+        watch_errors: Family::default(),
+        reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        reconciles_running: Gauge::default(),
+        api_requests: Family::default(),
         leader: Gauge::default(),
         registry: Registry::default(),
     };
@@ -125,6 +137,26 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "leader",
         "1 while this replica holds the leader Lease",
         m.leader.clone(),
+    );
+    registry.register(
+        "watch_errors",
+        "Watch failures by kind",
+        m.watch_errors.clone(),
+    );
+    registry.register(
+        "reconcile_seconds",
+        "Seconds an AgentDeployment reconcile took",
+        m.reconcile_seconds.clone(),
+    );
+    registry.register(
+        "reconciles_running",
+        "Reconciles running now",
+        m.reconciles_running.clone(),
+    );
+    registry.register(
+        "api_requests",
+        "Requests to the API server by verb",
+        m.api_requests.clone(),
     );
     Metrics { registry, ..m }
 });

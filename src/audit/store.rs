@@ -98,6 +98,22 @@ fn segment_cm(
     checkpoints: &[Checkpoint],
     sealed: bool,
 ) -> ConfigMap {
+    segment_cm_text(
+        index,
+        previous,
+        to_jsonl(entries),
+        to_jsonl(checkpoints),
+        sealed,
+    )
+}
+
+fn segment_cm_text(
+    index: u64,
+    previous: Option<&Link>,
+    entries: String,
+    checkpoints: String,
+    sealed: bool,
+) -> ConfigMap {
     let mut cm = ConfigMap::default();
     cm.metadata.name = Some(segment_name(index));
     cm.metadata.labels = Some(BTreeMap::from([(
@@ -111,8 +127,8 @@ fn segment_cm(
         )]));
     }
     cm.data = Some(BTreeMap::from([
-        (ENTRIES_KEY.to_owned(), to_jsonl(entries)),
-        (CHECKPOINTS_KEY.to_owned(), to_jsonl(checkpoints)),
+        (ENTRIES_KEY.to_owned(), entries),
+        (CHECKPOINTS_KEY.to_owned(), checkpoints),
     ]));
     cm.immutable = sealed.then_some(true);
     cm
@@ -147,6 +163,64 @@ pub async fn load(
     Ok((segments, checkpoints))
 }
 
+/// The entries after `seq`, reading only the segments that hold them (their names and the
+/// heads they continue from come from a metadata-only list), and no more segments once
+/// `limit` entries are read: what a sink delivers next costs what is new, not the size of the
+/// log.
+pub async fn entries_after(
+    client: &Client,
+    namespace: &str,
+    seq: u64,
+    limit: usize,
+) -> Result<Vec<Entry>, String> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let list = api
+        .list_metadata(&ListParams::default().labels(SEGMENT_LABEL))
+        .await
+        .map_err(|e| format!("cannot list audit segments: {e}"))?;
+    // (index, name, the seq its entries start after)
+    let mut segments: Vec<(u64, String, u64)> = list
+        .items
+        .iter()
+        .filter_map(|m| {
+            let name = m.name_any();
+            let index = index_of(&name)?;
+            let after = m
+                .annotations()
+                .get(PREVIOUS_ANNOTATION)
+                .and_then(|v| serde_json::from_str::<Link>(v).ok())
+                .map_or(0, |l| l.seq);
+            Some((index, name, after))
+        })
+        .collect();
+    segments.sort();
+    // A segment holds entries after `seq` unless the next one starts at or before it.
+    let starts: Vec<u64> = segments.iter().map(|(_, _, after)| *after).collect();
+    let mut out = Vec::new();
+    for (i, (_, name, _)) in segments.iter().enumerate() {
+        if out.len() >= limit {
+            break;
+        }
+        let next_start = starts.get(i.saturating_add(1)).copied();
+        if next_start.is_some_and(|n| n <= seq) {
+            continue;
+        }
+        let Some(cm) = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("cannot read audit segment {name}: {e}"))?
+        else {
+            continue; // deleted by retention meanwhile
+        };
+        let (segment, _) = read_segment(&cm)?;
+        if let Some(damage) = segment.unreadable {
+            return Err(format!("the audit log is damaged ({damage})"));
+        }
+        out.extend(segment.entries.into_iter().filter(|e| e.seq > seq));
+    }
+    Ok(out)
+}
+
 type Reply = oneshot::Sender<Result<Option<Entry>, String>>;
 
 /// How many lost races an append survives before it reports failure (the caller then waits).
@@ -171,6 +245,74 @@ struct Writer {
     api: Api<ConfigMap>,
     namespace: String,
     key: SigningKey,
+    /// The newest segment as this writer last read or wrote it: an append is one write, with
+    /// no read, unless another writer got there first (then only that segment is read again).
+    head: Option<Head>,
+    /// The index of the newest segment last seen (where to look again after a lost race).
+    last_index: Option<u64>,
+}
+
+/// The newest segment, parsed, with what an append needs.
+struct Head {
+    index: u64,
+    /// Its resourceVersion (the write is conditional on it).
+    version: Option<String>,
+    sealed: bool,
+    previous: Option<Link>,
+    /// Its entries and checkpoints as stored (JSON lines).
+    entries_text: String,
+    checkpoints_text: String,
+    /// Its last entry's link, or the one it continues from.
+    link: Option<Link>,
+    /// Its checkpoints' last seq.
+    last_checkpoint: Option<u64>,
+    /// Entries of this segment and the one before, by idempotency key.
+    known: std::collections::HashMap<String, Entry>,
+}
+
+impl Head {
+    /// The head from a stored segment; `before` holds the entries of the segment before it.
+    fn read(index: u64, cm: &ConfigMap, before: Vec<Entry>) -> Result<Head, Retry> {
+        let (segment, checkpoints) = read_segment(cm).map_err(Retry::Fatal)?;
+        if let Some(damage) = &segment.unreadable {
+            return Err(Retry::Fatal(format!(
+                "the audit log is damaged ({damage}); nothing is appended until it is repaired"
+            )));
+        }
+        let text = |key: &str| {
+            cm.data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let mut known: std::collections::HashMap<String, Entry> = before
+            .into_iter()
+            .map(|e| (e.draft.idempotency_key.clone(), e))
+            .collect();
+        let link = segment
+            .entries
+            .last()
+            .map(Entry::link)
+            .or(segment.previous.clone());
+        known.extend(
+            segment
+                .entries
+                .into_iter()
+                .map(|e| (e.draft.idempotency_key.clone(), e)),
+        );
+        Ok(Head {
+            index,
+            version: cm.resource_version(),
+            sealed: cm.immutable == Some(true),
+            previous: segment.previous,
+            entries_text: text(ENTRIES_KEY),
+            checkpoints_text: text(CHECKPOINTS_KEY),
+            link,
+            last_checkpoint: checkpoints.last().map(|c| c.seq),
+            known,
+        })
+    }
 }
 
 /// The entry that carries `checkpoint` into the chain (and so to every sink).
@@ -207,10 +349,12 @@ impl AuditLog {
         interval: std::time::Duration,
     ) -> AuditLog {
         let (tx, mut rx) = mpsc::channel::<(Option<Draft>, Reply)>(1024);
-        let writer = Writer {
+        let mut writer = Writer {
             api: Api::namespaced(client, namespace),
             namespace: namespace.to_owned(),
             key,
+            head: None,
+            last_index: None,
         };
         tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(
@@ -302,7 +446,7 @@ impl AuditLog {
 impl Writer {
     /// Appends `drafts` in one write to the current segment (sealing and starting a new one when
     /// it is full), retrying on a lost race.
-    async fn append(&self, drafts: Vec<Draft>, checkpoint: bool) -> Result<Vec<Entry>, String> {
+    async fn append(&mut self, drafts: Vec<Draft>, checkpoint: bool) -> Result<Vec<Entry>, String> {
         let mut out = Vec::with_capacity(drafts.len().saturating_add(1));
         let mut rest: &[Draft] = &drafts;
         let mut conflicts: u32 = 0;
@@ -336,133 +480,199 @@ impl Writer {
         }
     }
 
+    /// The index of the newest segment in the cluster (names only), or None when there is none.
+    async fn newest_index(&self) -> Result<Option<u64>, kube::Error> {
+        let names = self
+            .api
+            .list_metadata(&ListParams::default().labels(SEGMENT_LABEL))
+            .await?;
+        Ok(names
+            .items
+            .iter()
+            .filter_map(|m| index_of(&m.name_any()))
+            .max())
+    }
+
+    /// Reads the newest segment again, starting from where it was last seen: one GET unless
+    /// others sealed segments meanwhile.
+    async fn load(&mut self) -> Result<Head, Retry> {
+        let fatal = |e: kube::Error| Retry::Fatal(format!("audit append failed: {e}"));
+        let index = match self.last_index {
+            Some(i) => i,
+            None => match self.newest_index().await.map_err(fatal)? {
+                Some(i) => i,
+                None => {
+                    // The first segment of the log.
+                    let cm = segment_cm(0, None, &[], &[], false);
+                    return match self.api.create(&PostParams::default(), &cm).await {
+                        Ok(created) => Head::read(0, &created, vec![]),
+                        Err(kube::Error::Api(e)) if e.code == 409 => Err(Retry::Conflict),
+                        Err(e) => Err(fatal(e)),
+                    };
+                }
+            },
+        };
+        let Some(cm) = self
+            .api
+            .get_opt(&segment_name(index))
+            .await
+            .map_err(fatal)?
+        else {
+            // Where it was last seen is gone (retention): look for the newest again.
+            self.last_index = None;
+            return Err(Retry::Again);
+        };
+        let next = index.saturating_add(1);
+        if cm.immutable == Some(true)
+            && self
+                .api
+                .get_metadata_opt(&segment_name(next))
+                .await
+                .map_err(fatal)?
+                .is_some()
+        {
+            self.last_index = Some(next);
+            return Err(Retry::Again);
+        }
+        let before = match index.checked_sub(1) {
+            None => vec![],
+            Some(p) => match self.api.get_opt(&segment_name(p)).await.map_err(fatal)? {
+                Some(prev) => read_segment(&prev).map_err(Retry::Fatal)?.0.entries,
+                None => vec![],
+            },
+        };
+        self.last_index = Some(index);
+        Head::read(index, &cm, before)
+    }
+
     /// One conditional write: the entries of the drafts it took (a prefix) and how many it took.
     async fn try_append(
-        &self,
+        &mut self,
         drafts: &[Draft],
         checkpoint: bool,
     ) -> Result<(Vec<Entry>, usize), Retry> {
         let fatal = |e: kube::Error| Retry::Fatal(format!("audit append failed: {e}"));
-        let cms = segment_maps(&self.api).await.map_err(fatal)?;
-        let Some(current) = cms.last().cloned() else {
-            // The first segment of the log.
-            let cm = segment_cm(0, None, &[], &[], false);
-            return match self.api.create(&PostParams::default(), &cm).await {
-                Ok(_) => Err(Retry::Again),
-                Err(kube::Error::Api(e)) if e.code == 409 => Err(Retry::Conflict),
-                Err(e) => Err(fatal(e)),
-            };
+        let mut head = match self.head.take() {
+            Some(head) => head,
+            None => self.load().await?,
         };
-        let index = index_of(&current.name_any()).unwrap_or(0);
-        let (segment, mut checkpoints) = read_segment(&current).map_err(Retry::Fatal)?;
-        if let Some(damage) = &segment.unreadable {
-            return Err(Retry::Fatal(format!(
-                "the audit log is damaged ({damage}); nothing is appended until it is repaired"
-            )));
-        }
-        if current.immutable == Some(true) {
-            // Sealed by another writer that has not created the next one yet: create it.
-            let head = segment
-                .entries
-                .last()
-                .map(Entry::link)
-                .or(segment.previous.clone());
-            let next = segment_cm(index.saturating_add(1), head.as_ref(), &[], &[], false);
+        if head.sealed {
+            // Sealed (by this writer or another that has not created the next one yet): create
+            // the next segment, continuing from its last entry.
+            let index = head.index.saturating_add(1);
+            let next = segment_cm(index, head.link.as_ref(), &[], &[], false);
             return match self.api.create(&PostParams::default(), &next).await {
-                Ok(_) => Err(Retry::Again),
-                Err(kube::Error::Api(e)) if e.code == 409 => Err(Retry::Conflict),
+                Ok(created) => {
+                    // Only the sealed segment's entries are remembered with the new one.
+                    let from = head.previous.as_ref().map_or(0, |p| p.seq);
+                    let before: Vec<Entry> =
+                        head.known.into_values().filter(|e| e.seq > from).collect();
+                    self.head = Some(Head::read(index, &created, before)?);
+                    self.last_index = Some(index);
+                    Err(Retry::Again)
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    self.last_index = Some(index);
+                    Err(Retry::Conflict)
+                }
                 Err(e) => Err(fatal(e)),
             };
         }
-        let mut known: BTreeMap<String, Entry> = BTreeMap::new();
-        if let Some(prev) = cms.iter().rev().nth(1) {
-            let (s, _) = read_segment(prev).map_err(Retry::Fatal)?;
-            if let Some(damage) = &s.unreadable {
-                return Err(Retry::Fatal(format!(
-                    "the audit log is damaged ({damage}); nothing is appended until it is repaired"
-                )));
-            }
-            known.extend(
-                s.entries
-                    .into_iter()
-                    .map(|e| (e.draft.idempotency_key.clone(), e)),
-            );
-        }
-        known.extend(
-            segment
-                .entries
-                .iter()
-                .map(|e| (e.draft.idempotency_key.clone(), e.clone())),
-        );
-        let mut entries = segment.entries.clone();
-        let mut head = entries.last().map(Entry::link).or(segment.previous.clone());
+        let mut entries_text = head.entries_text.clone();
+        let mut checkpoints_text = head.checkpoints_text.clone();
+        let mut link = head.link.clone();
+        let mut last_checkpoint = head.last_checkpoint;
+        let mut added: Vec<Entry> = Vec::new();
         let mut out: Vec<Entry> = Vec::with_capacity(drafts.len().saturating_add(1));
-        let mut size: usize = entries
-            .iter()
-            .map(|e| serde_json::to_string(e).map_or(0, |s| s.len().saturating_add(1)))
-            .sum();
         let mut taken: usize = 0;
         let mut signed_now: Option<Checkpoint> = None;
+        let sign = |seq: u64, hash: &str, text: &mut String| {
+            let c = self.key.sign(seq, hash, &now());
+            text.push_str(&crate::json::to_string(&c));
+            text.push('\n');
+            c
+        };
         for draft in drafts {
-            if size > SEGMENT_BYTES {
+            if entries_text.len() > SEGMENT_BYTES {
                 break;
             }
             taken = taken.saturating_add(1);
-            if let Some(existing) = known
+            let existing = head
+                .known
                 .get(&draft.idempotency_key)
-                .filter(|_| !draft.idempotency_key.is_empty())
-            {
+                .or_else(|| {
+                    added
+                        .iter()
+                        .find(|e| e.draft.idempotency_key == draft.idempotency_key)
+                })
+                .filter(|_| !draft.idempotency_key.is_empty());
+            if let Some(existing) = existing {
                 out.push(existing.clone());
                 continue;
             }
-            let entry = append(head.as_ref(), draft.clone()).map_err(Retry::Fatal)?;
-            head = Some(entry.link());
+            let entry = append(link.as_ref(), draft.clone()).map_err(Retry::Fatal)?;
+            link = Some(entry.link());
             if entry.seq % CHECKPOINT_EVERY == 0 {
-                let c = self.key.sign(entry.seq, &entry.entry_hash, &now());
-                checkpoints.push(c.clone());
-                signed_now = Some(c);
+                signed_now = Some(sign(entry.seq, &entry.entry_hash, &mut checkpoints_text));
+                last_checkpoint = Some(entry.seq);
             }
-            known.insert(entry.draft.idempotency_key.clone(), entry.clone());
-            size = size.saturating_add(
-                serde_json::to_string(&entry).map_or(0, |s| s.len().saturating_add(1)),
-            );
-            entries.push(entry.clone());
+            entries_text.push_str(&crate::json::to_string(&entry));
+            entries_text.push('\n');
+            added.push(entry.clone());
             out.push(entry);
         }
-        let sealed = size > SEGMENT_BYTES;
-        let unsigned_head = entries
-            .last()
-            .filter(|l| checkpoints.last().is_none_or(|c| c.seq != l.seq));
+        let sealed = entries_text.len() > SEGMENT_BYTES;
+        // The segment's last entry, when it has one and no checkpoint covers it.
+        let has_entries = !added.is_empty() || !head.entries_text.is_empty();
+        let unsigned_head = link
+            .clone()
+            .filter(|l| has_entries && last_checkpoint != Some(l.seq));
         if let (true, Some(last)) = (sealed || checkpoint, unsigned_head) {
-            let c = self.key.sign(last.seq, &last.entry_hash, &now());
-            checkpoints.push(c.clone());
-            signed_now = Some(c);
+            signed_now = Some(sign(last.seq, &last.hash, &mut checkpoints_text));
         }
         // The newest checkpoint signed in this write also goes into the chain, right after the
         // entries it covers: sinks deliver it, and a sealed segment ends with it.
-        if let Some(c) = signed_now {
-            let entry =
-                append(head.as_ref(), carrier(&self.namespace, &c)).map_err(Retry::Fatal)?;
-            entries.push(entry);
+        if let Some(c) = &signed_now {
+            let entry = append(link.as_ref(), carrier(&self.namespace, c)).map_err(Retry::Fatal)?;
+            link = Some(entry.link());
+            entries_text.push_str(&crate::json::to_string(&entry));
+            entries_text.push('\n');
+            added.push(entry);
         }
-        let mut cm = segment_cm(
-            index,
-            segment.previous.as_ref(),
-            &entries,
-            &checkpoints,
+        if checkpoint && taken == drafts.len() {
+            out.extend(added.last().cloned());
+        }
+        let mut cm = segment_cm_text(
+            head.index,
+            head.previous.as_ref(),
+            entries_text.clone(),
+            checkpoints_text.clone(),
             sealed,
         );
-        cm.metadata.resource_version = current.resource_version();
-        if checkpoint && taken == drafts.len() {
-            out.extend(entries.last().cloned());
-        }
+        cm.metadata.resource_version = head.version.clone();
         match self
             .api
-            .replace(&current.name_any(), &PostParams::default(), &cm)
+            .replace(&segment_name(head.index), &PostParams::default(), &cm)
             .await
         {
-            Ok(_) => Ok((out, taken)),
+            Ok(stored) => {
+                head.version = stored.resource_version();
+                head.sealed = sealed;
+                head.entries_text = entries_text;
+                head.checkpoints_text = checkpoints_text;
+                head.link = link;
+                head.last_checkpoint = signed_now.as_ref().map(|c| c.seq).or(last_checkpoint);
+                head.known.extend(
+                    added
+                        .into_iter()
+                        .map(|e| (e.draft.idempotency_key.clone(), e)),
+                );
+                self.head = Some(head);
+                Ok((out, taken))
+            }
+            // Another writer got there first: read the segment again.
             Err(kube::Error::Api(e)) if e.code == 409 => Err(Retry::Conflict),
+            // The write may or may not have happened: read it again before the next one.
             Err(e) => Err(fatal(e)),
         }
     }
@@ -476,6 +686,16 @@ enum Retry {
     Fatal(String),
 }
 
+/// Whether retention may delete `segment` (when every older one goes too): it is sealed and
+/// its newest entry is older than `cutoff`.
+fn expirable(segment: &Segment, sealed: bool, cutoff: chrono::DateTime<chrono::Utc>) -> bool {
+    let newest = segment
+        .entries
+        .last()
+        .and_then(|e| chrono::DateTime::parse_from_rfc3339(&e.draft.timestamp).ok());
+    sealed && newest.is_some_and(|t| t < cutoff)
+}
+
 /// Which whole segments retention may delete: sealed ones, oldest first and contiguous, whose
 /// newest entry is older than `cutoff`; never the newest segment. Returns their names and the
 /// last `seq` they hold.
@@ -487,23 +707,18 @@ pub fn expired(
     let mut through = 0;
     let candidates = segments.len().saturating_sub(1);
     for (segment, sealed) in segments.iter().take(candidates) {
-        let newest = segment
-            .entries
-            .last()
-            .and_then(|e| chrono::DateTime::parse_from_rfc3339(&e.draft.timestamp).ok());
-        match newest {
-            Some(t) if *sealed && t < cutoff => {
-                names.push(segment.name.clone());
-                through = segment.entries.last().map_or(through, |e| e.seq);
-            }
-            _ => break,
+        if !expirable(segment, *sealed, cutoff) {
+            break;
         }
+        names.push(segment.name.clone());
+        through = segment.entries.last().map_or(through, |e| e.seq);
     }
     (names, through)
 }
 
 /// Deletes whole segments older than `cutoff`, after recording a `retention_applied` entry that
-/// names them (so `verify()` accepts the log starting later). Returns the deleted names.
+/// names them (so `verify()` accepts the log starting later). Returns the deleted names. Reads
+/// the segments' names, then the oldest segments only, up to the first that stays.
 pub async fn apply_retention(
     client: &Client,
     namespace: &str,
@@ -511,13 +726,44 @@ pub async fn apply_retention(
     cutoff: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<String>, String> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let cms = segment_maps(&api)
+    let list = api
+        .list_metadata(&ListParams::default().labels(SEGMENT_LABEL))
         .await
         .map_err(|e| format!("cannot list audit segments: {e}"))?;
+    let mut names: Vec<(u64, String)> = list
+        .items
+        .iter()
+        .filter_map(|m| Some((index_of(&m.name_any())?, m.name_any())))
+        .collect();
+    names.sort();
+    // Never the newest segment.
+    names.pop();
     let mut segments = Vec::new();
-    for cm in &cms {
-        segments.push((read_segment(cm)?.0, cm.immutable == Some(true)));
+    for (_, name) in &names {
+        let Some(cm) = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("cannot read audit segment {name}: {e}"))?
+        else {
+            continue;
+        };
+        let segment = read_segment(&cm)?.0;
+        let sealed = cm.immutable == Some(true);
+        if !expirable(&segment, sealed, cutoff) {
+            break;
+        }
+        segments.push((segment, sealed));
     }
+    // What was read is all expirable; a stand-in for the newest keeps `expired` honest.
+    segments.push((
+        Segment {
+            name: String::new(),
+            previous: None,
+            entries: vec![],
+            unreadable: None,
+        },
+        false,
+    ));
     let (names, through) = expired(&segments, cutoff);
     if names.is_empty() {
         return Ok(names);

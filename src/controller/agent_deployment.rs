@@ -11,22 +11,23 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
+use super::environment::Environment;
 use super::workload::{self, Rollout};
 use super::{Context, Error, MANAGER, conditions, record};
 use crate::approval;
 use crate::approval::signed::{Acts, SignedAct};
 use crate::audit::EventType as AuditEvent;
-use crate::capability::CapabilitySet;
 use crate::crd::agent_deployment::{
     AgentDeploymentStatus, Phase, RolloutIntent, RolloutOutcome, StepState, StepStatus, spec_digest,
 };
 use crate::crd::approval_request::{ApprovalPhase, ApprovalRequestSpec, DeploymentRef, Requester};
-use crate::crd::{AgentDeployment, ApprovalRequest, Capability, DeploymentPolicy};
+use crate::crd::{AgentDeployment, ApprovalRequest};
 use crate::identity::stamp::{self, BreakGlass, Stamp};
 use crate::identity::{Identity, Tier};
-use crate::policy::{self, Decision, Outcome, Request, Rules};
+use crate::policy::{self, Decision, Outcome, Request};
 
 /// How often an AgentDeployment is looked at again when nothing else triggers it.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -113,40 +114,22 @@ async fn reconcile_spec(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<A
     if ad.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let client = &ctx.client;
     let ns = ad.namespace().unwrap_or_default();
     let name = ad.name_any();
     let now = Utc::now();
     let digest = spec_digest(&ad.spec);
 
     let (requester, stamp_problem) = requester(&ad, &ctx.stamp_key, &digest);
-    let mapping = ctx.role_mapping().await?;
-    let policies = Api::<DeploymentPolicy>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
-    let capabilities = Api::<Capability>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
-    let capabilities = CapabilitySet::new(
-        capabilities
-            .iter()
-            .map(|c| (c.metadata.name.as_deref().unwrap_or(""), c.spec.clone())),
-    )
-    .map_err(Error::Config)?;
+    let env = ctx.environment();
+    let rules = env.rules.clone().map_err(Error::Config)?;
+    let mapping = rules.mapping();
     let staging_validated = match mapping.tier(&ad.spec.environment) {
         Tier::Staging => false,
         _ => {
-            let all = Api::<AgentDeployment>::all(client.clone())
-                .list(&ListParams::default())
-                .await?;
-            policy::staging_validated(&ad, all.iter(), &mapping)
+            let same_agent = ctx.agents.state_filter(|o| o.spec.agent == ad.spec.agent);
+            policy::staging_validated(&ad, same_agent.iter().map(AsRef::as_ref), mapping)
         }
     };
-    let rules = Rules::new(
-        policies.into_iter().map(|p| (p.name_any(), p.spec)),
-        capabilities,
-        mapping,
-    );
     let request = Request {
         namespace: ns.clone(),
         labels: ad.labels().clone(),
@@ -213,7 +196,19 @@ async fn reconcile_spec(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<A
     st.observed_generation = ad.metadata.generation;
     st.spec_digest = Some(digest.clone());
     let generation = ad.metadata.generation;
-    settle_intent(&ctx, &ad, &digest, &mut st).await?;
+    let mut running = Running::new(&ctx, &ad, &env);
+    // A decision that is new (a new spec, or other rules) is acted on only when the rules are
+    // current; a resync that decides what was decided before reads nothing more.
+    let same = |d: &Decision| Decision {
+        evaluated_at: chrono::DateTime::UNIX_EPOCH,
+        ..d.for_status()
+    };
+    let known = old.observed_generation == ad.metadata.generation
+        && old.decision.as_ref().map(same) == Some(same(&decision));
+    if !known {
+        running.confirm_current().await?;
+    }
+    settle_intent(&ad, &digest, &mut running, &mut st).await?;
     let mut requeue = Some(RESYNC);
     let mut approved = (
         decision.outcome == Outcome::Allow,
@@ -280,12 +275,12 @@ async fn reconcile_spec(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<A
                                 quorum: &quorum,
                             };
                             rollout(
-                                &ctx,
                                 &ad,
                                 &digest,
                                 requester.as_ref(),
                                 Some(approval),
                                 &decision,
+                                &mut running,
                                 &mut st,
                             )
                             .await?
@@ -313,12 +308,12 @@ async fn reconcile_spec(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<A
         Outcome::Allow => {
             st.approval_request = None;
             rollout(
-                &ctx,
                 &ad,
                 &digest,
                 requester.as_ref(),
                 None,
                 &decision,
+                &mut running,
                 &mut st,
             )
             .await?
@@ -410,7 +405,7 @@ async fn reconcile_spec(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<A
     );
     st.phase = Some(phase);
     st.message = Some(message.clone());
-    st.decision = Some(decision.clone());
+    st.decision = Some(decision.for_status());
 
     if old.phase != Some(phase) || old.spec_digest.as_deref() != Some(digest.as_str()) {
         let draft =
@@ -461,22 +456,61 @@ async fn write_status(
     Ok(())
 }
 
+/// What a reconcile reads from the API server itself rather than the caches, each at most
+/// once and only when needed: the Deployment, and whether the rules are current.
+struct Running<'a> {
+    api: Api<Deployment>,
+    name: String,
+    ctx: &'a Context,
+    env: &'a Environment,
+    read: Option<Option<Deployment>>,
+    confirmed: bool,
+}
+
+impl<'a> Running<'a> {
+    fn new(ctx: &'a Context, ad: &AgentDeployment, env: &'a Environment) -> Running<'a> {
+        Running {
+            api: Api::namespaced(ctx.client.clone(), &ad.namespace().unwrap_or_default()),
+            name: ad.name_any(),
+            ctx,
+            env,
+            read: None,
+            confirmed: false,
+        }
+    }
+
+    /// Fails with [`Error::Stale`] unless the rules were built from what the API server holds
+    /// (asked once per reconcile).
+    async fn confirm_current(&mut self) -> Result<(), Error> {
+        if !self.confirmed {
+            self.ctx.confirm_current(self.env).await?;
+            self.confirmed = true;
+        }
+        Ok(())
+    }
+
+    /// The Deployment as the API server has it now (one GET the first time).
+    async fn get(&mut self) -> Result<Option<&Deployment>, Error> {
+        if self.read.is_none() {
+            self.read = Some(self.api.get_opt(&self.name).await?);
+        }
+        Ok(self.read.as_ref().and_then(Option::as_ref))
+    }
+}
+
 /// Records what became of a rollout intent left in status (applied, or superseded by a later
 /// spec before it reached the workload), once the workload shows it.
 async fn settle_intent(
-    ctx: &Context,
     ad: &AgentDeployment,
     digest: &str,
+    deployment: &mut Running<'_>,
     st: &mut AgentDeploymentStatus,
 ) -> Result<(), Error> {
     let Some(intent) = st.rollout_intent.clone() else {
         return Ok(());
     };
-    let ns = ad.namespace().unwrap_or_default();
-    let running = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&ad.name_any())
-        .await?;
-    let running = running.as_ref().and_then(workload::digest_of);
+    let ctx = deployment.ctx;
+    let running = deployment.get().await?.and_then(workload::digest_of);
     let generation = ad.metadata.generation.unwrap_or(0);
     if let Some(outcome) = intent.outcome(running, generation, digest) {
         let message = match outcome {
@@ -528,20 +562,21 @@ async fn ensure_approval_request(
             )
         })
     };
-    if let Some(existing) = api.get_opt(&name).await? {
-        if let Some(conflict) = not_ours(&existing) {
+    let cached = ctx.requests.get(&ObjectRef::new(&name).within(&ns));
+    if let Some(existing) = cached.as_deref() {
+        if let Some(conflict) = not_ours(existing) {
             tracing::warn!(namespace = %ns, %conflict, "approval request conflict");
             return Ok(Err(conflict));
         }
         let phase = existing.status.as_ref().and_then(|s| s.phase);
         if !approval::outdated(phase, &existing.spec.requirements, &requirements) {
-            return Ok(Ok(existing));
+            return Ok(Ok(existing.clone()));
         }
         // Acts stored on it that the request controller has not recorded yet are recorded now,
         // before it goes.
-        let acts = Acts::read(&existing, &ctx.stamp_key).map_err(Error::Config)?;
+        let acts = Acts::read(existing, &ctx.stamp_key).map_err(Error::Config)?;
         let eval = acts.evaluate(&existing.spec, None, false, Utc::now());
-        super::approval_request::record_new_acts(ctx, &existing, &acts, &eval).await?;
+        super::approval_request::record_new_acts(ctx, existing, &acts, &eval).await?;
         let uid = existing.uid().unwrap_or_default();
         let replaced = record::agent(
             ad,
@@ -631,17 +666,17 @@ struct Approval<'a> {
 /// Rolls out spec `digest` (allowed, and approved where required: `approval`) and follows its
 /// health.
 async fn rollout(
-    ctx: &Context,
     ad: &AgentDeployment,
     digest: &str,
     requester: Option<&Identity>,
     approval: Option<Approval<'_>>,
     decision: &Decision,
+    live: &mut Running<'_>,
     st: &mut AgentDeploymentStatus,
 ) -> Result<(Phase, String), Error> {
+    let ctx = live.ctx;
     let ns = ad.namespace().unwrap_or_default();
     let name = ad.name_any();
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     if st.failed_digest.as_deref() == Some(digest) {
         return Ok((
             Phase::Failed,
@@ -650,7 +685,7 @@ async fn rollout(
                 .unwrap_or_else(|| format!("the rollout of {digest} failed")),
         ));
     }
-    let current = api.get_opt(&name).await?;
+    let current = live.get().await?.cloned();
     let Some(template) = ad.spec.template.clone() else {
         return Err(Error::Config("spec.template is missing".into()));
     };
@@ -659,6 +694,8 @@ async fn rollout(
         // Write-ahead, in order: the intent in status (so that its outcome is recorded even if
         // the spec moves on while the operator is down), the intent in the log, the write, and
         // its outcome in the log.
+        // Only rules that are current let a spec out.
+        live.confirm_current().await?;
         let intent = RolloutIntent {
             generation: ad.metadata.generation.unwrap_or(0),
             digest: digest.to_owned(),

@@ -6,8 +6,10 @@ pub mod agent_deployment;
 pub mod approval_request;
 pub mod conditions;
 pub mod deployment_policy;
+pub mod environment;
 pub mod leader;
 pub mod record;
+pub mod stores;
 pub mod workload;
 
 use std::future::Future;
@@ -18,16 +20,17 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
 use crate::crd::{AgentDeployment, ApprovalRequest, Capability, DeploymentPolicy};
-use crate::identity::RoleMapping;
 
 /// The Server-Side Apply field manager of everything the operator writes.
 pub const MANAGER: &str = "dvo-operator";
@@ -65,6 +68,65 @@ pub struct Context {
     pub stamp_key: Vec<u8>,
     /// The audit log: every decision is recorded here before it is acted on.
     pub audit: crate::audit::store::AuditLog,
+    /// The compiled policies, capabilities and role mapping (one immutable snapshot, swapped
+    /// when they change).
+    pub environment: tokio::sync::watch::Receiver<environment::Environment>,
+    /// Every AgentDeployment (staging evidence, the ApprovalRequest controller).
+    pub agents: Store<AgentDeployment>,
+    /// Every ApprovalRequest.
+    pub requests: Store<ApprovalRequest>,
+}
+
+/// How many reconciles of one kind run at once: enough to keep the API server busy, few enough
+/// that the webhook (same process, fail closed) always gets its share of the machine.
+pub const RECONCILE_CONCURRENCY: u16 = 8;
+/// How many changes a shared cache holds for a subscriber that is behind.
+const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// Background tasks that stop when this is dropped.
+struct Drivers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Drivers {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// The AgentDeployments whose staging evidence a change of `changed` may alter: the others of
+/// its agent, when it is in a staging-tier environment (only those count as evidence).
+fn evidence_for(
+    agents: &Store<AgentDeployment>,
+    env: &environment::Environment,
+    changed: &AgentDeployment,
+) -> Vec<ObjectRef<AgentDeployment>> {
+    let Ok(rules) = &env.rules else {
+        return vec![];
+    };
+    if rules.mapping().tier(&changed.spec.environment) != crate::identity::Tier::Staging {
+        return vec![];
+    }
+    agents
+        .state_filter(|o| {
+            o.spec.agent == changed.spec.agent && o.metadata.uid != changed.metadata.uid
+        })
+        .iter()
+        .map(|o| ObjectRef::from_obj(o.as_ref()))
+        .collect()
+}
+
+/// Runs a reconcile, measuring it.
+async fn timed(
+    fut: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let m = &crate::metrics::METRICS;
+    m.reconciles_running.inc();
+    let started = std::time::Instant::now();
+    let result = fut.await;
+    m.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+    m.reconciles_running.dec();
+    result
 }
 
 /// Why a reconcile did not finish; it is retried.
@@ -79,6 +141,12 @@ pub enum Error {
     /// The audit log did not record the fact: the action waits (fail closed).
     #[error("audit: {0}")]
     Audit(String),
+    /// The rules were about to let something out but the caches they were built from are
+    /// behind the API server: the reconcile runs again once they have caught up.
+    #[error(
+        "the policies changed a moment ago and the operator has not seen the change yet; it decides again once it has"
+    )]
+    Stale,
     /// The reconcile panicked (a bug, or input nothing bounded): that object waits and is
     /// retried; the controller and every other object go on.
     #[error("the reconcile panicked: {0}")]
@@ -104,31 +172,20 @@ pub async fn unwind_safe(
 }
 
 impl Context {
-    /// The role mapping (see [`role_mapping`]).
-    pub async fn role_mapping(&self) -> Result<RoleMapping, Error> {
-        role_mapping(&self.client, &self.settings.namespace).await
+    /// The evaluation environment now: compiled rules (or why nothing can be decided) and
+    /// what they were built from.
+    pub fn environment(&self) -> environment::Environment {
+        self.environment.borrow().clone()
     }
-}
 
-/// The role mapping from its ConfigMap in `namespace`: empty when there is none, an error when
-/// it is invalid (fail closed: nothing is decided on a mapping the operator cannot read). Read
-/// on every use, so a change applies at once.
-pub async fn role_mapping(client: &Client, namespace: &str) -> Result<RoleMapping, Error> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let Some(cm) = api.get_opt(ROLE_MAPPING_CONFIGMAP).await? else {
-        return Ok(RoleMapping::default());
-    };
-    let text = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get(ROLE_MAPPING_KEY))
-        .cloned()
-        .unwrap_or_default();
-    RoleMapping::parse(&text).map_err(|e| {
-        Error::Config(format!(
-            "ConfigMap {namespace}/{ROLE_MAPPING_CONFIGMAP} key {ROLE_MAPPING_KEY} is not a valid role mapping: {e}"
-        ))
-    })
+    /// Fails with [`Error::Stale`] unless `env` is built from what the API server holds now.
+    pub async fn confirm_current(&self, env: &environment::Environment) -> Result<(), Error> {
+        if environment::current(&self.client, &self.settings.namespace, &env.versions).await? {
+            Ok(())
+        } else {
+            Err(Error::Stale)
+        }
+    }
 }
 
 /// Fails with a clear message when a CRD of ours is not installed.
@@ -248,6 +305,7 @@ where
         Error::Config(_) => "config",
         Error::Audit(_) => "audit",
         Error::Panic(_) => "panic",
+        Error::Stale => "stale",
     };
     crate::metrics::METRICS
         .reconcile_errors
@@ -256,6 +314,10 @@ where
             error: class.to_owned(),
         })
         .inc();
+    if let Error::Stale = error {
+        tracing::info!(kind = %K::kind(&()), name = %obj.meta().name.as_deref().unwrap_or(""), namespace = ?obj.meta().namespace, %error, "deciding again shortly");
+        return Action::requeue(Duration::from_secs(1));
+    }
     tracing::warn!(kind = %K::kind(&()), name = %obj.meta().name.as_deref().unwrap_or(""), namespace = ?obj.meta().namespace, %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
@@ -265,16 +327,6 @@ fn counted(kind: &str) {
         .reconciles
         .get_or_create(&crate::metrics::kind(kind))
         .inc();
-}
-
-fn all_refs<K: Resource<DynamicType = ()> + Clone>(
-    store: &kube::runtime::reflector::Store<K>,
-) -> Vec<ObjectRef<K>> {
-    store
-        .state()
-        .iter()
-        .map(|o| ObjectRef::from_obj(o.as_ref()))
-        .collect()
 }
 
 /// Runs the AgentDeployment, ApprovalRequest and DeploymentPolicy controllers until `shutdown`
@@ -327,6 +379,61 @@ pub async fn run(
     let signing =
         crate::audit::SigningKey::from_seed(&keys.checkpoint).map_err(|e| anyhow::anyhow!(e))?;
     let audit = crate::audit::store::AuditLog::start(client.clone(), &settings.namespace, signing);
+    // The caches every reconcile reads (no LIST inside a reconcile), each with its own watch
+    // and backoff. Their drivers run as tasks for as long as the controllers do.
+    let (sources, changes) = environment::Sources::watch(&client, &settings.namespace);
+    let (agents, ad_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+    let (requests, apr_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+    let no_subscriber = || anyhow::anyhow!("a shared cache without subscribers (a bug)");
+    let ad_own = ad_writer.subscribe().ok_or_else(no_subscriber)?;
+    let ad_evidence = ad_writer.subscribe().ok_or_else(no_subscriber)?;
+    let ad_requests = ad_writer.subscribe().ok_or_else(no_subscriber)?;
+    let apr_own = apr_writer.subscribe().ok_or_else(no_subscriber)?;
+    let apr_owner = apr_writer.subscribe().ok_or_else(no_subscriber)?;
+    let (env_tx, env_rx) = tokio::sync::watch::channel(environment::Environment::unloaded());
+    let (requeue_tx, requeue_rx) = futures::channel::mpsc::unbounded();
+    let _drivers = Drivers(vec![
+        tokio::spawn(
+            reflector::reflector(
+                ad_writer,
+                stores::watch(
+                    Api::<AgentDeployment>::all(client.clone()),
+                    watcher::Config::default(),
+                ),
+            )
+            .for_each(|_| async {}),
+        ),
+        tokio::spawn(
+            reflector::reflector(
+                apr_writer,
+                stores::watch(
+                    Api::<ApprovalRequest>::all(client.clone()),
+                    watcher::Config::default(),
+                ),
+            )
+            .for_each(|_| async {}),
+        ),
+        tokio::spawn(environment::maintain(
+            sources,
+            changes,
+            agents.clone(),
+            env_tx,
+            requeue_tx,
+        )),
+    ]);
+    // Decisions are never made on a partial view: the controllers start once every cache holds
+    // its first full list and the environment is built from it.
+    let synced = async {
+        let mut env = env_rx.clone();
+        agents.wait_until_ready().await.is_ok()
+            && requests.wait_until_ready().await.is_ok()
+            && env.changed().await.is_ok()
+    };
+    tokio::select! {
+        ok = synced => if !ok { anyhow::bail!("the caches stopped before they were synced") },
+        () = stop.clone() => return Ok(()),
+    }
+
     let reporter = Reporter {
         controller: MANAGER.to_owned(),
         instance: std::env::var("POD_NAME").ok(),
@@ -337,58 +444,53 @@ pub async fn run(
         settings: settings.clone(),
         stamp_key: keys.stamp,
         audit: audit.clone(),
+        environment: env_rx.clone(),
+        agents: agents.clone(),
+        requests: requests.clone(),
+    });
+    let config = kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY);
+    let owned = |wc: watcher::Config| wc.labels(workload::OWNER_LABEL);
+    let evidence = {
+        let (agents, env) = (agents.clone(), env_rx.clone());
+        move |changed: Arc<AgentDeployment>| evidence_for(&agents, &env.borrow(), &changed)
+    };
+    let ads = Controller::for_shared_stream(
+        stores::changed(ad_own, agents.clone(), stores::reconcile_key),
+        agents.clone(),
+    )
+    .with_config(config.clone())
+    .trigger_backoff(stores::WatchBackoff::default())
+    .owns_stream(stores::triggers(stores::watch(
+        Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
+        owned(watcher::Config::default()),
+    )))
+    .owns_stream(stores::triggers(stores::watch(
+        Api::<PartialObjectMeta<Job>>::all(client.clone()),
+        owned(watcher::Config::default()),
+    )))
+    .owns_shared_stream(stores::changed(apr_owner, requests.clone(), stores::version))
+    // Staging evidence: a change to a staging AgentDeployment can validate the others of its agent.
+    .watches_shared_stream(
+        stores::changed(ad_evidence, agents.clone(), stores::version),
+        evidence,
+    )
+    // A change of policies, capabilities or role mapping: exactly those it may decide differently.
+    .reconcile_on(requeue_rx)
+    .graceful_shutdown_on(stop.clone())
+    .run(
+        |o, c| timed(unwind_safe(agent_deployment::reconcile(o, c))),
+        error_policy,
+        ctx.clone(),
+    )
+    .for_each(|r| async move {
+        counted("AgentDeployment");
+        if let Ok((obj, _)) = r {
+            tracing::debug!(name = %obj.name, namespace = ?obj.namespace, "reconciled AgentDeployment");
+        }
     });
 
-    let ads = Controller::new(
-        Api::<AgentDeployment>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let ad_store = ads.store();
-    let (s1, s2, s3, s4) = (
-        ad_store.clone(),
-        ad_store.clone(),
-        ad_store.clone(),
-        ad_store.clone(),
-    );
-    let ads = ads
-        .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default().labels(workload::OWNER_LABEL))
-        .owns(Api::<k8s_openapi::api::batch::v1::Job>::all(client.clone()), watcher::Config::default().labels(workload::OWNER_LABEL))
-        .owns(Api::<ApprovalRequest>::all(client.clone()), watcher::Config::default())
-        .watches(Api::<DeploymentPolicy>::all(client.clone()), watcher::Config::default(), move |_| all_refs(&s1))
-        .watches(Api::<Capability>::all(client.clone()), watcher::Config::default(), move |_| all_refs(&s2))
-        .watches(
-            Api::<ConfigMap>::namespaced(client.clone(), &settings.namespace),
-            watcher::Config::default().fields(&format!("metadata.name={ROLE_MAPPING_CONFIGMAP}")),
-            move |_| all_refs(&s3),
-        )
-        // Staging evidence: a change to one AgentDeployment can validate others of the same agent.
-        .watches(Api::<AgentDeployment>::all(client.clone()), watcher::Config::default(), move |changed| {
-            s4.state()
-                .iter()
-                .filter(|o| o.spec.agent == changed.spec.agent && o.metadata.uid != changed.metadata.uid)
-                .map(|o| ObjectRef::from_obj(o.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(stop.clone())
-        .run(
-            |o, c| unwind_safe(agent_deployment::reconcile(o, c)),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|r| async move {
-            counted("AgentDeployment");
-            if let Ok((obj, _)) = r {
-                tracing::debug!(name = %obj.name, namespace = ?obj.namespace, "reconciled AgentDeployment");
-            }
-        });
-
-    let aprs = Controller::new(
-        Api::<ApprovalRequest>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let apr_store = aprs.store();
     let pending = {
-        let (aprs, stop) = (apr_store.clone(), stop.clone());
+        let (aprs, stop) = (requests.clone(), stop.clone());
         async move {
             let mut every = tokio::time::interval(Duration::from_secs(10));
             tokio::pin!(stop);
@@ -409,42 +511,42 @@ pub async fn run(
                     .count();
                 crate::metrics::METRICS
                     .pending_approvals
-                    .set(waiting as i64);
+                    .set(i64::try_from(waiting).unwrap_or(i64::MAX));
             }
         }
     };
-    let synced = {
-        let (ads, aprs) = (ad_store.clone(), apr_store.clone());
-        async move { ads.wait_until_ready().await.is_ok() && aprs.wait_until_ready().await.is_ok() }
-    };
-    let aprs = aprs
-        .watches(
-            Api::<AgentDeployment>::all(client.clone()),
-            watcher::Config::default(),
-            move |ad| {
-                apr_store
-                    .state()
-                    .iter()
-                    .filter(|a| {
-                        a.metadata.namespace == ad.metadata.namespace
-                            && a.spec.deployment_ref.name == ad.name_any()
-                    })
-                    .map(|a| ObjectRef::from_obj(a.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .graceful_shutdown_on(stop.clone())
-        .run(
-            |o, c| unwind_safe(approval_request::reconcile(o, c)),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| async { counted("ApprovalRequest") });
+    let aprs = Controller::for_shared_stream(
+        stores::changed(apr_own, requests.clone(), stores::version),
+        requests.clone(),
+    )
+    .with_config(config.clone())
+    .trigger_backoff(stores::WatchBackoff::default())
+    .watches_shared_stream(
+        stores::changed(ad_requests, agents.clone(), stores::reconcile_key),
+        move |ad| {
+            let ns = ad.metadata.namespace.clone();
+            let name = ad.name_any();
+            requests
+                .state_filter(|a| a.metadata.namespace == ns && a.spec.deployment_ref.name == name)
+                .iter()
+                .map(|a| ObjectRef::from_obj(a.as_ref()))
+                .collect::<Vec<_>>()
+        },
+    )
+    .graceful_shutdown_on(stop.clone())
+    .run(
+        |o, c| unwind_safe(approval_request::reconcile(o, c)),
+        error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async { counted("ApprovalRequest") });
 
     let policies = Controller::new(
         Api::<DeploymentPolicy>::all(client.clone()),
         watcher::Config::default(),
     )
+    .with_config(config)
+    .trigger_backoff(stores::WatchBackoff::default())
     .graceful_shutdown_on(stop.clone())
     .run(
         |o, c| unwind_safe(deployment_policy::reconcile(o, c)),
@@ -454,14 +556,8 @@ pub async fn run(
     .for_each(|_| async { counted("DeploymentPolicy") });
 
     tracing::info!(namespace = %settings.namespace, "controllers started");
-    let flag = ready.clone();
-    let mark_ready = async move {
-        // Ready once the caches hold every object: decisions are never made on a partial view.
-        if synced.await {
-            flag.store(true, Ordering::Relaxed);
-            tracing::info!("caches synced; ready");
-        }
-    };
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!("caches synced; ready");
     let retention = {
         let (client, audit, ns) = (client.clone(), audit.clone(), settings.namespace.clone());
         let keep = settings.audit_retention;
@@ -502,12 +598,7 @@ pub async fn run(
             stop.clone(),
         )
     }));
-    let all = async {
-        tokio::join!(
-            ads, aprs, policies, mark_ready, retention, sinks, pending, holder
-        )
-        .7
-    };
+    let all = async { tokio::join!(ads, aprs, policies, retention, sinks, pending, holder).6 };
     // Reconciles in flight get a grace period once stopping starts; one stuck on the API server
     // must not keep the process past Kubernetes' termination grace (30 s by default).
     let grace = async {

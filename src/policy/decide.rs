@@ -11,7 +11,7 @@ use super::context::{self, Request};
 use super::decision::*;
 use super::rules::{Policy, Rules, human};
 use crate::capability::{self, Effect};
-use crate::crd::deployment_policy::{FailurePolicy, MatchMode, Notify, PolicyAction, PolicyScope};
+use crate::crd::deployment_policy::{FailurePolicy, MatchMode, Notify, PolicyAction};
 use crate::identity::{Check, Identity, Permission, Role, Subject};
 
 /// How long an approval request stays open when nothing else says so.
@@ -90,16 +90,6 @@ fn unknown_requester() -> Identity {
     }
 }
 
-fn in_scope(scope: &PolicyScope, request: &Request) -> bool {
-    let spec = &request.spec;
-    let any = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == "*" || x == v);
-    any(&scope.environments, &spec.environment)
-        && any(&scope.platforms, spec.platform.as_str())
-        && any(&scope.agents, &spec.agent)
-        && any(&scope.namespaces, &request.namespace)
-        && any(&scope.actions, spec.action.as_str())
-}
-
 /// Accumulates the parts of a decision while policies are evaluated.
 struct Builder {
     d: Decision,
@@ -167,6 +157,7 @@ fn evaluate(rules: &Rules, request: &Request, now: DateTime<Utc>) -> (Decision, 
             manual_instructions: vec![],
             next_window_opens_at: None,
             trace: vec![],
+            trace_omitted: 0,
         },
         clearances: vec![],
         manual: false,
@@ -222,11 +213,7 @@ fn evaluate_policies(
 ) {
     let mut contexts: HashMap<Tz, Value> = HashMap::new();
     let mut ended = false;
-    for policy in rules
-        .policies
-        .iter()
-        .filter(|p| in_scope(&p.spec.scope, request))
-    {
+    for policy in rules.in_scope(&request.namespace, &request.spec) {
         let spec = &policy.spec;
         let mut trace = PolicyTrace {
             policy: policy.name.clone(),

@@ -861,3 +861,180 @@ fn a_permission_gated_twice_and_a_repeated_warning_are_said_once() {
     assert_eq!(count("same words"), 1, "{:?}", d.warnings);
     assert_eq!(d.outcome, Outcome::RequireApproval);
 }
+
+/// A policy scoped to environments `envs` (comma-separated; empty: all) and agents `agents`.
+fn scoped(envs: &str, agents: &str) -> String {
+    let list = |s: &str| {
+        s.split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| format!("{x:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "{{action: Warn, message: m, scope: {{environments: [{}], agents: [{}]}}}}",
+        list(envs),
+        list(agents)
+    )
+}
+
+proptest! {
+    /// The scope index visits exactly the policies a full scan finds in scope, in the same order.
+    #[test]
+    fn the_scope_index_finds_what_a_scan_finds(
+        scopes in proptest::collection::vec(
+            (
+                proptest::sample::select(vec!["", "production", "staging", "*", "production,staging", "dev"]),
+                proptest::sample::select(vec!["", "GHA", "other", "*"]),
+                -3i32..3,
+            ),
+            0..12,
+        ),
+        env in proptest::sample::select(vec!["production", "staging", "dev", "qa"]),
+    ) {
+        let specs: Vec<(String, String, i32)> = scopes
+            .iter()
+            .enumerate()
+            .map(|(i, (e, a, prio))| (format!("p{i}"), scoped(e, a), *prio))
+            .collect();
+        let rules = Rules::new(
+            specs.iter().map(|(n, y, prio)| {
+                let mut p = policy(y);
+                p.priority = *prio;
+                (n.clone(), p)
+            }),
+            CapabilitySet::default(),
+            mapping(),
+        );
+        let req = request(env, "dev");
+        let indexed: Vec<&str> = rules.in_scope(&req.namespace, &req.spec).map(|p| p.name.as_str()).collect();
+        let scanned: Vec<&str> = rules
+            .policies()
+            .iter()
+            .filter(|p| crate::policy::in_scope(&p.spec.scope, &req.namespace, &req.spec))
+            .map(|p| p.name.as_str())
+            .collect();
+        prop_assert_eq!(indexed, scanned);
+    }
+}
+
+#[test]
+fn a_change_of_rules_affects_the_scopes_of_what_changed() {
+    use crate::policy::Affected;
+    let base = [
+        ("a", scoped("production", "")),
+        ("b", scoped("staging", "GHA")),
+    ];
+    let build = |ps: &[(&str, String)], caps: CapabilitySet, m: RoleMapping| {
+        Rules::new(ps.iter().map(|(n, y)| (n.to_string(), policy(y))), caps, m)
+    };
+    let old = build(&base, CapabilitySet::default(), mapping());
+    let prod = request("production", "dev");
+    let stag = request("staging", "dev");
+    let dev = request("dev", "dev");
+    let disabled = CapabilitySet::new([(
+        "kb-sync",
+        CapabilitySpec {
+            enabled: false,
+            fallback: Fallback::Skip,
+            message: None,
+            required_permissions: vec![],
+            requires_approval: false,
+        },
+    )])
+    .unwrap();
+    // (the new rules, then whether production, staging and dev requests are affected)
+    let table: Vec<(Rules, [bool; 3])> = vec![
+        (
+            build(&base, CapabilitySet::default(), mapping()),
+            [false; 3],
+        ),
+        // a changed policy: its old and its new scope
+        (
+            build(
+                &[("a", scoped("dev", "")), ("b", scoped("staging", "GHA"))],
+                CapabilitySet::default(),
+                mapping(),
+            ),
+            [true, false, true],
+        ),
+        // a removed policy
+        (
+            build(&base[..1], CapabilitySet::default(), mapping()),
+            [false, true, false],
+        ),
+        // an added policy scoped to another agent: nobody here
+        (
+            build(
+                &[
+                    ("a", scoped("production", "")),
+                    ("b", scoped("staging", "GHA")),
+                    ("c", scoped("", "other")),
+                ],
+                CapabilitySet::default(),
+                mapping(),
+            ),
+            [false; 3],
+        ),
+        // capabilities or the role mapping: everyone
+        (build(&base, disabled, mapping()), [true; 3]),
+        (
+            build(&base, CapabilitySet::default(), RoleMapping::default()),
+            [true; 3],
+        ),
+    ];
+    for (i, (new, expected)) in table.into_iter().enumerate() {
+        let affected = old.affected_by(&new);
+        let got = [&prod, &stag, &dev].map(|r| affected.includes(&r.namespace, &r.spec));
+        assert_eq!(got, expected, "case {i}: {affected:?}");
+        assert_eq!(
+            affected == Affected::Nothing,
+            i == 0,
+            "case {i}: {affected:?}"
+        );
+    }
+}
+
+#[test]
+fn a_status_keeps_a_bounded_trace_of_what_matched() {
+    // 200 policies in scope: 40 match (Warn), 160 do not.
+    let specs: Vec<(String, String)> = (0..200)
+        .map(|i| {
+            let value = if i % 5 == 0 { "GHA" } else { "other" };
+            (
+                format!("p{i:03}"),
+                format!("{{action: Warn, message: m, conditions: [{{field: agent, operator: Equals, value: {value}}}]}}"),
+            )
+        })
+        .collect();
+    let rules = Rules::new(
+        specs.iter().map(|(n, y)| (n.clone(), policy(y))),
+        CapabilitySet::default(),
+        mapping(),
+    );
+    let full = decide(&rules, &request("production", "dev"), tuesday());
+    assert_eq!(full.trace.len(), 200);
+    let kept = full.for_status();
+    assert_eq!(kept.trace.len(), decision::STATUS_TRACE);
+    assert!(
+        kept.trace
+            .iter()
+            .all(|t| t.result == decision::TraceResult::Matched)
+    );
+    assert_eq!(kept.trace_omitted as usize, 200 - decision::STATUS_TRACE);
+    assert_eq!(kept.matched_policies, full.matched_policies);
+    let bytes = serde_json::to_vec(&kept).unwrap().len();
+    assert!(bytes < 12 * 1024, "{bytes} bytes");
+    // Nothing else is dropped.
+    assert_eq!(
+        Decision {
+            trace: vec![],
+            trace_omitted: 0,
+            ..kept
+        },
+        Decision {
+            trace: vec![],
+            ..full
+        }
+    );
+}

@@ -63,8 +63,61 @@ pub struct Decision {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_window_opens_at: Option<DateTime<Utc>>,
     /// Every policy in scope, in evaluation order, with the conditions that held and did not.
+    /// In an AgentDeployment's status: the policies that matched or failed to evaluate first,
+    /// then those that did not match while there is room, at most [`STATUS_TRACE`] in all
+    /// (`dvo evaluate` shows the whole trace).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trace: Vec<PolicyTrace>,
+    /// How many policies in scope the trace leaves out (in status: those that did not match,
+    /// were disabled or not reached, and any beyond the limit).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub trace_omitted: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// How many policies an AgentDeployment's status traces at most.
+pub const STATUS_TRACE: usize = 16;
+
+impl Decision {
+    /// The decision as an AgentDeployment's status keeps it, bounded whatever the number of
+    /// policies: the trace of the policies that matched or failed to evaluate, and of those
+    /// that did not match while there is room (at most [`STATUS_TRACE`] in all), and how many
+    /// it leaves out.
+    pub fn for_status(&self) -> Decision {
+        let decisive = |t: &PolicyTrace| {
+            matches!(
+                t.result,
+                TraceResult::Matched | TraceResult::ErrorFailed | TraceResult::ErrorIgnored
+            )
+        };
+        // Room left for policies that did not match, once those that did are in.
+        let mut room =
+            STATUS_TRACE.saturating_sub(self.trace.iter().filter(|t| decisive(t)).count());
+        let kept: Vec<PolicyTrace> = self
+            .trace
+            .iter()
+            .filter(|t| {
+                decisive(t)
+                    || (t.result == TraceResult::NotMatched && room > 0 && {
+                        room = room.saturating_sub(1);
+                        true
+                    })
+            })
+            .take(STATUS_TRACE)
+            .cloned()
+            .collect();
+        let omitted = self.trace.len().saturating_sub(kept.len());
+        Decision {
+            trace: kept,
+            trace_omitted: u32::try_from(omitted)
+                .unwrap_or(u32::MAX)
+                .saturating_add(self.trace_omitted),
+            ..self.clone()
+        }
+    }
 }
 
 /// A policy whose conditions matched.

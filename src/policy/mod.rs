@@ -15,7 +15,7 @@ pub use context::Request;
 pub use decide::decide;
 pub use decision::{Decision, Outcome};
 pub use evidence::staging_validated;
-pub use rules::{Policy, Rules, validate};
+pub use rules::{Affected, Policy, Rules, in_scope, validate};
 
 /// The longest approval expiry a policy may ask for.
 pub const MAX_EXPIRY: chrono::TimeDelta = chrono::TimeDelta::days(30);

@@ -1,11 +1,14 @@
 //! Policies compiled once into an immutable evaluation environment, and `validate()`.
 
+use std::collections::{BTreeMap, HashMap};
+
 use chrono_tz::Tz;
 
 use super::condition;
 use super::time::{Period, Window, parse_tz};
 use crate::capability::CapabilitySet;
-use crate::crd::deployment_policy::{DeploymentPolicySpec, PolicyAction};
+use crate::crd::AgentDeploymentSpec;
+use crate::crd::deployment_policy::{DeploymentPolicySpec, PolicyAction, PolicyScope};
 use crate::identity::{Role, RoleMapping};
 
 /// Context fields whose value depends on the moment of evaluation.
@@ -149,6 +152,45 @@ pub struct Rules {
     pub(super) policies: Vec<Policy>,
     pub(super) capabilities: CapabilitySet,
     pub(super) mapping: RoleMapping,
+    /// Positions (in evaluation order) of the policies scoped to each environment named in a
+    /// scope, so that a decision never visits a policy scoped to other environments.
+    by_environment: HashMap<String, Vec<usize>>,
+    /// Positions of the policies scoped to every environment.
+    any_environment: Vec<usize>,
+}
+
+/// Whether a policy with `scope` applies to `spec` in `namespace` (an empty list, or `*` in
+/// it, matches everything).
+pub fn in_scope(scope: &PolicyScope, namespace: &str, spec: &AgentDeploymentSpec) -> bool {
+    let any = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == "*" || x == v);
+    any(&scope.environments, &spec.environment)
+        && any(&scope.platforms, spec.platform.as_str())
+        && any(&scope.agents, &spec.agent)
+        && any(&scope.namespaces, namespace)
+        && any(&scope.actions, spec.action.as_str())
+}
+
+/// Which AgentDeployments a change of the evaluation environment may decide differently.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Affected {
+    /// None: the policies, capabilities and role mapping are what they were.
+    Nothing,
+    /// Those in any of these scopes (of the policies added, removed or changed, before and
+    /// after the change).
+    Scopes(Vec<PolicyScope>),
+    /// All of them (capabilities or the role mapping changed).
+    Everything,
+}
+
+impl Affected {
+    /// Whether an AgentDeployment with `spec` in `namespace` may be decided differently.
+    pub fn includes(&self, namespace: &str, spec: &AgentDeploymentSpec) -> bool {
+        match self {
+            Affected::Nothing => false,
+            Affected::Everything => true,
+            Affected::Scopes(scopes) => scopes.iter().any(|s| in_scope(s, namespace, spec)),
+        }
+    }
 }
 
 /// Evaluation order: priority (lower first), then `Deny` before other actions, then name.
@@ -172,10 +214,76 @@ impl Rules {
             .map(|(n, s)| Policy::new(n, s))
             .collect();
         policies.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
+        let mut by_environment: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut any_environment = Vec::new();
+        for (at, p) in policies.iter().enumerate() {
+            let envs = &p.spec.scope.environments;
+            if envs.is_empty() || envs.iter().any(|e| e == "*") {
+                any_environment.push(at);
+                continue;
+            }
+            let mut named: Vec<&String> = envs.iter().collect();
+            named.sort();
+            named.dedup();
+            for env in named {
+                by_environment.entry(env.clone()).or_default().push(at);
+            }
+        }
         Rules {
             policies,
             capabilities,
             mapping,
+            by_environment,
+            any_environment,
+        }
+    }
+
+    /// The policies that may apply to `spec` in `namespace`, in evaluation order: those
+    /// scoped to its environment or to all, then filtered by the rest of their scope.
+    pub fn in_scope<'a>(
+        &'a self,
+        namespace: &'a str,
+        spec: &'a AgentDeploymentSpec,
+    ) -> impl Iterator<Item = &'a Policy> + 'a {
+        let named = self
+            .by_environment
+            .get(&spec.environment)
+            .map_or(&[][..], Vec::as_slice);
+        Merged {
+            a: named.iter().peekable(),
+            b: self.any_environment.iter().peekable(),
+        }
+        .filter_map(|at| self.policies.get(at))
+        .filter(move |p| in_scope(&p.spec.scope, namespace, spec))
+    }
+
+    /// Which AgentDeployments may be decided differently under `new` than under `self`.
+    pub fn affected_by(&self, new: &Rules) -> Affected {
+        if self.capabilities != new.capabilities || self.mapping != new.mapping {
+            return Affected::Everything;
+        }
+        let specs = |r: &Rules| -> BTreeMap<String, DeploymentPolicySpec> {
+            r.policies
+                .iter()
+                .map(|p| (p.name.clone(), p.spec.clone()))
+                .collect()
+        };
+        let (before, after) = (specs(self), specs(new));
+        let mut scopes: Vec<PolicyScope> = Vec::new();
+        for (name, spec) in &before {
+            if after.get(name) != Some(spec) {
+                scopes.push(spec.scope.clone());
+            }
+        }
+        for (name, spec) in &after {
+            if before.get(name) != Some(spec) && !scopes.contains(&spec.scope) {
+                scopes.push(spec.scope.clone());
+            }
+        }
+        if scopes.is_empty() {
+            Affected::Nothing
+        } else {
+            Affected::Scopes(scopes)
         }
     }
 
@@ -187,6 +295,26 @@ impl Rules {
     /// The role mapping.
     pub fn mapping(&self) -> &RoleMapping {
         &self.mapping
+    }
+}
+
+/// Two ascending lists of positions merged into one ascending list (a position is in at most
+/// one of them).
+struct Merged<'a> {
+    a: std::iter::Peekable<std::slice::Iter<'a, usize>>,
+    b: std::iter::Peekable<std::slice::Iter<'a, usize>>,
+}
+
+impl Iterator for Merged<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        match (self.a.peek(), self.b.peek()) {
+            (Some(x), Some(y)) if x <= y => self.a.next().copied(),
+            (Some(_), Some(_)) | (None, Some(_)) => self.b.next().copied(),
+            (Some(_), None) => self.a.next().copied(),
+            (None, None) => None,
+        }
     }
 }
 

@@ -113,8 +113,8 @@ pub enum Certificates {
 }
 
 struct Shared {
-    client: Client,
-    namespace: String,
+    /// The role mapping, from its own watch (never a GET per review).
+    mappings: crate::controller::environment::RoleMappings,
     key: Vec<u8>,
     operator: String,
     audit: AuditLog,
@@ -168,6 +168,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(settings.addr).await?;
     let signing =
         crate::audit::SigningKey::from_seed(&keys.checkpoint).map_err(anyhow::Error::msg)?;
+    let mappings = crate::controller::environment::RoleMappings::start(&client, &ns);
     let shared = Arc::new(Shared {
         audit: AuditLog::start(client.clone(), &ns, signing),
         verifier: settings
@@ -175,8 +176,7 @@ pub async fn serve(
             .clone()
             .map(jwks::Verifier::new)
             .transpose()?,
-        client: client.clone(),
-        namespace: ns,
+        mappings: mappings.clone(),
         key: keys.stamp,
         operator: operator.clone(),
         callers_verified: settings.client_ca.is_some(),
@@ -192,6 +192,8 @@ pub async fn serve(
         std::time::Instant::now(),
     );
     registration::apply(&client, &settings, &cert.ca).await?;
+    // Ready once the role mapping is loaded: until then every review would be refused.
+    mappings.loaded().await;
     tracing::info!(addr = %settings.addr, %operator, "admission webhook serving");
     ready.store(true, Ordering::Relaxed);
     tokio::pin!(shutdown);
@@ -277,11 +279,10 @@ impl Shared {
         if admission::request::user(req).username == self.operator {
             return Ok(Verdict::allow());
         }
-        let mapping = crate::controller::role_mapping(&self.client, &self.namespace)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mapping = self.mappings.get()?;
+        let mapping = mapping.as_ref().as_ref().map_err(Clone::clone)?;
         let env = Env {
-            mapping: &mapping,
+            mapping,
             key: &self.key,
             operator: &self.operator,
         };

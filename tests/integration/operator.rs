@@ -940,6 +940,8 @@ async fn finish_job_pod(client: &Client, ns: &str, job: &str, pod_phase: &str) {
 
 #[tokio::test]
 async fn hook_jobs_run_after_the_rollout_and_their_outcome_is_recorded() {
+    // Capabilities are cluster-wide: another test switching kb-sync off would skip the hook.
+    let _lock = CLUSTER_SCOPED.lock().await;
     let client = operator().await;
     let ns = namespace(&client, "hooks").await;
     let steps = json!({"steps": {"integrationTests": {"image": "tests:1", "args": ["--smoke"]}, "kbSync": {"image": "kb:1"}}});

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -367,28 +368,34 @@ async fn write_cursor(api: &Api<ConfigMap>, sink: &str, seq: u64) -> Result<(), 
     .map_err(|e| format!("cannot store the cursor of sink {sink}: {e}"))
 }
 
+/// How many entries a sink reads from the log at a time.
+const READ_AT_ONCE: usize = 2000;
+
 /// Delivers everything after the cursor, in batches; returns how many entries were delivered.
 async fn drain(client: &Client, namespace: &str, sink: &mut Sink) -> Result<usize, String> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let cursor = read_cursor(&api, &sink.name).await?;
-    let (segments, _) = store::load(client, namespace).await?;
-    let pending: Vec<Entry> = segments
-        .into_iter()
-        .flat_map(|s| s.entries)
-        .filter(|e| e.seq > cursor)
-        .collect();
+    let mut cursor = read_cursor(&api, &sink.name).await?;
     let lag = crate::metrics::METRICS
         .sink_lag
         .get_or_create(&crate::metrics::value(&sink.name))
         .clone();
-    lag.set(pending.len() as i64);
-    for batch in pending.chunks(200) {
-        let Some(last) = batch.last() else { continue };
-        sink.deliver(batch).await?;
-        write_cursor(&api, &sink.name, last.seq).await?;
-        lag.dec_by(batch.len() as i64);
+    let mut delivered: usize = 0;
+    loop {
+        let pending: Vec<Entry> =
+            store::entries_after(client, namespace, cursor, READ_AT_ONCE).await?;
+        lag.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+        for batch in pending.chunks(200) {
+            let Some(last) = batch.last() else { continue };
+            sink.deliver(batch).await?;
+            write_cursor(&api, &sink.name, last.seq).await?;
+            cursor = last.seq;
+            delivered = delivered.saturating_add(batch.len());
+            lag.dec_by(i64::try_from(batch.len()).unwrap_or(i64::MAX));
+        }
+        if pending.len() < READ_AT_ONCE {
+            return Ok(delivered);
+        }
     }
-    Ok(pending.len())
 }
 
 /// Feeds `sink` from the log in `namespace` until `stop` completes: on every change of a
@@ -399,7 +406,8 @@ pub async fn run(
     mut sink: Sink,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    // Changes are all it needs to know of: the segments' metadata is watched, not their data.
+    let api: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(client.clone(), &namespace);
     let mut changes = watcher(api, watcher::Config::default().labels(SEGMENT_LABEL)).boxed();
     let mut backoff: Option<Duration> = None;
     tokio::pin!(stop);

@@ -1,0 +1,103 @@
+//! The operator's API client: the usual client, with every request counted by verb in
+//! `dvo_api_requests_total` (what `make scale` reads to check the cost of a change).
+
+use kube::client::{Body, ClientBuilder};
+
+/// A client for `config` whose requests are counted.
+pub fn counted(config: kube::Config) -> Result<kube::Client, kube::Error> {
+    let builder = ClientBuilder::try_from(config)?;
+    let count = tower::util::MapRequestLayer::new(|req: http::Request<Body>| {
+        crate::metrics::METRICS
+            .api_requests
+            .get_or_create(&crate::metrics::value(verb(req.method(), req.uri())))
+            .inc();
+        req
+    });
+    Ok(builder.with_layer(&count).build())
+}
+
+/// A client from the environment (in-cluster or kubeconfig), counted.
+pub async fn from_environment() -> Result<kube::Client, kube::Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    counted(config)
+}
+
+/// The Kubernetes verb of a request: `list`, `watch`, `get`, `create`, `update`, `patch`,
+/// `delete` (or the HTTP method when the path is not a resource path).
+pub fn verb(method: &http::Method, uri: &http::Uri) -> &'static str {
+    let watching = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    // After /api/v1 or /apis/GROUP/VERSION, and after namespaces/NS: RESOURCE[/NAME[/SUB]].
+    let rest = match segments.as_slice() {
+        ["api", _, rest @ ..] => rest,
+        ["apis", _, _, rest @ ..] => rest,
+        _ => &[][..],
+    };
+    let rest = match rest {
+        ["namespaces", _, more @ ..] if !more.is_empty() => more,
+        other => other,
+    };
+    let collection = rest.len() == 1;
+    match *method {
+        http::Method::GET if watching => "watch",
+        http::Method::GET if collection => "list",
+        http::Method::GET => "get",
+        http::Method::POST => "create",
+        http::Method::PUT => "update",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE if collection => "deletecollection",
+        http::Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs_of_requests() {
+        let table = [
+            (
+                "GET",
+                "/apis/dvo.caat.io/v1alpha1/deploymentpolicies",
+                "list",
+            ),
+            (
+                "GET",
+                "/apis/dvo.caat.io/v1alpha1/deploymentpolicies?watch=true&resourceVersion=5",
+                "watch",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/dvo/configmaps/dvo-audit-000001",
+                "get",
+            ),
+            ("GET", "/api/v1/namespaces/dvo/configmaps", "list"),
+            ("GET", "/api/v1/namespaces/dvo", "get"),
+            ("GET", "/api/v1/namespaces", "list"),
+            (
+                "PATCH",
+                "/apis/dvo.caat.io/v1alpha1/namespaces/a/agentdeployments/x/status",
+                "patch",
+            ),
+            (
+                "PUT",
+                "/api/v1/namespaces/dvo/configmaps/dvo-audit-000001",
+                "update",
+            ),
+            ("POST", "/apis/apps/v1/namespaces/a/deployments", "create"),
+            ("DELETE", "/api/v1/namespaces/dvo/configmaps/x", "delete"),
+            ("GET", "/version", "get"),
+        ];
+        for (method, uri, want) in table {
+            let m: http::Method = method.parse().unwrap();
+            let u: http::Uri = uri.parse().unwrap();
+            assert_eq!(verb(&m, &u), want, "{method} {uri}");
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The evaluation environment: every policy, capability and the role mapping compiled once into
+//! one immutable [`Rules`] snapshot, rebuilt when one of them changes and swapped atomically.
+//! Reconciles and the webhook read the snapshot; none compiles or LISTs anything. A change
+//! requeues exactly the AgentDeployments it may decide differently ([`Rules::affected_by`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::ListParams;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{reflector, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+
+use super::{ROLE_MAPPING_CONFIGMAP, ROLE_MAPPING_KEY, stores};
+use crate::capability::CapabilitySet;
+use crate::crd::{AgentDeployment, Capability, DeploymentPolicy};
+use crate::identity::RoleMapping;
+use crate::policy::{Affected, Rules};
+
+/// The compiled rules, or why the operator cannot decide anything (an invalid role mapping or
+/// capability: fail closed, every rollout waits until it is fixed), with the versions of the
+/// objects they were built from.
+#[derive(Clone, Debug)]
+pub struct Environment {
+    /// The rules.
+    pub rules: Result<Arc<Rules>, String>,
+    /// What they were built from.
+    pub versions: Arc<Versions>,
+}
+
+impl Environment {
+    /// The environment before anything is loaded.
+    pub fn unloaded() -> Environment {
+        Environment {
+            rules: Err("the policies are not loaded yet".to_owned()),
+            versions: Arc::default(),
+        }
+    }
+}
+
+/// The resourceVersion of every object an environment was built from, by kind and name.
+pub type Versions = BTreeMap<(&'static str, String), String>;
+
+/// Whether `versions` are those the API server holds now (three metadata-only reads). A
+/// rollout is written only on rules that are current: the caches may lag a `kubectl apply` of
+/// a policy and an AgentDeployment together by a moment, and nothing is let out in that
+/// moment that the new policy would hold back.
+pub async fn current(
+    client: &Client,
+    namespace: &str,
+    versions: &Versions,
+) -> Result<bool, kube::Error> {
+    let mut now = Versions::new();
+    let lp = ListParams::default();
+    for p in Api::<DeploymentPolicy>::all(client.clone())
+        .list_metadata(&lp)
+        .await?
+    {
+        now.insert(
+            (POLICY, p.name_any()),
+            p.resource_version().unwrap_or_default(),
+        );
+    }
+    for c in Api::<Capability>::all(client.clone())
+        .list_metadata(&lp)
+        .await?
+    {
+        now.insert(
+            (CAPABILITY, c.name_any()),
+            c.resource_version().unwrap_or_default(),
+        );
+    }
+    let mapping = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_metadata_opt(ROLE_MAPPING_CONFIGMAP)
+        .await?;
+    if let Some(m) = mapping {
+        now.insert(
+            (ROLE_MAPPING, m.name_any()),
+            m.resource_version().unwrap_or_default(),
+        );
+    }
+    Ok(&now == versions)
+}
+
+const POLICY: &str = "DeploymentPolicy";
+const CAPABILITY: &str = "Capability";
+const ROLE_MAPPING: &str = "ConfigMap";
+
+/// How long changes are gathered before the environment is rebuilt (a `kubectl apply` of a
+/// hundred policies is one rebuild, not a hundred).
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// The role mapping in `cm` (the ConfigMap [`ROLE_MAPPING_CONFIGMAP`] in `namespace`): empty
+/// when there is none, an error when it is invalid.
+pub fn role_mapping_of(cm: Option<&ConfigMap>, namespace: &str) -> Result<RoleMapping, String> {
+    let Some(cm) = cm else {
+        return Ok(RoleMapping::default());
+    };
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(ROLE_MAPPING_KEY))
+        .map(String::as_str)
+        .unwrap_or_default();
+    RoleMapping::parse(text).map_err(|e| {
+        format!(
+            "ConfigMap {namespace}/{ROLE_MAPPING_CONFIGMAP} key {ROLE_MAPPING_KEY} is not a valid role mapping: {e}"
+        )
+    })
+}
+
+/// The watch of the role-mapping ConfigMap alone.
+fn role_mapping_config() -> watcher::Config {
+    watcher::Config::default().fields(&format!("metadata.name={ROLE_MAPPING_CONFIGMAP}"))
+}
+
+/// The caches the environment is built from.
+#[derive(Clone)]
+pub struct Sources {
+    /// Every DeploymentPolicy.
+    pub policies: Store<DeploymentPolicy>,
+    /// Every Capability.
+    pub capabilities: Store<Capability>,
+    /// The role-mapping ConfigMap.
+    pub mapping: Store<ConfigMap>,
+    /// The operator's namespace.
+    pub namespace: String,
+}
+
+impl Sources {
+    /// Starts the three watches: the caches, and a stream that yields once per change of any of
+    /// them (to be driven by [`maintain`]).
+    pub fn watch(
+        client: &Client,
+        namespace: &str,
+    ) -> (Sources, impl Stream<Item = ()> + Send + 'static) {
+        let (policies, pw) = reflector::store();
+        let (capabilities, cw) = reflector::store();
+        let (mapping, mw) = reflector::store();
+        let changes = futures::stream::select(
+            futures::stream::select(
+                reflector(
+                    pw,
+                    stores::watch(
+                        Api::<DeploymentPolicy>::all(client.clone()),
+                        Default::default(),
+                    ),
+                )
+                .map(|_| ()),
+                reflector(
+                    cw,
+                    stores::watch(Api::<Capability>::all(client.clone()), Default::default()),
+                )
+                .map(|_| ()),
+            ),
+            reflector(
+                mw,
+                stores::watch(
+                    Api::<ConfigMap>::namespaced(client.clone(), namespace),
+                    role_mapping_config(),
+                ),
+            )
+            .map(|_| ()),
+        );
+        let sources = Sources {
+            policies,
+            capabilities,
+            mapping,
+            namespace: namespace.to_owned(),
+        };
+        (sources, changes)
+    }
+
+    /// Whether every cache holds its first full list.
+    pub fn ready(&self) -> bool {
+        use futures::FutureExt;
+        let ready = |r: Option<Result<(), _>>| matches!(r, Some(Ok(())));
+        ready(self.policies.wait_until_ready().now_or_never())
+            && ready(self.capabilities.wait_until_ready().now_or_never())
+            && ready(self.mapping.wait_until_ready().now_or_never())
+    }
+
+    /// The environment the caches hold now.
+    pub fn build(&self) -> Environment {
+        let cm = self
+            .mapping
+            .get(&ObjectRef::new(ROLE_MAPPING_CONFIGMAP).within(&self.namespace));
+        let capabilities = self.capabilities.state();
+        let policies = self.policies.state();
+        let mut versions = Versions::new();
+        let mut note =
+            |kind: &'static str,
+             meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+                versions.insert(
+                    (kind, meta.name.clone().unwrap_or_default()),
+                    meta.resource_version.clone().unwrap_or_default(),
+                );
+            };
+        policies.iter().for_each(|p| note(POLICY, &p.metadata));
+        capabilities
+            .iter()
+            .for_each(|c| note(CAPABILITY, &c.metadata));
+        if let Some(cm) = &cm {
+            note(ROLE_MAPPING, &cm.metadata);
+        }
+        let rules = (|| {
+            let mapping = role_mapping_of(cm.as_deref(), &self.namespace)?;
+            let capabilities = CapabilitySet::new(
+                capabilities
+                    .iter()
+                    .map(|c| (c.metadata.name.as_deref().unwrap_or(""), c.spec.clone())),
+            )?;
+            Ok(Arc::new(Rules::new(
+                policies.iter().map(|p| (p.name_any(), p.spec.clone())),
+                capabilities,
+                mapping,
+            )))
+        })();
+        Environment {
+            rules,
+            versions: Arc::new(versions),
+        }
+    }
+}
+
+/// Which AgentDeployments a change of environment from `old` to `new` may decide differently.
+pub fn affected(old: &Environment, new: &Environment) -> Affected {
+    match (&old.rules, &new.rules) {
+        (Ok(old), Ok(new)) => old.affected_by(new),
+        (Err(a), Err(b)) if a == b => Affected::Nothing,
+        _ => Affected::Everything,
+    }
+}
+
+/// Keeps `current` up to date with `sources` (once their caches are ready) and sends every
+/// AgentDeployment a change may affect to `requeue`. Runs until `changes` ends.
+pub async fn maintain(
+    sources: Sources,
+    changes: impl Stream<Item = ()> + Send + 'static,
+    agents: Store<AgentDeployment>,
+    current: watch::Sender<Environment>,
+    requeue: futures::channel::mpsc::UnboundedSender<ObjectRef<AgentDeployment>>,
+) {
+    let mut changes = std::pin::pin!(changes);
+    while changes.next().await.is_some() {
+        // Gather what else arrives while things settle.
+        while let Ok(Some(())) = tokio::time::timeout(SETTLE, changes.next()).await {}
+        if !sources.ready() {
+            continue;
+        }
+        let new = sources.build();
+        if let Err(e) = &new.rules {
+            tracing::error!(%e, "the evaluation environment is invalid; every rollout waits");
+        }
+        let old = current.send_replace(new.clone());
+        let affected = affected(&old, &new);
+        if affected == Affected::Nothing {
+            continue;
+        }
+        let mut n: usize = 0;
+        for ad in agents.state() {
+            let ns = ad.namespace().unwrap_or_default();
+            if affected.includes(&ns, &ad.spec) {
+                n = n.saturating_add(1);
+                if requeue
+                    .unbounded_send(ObjectRef::from_obj(ad.as_ref()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        tracing::info!(
+            requeued = n,
+            "policies, capabilities or the role mapping changed"
+        );
+    }
+}
+
+/// The role mapping as the webhook reads it: its own watch of the ConfigMap (every replica
+/// serves the webhook, leader or not), parsed once per change.
+#[derive(Clone)]
+pub struct RoleMappings {
+    current: watch::Receiver<Option<Arc<Result<RoleMapping, String>>>>,
+}
+
+impl RoleMappings {
+    /// Starts watching the role mapping in `namespace` (the watch stops with the runtime).
+    pub fn start(client: &Client, namespace: &str) -> RoleMappings {
+        let (tx, rx) = watch::channel(None);
+        let (store, writer) = reflector::store();
+        let events = reflector(
+            writer,
+            stores::watch(
+                Api::<ConfigMap>::namespaced(client.clone(), namespace),
+                role_mapping_config(),
+            ),
+        );
+        let ns = namespace.to_owned();
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(events);
+            let mut listed = false;
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::InitDone) => listed = true,
+                    Ok(watcher::Event::Init | watcher::Event::InitApply(_)) | Err(_) => continue,
+                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {}
+                }
+                if listed {
+                    let cm = store.get(&ObjectRef::new(ROLE_MAPPING_CONFIGMAP).within(&ns));
+                    tx.send_replace(Some(Arc::new(role_mapping_of(cm.as_deref(), &ns))));
+                }
+            }
+        });
+        RoleMappings { current: rx }
+    }
+
+    /// The mapping now; an error while it is not loaded yet or invalid (fail closed).
+    pub fn get(&self) -> Result<Arc<Result<RoleMapping, String>>, String> {
+        self.current
+            .borrow()
+            .clone()
+            .ok_or_else(|| "the role mapping is not loaded yet".to_owned())
+    }
+
+    /// Waits until the mapping is loaded.
+    pub async fn loaded(&self) {
+        let mut rx = self.current.clone();
+        let _ = rx.wait_for(Option::is_some).await;
+    }
+}
