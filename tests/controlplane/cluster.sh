@@ -7,7 +7,12 @@
 #   cluster.sh up [--dir DIR] [--watch-pid PID]
 #
 # Runs in the foreground until interrupted (or until process PID exits), then stops every
-# process it started and deletes its data. DIR (default: a new temporary directory) receives
+# process it started and deletes its data. For outage tests, the API server can be killed and
+# started again while the rest keeps running:
+#
+#   cluster.sh kill-apiserver --dir DIR    # SIGKILL; it stays down
+#   cluster.sh start-apiserver --dir DIR   # started again (same port, same data)
+# DIR (default: a new temporary directory) receives
 # one kubeconfig per identity (kubeconfig-<name>; `kubeconfig` is the admin), `env` with the
 # export line, `pki/webhook-client-ca.crt` (the CA of the client certificate the API server
 # presents to admission webhooks: give it to `dvo run --webhook-client-ca`), and `ready` once
@@ -17,9 +22,20 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin="$here/bin"
 
-usage() { echo "usage: $0 up [--dir DIR] [--watch-pid PID]" >&2; exit 2; }
-[[ "${1:-}" == "up" ]] || usage
-shift
+usage() { echo "usage: $0 up [--dir DIR] [--watch-pid PID] | kill-apiserver --dir DIR | start-apiserver --dir DIR" >&2; exit 2; }
+case "${1:-}" in
+  kill-apiserver|start-apiserver)
+    [[ "${2:-}" == "--dir" && -n "${3:-}" ]] || usage
+    if [[ "$1" == kill-apiserver ]]; then
+      touch "$3/apiserver-down"
+      kill -KILL "$(cat "$3/kube-apiserver.pid")"
+    else
+      rm -f "$3/apiserver-down"
+    fi
+    exit 0 ;;
+  up) shift ;;
+  *) usage ;;
+esac
 dir=""
 watch_pid=""
 while [[ $# -gt 0 ]]; do
@@ -37,8 +53,10 @@ dir="$(cd "$dir" && pwd)"
 rm -f "$dir/ready"
 
 pids=()
+apiserver_pid=""
 stop() {
   trap - EXIT INT TERM
+  [[ -z "$apiserver_pid" ]] || kill -KILL "$apiserver_pid" 2>/dev/null || true
   # Newest first (controller-manager, apiserver, etcd), each given 5s to exit before SIGKILL.
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     pid="${pids[$i]}"
@@ -134,6 +152,7 @@ pids+=($!)
 
 # --- kube-apiserver --------------------------------------------------------------------------
 api_port="$(free_port)"
+start_apiserver() {
 "$bin/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$etcd_port" \
   --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
@@ -148,8 +167,11 @@ api_port="$(free_port)"
   --service-cluster-ip-range 10.96.0.0/24 \
   --endpoint-reconciler-type none \
   --profiling=false \
-  > "$dir/kube-apiserver.log" 2>&1 &
-pids+=($!)
+  >> "$dir/kube-apiserver.log" 2>&1 &
+apiserver_pid=$!
+echo "$apiserver_pid" > "$dir/kube-apiserver.pid"
+}
+start_apiserver
 
 server="https://127.0.0.1:$api_port"
 write_kubeconfig() { # name
@@ -182,7 +204,7 @@ until curl -fsS --cacert "$pki/ca.crt" -H "Authorization: Bearer $(cat "$pki/tok
     tail -n 30 "$dir/kube-apiserver.log" >&2
     exit 1
   fi
-  for pid in "${pids[@]}"; do
+  for pid in "${pids[@]}" "$apiserver_pid"; do
     kill -0 "$pid" 2>/dev/null || { echo "controlplane: a process died; logs in $dir" >&2; tail -n 30 "$dir"/*.log >&2; exit 1; }
   done
   sleep 0.2
@@ -208,5 +230,17 @@ while true; do
   for pid in "${pids[@]}"; do
     kill -0 "$pid" 2>/dev/null || { echo "controlplane: a process exited; see logs in $dir" >&2; tail -n 20 "$dir"/*.log >&2; exit 1; }
   done
-  sleep 1
+  if ! kill -0 "$apiserver_pid" 2>/dev/null; then
+    wait "$apiserver_pid" 2>/dev/null || true
+    if [[ -e "$dir/apiserver-down" ]]; then
+      :  # killed on purpose (kill-apiserver): down until start-apiserver
+    elif [[ -e "$dir/kube-apiserver.pid" && "$(cat "$dir/kube-apiserver.pid")" == "$apiserver_pid" && -e "$dir/apiserver-was-down" ]]; then
+      rm -f "$dir/apiserver-was-down"
+      start_apiserver
+    else
+      echo "controlplane: kube-apiserver exited; see logs in $dir" >&2; tail -n 20 "$dir/kube-apiserver.log" >&2; exit 1
+    fi
+  fi
+  [[ ! -e "$dir/apiserver-down" ]] || touch "$dir/apiserver-was-down"
+  sleep 0.2
 done

@@ -11,6 +11,7 @@ mod entra;
 mod integrity;
 mod operator;
 mod plugin;
+mod recovery;
 mod run;
 mod support;
 mod webhook_auth;

@@ -27,7 +27,7 @@ pub const TEST_MANAGER: &str = "dvo-tests";
 /// A running control plane.
 pub struct ControlPlane {
     dir: PathBuf,
-    _process: Option<Child>,
+    process: Option<Child>,
 }
 
 static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
@@ -49,10 +49,28 @@ pub fn control_plane() -> &'static ControlPlane {
             );
             return ControlPlane {
                 dir,
-                _process: None,
+                process: None,
             };
         }
-        let dir = std::env::temp_dir().join(format!("dvo-it-{}", std::process::id()));
+        ControlPlane::start(&format!("dvo-it-{}", std::process::id()))
+    })
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(child) = self.process.as_mut() {
+            // cluster.sh stops everything it started on SIGTERM.
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl ControlPlane {
+    /// Starts a control plane of its own in the temporary directory `name` (stopped when this
+    /// value is dropped, or when this process exits).
+    pub fn start(name: &str) -> ControlPlane {
+        let dir = std::env::temp_dir().join(name);
         let log = dir.with_extension("log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut child = Command::new(repo().join("tests/controlplane/cluster.sh"))
@@ -82,12 +100,35 @@ pub fn control_plane() -> &'static ControlPlane {
         }
         ControlPlane {
             dir,
-            _process: Some(child),
+            process: Some(child),
         }
-    })
-}
+    }
 
-impl ControlPlane {
+    /// Kills its kube-apiserver (SIGKILL); it stays down until [`ControlPlane::start_apiserver`].
+    pub fn kill_apiserver(&self) {
+        self.script("kill-apiserver");
+    }
+
+    /// Starts its kube-apiserver again (same port, same data); returns at once.
+    pub fn start_apiserver(&self) {
+        self.script("start-apiserver");
+    }
+
+    fn script(&self, command: &str) {
+        let status = Command::new(repo().join("tests/controlplane/cluster.sh"))
+            .arg(command)
+            .arg("--dir")
+            .arg(&self.dir)
+            .status()
+            .expect("run cluster.sh");
+        assert!(status.success(), "cluster.sh {command} failed");
+    }
+
+    /// Installs our CRDs (Established and discoverable).
+    pub async fn install_crds(&self) {
+        install_crds(self.client("admin").await).await;
+    }
+
     /// The kubeconfig file of an identity: admin, release-manager-1, release-manager-2,
     /// developer, operator, viewer, ci.
     pub fn kubeconfig(&self, identity: &str) -> PathBuf {
