@@ -2,13 +2,24 @@
 //! `dvo_api_requests_total` (what `make scale` reads to check the cost of a change).
 
 use kube::client::{Body, ClientBuilder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
-/// A client for `config` whose requests are counted.
+use crate::metrics::ValueLabel;
+
+/// Requests counted by verb.
+pub type Counts = Family<ValueLabel, Counter>;
+
+/// A client for `config` whose requests are counted in `dvo_api_requests_total`.
 pub fn counted(config: kube::Config) -> Result<kube::Client, kube::Error> {
+    counted_in(config, crate::metrics::METRICS.api_requests.clone())
+}
+
+/// A client for `config` whose requests are counted in `counts`.
+pub fn counted_in(config: kube::Config, counts: Counts) -> Result<kube::Client, kube::Error> {
     let builder = ClientBuilder::try_from(config)?;
-    let count = tower::util::MapRequestLayer::new(|req: http::Request<Body>| {
-        crate::metrics::METRICS
-            .api_requests
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<Body>| {
+        counts
             .get_or_create(&crate::metrics::value(verb(req.method(), req.uri())))
             .inc();
         req

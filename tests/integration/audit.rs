@@ -1228,3 +1228,51 @@ impl RunningSink {
         self.task.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn an_append_is_one_write_whatever_the_size_of_the_log() {
+    let client = operator().await;
+    let ns = log_namespace(&client, "auditcost").await;
+    // A log of three segments and more, written by another writer.
+    let filler = AuditLog::start(client.clone(), &ns, SigningKey::from_seed(&SEED).unwrap());
+    let tasks: Vec<_> = (0..700)
+        .map(|i| {
+            let log = filler.clone();
+            tokio::spawn(async move { log.record(draft(i, "fill")).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    // A new writer whose every request is counted.
+    let counts = dvo_operator::client::Counts::default();
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(control_plane().kubeconfig("admin")).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let counted = dvo_operator::client::counted_in(config, counts.clone()).unwrap();
+    let log = AuditLog::start(counted, &ns, SigningKey::from_seed(&SEED).unwrap());
+    for i in 0..100 {
+        log.record(draft(i, "counted")).await.unwrap();
+    }
+    let n = |verb: &str| {
+        counts
+            .get_or_create(&dvo_operator::metrics::value(verb))
+            .get()
+    };
+    // Finding the head once: the segments' names, the newest and the one before it.
+    assert_eq!(n("list"), 1, "one metadata list to find the newest segment");
+    assert!(n("get") <= 3, "{} reads", n("get"));
+    // Then each append is one conditional write (plus a create when a segment is sealed).
+    assert_eq!(n("update"), 100);
+    assert!(n("create") <= 1, "{} creates", n("create"));
+    let (segments, checkpoints) = load(&client, &ns).await.unwrap();
+    assert!(segments.len() >= 3);
+    let public = SigningKey::from_seed(&SEED).unwrap().public_key();
+    let report = verify(&segments, &checkpoints, &public).unwrap();
+    assert_eq!(
+        report.entries as usize,
+        segments.iter().map(|s| s.entries.len()).sum::<usize>()
+    );
+}

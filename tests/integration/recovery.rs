@@ -54,7 +54,12 @@ async fn decided(client: &Client, ns: &str, name: &str, generation: i64, within:
     let api = Api::<AgentDeployment>::namespaced(client.clone(), ns);
     let until = Instant::now() + within;
     loop {
-        let st = api.get_opt(name).await.ok().flatten().and_then(|a| a.status);
+        let st = api
+            .get_opt(name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|a| a.status);
         if st.as_ref().is_some_and(|s| {
             s.phase == Some(Phase::Blocked) && s.observed_generation >= Some(generation)
         }) {
@@ -121,9 +126,11 @@ async fn after_an_api_server_outage_work_resumes_within_seconds_and_nothing_is_m
     cp.kill_apiserver();
     tokio::time::sleep(OUTAGE).await; // the outage itself, not a synchronisation
     cp.start_apiserver();
-    retry("the API server answers again", Duration::from_secs(120), || {
-        client.apiserver_version()
-    })
+    retry(
+        "the API server answers again",
+        Duration::from_secs(120),
+        || client.apiserver_version(),
+    )
     .await;
     let answered = Instant::now();
     // A new object, and a change to one the operator knew before the outage.

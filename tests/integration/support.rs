@@ -47,10 +47,7 @@ pub fn control_plane() -> &'static ControlPlane {
                 "DVO_TEST_CLUSTER_DIR={} has no ready control plane",
                 dir.display()
             );
-            return ControlPlane {
-                dir,
-                process: None,
-            };
+            return ControlPlane { dir, process: None };
         }
         ControlPlane::start(&format!("dvo-it-{}", std::process::id()))
     })
