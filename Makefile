@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test build controlplane cluster run demo crds bench fuzz fmt clippy unit integration clean
+.PHONY: test build controlplane cluster run demo crds bench scale fuzz fmt clippy unit integration clean
 
 ## Everything CI checks: format, lints, unit and CLI tests, integration tests against a real
 ## control plane (built on first use, cached in tests/controlplane/bin).
@@ -41,6 +41,13 @@ bench: controlplane
 	$(CARGO) bench --bench decide
 	$(CARGO) bench --bench audit
 	$(CARGO) bench --bench audit_store
+
+## The operator at scale on a real API server (not part of `make test`; about 10 minutes):
+## SCALE_AGENTS AgentDeployments x SCALE_POLICIES policies, each figure next to its goal.
+SCALE_AGENTS ?= 10000
+SCALE_POLICIES ?= 100
+scale: controlplane
+	SCALE_AGENTS=$(SCALE_AGENTS) SCALE_POLICIES=$(SCALE_POLICIES) scripts/scale.py
 
 ## Coverage-guided fuzzing of every parser of untrusted data (not part of `make test`; needs the
 ## nightly toolchain and `cargo install cargo-fuzz`): FUZZ_SECONDS per target. New inputs go to

@@ -5,10 +5,10 @@ use kube::client::{Body, ClientBuilder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::metrics::ValueLabel;
+use crate::metrics::RequestLabels;
 
-/// Requests counted by verb.
-pub type Counts = Family<ValueLabel, Counter>;
+/// Requests counted by verb and resource.
+pub type Counts = Family<RequestLabels, Counter>;
 
 /// A client for `config` whose requests are counted in `dvo_api_requests_total`.
 pub fn counted(config: kube::Config) -> Result<kube::Client, kube::Error> {
@@ -19,8 +19,12 @@ pub fn counted(config: kube::Config) -> Result<kube::Client, kube::Error> {
 pub fn counted_in(config: kube::Config, counts: Counts) -> Result<kube::Client, kube::Error> {
     let builder = ClientBuilder::try_from(config)?;
     let count = tower::util::MapRequestLayer::new(move |req: http::Request<Body>| {
+        let (verb, resource) = verb(req.method(), req.uri());
         counts
-            .get_or_create(&crate::metrics::value(verb(req.method(), req.uri())))
+            .get_or_create(&RequestLabels {
+                verb: verb.to_owned(),
+                resource: resource.to_owned(),
+            })
             .inc();
         req
     });
@@ -35,9 +39,10 @@ pub async fn from_environment() -> Result<kube::Client, kube::Error> {
     counted(config)
 }
 
-/// The Kubernetes verb of a request: `list`, `watch`, `get`, `create`, `update`, `patch`,
-/// `delete` (or the HTTP method when the path is not a resource path).
-pub fn verb(method: &http::Method, uri: &http::Uri) -> &'static str {
+/// The Kubernetes verb of a request (`list`, `watch`, `get`, `create`, `update`, `patch`,
+/// `delete`, `deletecollection`, or `other`) and the resource it is about (empty when the path
+/// is not a resource path).
+pub fn verb<'u>(method: &http::Method, uri: &'u http::Uri) -> (&'static str, &'u str) {
     let watching = uri
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
@@ -53,7 +58,8 @@ pub fn verb(method: &http::Method, uri: &http::Uri) -> &'static str {
         other => other,
     };
     let collection = rest.len() == 1;
-    match *method {
+    let resource = rest.first().copied().unwrap_or("");
+    let verb = match *method {
         http::Method::GET if watching => "watch",
         http::Method::GET if collection => "list",
         http::Method::GET => "get",
@@ -63,7 +69,8 @@ pub fn verb(method: &http::Method, uri: &http::Uri) -> &'static str {
         http::Method::DELETE if collection => "deletecollection",
         http::Method::DELETE => "delete",
         _ => "other",
-    }
+    };
+    (verb, resource)
 }
 
 #[cfg(test)]

@@ -43,6 +43,15 @@ pub struct AdmissionLabels {
     pub verdict: String,
 }
 
+/// Labels of an API request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The Kubernetes verb.
+    pub verb: String,
+    /// The resource (plural).
+    pub resource: String,
+}
+
 /// Every metric of the operator.
 pub struct Metrics {
     registry: Registry,
@@ -72,8 +81,11 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     /// Reconciles running now (bounded by the controllers' concurrency).
     pub reconciles_running: Gauge,
-    /// Requests the operator made to the API server, by verb (`list`, `get`, `watch`, ...).
-    pub api_requests: Family<ValueLabel, Counter>,
+    /// Requests the operator made to the API server, by verb (`list`, `get`, `watch`, ...)
+    /// and resource.
+    pub api_requests: Family<RequestLabels, Counter>,
+    /// Seconds the webhook took to answer an admission review (audit append included).
+    pub admission_seconds: Histogram,
 }
 
 /// The process's metrics.
@@ -93,6 +105,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         reconciles_running: Gauge::default(),
         api_requests: Family::default(),
+        admission_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
         leader: Gauge::default(),
         registry: Registry::default(),
     };
@@ -157,6 +170,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "api_requests",
         "Requests to the API server by verb",
         m.api_requests.clone(),
+    );
+    registry.register(
+        "admission_seconds",
+        "Seconds the webhook took to answer an admission review",
+        m.admission_seconds.clone(),
     );
     Metrics { registry, ..m }
 });

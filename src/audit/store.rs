@@ -20,8 +20,9 @@ pub const SEGMENT_LABEL: &str = "dvo.caat.io/audit-segment";
 const PREVIOUS_ANNOTATION: &str = "dvo.caat.io/audit-previous";
 const ENTRIES_KEY: &str = "entries.jsonl";
 const CHECKPOINTS_KEY: &str = "checkpoints.jsonl";
-/// A segment is sealed once its entries exceed this many bytes (objects may hold 1 MiB).
-pub const SEGMENT_BYTES: usize = 256 * 1024;
+/// A segment is sealed once its entries exceed this many bytes (objects may hold 1 MiB; every
+/// append rewrites the segment, so smaller segments make cheaper appends).
+pub const SEGMENT_BYTES: usize = 64 * 1024;
 /// A checkpoint is signed every this many entries (and when a segment is sealed, at shutdown, and
 /// every [`CHECKPOINT_INTERVAL`] while new entries are unsigned).
 pub const CHECKPOINT_EVERY: u64 = 100;

@@ -465,6 +465,8 @@ struct Running<'a> {
     env: &'a Environment,
     read: Option<Option<Deployment>>,
     confirmed: bool,
+    /// When the reconcile read its AgentDeployment from the cache.
+    observed: std::time::Instant,
 }
 
 impl<'a> Running<'a> {
@@ -476,14 +478,15 @@ impl<'a> Running<'a> {
             env,
             read: None,
             confirmed: false,
+            observed: std::time::Instant::now(),
         }
     }
 
     /// Fails with [`Error::Stale`] unless the rules were built from what the API server holds
-    /// (asked once per reconcile).
+    /// (asked once per reconcile, and shared with the reconciles running alongside).
     async fn confirm_current(&mut self) -> Result<(), Error> {
         if !self.confirmed {
-            self.ctx.confirm_current(self.env).await?;
+            self.ctx.confirm_current(self.env, self.observed).await?;
             self.confirmed = true;
         }
         Ok(())

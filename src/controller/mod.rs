@@ -75,11 +75,13 @@ pub struct Context {
     pub agents: Store<AgentDeployment>,
     /// Every ApprovalRequest.
     pub requests: Store<ApprovalRequest>,
+    /// The last check that an environment was current: when it began, and what it confirmed.
+    pub confirmed: tokio::sync::Mutex<Option<(std::time::Instant, Arc<environment::Versions>)>>,
 }
 
 /// How many reconciles of one kind run at once: enough to keep the API server busy, few enough
 /// that the webhook (same process, fail closed) always gets its share of the machine.
-pub const RECONCILE_CONCURRENCY: u16 = 8;
+pub const RECONCILE_CONCURRENCY: u16 = 32;
 /// How many changes a shared cache holds for a subscriber that is behind.
 const SUBSCRIBER_BUFFER: usize = 1024;
 
@@ -178,9 +180,25 @@ impl Context {
         self.environment.borrow().clone()
     }
 
-    /// Fails with [`Error::Stale`] unless `env` is built from what the API server holds now.
-    pub async fn confirm_current(&self, env: &environment::Environment) -> Result<(), Error> {
+    /// Fails with [`Error::Stale`] unless `env` is built from what the API server held at some
+    /// moment after `observed` (when the reconcile read its object). One check serves every
+    /// reconcile that read its object before the check began: all policies written before
+    /// that object are then in `env`.
+    pub async fn confirm_current(
+        &self,
+        env: &environment::Environment,
+        observed: std::time::Instant,
+    ) -> Result<(), Error> {
+        let mut last = self.confirmed.lock().await;
+        if let Some((began, versions)) = last.as_ref()
+            && *began >= observed
+            && Arc::ptr_eq(versions, &env.versions)
+        {
+            return Ok(());
+        }
+        let began = std::time::Instant::now();
         if environment::current(&self.client, &self.settings.namespace, &env.versions).await? {
+            *last = Some((began, env.versions.clone()));
             Ok(())
         } else {
             Err(Error::Stale)
@@ -447,6 +465,7 @@ pub async fn run(
         environment: env_rx.clone(),
         agents: agents.clone(),
         requests: requests.clone(),
+        confirmed: tokio::sync::Mutex::new(None),
     });
     let config = kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY);
     let owned = |wc: watcher::Config| wc.labels(workload::OWNER_LABEL);

@@ -257,8 +257,12 @@ async fn admit(
         Ok(req) => req,
         Err(e) => return Json(AdmissionResponse::invalid(e.to_string()).into_review()),
     };
+    let started = std::time::Instant::now();
     let verdict = shared.review(&kind, &req).await;
     let answer = shared.answer(&req, verdict).await;
+    crate::metrics::METRICS
+        .admission_seconds
+        .observe(started.elapsed().as_secs_f64());
     crate::metrics::METRICS
         .admissions
         .get_or_create(&crate::metrics::AdmissionLabels {
