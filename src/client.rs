@@ -79,43 +79,70 @@ mod tests {
 
     #[test]
     fn verbs_of_requests() {
+        // (method, path, verb, resource)
         let table = [
             (
                 "GET",
                 "/apis/dvo.caat.io/v1alpha1/deploymentpolicies",
                 "list",
+                "deploymentpolicies",
             ),
             (
                 "GET",
                 "/apis/dvo.caat.io/v1alpha1/deploymentpolicies?watch=true&resourceVersion=5",
                 "watch",
+                "deploymentpolicies",
             ),
             (
                 "GET",
                 "/api/v1/namespaces/dvo/configmaps/dvo-audit-000001",
                 "get",
+                "configmaps",
             ),
-            ("GET", "/api/v1/namespaces/dvo/configmaps", "list"),
-            ("GET", "/api/v1/namespaces/dvo", "get"),
-            ("GET", "/api/v1/namespaces", "list"),
+            (
+                "GET",
+                "/api/v1/namespaces/dvo/configmaps",
+                "list",
+                "configmaps",
+            ),
+            ("GET", "/api/v1/namespaces/dvo", "get", "namespaces"),
+            ("GET", "/api/v1/namespaces", "list", "namespaces"),
             (
                 "PATCH",
                 "/apis/dvo.caat.io/v1alpha1/namespaces/a/agentdeployments/x/status",
                 "patch",
+                "agentdeployments",
             ),
             (
                 "PUT",
                 "/api/v1/namespaces/dvo/configmaps/dvo-audit-000001",
                 "update",
+                "configmaps",
             ),
-            ("POST", "/apis/apps/v1/namespaces/a/deployments", "create"),
-            ("DELETE", "/api/v1/namespaces/dvo/configmaps/x", "delete"),
-            ("GET", "/version", "get"),
+            (
+                "POST",
+                "/apis/apps/v1/namespaces/a/deployments",
+                "create",
+                "deployments",
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/dvo/configmaps/x",
+                "delete",
+                "configmaps",
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/dvo/configmaps",
+                "deletecollection",
+                "configmaps",
+            ),
+            ("GET", "/version", "get", ""),
         ];
-        for (method, uri, want) in table {
+        for (method, uri, want, resource) in table {
             let m: http::Method = method.parse().unwrap();
             let u: http::Uri = uri.parse().unwrap();
-            assert_eq!(verb(&m, &u), want, "{method} {uri}");
+            assert_eq!(verb(&m, &u), (want, resource), "{method} {uri}");
         }
     }
 }

@@ -15,6 +15,10 @@
     )
 )]
 
+/// The Server-Side Apply field manager of everything the operator writes (controllers, audit
+/// sinks' cursors, the webhook's registration and certificates).
+pub const MANAGER: &str = "dvo-operator";
+
 pub mod admission;
 pub mod approval;
 pub mod audit;

@@ -199,10 +199,7 @@ async fn reconcile_spec(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<A
     let mut running = Running::new(&ctx, &ad, &env);
     // A decision that is new (a new spec, or other rules) is acted on only when the rules are
     // current; a resync that decides what was decided before reads nothing more.
-    let same = |d: &Decision| Decision {
-        evaluated_at: chrono::DateTime::UNIX_EPOCH,
-        ..d.for_status()
-    };
+    let same = |d: &Decision| d.for_status().without_detail();
     let known = old.observed_generation == ad.metadata.generation
         && old.decision.as_ref().map(same) == Some(same(&decision));
     if !known {
@@ -331,81 +328,14 @@ async fn reconcile_spec(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<A
         Some(why) => format!("{message} (requester unknown: {why})"),
         None => message,
     };
-    let cs = &mut st.conditions;
-    conditions::set(
-        cs,
-        "PolicyEvaluated",
-        true,
-        &format!("{:?}", decision.outcome),
-        &format!(
-            "{} policies in scope, {} matched",
-            decision.trace.len(),
-            decision.matched_policies.len()
-        ),
-        generation,
-        now,
+    let approved = super::status::Approved {
+        met: approved.0,
+        reason: approved.1,
+        message: approved.2,
+    };
+    super::status::conclude(
+        &mut st, &decision, phase, &message, &approved, generation, now,
     );
-    conditions::set(
-        cs,
-        "Approved",
-        approved.0,
-        &approved.1,
-        &approved.2,
-        generation,
-        now,
-    );
-    let capability_problem = decision
-        .violations
-        .iter()
-        .filter(|v| v.kind == policy::decision::ViolationKind::CapabilityUnavailable)
-        .map(|v| v.message.clone())
-        .chain(decision.manual_instructions.iter().cloned())
-        .collect::<Vec<_>>();
-    conditions::set(
-        cs,
-        "CapabilitiesAvailable",
-        capability_problem.is_empty(),
-        if capability_problem.is_empty() {
-            "Available"
-        } else {
-            "Unavailable"
-        },
-        &capability_problem.join("; "),
-        generation,
-        now,
-    );
-    let degraded: Vec<String> = decision
-        .skipped_steps
-        .iter()
-        .chain(&decision.degraded_steps)
-        .map(|s| format!("{}: {}", s.capability, s.message))
-        .collect();
-    conditions::set(
-        cs,
-        "Degraded",
-        !degraded.is_empty(),
-        if degraded.is_empty() {
-            "Complete"
-        } else {
-            "StepsLeftOut"
-        },
-        &degraded.join("; "),
-        generation,
-        now,
-    );
-    let ready = matches!(phase, Phase::Deployed | Phase::Degraded);
-    conditions::set(
-        cs,
-        "Ready",
-        ready,
-        &format!("{phase:?}"),
-        &message,
-        generation,
-        now,
-    );
-    st.phase = Some(phase);
-    st.message = Some(message.clone());
-    st.decision = Some(decision.for_status());
 
     if old.phase != Some(phase) || old.spec_digest.as_deref() != Some(digest.as_str()) {
         let draft =
@@ -532,14 +462,19 @@ async fn settle_intent(
 
 /// Whether the status changed in anything but the evaluation time.
 fn differs(old: &AgentDeploymentStatus, new: &AgentDeploymentStatus) -> bool {
-    let strip = |s: &AgentDeploymentStatus| {
-        let mut s = s.clone();
-        if let Some(d) = s.decision.as_mut() {
-            d.evaluated_at = chrono::DateTime::UNIX_EPOCH;
-        }
-        s
+    let strip = |s: &AgentDeploymentStatus| AgentDeploymentStatus {
+        decision: s.decision.as_ref().map(Decision::without_detail),
+        ..s.clone()
     };
     strip(old) != strip(new)
+}
+
+/// What the operator keeps of an AgentDeployment in memory: the decision in its status without
+/// its detail (see [`Decision::without_detail`]), which is most of the object.
+pub fn slim(ad: &mut AgentDeployment) {
+    if let Some(d) = ad.status.as_mut().and_then(|s| s.decision.as_mut()) {
+        *d = d.without_detail();
+    }
 }
 
 /// The ApprovalRequest for this change (generation and digest), created when missing (its name

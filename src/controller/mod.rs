@@ -9,6 +9,7 @@ pub mod deployment_policy;
 pub mod environment;
 pub mod leader;
 pub mod record;
+pub mod status;
 pub mod stores;
 pub mod workload;
 
@@ -27,13 +28,12 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::crd::{AgentDeployment, ApprovalRequest, Capability, DeploymentPolicy};
 
-/// The Server-Side Apply field manager of everything the operator writes.
-pub const MANAGER: &str = "dvo-operator";
+pub use crate::MANAGER;
 /// ConfigMap (in the operator's namespace) holding the role mapping under [`ROLE_MAPPING_KEY`].
 pub const ROLE_MAPPING_CONFIGMAP: &str = "dvo-role-mapping";
 /// Key of the role mapping YAML in its ConfigMap.
@@ -414,10 +414,12 @@ pub async fn run(
         tokio::spawn(
             reflector::reflector(
                 ad_writer,
+                // Kept slim: the detail of each decision is in the API server, not in memory.
                 stores::watch(
                     Api::<AgentDeployment>::all(client.clone()),
                     watcher::Config::default(),
-                ),
+                )
+                .modify(agent_deployment::slim),
             )
             .for_each(|_| async {}),
         ),

@@ -167,24 +167,28 @@ pub fn type_name(v: &Value) -> &'static str {
 /// `app.kubernetes.io/name`): at each level the longest key that matches wins. Missing → null.
 pub fn lookup<'a>(root: &'a Value, path: &str) -> &'a Value {
     const NULL: &Value = &Value::Null;
-    let parts: Vec<&str> = path.split('.').collect();
     let mut node = root;
-    let mut i = 0;
-    'outer: while i < parts.len() {
+    let mut rest = path;
+    'outer: loop {
         let Value::Object(map) = node else {
             return NULL;
         };
-        for j in (i.saturating_add(1)..=parts.len()).rev() {
-            let key = parts.get(i..j).map(|p| p.join(".")).unwrap_or_default();
-            if let Some(next) = map.get(&key) {
-                node = next;
-                i = j;
-                continue 'outer;
+        // The longest key first: the whole rest, then up to each dot from the right. Keys are
+        // slices of the path (nothing is split or joined).
+        let ends = std::iter::once(rest.len()).chain(rest.rmatch_indices('.').map(|(i, _)| i));
+        for end in ends {
+            let Some(next) = rest.get(..end).and_then(|key| map.get(key)) else {
+                continue;
+            };
+            if end >= rest.len() {
+                return next;
             }
+            node = next;
+            rest = rest.get(end.saturating_add(1)..).unwrap_or("");
+            continue 'outer;
         }
         return NULL;
     }
-    node
 }
 
 #[cfg(test)]

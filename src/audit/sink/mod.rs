@@ -360,7 +360,7 @@ async fn write_cursor(api: &Api<ConfigMap>, sink: &str, seq: u64) -> Result<(), 
     let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": cursor_name(sink)}, "data": {"seq": seq.to_string()}});
     api.patch(
         &cursor_name(sink),
-        &PatchParams::apply(crate::controller::MANAGER).force(),
+        &PatchParams::apply(crate::MANAGER).force(),
         &Patch::Apply(&cm),
     )
     .await
