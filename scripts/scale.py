@@ -301,7 +301,8 @@ def scale(args, procs):
     op_kubeconfig = os.path.join(STATE, "kubeconfig-operator")
     with open(op_kubeconfig, "w") as f:
         f.write(run([kubectl, "config", "view", "--raw", "--minify"], env=env))
-    op_env = dict(os.environ, KUBECONFIG=op_kubeconfig, RUST_LOG="info,kube=warn")
+    # As the chart runs it (see its Deployment).
+    op_env = dict(os.environ, KUBECONFIG=op_kubeconfig, RUST_LOG="info,kube=warn", MALLOC_ARENA_MAX="2")
     run([kubectl, "config", "set-credentials", "operator", "--token=" + token], env=op_env)
     run([kubectl, "config", "set-context", "--current", "--user=operator"], env=op_env)
 
@@ -363,10 +364,10 @@ def scale(args, procs):
         list(pool.map(create, range(args.agents)))
     created = time.time() - t0
     steady = wait_all(admin, namespaces, args.agents, "Deployed", op) - t0
-    # What the Deployment controller does after that (its status updates, at its own pace)
-    # triggers reconciles that change nothing; they are counted too.
-    wait_steady(health_port, op)
     m1 = metrics(health_port)
+    # What the Deployment controller does after that (its status updates) triggers reconciles
+    # that change nothing; they end before the idle window.
+    wait_steady(health_port, op)
     by_verb = diff(requests_by_verb(m1), requests_by_verb(m0))
     seen = phases(admin, namespaces)
     results["first"] = {

@@ -93,6 +93,9 @@ fn held_by_audit(
     now: chrono::DateTime<Utc>,
 ) -> AgentDeploymentStatus {
     let mut st = status.cloned().unwrap_or_default();
+    // The cache keeps the decision without its detail; the next reconcile that the log records
+    // writes it again.
+    st.decision = None;
     let message = format!(
         "held: the audit log could not record the next step, so nothing is done until it can ({why})"
     );
@@ -691,10 +694,10 @@ async fn rollout(
     }
     match workload::rollout(&deployment) {
         Rollout::Progressing(m) => Ok((Phase::Progressing, m)),
-        Rollout::Failed(m) => fail(ctx, ad, &deployment, digest, decision, st, m).await,
+        Rollout::Failed(m) => fail(live, ad, &deployment, digest, decision, st, m).await,
         Rollout::Available => match run_hooks(ctx, ad, digest, decision, st).await? {
             Hooks::Running(m) => Ok((Phase::Progressing, m)),
-            Hooks::TestsFailed(m) => fail(ctx, ad, &deployment, digest, decision, st, m).await,
+            Hooks::TestsFailed(m) => fail(live, ad, &deployment, digest, decision, st, m).await,
             Hooks::Done(problem) => {
                 st.healthy_digest = Some(digest.to_owned());
                 st.healthy_template = healthy_template;
@@ -711,7 +714,7 @@ async fn rollout(
 /// auto-rollback is the operator's own act (allowed by the `auto-rollback` capability), restores
 /// only the exact template that passed its health check, and is recorded before and after.
 async fn fail(
-    ctx: &Context,
+    live: &mut Running<'_>,
     ad: &AgentDeployment,
     deployment: &Deployment,
     digest: &str,
@@ -719,6 +722,7 @@ async fn fail(
     st: &mut AgentDeploymentStatus,
     why: String,
 ) -> Result<(Phase, String), Error> {
+    let ctx = live.ctx;
     let ns = ad.namespace().unwrap_or_default();
     st.failed_digest = Some(digest.to_owned());
     let target = st
@@ -753,6 +757,8 @@ async fn fail(
         "intent",
         format!("rollback-to/{good}"),
     );
+    // The rollback is a write like any other: only on rules that are current.
+    live.confirm_current().await?;
     ctx.audit.record(started).await.map_err(Error::Audit)?;
     apply(ctx, ad, &ns, template, &good).await?;
     let done = operator(
@@ -951,5 +957,91 @@ mod tests {
             "the phase is what it was: nothing happened"
         );
         assert!(held_by_audit(None, "x", None, now).message.is_some());
+    }
+
+    /// A policy renamed (or its non-matching conditions edited, or priorities reordered)
+    /// changes only the detail of a decision: the status is still written again (found by a
+    /// review: it kept naming a policy that no longer existed).
+    #[test]
+    fn a_change_of_detail_alone_is_written() {
+        use crate::policy::{Request, Rules, decide};
+        let mapping: crate::identity::RoleMapping =
+            crate::yaml::from_str("users: {adm: [admin]}").unwrap();
+        let spec: crate::crd::AgentDeploymentSpec = serde_json::from_value(serde_json::json!({
+            "agent": "GHA", "platform": "langchain", "environment": "staging",
+            "template": {"spec": {"containers": [{"name": "agent", "image": "gha:1"}]}},
+        }))
+        .unwrap();
+        let req = Request {
+            namespace: "agents".into(),
+            labels: Default::default(),
+            spec,
+            requester: Some(Identity {
+                username: "adm".into(),
+                uid: None,
+                groups: vec![],
+            }),
+            staging_validated: true,
+        };
+        let p = |y: &str| -> crate::crd::deployment_policy::DeploymentPolicySpec {
+            crate::yaml::from_str(y).unwrap()
+        };
+        let rules = |name: &str| {
+            Rules::new(
+                [
+                    (name.to_owned(), p("{action: Allow, priority: 10}")),
+                    (
+                        "audit".to_owned(),
+                        p(
+                            "{action: AuditOnly, priority: 5, conditions: [{field: agent, operator: Equals, value: GHA}]}",
+                        ),
+                    ),
+                ],
+                Default::default(),
+                mapping.clone(),
+            )
+        };
+        let now = Utc::now();
+        let a = decide(&rules("allow-staging"), &req, now);
+        let b = decide(&rules("allow-staging-v2"), &req, now);
+        assert_ne!(a.matched_policies, b.matched_policies);
+        let approved = super::super::status::Approved {
+            met: true,
+            reason: "NotRequired".into(),
+            message: "no approval required".into(),
+        };
+        // What the API server holds after the first reconcile, and what the cache keeps of it.
+        let mut stored = AgentDeploymentStatus::default();
+        super::super::status::conclude(
+            &mut stored,
+            &a,
+            Phase::Deployed,
+            "ok",
+            &approved,
+            Some(1),
+            now,
+        );
+        let mut cached = stored.clone();
+        if let Some(d) = cached.decision.as_mut() {
+            *d = d.without_detail();
+        }
+        // The same decision again is known; the renamed one is new and written.
+        let same = |d: &Decision| d.for_status().without_detail();
+        assert_eq!(cached.decision.as_ref().map(same), Some(same(&a)));
+        assert_ne!(cached.decision.as_ref().map(same), Some(same(&b)));
+        let mut again = cached.clone();
+        super::super::status::conclude(
+            &mut again,
+            &a,
+            Phase::Deployed,
+            "ok",
+            &approved,
+            Some(1),
+            now,
+        );
+        assert!(!differs(&cached, &again), "nothing new: nothing written");
+        let mut st = cached.clone();
+        super::super::status::conclude(&mut st, &b, Phase::Deployed, "ok", &approved, Some(1), now);
+        assert!(differs(&cached, &st), "the renamed policy is written");
     }
 }

@@ -7,6 +7,7 @@ pub mod approval_request;
 pub mod conditions;
 pub mod deployment_policy;
 pub mod environment;
+pub mod events;
 pub mod leader;
 pub mod record;
 pub mod status;
@@ -26,7 +27,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -63,7 +64,7 @@ pub struct Context {
     /// Settings.
     pub settings: Settings,
     /// Publishes Events.
-    pub recorder: Recorder,
+    pub recorder: events::Events,
     /// HMAC key of requester stamps.
     pub stamp_key: Vec<u8>,
     /// The audit log: every decision is recorded here before it is acted on.
@@ -459,7 +460,7 @@ pub async fn run(
         instance: std::env::var("POD_NAME").ok(),
     };
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: events::Events::new(client.clone(), reporter),
         client: client.clone(),
         settings: settings.clone(),
         stamp_key: keys.stamp,

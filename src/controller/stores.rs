@@ -147,29 +147,26 @@ where
 
 /// Reconcile triggers from the watch `events` of objects that are not cached (the Deployments
 /// and Jobs the operator owns, watched as metadata only): an object whose resourceVersion is
-/// what was last seen (a relist) triggers nothing; a deleted one does (to be recreated).
+/// what was last seen (a relist) triggers nothing; a deleted one does (to be recreated), also
+/// when it went while the watch was down and the relist no longer brings it.
 pub fn triggers<K>(
     events: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
-    K: Resource + Send + 'static,
+    K: Resource + Default + Send + 'static,
 {
     let mut seen = Seen::default();
+    // Who owns each object seen (all a trigger needs of an object that is gone).
+    let mut owners: HashMap<String, K> = HashMap::new();
     // Objects seen since the last relist began: what a relist does not bring again is gone.
     let mut relisted: Option<std::collections::HashSet<String>> = None;
     events.flat_map(move |event| {
         let out: Vec<K> = match event {
-            Ok(watcher::Event::Apply(obj)) => {
-                if seen.differs(&obj, version) {
-                    vec![obj]
-                } else {
-                    vec![]
-                }
-            }
-            Ok(watcher::Event::InitApply(obj)) => {
+            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
                 if let Some(r) = relisted.as_mut() {
                     r.insert(uid(&obj));
                 }
+                owners.insert(uid(&obj), owner_only(&obj));
                 if seen.differs(&obj, version) {
                     vec![obj]
                 } else {
@@ -178,22 +175,40 @@ where
             }
             Ok(watcher::Event::Delete(obj)) => {
                 seen.0.remove(&uid(&obj));
+                owners.remove(&uid(&obj));
                 vec![obj]
             }
             Ok(watcher::Event::Init) => {
                 relisted = Some(Default::default());
                 vec![]
             }
-            Ok(watcher::Event::InitDone) => {
-                if let Some(alive) = relisted.take() {
+            Ok(watcher::Event::InitDone) => match relisted.take() {
+                Some(alive) => {
                     seen.0.retain(|uid, _| alive.contains(uid));
+                    let gone: Vec<String> = owners
+                        .keys()
+                        .filter(|uid| !alive.contains(*uid))
+                        .cloned()
+                        .collect();
+                    gone.iter().filter_map(|uid| owners.remove(uid)).collect()
                 }
-                vec![]
-            }
+                None => vec![],
+            },
             Err(_) => vec![],
         };
         futures::stream::iter(out.into_iter().map(Ok))
     })
+}
+
+/// A copy of `obj` with only what maps it to its owner.
+fn owner_only<K: Resource + Default>(obj: &K) -> K {
+    let mut k = K::default();
+    let (from, to) = (obj.meta(), k.meta_mut());
+    to.name = from.name.clone();
+    to.namespace = from.namespace.clone();
+    to.uid = from.uid.clone();
+    to.owner_references = from.owner_references.clone();
+    k
 }
 
 /// What of an object its own reconcile depends on besides its status: the spec (generation),
@@ -233,6 +248,45 @@ mod tests {
         }
         b.reset();
         assert!(b.next().unwrap() <= WatchBackoff::FIRST);
+    }
+
+    #[tokio::test]
+    async fn triggers_skip_what_a_relist_brings_again_and_name_what_it_does_not() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use kube::runtime::watcher::Event;
+        let cm = |uid: &str, rv: &str| {
+            let mut c = ConfigMap::default();
+            c.metadata.name = Some(format!("cm-{uid}"));
+            c.metadata.uid = Some(uid.into());
+            c.metadata.resource_version = Some(rv.into());
+            c
+        };
+        let events = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(cm("a", "1"))),
+            Ok(Event::InitApply(cm("b", "1"))),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(cm("a", "2"))),
+            // The watch broke; the relist brings a unchanged, and b no more.
+            Ok(Event::Init),
+            Ok(Event::InitApply(cm("a", "2"))),
+            Ok(Event::InitDone),
+        ];
+        let out: Vec<(String, Option<String>)> = triggers(futures::stream::iter(events))
+            .map(|c| {
+                let c = c.unwrap();
+                (c.uid().unwrap(), c.resource_version())
+            })
+            .collect()
+            .await;
+        let want = vec![
+            ("a".to_owned(), Some("1".to_owned())),
+            ("b".to_owned(), Some("1".to_owned())),
+            ("a".to_owned(), Some("2".to_owned())),
+            // b is gone: its owner is told (with only what maps it to its owner).
+            ("b".to_owned(), None),
+        ];
+        assert_eq!(out, want);
     }
 
     #[tokio::test]

@@ -46,10 +46,11 @@ pub fn decide(rules: &Rules, request: &Request, now: DateTime<Utc>) -> Decision 
 ///
 /// Only what can change with time is evaluated again: the policies whose conditions read a time
 /// field, and those whose outcome at `now` mattered (matched, failed, or not reached); a policy
-/// that did not match at `now` and reads no time field does not match later either. Time
-/// conditions are looked at again only when a local hour (in some policy's zone) turns, and,
-/// unless one reads `timestamp`, for a week and a day at most: hour, weekday and weekend repeat
-/// every week, so what stays refused for a whole week stays refused ("never").
+/// that did not match at `now` and reads no time field does not match later either. When only
+/// hour, weekday and weekend conditions are left (no `timestamp`, no window, no blackout), they
+/// are looked at again only when a local hour turns, for a week and a day at most: they repeat
+/// every week, so what stays refused for a whole week stays refused ("never"). Otherwise every
+/// quarter hour counts, up to [`HORIZON_DAYS`].
 fn next_opening(
     rules: &Rules,
     request: &Request,
@@ -64,14 +65,22 @@ fn next_opening(
         .collect();
     let timed = |p: &Policy| p.parsed.as_ref().is_ok_and(|x| x.time_dependent);
     let rules = rules.only(|p| timed(p) || !settled.contains(p.name.as_str()));
-    let clocks: Vec<(Tz, bool)> = rules
+    let parsed: Vec<_> = rules
         .policies
         .iter()
         .filter_map(|p| p.parsed.as_ref().ok())
-        .filter(|x| x.time_dependent)
-        .map(|x| (x.tz, x.reads_timestamp))
         .collect();
-    let periodic = clocks.iter().all(|(_, ts)| !ts);
+    // Windows and blackouts are dated (and zones change clocks on different dates): with any,
+    // every quarter hour is looked at, as far as the horizon.
+    let dated = parsed
+        .iter()
+        .any(|x| !x.windows.is_empty() || !x.blackouts.is_empty());
+    let clocks: Vec<(Tz, bool)> = parsed
+        .iter()
+        .filter(|x| x.time_dependent)
+        .map(|x| (x.tz, x.reads_timestamp || dated))
+        .collect();
+    let periodic = !dated && clocks.iter().all(|(_, every_quarter)| !every_quarter);
     let days = if periodic { 8 } else { HORIZON_DAYS };
     let horizon = now
         .checked_add_signed(Duration::days(days))
@@ -100,8 +109,8 @@ fn next_opening(
 }
 
 /// The next quarter hour after `t` at which a time condition can read something new: the
-/// local hour turns in one of the `clocks` (zone, reads `timestamp`), or any quarter hour when
-/// one reads `timestamp`. Every zone's hours turn on a quarter hour of UTC.
+/// local hour turns in one of the `clocks` (zone, every quarter hour counts), or any quarter
+/// hour when one says so. Every zone's hours turn on a quarter hour of UTC.
 fn next_turn(clocks: &[(Tz, bool)], t: DateTime<Utc>) -> DateTime<Utc> {
     let hour = |at: DateTime<Utc>, tz: Tz| {
         super::time::local(at, tz).map(|l| (l.date(), chrono::Timelike::hour(&l)))
@@ -570,3 +579,7 @@ fn apply_capabilities(rules: &Rules, request: &Request, subject: &Subject, b: &m
 #[cfg(test)]
 #[path = "decide_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "next_opening_tests.rs"]
+mod next_opening_tests;

@@ -1030,14 +1030,25 @@ fn a_status_keeps_a_bounded_trace_of_what_matched() {
     let bytes = serde_json::to_vec(&kept).unwrap().len();
     assert!(bytes < 8 * 1024, "{bytes} bytes");
     // Nothing else is dropped.
+    let moment = chrono::DateTime::UNIX_EPOCH;
     assert_eq!(
         Decision {
             trace_omitted: 0,
             matched_omitted: 0,
+            evaluated_at: moment,
             ..kept.without_detail()
         },
-        full.without_detail()
+        Decision {
+            evaluated_at: moment,
+            ..full.without_detail()
+        }
     );
+    // Without detail twice is without detail once; another detail is another decision.
+    assert_eq!(
+        kept.without_detail().without_detail(),
+        kept.without_detail()
+    );
+    assert_ne!(kept.without_detail(), full.without_detail());
     // What is kept in memory has no detail; the counts stay.
     let slim = kept.without_detail();
     assert!(slim.trace.is_empty() && slim.matched_policies.is_empty());

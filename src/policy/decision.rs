@@ -135,12 +135,31 @@ impl Decision {
         }
     }
 
-    /// The decision without its detail (the trace, the matched policies and the moment): what
-    /// the operator keeps of a status in memory, and what tells whether a decision is new. A
-    /// change of detail alone also changes the counts in the `PolicyEvaluated` condition.
+    /// The decision without its detail: the trace and the matched policies are dropped, and
+    /// the moment (which no comparison looks at) is replaced by a fingerprint of them. What the
+    /// operator keeps of a status in memory, and what tells whether a decision is new: a change
+    /// of detail alone (a renamed policy) is still a change.
     pub fn without_detail(&self) -> Decision {
+        // Fingerprints are moments from 2^41 s on (the year 71000 and after): no decision is
+        // made then, so a decision that carries one has been stripped already.
+        const FROM: i64 = 1 << 41;
+        let stripped = self.evaluated_at.timestamp() >= FROM;
+        let evaluated_at = if stripped {
+            self.evaluated_at
+        } else {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            serde_json::to_vec(&(&self.trace, &self.matched_policies))
+                .unwrap_or_default()
+                .hash(&mut h);
+            // 40 bits of it as seconds after FROM: a moment chrono represents.
+            let seconds = i64::try_from(h.finish() >> 24)
+                .unwrap_or_default()
+                .saturating_add(FROM);
+            DateTime::<Utc>::from_timestamp(seconds, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+        };
         Decision {
-            evaluated_at: DateTime::<Utc>::UNIX_EPOCH,
+            evaluated_at,
             trace: vec![],
             matched_policies: vec![],
             ..self.clone()

@@ -1,0 +1,313 @@
+//! `nextWindowOpensAt` against the previous algorithm (every quarter hour, every policy, 400
+//! days), kept here as the oracle: the faster search must find the same moment. Cases found by
+//! a review (dated windows and blackouts, zones changing clocks on different dates) and
+//! property tests over random windows, blackouts and time conditions in many zones.
+use chrono::{DateTime, Utc};
+use proptest::prelude::*;
+
+use super::*;
+use crate::capability::CapabilitySet;
+use crate::crd::AgentDeploymentSpec;
+use crate::crd::deployment_policy::DeploymentPolicySpec;
+use crate::identity::RoleMapping;
+use crate::policy::rules::Rules;
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+fn policy(yaml: &str) -> DeploymentPolicySpec {
+    crate::yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}: {yaml}"))
+}
+fn mapping() -> RoleMapping {
+    crate::yaml::from_str("users: {adm: [admin]}").unwrap()
+}
+fn rules(ps: &[(String, String)]) -> Rules {
+    Rules::new(
+        ps.iter().map(|(n, y)| (n.clone(), policy(y))),
+        CapabilitySet::default(),
+        mapping(),
+    )
+}
+fn request() -> Request {
+    let spec: AgentDeploymentSpec = serde_json::from_value(serde_json::json!({
+        "agent": "GHA", "platform": "langchain", "environment": "staging",
+        "template": {"spec": {"containers": [{"name": "agent", "image": "gha:1"}]}},
+    }))
+    .unwrap();
+    Request {
+        namespace: "agents".into(),
+        labels: Default::default(),
+        spec,
+        requester: Some(crate::identity::Identity {
+            username: "adm".into(),
+            uid: None,
+            groups: vec![],
+        }),
+        staging_validated: true,
+    }
+}
+
+/// The algorithm of 6f4e619 (every quarter hour, every policy, 400 days).
+fn old_next_opening(rules: &Rules, request: &Request, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let (decision, mut clearances) = evaluate(rules, request, now);
+    if !(decision.outcome == Outcome::Deny && clearances.len() == decision.violations.len()) {
+        return None;
+    }
+    let horizon = now
+        .checked_add_signed(Duration::days(HORIZON_DAYS))
+        .unwrap();
+    let mut t = now;
+    while t <= horizon {
+        let quarter = next_quarter_hour(t);
+        let next = clearances
+            .iter()
+            .map(|c| match c {
+                Clearance::At(at) => *at,
+                Clearance::NextQuarterHour => quarter,
+            })
+            .max()?;
+        t = if next > t { next } else { quarter };
+        let (d, c) = evaluate(rules, request, t);
+        if d.violations.is_empty() {
+            return Some(t);
+        }
+        if c.len() != d.violations.len() {
+            return None;
+        }
+        clearances = c;
+    }
+    None
+}
+
+fn named(ps: &[&str]) -> Vec<(String, String)> {
+    ps.iter()
+        .enumerate()
+        .map(|(i, p)| (format!("p{i}"), p.to_string()))
+        .collect()
+}
+
+#[test]
+fn holiday_freeze_with_business_hours() {
+    // Business hours and a holiday freeze of two weeks, asked on the first Monday of it.
+    let r = rules(&named(&[
+        "{action: AuditOnly, windows: [{days: [monday, tuesday, wednesday, thursday, friday], start: '09:00', end: '17:00', timeZone: Europe/London}], blackouts: [{start: '2026-12-19', end: '2027-01-03', timeZone: Europe/London, reason: holidays}]}",
+    ]));
+    let now = utc("2026-12-21T10:00:00Z");
+    let d = decide(&r, &request(), now);
+    assert_eq!(d.outcome, Outcome::Deny);
+    let old = old_next_opening(&r, &request(), now);
+    assert_eq!(
+        d.next_window_opens_at, old,
+        "new differs from the old algorithm"
+    );
+}
+
+#[test]
+fn two_freezes_back_to_back() {
+    // No windows, no time conditions: two overlapping blackouts of two policies.
+    let r = rules(&named(&[
+        "{action: AuditOnly, blackouts: [{start: '2026-12-01', end: '2026-12-10', timeZone: UTC, reason: a}]}",
+        "{action: AuditOnly, blackouts: [{start: '2026-12-09', end: '2026-12-20', timeZone: UTC, reason: b}]}",
+    ]));
+    let now = utc("2026-12-01T10:00:00Z");
+    let d = decide(&r, &request(), now);
+    let old = old_next_opening(&r, &request(), now);
+    assert_eq!(
+        d.next_window_opens_at, old,
+        "new differs from the old algorithm"
+    );
+}
+
+#[test]
+fn london_and_new_york_windows_meet_only_between_dst_changes() {
+    // A London and a New York change window that overlap only while the US is on summer time
+    // and the UK is not (2027-03-14 .. 2027-03-28, 2027-10-31 .. 2027-11-07).
+    let r = rules(&named(&[
+        "{action: AuditOnly, windows: [{days: [monday], start: '13:00', end: '14:00', timeZone: Europe/London}]}",
+        "{action: AuditOnly, windows: [{days: [monday], start: '09:00', end: '10:00', timeZone: America/New_York}]}",
+    ]));
+    let now = utc("2027-01-05T12:00:00Z");
+    let d = decide(&r, &request(), now);
+    assert_eq!(d.outcome, Outcome::Deny);
+    let old = old_next_opening(&r, &request(), now);
+    assert_eq!(
+        d.next_window_opens_at, old,
+        "new differs from the old algorithm"
+    );
+}
+
+#[test]
+fn weekend_deny_and_a_long_freeze() {
+    // A time condition (weekend) and a freeze ending on a Saturday 19 days ahead.
+    let r = rules(&named(&[
+        "{action: Deny, priority: 1, timeZone: Europe/Paris, conditions: [{field: is_weekend, operator: Equals, value: true}]}",
+        "{action: AuditOnly, priority: 2, blackouts: [{start: '2026-11-01', end: '2026-12-12', timeZone: Europe/Paris, reason: freeze}]}",
+    ]));
+    let now = utc("2026-11-23T10:00:00Z"); // a Monday
+    let d = decide(&r, &request(), now);
+    let old = old_next_opening(&r, &request(), now);
+    assert_eq!(
+        d.next_window_opens_at, old,
+        "new differs from the old algorithm"
+    );
+}
+
+const ZONES: &[&str] = &[
+    "UTC",
+    "Europe/London",
+    "America/New_York",
+    "Australia/Sydney",
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+    "Pacific/Chatham",
+    "America/St_Johns",
+    "Europe/Paris",
+];
+const DAYS: &[&str] = &[
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+];
+
+fn arb_window_in(zones: &'static [&'static str]) -> impl Strategy<Value = String> {
+    (
+        prop::sample::subsequence(DAYS, 1..=7),
+        0u32..24,
+        prop::sample::select(&[0u32, 15, 30, 45][..]),
+        15u32..600,
+        prop::sample::select(zones),
+    )
+        .prop_map(|(days, h, m, len, tz)| {
+            let end_min = (h * 60 + m + len) % (24 * 60);
+            format!(
+                "{{days: [{}], start: '{:02}:{:02}', end: '{:02}:{:02}', timeZone: {}}}",
+                days.join(", "),
+                h,
+                m,
+                end_min / 60,
+                end_min % 60,
+                tz
+            )
+        })
+}
+
+fn arb_blackout() -> impl Strategy<Value = String> {
+    (0i64..40, 1i64..20, prop::sample::select(ZONES)).prop_map(|(start, len, tz)| {
+        let s = utc("2026-11-15T00:00:00Z") + Duration::days(start);
+        let e = s + Duration::days(len);
+        format!(
+            "{{start: '{}', end: '{}', timeZone: {}, reason: r}}",
+            s.format("%Y-%m-%d"),
+            e.format("%Y-%m-%d"),
+            tz
+        )
+    })
+}
+
+fn arb_condition() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (
+            0i64..24,
+            prop::sample::select(&["LessThan", "GreaterThan", "Equals", "NotEquals"][..])
+        )
+            .prop_map(|(h, op)| format!("{{field: deployment_hour, operator: {op}, value: {h}}}")),
+        prop::sample::select(DAYS)
+            .prop_map(|d| format!("{{field: deployment_weekday, operator: Equals, value: {d}}}")),
+        any::<bool>().prop_map(|b| format!("{{field: is_weekend, operator: Equals, value: {b}}}")),
+        Just("{field: agent, operator: Equals, value: nobody}".to_string()),
+    ]
+}
+
+fn arb_policy() -> impl Strategy<Value = String> {
+    arb_policy_in(ZONES, 2)
+}
+fn arb_policy_in(
+    zones: &'static [&'static str],
+    blackouts: usize,
+) -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(&["Deny", "AuditOnly", "Allow", "Warn"][..]),
+        0i32..5,
+        prop::sample::select(zones),
+        prop::collection::vec(arb_condition(), 0..3),
+        any::<bool>(),
+        prop::collection::vec(arb_window_in(zones), 0..2),
+        prop::collection::vec(arb_blackout(), 0..blackouts),
+    )
+        .prop_map(|(action, prio, tz, conds, any_match, windows, blackouts)| {
+            let mut s = format!("{{action: {action}, priority: {prio}, timeZone: {tz}");
+            if !conds.is_empty() {
+                s += &format!(
+                    ", match: {}, conditions: [{}]",
+                    if any_match { "Any" } else { "All" },
+                    conds.join(", ")
+                );
+            }
+            if !windows.is_empty() {
+                s += &format!(", windows: [{}]", windows.join(", "));
+            }
+            if !blackouts.is_empty() {
+                s += &format!(", blackouts: [{}]", blackouts.join(", "));
+            }
+            s + "}"
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 150, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+    #[test]
+    fn next_opening_matches_the_old_algorithm(
+        ps in prop::collection::vec(arb_policy(), 1..4),
+        minutes in 0i64..(60 * 24 * 45),
+    ) {
+        let named: Vec<(String, String)> = ps.iter().enumerate().map(|(i, p)| (format!("p{i}"), p.clone())).collect();
+        let r = rules(&named);
+        let now = utc("2026-11-10T00:00:00Z") + Duration::minutes(minutes);
+        let d = decide(&r, &request(), now);
+        let old = old_next_opening(&r, &request(), now);
+        prop_assert_eq!(d.next_window_opens_at, old, "policies {:#?} at {}", named, now);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+    /// One zone, no blackouts: the subset and the hour turns alone.
+    #[test]
+    fn next_opening_one_zone_no_blackouts(
+        zone in 0usize..9,
+        ps in prop::collection::vec(any::<u8>(), 1..4),
+        minutes in 0i64..(60 * 24 * 45),
+        seed in any::<u64>(),
+    ) {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::{TestRunner, Config, RngAlgorithm, TestRng};
+        let zones: &'static [&'static str] = match zone { 0 => &["UTC"], 1 => &["Europe/London"], 2 => &["America/New_York"], 3 => &["Australia/Sydney"], 4 => &["Asia/Kolkata"], 5 => &["Asia/Kathmandu"], 6 => &["Pacific/Chatham"], 7 => &["America/St_Johns"], _ => &["Europe/Paris"] };
+        let mut seedb = [0u8; 32];
+        seedb[..8].copy_from_slice(&seed.to_le_bytes());
+        let mut runner = TestRunner::new_with_rng(Config::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &seedb));
+        let named: Vec<(String, String)> = ps.iter().enumerate().map(|(i, _)| (format!("p{i}"), arb_policy_in(zones, 1).new_tree(&mut runner).unwrap().current())).collect();
+        let r = rules(&named);
+        let now = utc("2026-11-10T00:00:00Z") + Duration::minutes(minutes);
+        let d = decide(&r, &request(), now);
+        let old = old_next_opening(&r, &request(), now);
+        prop_assert_eq!(d.next_window_opens_at, old, "policies {:#?} at {}", named, now);
+    }
+}
+
+#[test]
+fn a_window_that_closes_between_hour_turns() {
+    let r = rules(&named(&[
+        "{action: Warn, priority: 3, timeZone: Asia/Kolkata, match: Any, conditions: [{field: deployment_hour, operator: LessThan, value: 14}], windows: [{days: [tuesday, friday], start: '19:00', end: '21:05', timeZone: Asia/Kolkata}]}",
+        "{action: Deny, priority: 4, timeZone: Asia/Kolkata, match: Any, conditions: [{field: is_weekend, operator: Equals, value: true}], windows: [{days: [monday, saturday, sunday], start: '19:30', end: '23:40', timeZone: Asia/Kolkata}]}",
+    ]));
+    let now = utc("2026-12-06T08:30:00Z");
+    let d = decide(&r, &request(), now);
+    assert_eq!(
+        d.next_window_opens_at,
+        old_next_opening(&r, &request(), now)
+    );
+}
