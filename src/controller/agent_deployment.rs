@@ -196,6 +196,9 @@ async fn reconcile_spec(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<A
         .inc();
     let old = ad.status.clone().unwrap_or_default();
     let mut st = old.clone();
+    // The cache keeps decisions without their detail: every status written from here on
+    // carries this decision in full.
+    st.decision = Some(decision.for_status());
     st.observed_generation = ad.metadata.generation;
     st.spec_digest = Some(digest.clone());
     let generation = ad.metadata.generation;

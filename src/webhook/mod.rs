@@ -56,8 +56,12 @@ pub struct Settings {
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long a connection is kept (the API server reconnects): idle connections do not pile up.
+/// How long a connection is used before its next answer says `Connection: close` (the API server
+/// then reconnects): connections do not pile up, and none is closed under a request in flight.
 const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long a retiring connection may then stay idle before it is closed: longer than the API
+/// server keeps an idle connection (90 s), so it has stopped using it by then.
+const RETIRING_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
 /// Connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 512;
 /// New connections accepted per second on average, and in a burst: beyond that a connection is
@@ -224,6 +228,21 @@ pub async fn serve(
                 Ok(Err(e)) => return tracing::debug!(%peer, %e, "webhook TLS handshake failed"),
                 Err(_) => return tracing::debug!(%peer, "webhook TLS handshake timed out"),
             };
+            // Past its lifetime, a connection's next answer asks the client to close it: closing
+            // it from here could cut a request the API server is just writing (it does not
+            // retry an admission review), which refuses a write for nothing.
+            let retiring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = retiring.clone();
+            let app =
+                tower::util::MapResponse::new(app, move |mut resp: axum::response::Response| {
+                    if flag.load(Ordering::Relaxed) {
+                        resp.headers_mut().insert(
+                            axum::http::header::CONNECTION,
+                            axum::http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    resp
+                });
             let service = TowerToHyperService::new(app);
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -234,8 +253,14 @@ pub async fn serve(
             let result = tokio::select! {
                 r = conn.as_mut() => r,
                 () = tokio::time::sleep(CONNECTION_LIFETIME) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+                    retiring.store(true, Ordering::Relaxed);
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        () = tokio::time::sleep(RETIRING_IDLE) => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
                 }
             };
             if let Err(e) = result {

@@ -214,7 +214,7 @@ done
 "$bin/kube-controller-manager" \
   --kubeconfig "$dir/kubeconfig-controller-manager" \
   --leader-elect=false --secure-port 0 --kube-api-qps 500 --kube-api-burst 1000 \
-  --controllers garbage-collector-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,job-controller,namespace-controller,serviceaccount-controller,root-ca-certificate-publisher-controller \
+  --controllers "${DVO_CONTROLLERS:-garbage-collector-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,job-controller,namespace-controller,serviceaccount-controller,root-ca-certificate-publisher-controller}" \
   --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
   > "$dir/kube-controller-manager.log" 2>&1 &
 pids+=($!)

@@ -809,6 +809,11 @@ static OPERATOR_SETUP: OnceCell<()> = OnceCell::const_new();
 
 /// Starts the operator in this process, on a thread of its own (it outlives each test's runtime).
 fn start_operator() -> Running {
+    if std::env::var("DVO_TEST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("DVO_TEST_LOG"))
+            .try_init();
+    }
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let thread = on_own_thread("operator", move |flag| async move {
         let client = service_account_client().await;
