@@ -44,8 +44,9 @@ pub fn decide(rules: &Rules, request: &Request, now: DateTime<Utc>) -> Decision 
 
 /// The first moment after `now` at which no time-caused violation remains.
 ///
-/// Only what can change with time is evaluated again: the policies whose conditions read a time
-/// field, and those whose outcome at `now` mattered (matched, failed, or not reached); a policy
+/// Only what can change with time is evaluated again, among the policies in scope: those whose
+/// conditions read a time field, and those whose outcome at `now` mattered (matched, failed, or
+/// not reached); a policy
 /// that did not match at `now` and reads no time field does not match later either. When only
 /// hour, weekday and weekend conditions are left (no `timestamp`, no window, no blackout), they
 /// are looked at again only when a local hour turns, for a week and a day at most: they repeat
@@ -58,13 +59,20 @@ fn next_opening(
     trace: &[PolicyTrace],
     mut clearances: Vec<Clearance>,
 ) -> Option<DateTime<Utc>> {
-    let settled: std::collections::HashSet<&str> = trace
+    // The policies in scope (time does not change a scope), and whether each is settled.
+    let in_scope: std::collections::HashMap<&str, bool> = trace
         .iter()
-        .filter(|t| matches!(t.result, TraceResult::NotMatched | TraceResult::Disabled))
-        .map(|t| t.policy.as_str())
+        .map(|t| {
+            let settled = matches!(t.result, TraceResult::NotMatched | TraceResult::Disabled);
+            (t.policy.as_str(), settled)
+        })
         .collect();
     let timed = |p: &Policy| p.parsed.as_ref().is_ok_and(|x| x.time_dependent);
-    let rules = rules.only(|p| timed(p) || !settled.contains(p.name.as_str()));
+    let rules = rules.only(|p| {
+        in_scope
+            .get(p.name.as_str())
+            .is_some_and(|settled| !settled || timed(p))
+    });
     let parsed: Vec<_> = rules
         .policies
         .iter()
