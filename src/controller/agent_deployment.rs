@@ -205,10 +205,7 @@ async fn reconcile_spec(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<A
     let mut running = Running::new(&ctx, &ad, &env);
     // A decision that is new (a new spec, or other rules) is acted on only when the rules are
     // current; a resync that decides what was decided before reads nothing more.
-    let same = |d: &Decision| d.for_status().without_detail();
-    let known = old.observed_generation == ad.metadata.generation
-        && old.decision.as_ref().map(same) == Some(same(&decision));
-    if !known {
+    if !decided_before(&old, ad.metadata.generation, &decision) {
         running.confirm_current().await?;
     }
     settle_intent(&ad, &digest, &mut running, &mut st).await?;
@@ -475,10 +472,27 @@ fn differs(old: &AgentDeploymentStatus, new: &AgentDeploymentStatus) -> bool {
     strip(old) != strip(new)
 }
 
+/// Whether `old` (a status as cached) already holds `decision` for `generation`: then nothing
+/// new is acted on, and the rules need no check that they are current.
+fn decided_before(
+    old: &AgentDeploymentStatus,
+    generation: Option<i64>,
+    decision: &Decision,
+) -> bool {
+    let same = |d: &Decision| d.for_status().without_detail();
+    old.observed_generation == generation && old.decision.as_ref().map(same) == Some(same(decision))
+}
+
 /// What the operator keeps of an AgentDeployment in memory: the decision in its status without
 /// its detail (see [`Decision::without_detail`]), which is most of the object.
 pub fn slim(ad: &mut AgentDeployment) {
-    if let Some(d) = ad.status.as_mut().and_then(|s| s.decision.as_mut()) {
+    if let Some(st) = ad.status.as_mut() {
+        slim_status(st);
+    }
+}
+
+fn slim_status(st: &mut AgentDeploymentStatus) {
+    if let Some(d) = st.decision.as_mut() {
         *d = d.without_detail();
     }
 }
@@ -1013,38 +1027,38 @@ mod tests {
             reason: "NotRequired".into(),
             message: "no approval required".into(),
         };
+        let concluded = |from: &AgentDeploymentStatus, d: &Decision| {
+            let mut st = from.clone();
+            st.observed_generation = Some(1);
+            super::super::status::conclude(
+                &mut st,
+                d,
+                Phase::Deployed,
+                "ok",
+                &approved,
+                Some(1),
+                now,
+            );
+            st
+        };
         // What the API server holds after the first reconcile, and what the cache keeps of it.
-        let mut stored = AgentDeploymentStatus::default();
-        super::super::status::conclude(
-            &mut stored,
-            &a,
-            Phase::Deployed,
-            "ok",
-            &approved,
-            Some(1),
-            now,
-        );
+        let stored = concluded(&AgentDeploymentStatus::default(), &a);
         let mut cached = stored.clone();
-        if let Some(d) = cached.decision.as_mut() {
-            *d = d.without_detail();
-        }
+        slim_status(&mut cached);
         // The same decision again is known; the renamed one is new and written.
-        let same = |d: &Decision| d.for_status().without_detail();
-        assert_eq!(cached.decision.as_ref().map(same), Some(same(&a)));
-        assert_ne!(cached.decision.as_ref().map(same), Some(same(&b)));
-        let mut again = cached.clone();
-        super::super::status::conclude(
-            &mut again,
-            &a,
-            Phase::Deployed,
-            "ok",
-            &approved,
-            Some(1),
-            now,
+        assert!(decided_before(&cached, Some(1), &a));
+        assert!(!decided_before(&cached, Some(1), &b));
+        assert!(
+            !decided_before(&cached, Some(2), &a),
+            "a new generation is new"
         );
-        assert!(!differs(&cached, &again), "nothing new: nothing written");
-        let mut st = cached.clone();
-        super::super::status::conclude(&mut st, &b, Phase::Deployed, "ok", &approved, Some(1), now);
-        assert!(differs(&cached, &st), "the renamed policy is written");
+        assert!(
+            !differs(&cached, &concluded(&cached, &a)),
+            "nothing new: nothing written"
+        );
+        assert!(
+            differs(&cached, &concluded(&cached, &b)),
+            "the renamed policy is written"
+        );
     }
 }

@@ -333,3 +333,50 @@ impl RoleMappings {
         let _ = rx.wait_for(Option::is_some).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(rules: Result<Rules, &str>) -> Environment {
+        Environment {
+            rules: rules.map(Arc::new).map_err(str::to_owned),
+            versions: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn an_environment_that_breaks_or_mends_affects_everything() {
+        let ok = || env(Ok(Rules::default()));
+        let table = [
+            (ok(), ok(), Affected::Nothing),
+            (env(Err("bad")), env(Err("bad")), Affected::Nothing),
+            (env(Err("bad")), env(Err("worse")), Affected::Everything),
+            (ok(), env(Err("bad")), Affected::Everything),
+            (env(Err("bad")), ok(), Affected::Everything),
+        ];
+        for (i, (old, new, want)) in table.into_iter().enumerate() {
+            assert_eq!(affected(&old, &new), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn a_role_mapping_is_empty_when_absent_and_an_error_when_invalid() {
+        assert_eq!(role_mapping_of(None, "dvo"), Ok(RoleMapping::default()));
+        let mut cm = ConfigMap::default();
+        cm.data = Some(
+            [(
+                ROLE_MAPPING_KEY.to_owned(),
+                "users: [not, a, map]".to_owned(),
+            )]
+            .into(),
+        );
+        let e = role_mapping_of(Some(&cm), "dvo").unwrap_err();
+        assert!(
+            e.starts_with(
+                "ConfigMap dvo/dvo-role-mapping key roles.yaml is not a valid role mapping"
+            ),
+            "{e}"
+        );
+    }
+}

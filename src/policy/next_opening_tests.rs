@@ -86,70 +86,74 @@ fn named(ps: &[&str]) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn holiday_freeze_with_business_hours() {
-    // Business hours and a holiday freeze of two weeks, asked on the first Monday of it.
-    let r = rules(&named(&[
-        "{action: AuditOnly, windows: [{days: [monday, tuesday, wednesday, thursday, friday], start: '09:00', end: '17:00', timeZone: Europe/London}], blackouts: [{start: '2026-12-19', end: '2027-01-03', timeZone: Europe/London, reason: holidays}]}",
-    ]));
-    let now = utc("2026-12-21T10:00:00Z");
+/// The next opening of `policies` at `now`, after checking it is the oracle's.
+fn opens(policies: &[&str], now: &str) -> Option<DateTime<Utc>> {
+    let r = rules(&named(policies));
+    let now = utc(now);
     let d = decide(&r, &request(), now);
-    assert_eq!(d.outcome, Outcome::Deny);
-    let old = old_next_opening(&r, &request(), now);
-    assert_eq!(
-        d.next_window_opens_at, old,
-        "new differs from the old algorithm"
-    );
+    assert_eq!(d.outcome, Outcome::Deny, "{policies:?} at {now}");
+    let oracle = old_next_opening(&r, &request(), now);
+    assert_eq!(d.next_window_opens_at, oracle, "{policies:?} at {now}");
+    d.next_window_opens_at
 }
 
 #[test]
-fn two_freezes_back_to_back() {
-    // No windows, no time conditions: two overlapping blackouts of two policies.
-    let r = rules(&named(&[
-        "{action: AuditOnly, blackouts: [{start: '2026-12-01', end: '2026-12-10', timeZone: UTC, reason: a}]}",
-        "{action: AuditOnly, blackouts: [{start: '2026-12-09', end: '2026-12-20', timeZone: UTC, reason: b}]}",
-    ]));
-    let now = utc("2026-12-01T10:00:00Z");
-    let d = decide(&r, &request(), now);
-    let old = old_next_opening(&r, &request(), now);
-    assert_eq!(
-        d.next_window_opens_at, old,
-        "new differs from the old algorithm"
-    );
-}
-
-#[test]
-fn london_and_new_york_windows_meet_only_between_dst_changes() {
-    // A London and a New York change window that overlap only while the US is on summer time
-    // and the UK is not (2027-03-14 .. 2027-03-28, 2027-10-31 .. 2027-11-07).
-    let r = rules(&named(&[
-        "{action: AuditOnly, windows: [{days: [monday], start: '13:00', end: '14:00', timeZone: Europe/London}]}",
-        "{action: AuditOnly, windows: [{days: [monday], start: '09:00', end: '10:00', timeZone: America/New_York}]}",
-    ]));
-    let now = utc("2027-01-05T12:00:00Z");
-    let d = decide(&r, &request(), now);
-    assert_eq!(d.outcome, Outcome::Deny);
-    let old = old_next_opening(&r, &request(), now);
-    assert_eq!(
-        d.next_window_opens_at, old,
-        "new differs from the old algorithm"
-    );
-}
-
-#[test]
-fn weekend_deny_and_a_long_freeze() {
-    // A time condition (weekend) and a freeze ending on a Saturday 19 days ahead.
-    let r = rules(&named(&[
-        "{action: Deny, priority: 1, timeZone: Europe/Paris, conditions: [{field: is_weekend, operator: Equals, value: true}]}",
-        "{action: AuditOnly, priority: 2, blackouts: [{start: '2026-11-01', end: '2026-12-12', timeZone: Europe/Paris, reason: freeze}]}",
-    ]));
-    let now = utc("2026-11-23T10:00:00Z"); // a Monday
-    let d = decide(&r, &request(), now);
-    let old = old_next_opening(&r, &request(), now);
-    assert_eq!(
-        d.next_window_opens_at, old,
-        "new differs from the old algorithm"
-    );
+fn the_review_cases_open_when_the_oracle_says() {
+    // (policies, now, the opening)
+    let table: [(&[&str], &str, &str); 5] = [
+        // Business hours and a holiday freeze of two weeks, asked on its first Monday.
+        (
+            &[
+                "{action: AuditOnly, windows: [{days: [monday, tuesday, wednesday, thursday, friday], start: '09:00', end: '17:00', timeZone: Europe/London}], blackouts: [{start: '2026-12-19', end: '2027-01-03', timeZone: Europe/London, reason: holidays}]}",
+            ],
+            "2026-12-21T10:00:00Z",
+            "2027-01-04T09:00:00Z",
+        ),
+        // Two overlapping blackouts of two policies.
+        (
+            &[
+                "{action: AuditOnly, blackouts: [{start: '2026-12-01', end: '2026-12-10', timeZone: UTC, reason: a}]}",
+                "{action: AuditOnly, blackouts: [{start: '2026-12-09', end: '2026-12-20', timeZone: UTC, reason: b}]}",
+            ],
+            "2026-12-01T10:00:00Z",
+            "2026-12-21T00:00:00Z",
+        ),
+        // A London and a New York window that overlap only while the US is on summer time and
+        // the UK is not.
+        (
+            &[
+                "{action: AuditOnly, windows: [{days: [monday], start: '13:00', end: '14:00', timeZone: Europe/London}]}",
+                "{action: AuditOnly, windows: [{days: [monday], start: '09:00', end: '10:00', timeZone: America/New_York}]}",
+            ],
+            "2027-01-05T12:00:00Z",
+            "2027-03-15T13:00:00Z",
+        ),
+        // A weekend Deny and a freeze ending on a Saturday 19 days ahead.
+        (
+            &[
+                "{action: Deny, priority: 1, timeZone: Europe/Paris, conditions: [{field: is_weekend, operator: Equals, value: true}]}",
+                "{action: AuditOnly, priority: 2, blackouts: [{start: '2026-11-01', end: '2026-12-12', timeZone: Europe/Paris, reason: freeze}]}",
+            ],
+            "2026-11-23T10:00:00Z",
+            "2026-12-13T23:00:00Z",
+        ),
+        // A window that closes between hour turns (23:40 in Kolkata).
+        (
+            &[
+                "{action: Warn, priority: 3, timeZone: Asia/Kolkata, match: Any, conditions: [{field: deployment_hour, operator: LessThan, value: 14}], windows: [{days: [tuesday, friday], start: '19:00', end: '21:05', timeZone: Asia/Kolkata}]}",
+                "{action: Deny, priority: 4, timeZone: Asia/Kolkata, match: Any, conditions: [{field: is_weekend, operator: Equals, value: true}], windows: [{days: [monday, saturday, sunday], start: '19:30', end: '23:40', timeZone: Asia/Kolkata}]}",
+            ],
+            "2026-12-06T08:30:00Z",
+            "2026-12-07T14:00:00Z",
+        ),
+    ];
+    for (policies, now, want) in table {
+        assert_eq!(
+            opens(policies, now),
+            Some(utc(want)),
+            "{policies:?} at {now}"
+        );
+    }
 }
 
 const ZONES: &[&str] = &[
@@ -296,18 +300,4 @@ proptest! {
         let old = old_next_opening(&r, &request(), now);
         prop_assert_eq!(d.next_window_opens_at, old, "policies {:#?} at {}", named, now);
     }
-}
-
-#[test]
-fn a_window_that_closes_between_hour_turns() {
-    let r = rules(&named(&[
-        "{action: Warn, priority: 3, timeZone: Asia/Kolkata, match: Any, conditions: [{field: deployment_hour, operator: LessThan, value: 14}], windows: [{days: [tuesday, friday], start: '19:00', end: '21:05', timeZone: Asia/Kolkata}]}",
-        "{action: Deny, priority: 4, timeZone: Asia/Kolkata, match: Any, conditions: [{field: is_weekend, operator: Equals, value: true}], windows: [{days: [monday, saturday, sunday], start: '19:30', end: '23:40', timeZone: Asia/Kolkata}]}",
-    ]));
-    let now = utc("2026-12-06T08:30:00Z");
-    let d = decide(&r, &request(), now);
-    assert_eq!(
-        d.next_window_opens_at,
-        old_next_opening(&r, &request(), now)
-    );
 }
