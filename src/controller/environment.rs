@@ -363,14 +363,16 @@ mod tests {
     #[test]
     fn a_role_mapping_is_empty_when_absent_and_an_error_when_invalid() {
         assert_eq!(role_mapping_of(None, "dvo"), Ok(RoleMapping::default()));
-        let mut cm = ConfigMap::default();
-        cm.data = Some(
-            [(
-                ROLE_MAPPING_KEY.to_owned(),
-                "users: [not, a, map]".to_owned(),
-            )]
-            .into(),
-        );
+        let cm = ConfigMap {
+            data: Some(
+                [(
+                    ROLE_MAPPING_KEY.to_owned(),
+                    "users: [not, a, map]".to_owned(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        };
         let e = role_mapping_of(Some(&cm), "dvo").unwrap_err();
         assert!(
             e.starts_with(
