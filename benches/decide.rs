@@ -79,6 +79,139 @@ fn median(
     samples[rounds / 2]
 }
 
+/// `n` realistic policies (the shape): each scoped to one of four environments, one in
+/// three also to a list of agents; two or three conditions, among them a regex and a numeric
+/// compare; one in four with a working-hours window; actions mixed.
+fn realistic(n: usize) -> Vec<(String, DeploymentPolicySpec)> {
+    let envs = ["production", "staging", "development", "sandbox"];
+    let actions = ["RequireApproval", "Deny", "Warn", "AuditOnly"];
+    (0..n)
+        .map(|i| {
+            let env = envs[i % 4];
+            let agents = if i % 3 == 0 {
+                format!(", agents: [GHA-{}, GHA-{}, GHA]", i % 50, (i + 7) % 50)
+            } else {
+                String::new()
+            };
+            let third = if i % 2 == 0 {
+                format!(", {{field: labels.team, operator: In, value: [team-{}, ops]}}", i % 13)
+            } else {
+                String::new()
+            };
+            let window = if i % 4 == 1 {
+                ", windows: [{days: [monday, tuesday, wednesday, thursday, friday], start: '09:00', end: '17:00', timeZone: Europe/Berlin}]"
+            } else {
+                ""
+            };
+            let action = actions[(i / 4) % 4];
+            // Denies are evaluated but do not hold for the benchmarked request (risk 3).
+            let risk = if action == "Deny" { 10 + i % 7 } else { i % 7 };
+            let approval = if action == "RequireApproval" {
+                ", approval: {roles: [release_manager]}"
+            } else {
+                ""
+            };
+            let yaml = format!(
+                "{{priority: {i}, action: {}, scope: {{environments: [{env}]{agents}}}, conditions: [{{field: agent, operator: Matches, value: 'G[A-Z]{{2}}(-[0-9]+)?'}}, {{field: context.risk, operator: GreaterThan, value: {}}}{third}]{window}{approval}}}",
+                action, risk
+            );
+            (format!("r{i:04}"), dvo_operator::yaml::from_str(&yaml).expect("policy"))
+        })
+        .collect()
+}
+
+/// The naive floor: the same policies compiled once into plain predicates, visited in a loop
+/// (no index), each condition checked against a context map built once per call; no trace.
+struct Naive {
+    policies: Vec<NaivePolicy>,
+}
+
+struct NaivePolicy {
+    name: String,
+    environments: Vec<String>,
+    agents: Vec<String>,
+    agent: regex::Regex,
+    risk_above: f64,
+    teams: Option<Vec<String>>,
+    working_hours: bool,
+}
+
+impl Naive {
+    fn new(policies: &[(String, DeploymentPolicySpec)]) -> Naive {
+        let policies = policies
+            .iter()
+            .map(|(name, p)| {
+                let mut risk_above = f64::MAX;
+                let mut teams = None;
+                let mut agent = regex::Regex::new("^$").expect("regex");
+                for c in &p.conditions {
+                    match c.field.as_str() {
+                        "agent" => {
+                            agent = regex::Regex::new(&format!(
+                                "^(?:{})$",
+                                c.value.as_str().expect("pattern")
+                            ))
+                            .expect("regex")
+                        }
+                        "context.risk" => risk_above = c.value.as_f64().expect("number"),
+                        _ => {
+                            teams = Some(
+                                c.value
+                                    .as_array()
+                                    .expect("list")
+                                    .iter()
+                                    .filter_map(|v| v.as_str().map(str::to_owned))
+                                    .collect(),
+                            )
+                        }
+                    }
+                }
+                NaivePolicy {
+                    name: name.clone(),
+                    environments: p.scope.environments.clone(),
+                    agents: p.scope.agents.clone(),
+                    agent,
+                    risk_above,
+                    teams,
+                    working_hours: !p.windows.is_empty(),
+                }
+            })
+            .collect();
+        Naive { policies }
+    }
+
+    fn decide(&self, request: &Request, at: DateTime<Utc>) -> Vec<&str> {
+        use chrono::{Datelike, Timelike};
+        let mut context = std::collections::HashMap::new();
+        context.insert("agent", serde_json::json!(request.spec.agent));
+        context.insert("risk", request.spec.context["risk"].clone());
+        context.insert(
+            "team",
+            serde_json::json!(request.labels.get("team").cloned().unwrap_or_default()),
+        );
+        let local = at.with_timezone(&chrono_tz::Europe::Berlin);
+        let working = local.weekday().number_from_monday() <= 5 && (9..17).contains(&local.hour());
+        let mut matched = vec![];
+        for p in &self.policies {
+            if !p.environments.contains(&request.spec.environment)
+                || (!p.agents.is_empty() && !p.agents.contains(&request.spec.agent))
+            {
+                continue;
+            }
+            let agent = context["agent"].as_str().unwrap_or_default();
+            let risk = context["risk"].as_f64().unwrap_or(f64::MIN);
+            let team = context["team"].as_str().unwrap_or_default();
+            let holds = p.agent.is_match(agent)
+                && risk > p.risk_above
+                && p.teams.as_ref().is_none_or(|t| t.iter().any(|x| x == team));
+            if holds && (!p.working_hours || working) {
+                matched.push(p.name.as_str());
+            }
+        }
+        matched
+    }
+}
+
 fn main() {
     let sizes = [1usize, 100, 1000];
     let at: DateTime<Utc> = "2026-11-24T14:00:00Z".parse().expect("time");
@@ -110,6 +243,50 @@ fn main() {
             "decide/{n}: {:>10.1} µs per call, {:>7.1}x the 1-policy baseline",
             t.as_secs_f64() * 1e6 / 3.0,
             t.as_secs_f64() / times[0].as_secs_f64()
+        );
+    }
+
+    // Realistic policies against the naive floor, interleaved in the same process.
+    let mut realistic_request = request.clone();
+    realistic_request.labels.insert("team".into(), "ops".into());
+    for n in [100usize, 1000] {
+        let ps = realistic(n);
+        let naive = Naive::new(&ps);
+        let mapping: RoleMapping =
+            dvo_operator::yaml::from_str("groups: {release-managers: [release_manager]}")
+                .expect("mapping");
+        let r = Rules::new(ps, CapabilitySet::default(), mapping);
+        let d = decide(&r, &realistic_request, at);
+        assert!(
+            !d.matched_policies.is_empty(),
+            "the realistic request matches some"
+        );
+        assert_eq!(
+            naive.decide(&realistic_request, at).len(),
+            d.matched_policies.len(),
+            "the floor does the same work"
+        );
+        let (mut ours, mut floor) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..5 {
+            ours += median(&r, &realistic_request, at, 100, 9);
+            let mut samples: Vec<Duration> = (0..9)
+                .map(|_| {
+                    let start = Instant::now();
+                    for _ in 0..100 {
+                        black_box(naive.decide(black_box(&realistic_request), at));
+                    }
+                    start.elapsed() / 100
+                })
+                .collect();
+            samples.sort();
+            floor += samples[4];
+        }
+        println!(
+            "decide realistic/{n}: {:>8.1} µs per call, naive floor {:>8.1} µs, {:.2}x the floor ({} matched)",
+            ours.as_secs_f64() * 1e6 / 5.0,
+            floor.as_secs_f64() * 1e6 / 5.0,
+            ours.as_secs_f64() / floor.as_secs_f64(),
+            d.matched_policies.len()
         );
     }
 

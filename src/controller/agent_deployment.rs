@@ -489,7 +489,15 @@ pub fn slim(ad: &mut AgentDeployment) {
     if let Some(st) = ad.status.as_mut() {
         slim_status(st);
     }
+    ad.spec.drop_template();
+    if let Some(annotations) = ad.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
 }
+
+/// kubectl's copy of the whole object as last applied: nothing the operator reads, and as big
+/// as the spec.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 fn slim_status(st: &mut AgentDeploymentStatus) {
     if let Some(d) = st.decision.as_mut() {
@@ -644,9 +652,6 @@ async fn rollout(
         ));
     }
     let current = live.get().await?.cloned();
-    let Some(template) = ad.spec.template.clone() else {
-        return Err(Error::Config("spec.template is missing".into()));
-    };
     let running = current.filter(|d| workload::digest_of(d) == Some(digest));
     let Some(deployment) = running else {
         // Write-ahead, in order: the intent in status (so that its outcome is recorded even if
@@ -654,6 +659,7 @@ async fn rollout(
         // its outcome in the log.
         // Only rules that are current let a spec out.
         live.confirm_current().await?;
+        let template = template_of(ctx, ad, digest).await?;
         let intent = RolloutIntent {
             generation: ad.metadata.generation.unwrap_or(0),
             digest: digest.to_owned(),
@@ -875,6 +881,28 @@ async fn run_hooks(
     ))
 }
 
+/// The pod template of `digest`. Cached copies hold none (see `slim`): the object is read,
+/// and its template used only if it is still the spec of `digest` (else the cache is behind,
+/// and the reconcile runs again).
+async fn template_of(
+    ctx: &Context,
+    ad: &AgentDeployment,
+    digest: &str,
+) -> Result<k8s_openapi::api::core::v1::PodTemplateSpec, Error> {
+    let missing = || Error::Config("spec.template is missing".into());
+    if ad.spec.without_template.is_none() {
+        return ad.spec.template.as_deref().cloned().ok_or_else(missing);
+    }
+    let ns = ad.namespace().unwrap_or_default();
+    let read = Api::<AgentDeployment>::namespaced(ctx.client.clone(), &ns)
+        .get(&ad.name_any())
+        .await?;
+    if read.uid() != ad.uid() || spec_digest(&read.spec) != digest {
+        return Err(Error::Stale);
+    }
+    read.spec.template.map(|t| *t).ok_or_else(missing)
+}
+
 /// Server-side applies the owned Deployment for `digest`.
 async fn apply(
     ctx: &Context,
@@ -946,6 +974,54 @@ async fn previous_template(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::AgentDeploymentSpec;
+    use crate::crd::agent_deployment::images;
+
+    /// The cache keeps no pod template (most of an object's memory) and no kubectl copy of the
+    /// object, yet answers digest and images as the whole object does; what stands in for the
+    /// template is never written, and never read from what the API server sends.
+    #[test]
+    fn a_cached_copy_answers_for_the_whole_spec() {
+        let whole: AgentDeployment = serde_json::from_value(serde_json::json!({
+            "apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment",
+            "metadata": {"name": "gha", "namespace": "agents", "annotations": {
+                LAST_APPLIED: "{\"spec\": {}}", "dvo.caat.io/requester-stamp": "{}"}},
+            "spec": {"agent": "GHA", "platform": "langchain", "environment": "production",
+                "template": {"spec": {
+                    "initContainers": [{"name": "init", "image": "init:1"}],
+                    "containers": [{"name": "b", "image": "gha:2"}, {"name": "a", "image": "side:1"}]}}},
+        }))
+        .unwrap();
+        let mut cached = whole.clone();
+        slim(&mut cached);
+        assert!(cached.spec.template.is_none());
+        assert_eq!(spec_digest(&cached.spec), spec_digest(&whole.spec));
+        assert_eq!(images(&cached.spec), ["gha:2", "init:1", "side:1"]);
+        assert!(!cached.annotations().contains_key(LAST_APPLIED));
+        assert!(
+            cached
+                .annotations()
+                .contains_key("dvo.caat.io/requester-stamp")
+        );
+        let again = {
+            let mut c = cached.clone();
+            slim(&mut c);
+            c
+        };
+        assert_eq!(again, cached, "slimming twice changes nothing");
+
+        let written = serde_json::to_value(&cached.spec).unwrap();
+        assert!(written.get("template").is_none());
+        assert!(
+            written.get("withoutTemplate").is_none() && written.get("without_template").is_none()
+        );
+        let mut sent = serde_json::to_value(&whole.spec).unwrap();
+        sent["withoutTemplate"] = serde_json::json!({"digest": "sha256:forged", "images": []});
+        sent["without_template"] = sent["withoutTemplate"].clone();
+        let read: AgentDeploymentSpec = serde_json::from_value(sent).unwrap();
+        assert_eq!(read.without_template, None);
+        assert_eq!(spec_digest(&read), spec_digest(&whole.spec));
+    }
 
     #[test]
     fn an_audit_failure_is_what_the_status_says() {

@@ -255,7 +255,7 @@ mod tests {
             "gha",
             "ns",
             &s,
-            s.template.clone().unwrap(),
+            *s.template.clone().unwrap(),
             "sha256:x",
             owner.clone(),
         );

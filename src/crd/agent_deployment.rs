@@ -72,8 +72,10 @@ pub struct AgentDeploymentSpec {
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: Option<i32>,
     /// The pod template of the agent workload (not for `copilot-studio`).
+    // Boxed: a pod template is nearly 2 KB inline even when empty, and every cached
+    // AgentDeployment would carry that space.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template: Option<PodTemplateSpec>,
+    pub template: Option<Box<PodTemplateSpec>>,
     /// Seconds a rollout may take to become available before it counts as failed. Default 600.
     #[serde(default = "default_progress_deadline")]
     #[schemars(range(min = 1, max = 86400))]
@@ -89,6 +91,40 @@ pub struct AgentDeploymentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub justification: Option<String>,
+    /// Not part of the resource (never read or written): on the operator's cached copies, whose
+    /// pod template is dropped to save memory, what was computed from the whole spec.
+    // Skipped both ways, spelled so that the schema derive's copy of this struct reads it.
+    #[serde(skip_deserializing, skip_serializing_if = "never_serialized")]
+    #[schemars(skip)]
+    pub without_template: Option<TemplateDropped>,
+}
+
+fn never_serialized<T>(_: &T) -> bool {
+    true
+}
+
+/// What stands in for the pod template of a cached spec: the digest and images of the whole
+/// spec, computed when it was read (see [`AgentDeploymentSpec::drop_template`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TemplateDropped {
+    /// [`spec_digest`] of the whole spec.
+    pub digest: String,
+    /// [`images`] of the whole spec.
+    pub images: Vec<String>,
+}
+
+impl AgentDeploymentSpec {
+    /// Drops the pod template (most of a spec's memory), keeping its digest and images: the
+    /// cached copy still answers [`spec_digest`] and [`images`]; rolling out reads the object.
+    pub fn drop_template(&mut self) {
+        if self.without_template.is_none() {
+            self.without_template = Some(TemplateDropped {
+                digest: spec_digest(self),
+                images: images(self),
+            });
+            self.template = None;
+        }
+    }
 }
 
 fn context_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -323,6 +359,9 @@ impl RolloutIntent {
 /// counts, so labels and annotations added by GitOps tools never change it.
 pub fn spec_digest(spec: &AgentDeploymentSpec) -> String {
     use sha2::{Digest, Sha256};
+    if let Some(dropped) = &spec.without_template {
+        return dropped.digest.clone();
+    }
     // serde_json::Value keeps object keys sorted (BTreeMap), which makes the text canonical.
     let canonical = crate::json::to_value(spec).to_string();
     format!(
@@ -333,6 +372,9 @@ pub fn spec_digest(spec: &AgentDeploymentSpec) -> String {
 
 /// The container images of a spec's pod template, sorted.
 pub fn images(spec: &AgentDeploymentSpec) -> Vec<String> {
+    if let Some(dropped) = &spec.without_template {
+        return dropped.images.clone();
+    }
     let mut out: Vec<String> = spec
         .template
         .iter()

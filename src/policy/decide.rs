@@ -31,13 +31,14 @@ enum Clearance {
 /// Decides what happens to `request` at `now`. Pure and deterministic: the same inputs always
 /// give the same Decision.
 pub fn decide(rules: &Rules, request: &Request, now: DateTime<Utc>) -> Decision {
-    let (mut decision, clearances) = evaluate(rules, request, now);
+    let mut contexts = Contexts::new(rules, request);
+    let (mut decision, clearances) = evaluate(rules, &mut contexts, now, Trace::Full);
     super::break_glass::mark(rules, &mut decision);
     let only_time =
         decision.outcome == Outcome::Deny && clearances.len() == decision.violations.len();
     if only_time {
         decision.next_window_opens_at =
-            next_opening(rules, request, now, &decision.trace, clearances);
+            next_opening(rules, &mut contexts, now, &decision.trace, clearances);
     }
     decision
 }
@@ -54,7 +55,7 @@ pub fn decide(rules: &Rules, request: &Request, now: DateTime<Utc>) -> Decision 
 /// quarter hour counts, up to [`HORIZON_DAYS`].
 fn next_opening(
     rules: &Rules,
-    request: &Request,
+    contexts: &mut Contexts,
     now: DateTime<Utc>,
     trace: &[PolicyTrace],
     mut clearances: Vec<Clearance>,
@@ -104,7 +105,7 @@ fn next_opening(
             })
             .max()?;
         t = if next > t { next } else { turn };
-        let (d, c) = evaluate(&rules, request, t);
+        let (d, c) = evaluate(&rules, contexts, t, Trace::UntilDecided);
         if d.violations.is_empty() {
             return Some(t);
         }
@@ -199,11 +200,57 @@ impl Builder {
     }
 }
 
-fn evaluate(rules: &Rules, request: &Request, now: DateTime<Utc>) -> (Decision, Vec<Clearance>) {
-    let spec = &request.spec;
-    let env = spec.environment.as_str();
-    let identity = request.requester.clone().unwrap_or_else(unknown_requester);
-    let subject = rules.mapping.subject(&identity, env);
+/// How much of the trace an evaluation keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trace {
+    /// Every policy in scope, reached or not (what a Decision shows).
+    Full,
+    /// Only the policies evaluated until the outcome was settled (the search for an opening
+    /// needs the violations, not the trace of what was never reached).
+    UntilDecided,
+}
+
+/// The facts of one request as policy conditions read them, built once per zone and only
+/// re-timed when evaluated again at another instant.
+struct Contexts<'a> {
+    request: &'a Request,
+    subject: Subject,
+    by_zone: HashMap<Tz, (DateTime<Utc>, Value)>,
+}
+
+impl<'a> Contexts<'a> {
+    fn new(rules: &Rules, request: &'a Request) -> Contexts<'a> {
+        let identity = request.requester.clone().unwrap_or_else(unknown_requester);
+        let subject = rules.mapping.subject(&identity, &request.spec.environment);
+        Contexts {
+            request,
+            subject,
+            by_zone: HashMap::new(),
+        }
+    }
+
+    /// The context at `now` with time fields in zone `tz`.
+    fn at(&mut self, now: DateTime<Utc>, tz: Tz) -> &Value {
+        let (request, subject) = (self.request, &self.subject);
+        let (at, ctx) = self
+            .by_zone
+            .entry(tz)
+            .or_insert_with(|| (now, context::build(request, subject, now, tz)));
+        if *at != now {
+            context::retime(ctx, now, tz);
+            *at = now;
+        }
+        ctx
+    }
+}
+
+fn evaluate(
+    rules: &Rules,
+    contexts: &mut Contexts,
+    now: DateTime<Utc>,
+    trace: Trace,
+) -> (Decision, Vec<Clearance>) {
+    let request = contexts.request;
     let mut b = Builder {
         d: Decision {
             outcome: Outcome::Allow,
@@ -229,9 +276,9 @@ fn evaluate(rules: &Rules, request: &Request, now: DateTime<Utc>) -> (Decision, 
         on_failure: BTreeSet::new(),
     };
 
-    evaluate_policies(rules, request, &subject, now, &mut b);
-    check_permission(rules, request, &subject, &mut b);
-    apply_capabilities(rules, request, &subject, &mut b);
+    evaluate_policies(rules, contexts, now, trace, &mut b);
+    check_permission(rules, request, &contexts.subject, &mut b);
+    apply_capabilities(rules, request, &contexts.subject, &mut b);
     if request.requester.is_none() && !b.d.approval_requirements.is_empty() {
         let msg = "the requester is unknown (no verified identity): approval cannot be asked for on behalf of nobody, as nobody could then be kept from approving their own change";
         b.violation(
@@ -269,14 +316,17 @@ fn evaluate(rules: &Rules, request: &Request, now: DateTime<Utc>) -> (Decision, 
 
 fn evaluate_policies(
     rules: &Rules,
-    request: &Request,
-    subject: &Subject,
+    contexts: &mut Contexts,
     now: DateTime<Utc>,
+    mode: Trace,
     b: &mut Builder,
 ) {
-    let mut contexts: HashMap<Tz, Value> = HashMap::new();
+    let request = contexts.request;
     let mut ended = false;
     for policy in rules.in_scope(&request.namespace, &request.spec) {
+        if ended && mode == Trace::UntilDecided {
+            break;
+        }
         let spec = &policy.spec;
         let mut trace = PolicyTrace {
             policy: policy.name.clone(),
@@ -298,9 +348,7 @@ fn evaluate_policies(
         let outcome = match &policy.parsed {
             Err(e) => Err(format!("policy {} is invalid: {e}", policy.name)),
             Ok(parsed) => {
-                let ctx = contexts
-                    .entry(parsed.tz)
-                    .or_insert_with(|| context::build(request, subject, now, parsed.tz));
+                let ctx = contexts.at(now, parsed.tz);
                 let mut error = None;
                 let mut held = Vec::with_capacity(parsed.conditions.len());
                 for c in &parsed.conditions {

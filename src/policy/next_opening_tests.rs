@@ -47,9 +47,15 @@ fn request() -> Request {
     }
 }
 
-/// The algorithm of 6f4e619 (every quarter hour, every policy, 400 days).
+/// One evaluation from scratch: a context built for `now` alone, and the full trace.
+fn fresh(rules: &Rules, request: &Request, now: DateTime<Utc>) -> (Decision, Vec<Clearance>) {
+    evaluate(rules, &mut Contexts::new(rules, request), now, Trace::Full)
+}
+
+/// The algorithm of 6f4e619 (every quarter hour, every policy, 400 days), each step evaluated
+/// from scratch.
 fn old_next_opening(rules: &Rules, request: &Request, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let (decision, mut clearances) = evaluate(rules, request, now);
+    let (decision, mut clearances) = fresh(rules, request, now);
     if !(decision.outcome == Outcome::Deny && clearances.len() == decision.violations.len()) {
         return None;
     }
@@ -67,7 +73,7 @@ fn old_next_opening(rules: &Rules, request: &Request, now: DateTime<Utc>) -> Opt
             })
             .max()?;
         t = if next > t { next } else { quarter };
-        let (d, c) = evaluate(rules, request, t);
+        let (d, c) = fresh(rules, request, t);
         if d.violations.is_empty() {
             return Some(t);
         }
