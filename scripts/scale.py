@@ -41,7 +41,10 @@ GOALS = {
     "steady": 60.0,
     "rss_mib": 128.0,
     "requests_per_object": 3.0,
+    "approval_p50_ms": 100.0,
+    "approval_p99_ms": 300.0,
 }
+APPROVALS = int(os.environ.get("SCALE_APPROVALS", 120))
 
 
 def log(*args):
@@ -432,6 +435,11 @@ def scale(args, procs):
         "admission_webhook_p99_s": histogram_quantile(hist_diff(mr1, mr0, "dvo_admission_seconds"), "dvo_admission_seconds", 0.99),
     }
     log("restart:", json.dumps(results["restart"]))
+
+    # 5. Approvals with 10,000 objects in the caches: from the approving annotation (its PATCH
+    # answered) to the Deployment of the approved spec, one at a time.
+    results["approval"] = approvals(admin, developer, Api(server, ca, open(os.path.join(cluster, "pki/token-release-manager-1")).read().strip()), op)
+    log("approval:", json.dumps(results["approval"]))
     results["goals"] = {
         "steady_within_60s_of_operator_time": results["restart"]["steady_after_start_seconds"] <= GOALS["steady"],
         "peak_rss_below_128MiB": max(results["first"]["peak_rss_mib"], results["restart"]["peak_rss_mib"]) < GOALS["rss_mib"],
@@ -440,8 +448,75 @@ def scale(args, procs):
                                                 for k in results["idle_30s_requests_by_verb"]),
         "policy_change_reconciles_only_its_scope": results["policy_change"]["reconciles_in_10s"]
             <= results["policy_change"]["in_scope"] + 2 * results["policy_change"]["resync_reconciles_expected_in_10s"] + 5,
+        "annotate_to_rollout_p50_below_100ms": results["approval"]["p50_ms"] < GOALS["approval_p50_ms"],
+        "annotate_to_rollout_p99_below_300ms": results["approval"]["p99_ms"] < GOALS["approval_p99_ms"],
     }
     return results
+
+
+def approvals(admin, developer, approver, op, n=APPROVALS):
+    """Creates `n` AgentDeployments that a policy holds for one release manager's approval,
+    approves each with the annotation `kubectl annotate` sets, and times each from the answered
+    PATCH to the Deployment of the approved spec (polled every 5 ms)."""
+    ns = "scale-approvals"
+    admin.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    for user, name in (("dev-dana", "developers"), ("rosa-release", "release-managers")):
+        admin.request("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"kind": "User", "name": user}]})
+    status, body = admin.request("POST", "/apis/dvo.caat.io/v1alpha1/deploymentpolicies", {
+        "apiVersion": "dvo.caat.io/v1alpha1", "kind": "DeploymentPolicy", "metadata": {"name": "scale-approvals"},
+        "spec": {"priority": 1, "action": "RequireApproval", "scope": {"namespaces": [ns]},
+                 "approval": {"roles": ["release_manager"]}}})
+    assert status in (201, 409), body
+    time.sleep(1)  # RBAC propagation in the API server's authorizer cache (not a synchronisation of ours)
+
+    def until(what, check, deadline_s=60, every=0.005):
+        start = time.time()
+        while time.time() - start < deadline_s:
+            if op.poll() is not None:
+                raise RuntimeError("the operator exited")
+            found = check()
+            if found:
+                return found
+            time.sleep(every)
+        raise RuntimeError(f"timed out waiting for {what}")
+
+    latencies = []
+    base = f"/apis/dvo.caat.io/v1alpha1/namespaces/{ns}"
+    for i in range(n):
+        name = f"approve-{i:04d}"
+        doc = agent(i)
+        doc["metadata"]["name"] = name
+        status, body = developer.request("POST", f"{base}/agentdeployments", doc)
+        if status not in (201, 409):
+            raise RuntimeError(f"create {name}: {status} {body}")
+
+        def request_name():
+            _, ad = admin.request("GET", f"{base}/agentdeployments/{name}")
+            st = (ad or {}).get("status") or {}
+            return st.get("phase") == "PendingApproval" and st.get("approvalRequest")
+        apr = until(f"the ApprovalRequest of {name}", request_name, every=0.02)
+        status, body = approver.request("PATCH", f"{base}/approvalrequests/{apr}",
+                                        {"metadata": {"annotations": {"dvo.caat.io/approve": "scale run"}}},
+                                        "application/merge-patch+json")
+        if status != 200:
+            raise RuntimeError(f"approve {apr}: {status} {body}")
+        approved = time.time()
+
+        def deployment():
+            status, _ = admin.request("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")
+            return status == 200
+        until(f"the Deployment of {name}", deployment)
+        latencies.append(time.time() - approved)
+    latencies.sort()
+    return {
+        "approvals": n,
+        "p50_ms": round(latencies[n // 2] * 1000, 1),
+        "p99_ms": round(latencies[max(0, int(n * 0.99) - 1)] * 1000, 1),
+        "max_ms": round(latencies[-1] * 1000, 1),
+    }
 
 
 def free_port():
