@@ -140,7 +140,7 @@ async fn reconcile_spec(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<A
         requester: requester.clone(),
         staging_validated,
     };
-    let decision = policy::decide(&rules, &request, now);
+    let decision = policy::decide_for_status(&rules, &request, now);
     // Break-glass counts only as the webhook signed it, for this very spec.
     let decision = match ad.annotations().get(stamp::BREAK_GLASS_STAMP) {
         None => decision,
@@ -341,8 +341,17 @@ async fn reconcile_spec(ad: Arc<AgentDeployment>, ctx: Arc<Context>) -> Result<A
     );
 
     if old.phase != Some(phase) || old.spec_digest.as_deref() != Some(digest.as_str()) {
-        let draft =
-            record::transition(&ad, &digest, requester.as_ref(), phase, &message, &decision);
+        // Every policy in scope, also those the status leaves out.
+        let evaluated = rules.in_scope(&ns, &ad.spec).map(|p| p.name.clone());
+        let draft = record::transition(
+            &ad,
+            &digest,
+            requester.as_ref(),
+            phase,
+            &message,
+            &decision,
+            evaluated.collect(),
+        );
         ctx.audit.record(draft).await.map_err(Error::Audit)?;
     }
     if differs(&old, &st) {

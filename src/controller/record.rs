@@ -109,7 +109,8 @@ fn agent_change(
     d
 }
 
-/// The record of a phase transition of an AgentDeployment, with the decision behind it.
+/// The record of a phase transition of an AgentDeployment, with the decision behind it and
+/// the names of the policies in scope.
 pub fn transition(
     ad: &AgentDeployment,
     digest: &str,
@@ -117,6 +118,7 @@ pub fn transition(
     phase: Phase,
     message: &str,
     decision: &Decision,
+    policies_evaluated: Vec<String>,
 ) -> Draft {
     let (event, status) = match phase {
         Phase::Blocked => (EventType::PolicyViolation, "blocked"),
@@ -139,7 +141,7 @@ pub fn transition(
         status,
         &format!("phase/{phase:?}"),
     );
-    d.policies_evaluated = decision.trace.iter().map(|t| t.policy.clone()).collect();
+    d.policies_evaluated = policies_evaluated;
     d.policy_violations = decision
         .violations
         .iter()

@@ -7,6 +7,11 @@ use super::conditions;
 use crate::crd::agent_deployment::{AgentDeploymentStatus, Phase};
 use crate::policy::{Decision, decision::ViolationKind};
 
+/// A count the status keeps as u32, as a length.
+fn count(n: u32) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
 /// Where the approval of the spec stands, for the `Approved` condition.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Approved {
@@ -37,8 +42,14 @@ pub fn conclude(
         &format!("{:?}", decision.outcome),
         &format!(
             "{} policies in scope, {} matched",
-            decision.trace.len(),
-            decision.matched_policies.len()
+            decision
+                .trace
+                .len()
+                .saturating_add(count(decision.trace_omitted)),
+            decision
+                .matched_policies
+                .len()
+                .saturating_add(count(decision.matched_omitted))
         ),
         generation,
         now,

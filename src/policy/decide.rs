@@ -31,14 +31,28 @@ enum Clearance {
 /// Decides what happens to `request` at `now`. Pure and deterministic: the same inputs always
 /// give the same Decision.
 pub fn decide(rules: &Rules, request: &Request, now: DateTime<Utc>) -> Decision {
+    decide_with(rules, request, now, Trace::Full)
+}
+
+/// `decide(..).for_status()`: the decision as an AgentDeployment's status keeps it, without
+/// writing the trace entries and reasons it leaves out (most of the work when many policies
+/// are in scope).
+pub fn decide_for_status(rules: &Rules, request: &Request, now: DateTime<Utc>) -> Decision {
+    decide_with(rules, request, now, Trace::Status)
+}
+
+fn decide_with(rules: &Rules, request: &Request, now: DateTime<Utc>, mode: Trace) -> Decision {
     let mut contexts = Contexts::new(rules, request);
-    let (mut decision, clearances) = evaluate(rules, &mut contexts, now, Trace::Full);
+    let (mut decision, clearances) = evaluate(rules, &mut contexts, now, mode);
     super::break_glass::mark(rules, &mut decision);
     let only_time =
         decision.outcome == Outcome::Deny && clearances.len() == decision.violations.len();
     if only_time {
-        decision.next_window_opens_at =
-            next_opening(rules, &mut contexts, now, &decision.trace, clearances);
+        // The search needs every policy in scope: a bounded trace is written out once more.
+        let whole =
+            (mode != Trace::Full).then(|| evaluate(rules, &mut contexts, now, Trace::Full).0);
+        let trace = whole.as_ref().map_or(&decision.trace, |d| &d.trace).clone();
+        decision.next_window_opens_at = next_opening(rules, &mut contexts, now, &trace, clearances);
     }
     decision
 }
@@ -205,8 +219,10 @@ impl Builder {
 enum Trace {
     /// Every policy in scope, reached or not (what a Decision shows).
     Full,
-    /// Only the policies evaluated until the outcome was settled (the search for an opening
-    /// needs the violations, not the trace of what was never reached).
+    /// As an AgentDeployment's status keeps it (see [`Decision::for_status`]).
+    Status,
+    /// None, and only the policies evaluated until the outcome was settled (the search for an
+    /// opening needs the violations alone).
     UntilDecided,
 }
 
@@ -322,70 +338,61 @@ fn evaluate_policies(
     b: &mut Builder,
 ) {
     let request = contexts.request;
+    let mut visits: Vec<Visit> = Vec::new();
+    let mut outcomes: Vec<Result<bool, String>> = Vec::new();
     let mut ended = false;
     for policy in rules.in_scope(&request.namespace, &request.spec) {
-        if ended && mode == Trace::UntilDecided {
-            break;
-        }
-        let spec = &policy.spec;
-        let mut trace = PolicyTrace {
-            policy: policy.name.clone(),
-            priority: spec.priority,
-            action: spec.action,
+        let mut visit = Visit {
+            policy,
             result: TraceResult::NotReached,
-            conditions: vec![],
+            from: outcomes.len(),
             note: None,
         };
         if ended {
-            b.d.trace.push(trace);
+            if mode == Trace::UntilDecided {
+                break;
+            }
+            visits.push(visit);
             continue;
         }
+        let spec = &policy.spec;
         if !spec.enabled {
-            trace.result = TraceResult::Disabled;
-            b.d.trace.push(trace);
+            visit.result = TraceResult::Disabled;
+            visits.push(visit);
             continue;
         }
         let outcome = match &policy.parsed {
             Err(e) => Err(format!("policy {} is invalid: {e}", policy.name)),
             Ok(parsed) => {
                 let ctx = contexts.at(now, parsed.tz);
-                let mut error = None;
-                let mut held = Vec::with_capacity(parsed.conditions.len());
+                let (mut error, mut all, mut any) = (None, true, false);
                 for c in &parsed.conditions {
-                    let actual = lookup(ctx, &c.field);
-                    let r = c.holds(actual);
-                    trace.conditions.push(ConditionTrace {
-                        field: c.field.clone(),
-                        operator: c.operator,
-                        expected: c.value.clone(),
-                        actual: actual.clone(),
-                        held: *r.as_ref().unwrap_or(&false),
-                        error: r.as_ref().err().cloned(),
-                    });
-                    match r {
-                        Ok(h) => held.push(h),
-                        Err(e) => error = error.or(Some(e)),
+                    let r = c.holds(lookup(ctx, &c.field));
+                    match &r {
+                        Ok(h) => (all, any) = (all && *h, any || *h),
+                        Err(e) => error = error.or_else(|| Some(e.clone())),
                     }
+                    outcomes.push(r);
                 }
                 match error {
                     Some(e) => Err(format!(
                         "policy {} could not be evaluated: {e}",
                         policy.name
                     )),
-                    None => Ok(held.is_empty()
+                    None => Ok(parsed.conditions.is_empty()
                         || match spec.match_ {
-                            MatchMode::All => held.iter().all(|h| *h),
-                            MatchMode::Any => held.iter().any(|h| *h),
+                            MatchMode::All => all,
+                            MatchMode::Any => any,
                         }),
                 }
             }
         };
         match outcome {
             Err(e) => {
-                trace.note = Some(e.clone());
+                visit.note = Some(e.clone());
                 match spec.failure_policy {
                     FailurePolicy::Fail => {
-                        trace.result = TraceResult::ErrorFailed;
+                        visit.result = TraceResult::ErrorFailed;
                         b.violation(
                             format!("policy/{}", policy.name),
                             ViolationKind::EvaluationError,
@@ -395,58 +402,166 @@ fn evaluate_policies(
                         ended = true;
                     }
                     FailurePolicy::Ignore => {
-                        trace.result = TraceResult::ErrorIgnored;
+                        visit.result = TraceResult::ErrorIgnored;
                         b.warn(format!("{e} (ignored: failurePolicy Ignore)"));
                     }
                 }
             }
-            Ok(false) => trace.result = TraceResult::NotMatched,
+            Ok(false) => visit.result = TraceResult::NotMatched,
             Ok(true) => {
-                trace.result = TraceResult::Matched;
-                ended = apply_match(policy, request, now, &mut trace, b);
+                visit.result = TraceResult::Matched;
+                let (end, note) = apply_match(policy, request, now, b);
+                ended = end;
+                visit.note = note;
             }
         }
-        b.d.trace.push(trace);
+        visits.push(visit);
+    }
+    if mode == Trace::UntilDecided {
+        return;
+    }
+    let shown = Shown::new(&visits, mode);
+    for (at, v) in visits.iter().enumerate() {
+        let (traced, matched) = (shown.trace.contains(&at), shown.matched.contains(&at));
+        if !traced && !matched {
+            continue;
+        }
+        let t = v.trace(&outcomes, contexts, now);
+        if matched {
+            b.d.matched_policies.push(MatchedPolicy {
+                name: t.policy.clone(),
+                action: t.action,
+                reason: reason(&t.conditions),
+            });
+        }
+        if traced {
+            b.d.trace.push(t);
+        }
+    }
+    b.d.trace_omitted = count(visits.len().saturating_sub(shown.trace.len()));
+    b.d.matched_omitted = count(shown.matches.saturating_sub(shown.matched.len()));
+}
+
+/// What came of one policy in scope. Its trace entry, and the reason a match is shown with,
+/// are written only for those a decision keeps.
+struct Visit<'r> {
+    policy: &'r Policy,
+    result: TraceResult,
+    /// Where the outcomes of its conditions begin among all outcomes.
+    from: usize,
+    /// The error, window or blackout that applied.
+    note: Option<String>,
+}
+
+impl Visit<'_> {
+    fn trace(
+        &self,
+        outcomes: &[Result<bool, String>],
+        contexts: &mut Contexts,
+        now: DateTime<Utc>,
+    ) -> PolicyTrace {
+        let spec = &self.policy.spec;
+        let evaluated = !matches!(self.result, TraceResult::NotReached | TraceResult::Disabled);
+        let conditions = match &self.policy.parsed {
+            Ok(parsed) if evaluated => {
+                let ctx = contexts.at(now, parsed.tz);
+                parsed
+                    .conditions
+                    .iter()
+                    .zip(outcomes.iter().skip(self.from))
+                    .map(|(c, r)| ConditionTrace {
+                        field: c.field.clone(),
+                        operator: c.operator,
+                        expected: c.value.clone(),
+                        actual: lookup(ctx, &c.field).clone(),
+                        held: *r.as_ref().unwrap_or(&false),
+                        error: r.as_ref().err().cloned(),
+                    })
+                    .collect()
+            }
+            _ => vec![],
+        };
+        PolicyTrace {
+            policy: self.policy.name.clone(),
+            priority: spec.priority,
+            action: spec.action,
+            result: self.result,
+            conditions,
+            note: self.note.clone(),
+        }
     }
 }
 
-/// Applies a matching policy: restrictions, then its action. True when evaluation ends here.
+/// Which visits a decision shows: every one (the full trace), or as the status keeps them
+/// (see [`Decision::for_status`], which this selects exactly alike).
+struct Shown {
+    /// Visits whose trace entry is kept.
+    trace: BTreeSet<usize>,
+    /// Matched visits shown among the matched policies.
+    matched: BTreeSet<usize>,
+    /// How many matched.
+    matches: usize,
+}
+
+impl Shown {
+    fn new(visits: &[Visit], mode: Trace) -> Shown {
+        let matched_at = visits
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.result == TraceResult::Matched && v.policy.parsed.is_ok())
+            .map(|(at, _)| at);
+        let matches = matched_at.clone().count();
+        if mode != Trace::Status {
+            return Shown {
+                trace: (0..visits.len()).collect(),
+                matched: matched_at.collect(),
+                matches,
+            };
+        }
+        let results: Vec<TraceResult> = visits.iter().map(|v| v.result).collect();
+        let trace = kept_for_status(&results).into_iter().collect();
+        Shown {
+            trace,
+            matched: matched_at.take(STATUS_MATCHED).collect(),
+            matches,
+        }
+    }
+}
+
+/// Why a policy matched, in words: the conditions that held and what was found.
+fn reason(conditions: &[ConditionTrace]) -> String {
+    if conditions.is_empty() {
+        return "no conditions: matches everything in scope".to_owned();
+    }
+    let held: Vec<String> = conditions
+        .iter()
+        .filter(|c| c.held)
+        .map(|c| {
+            format!(
+                "{} {:?} {} (found {})",
+                c.field, c.operator, c.expected, c.actual
+            )
+        })
+        .collect();
+    format!("held: {}", held.join("; "))
+}
+
+/// Applies a matching policy: restrictions, then its action. Returns whether evaluation ends
+/// here, and the note for its trace (the window or blackout that applied).
 fn apply_match(
     policy: &Policy,
     request: &Request,
     now: DateTime<Utc>,
-    trace: &mut PolicyTrace,
     b: &mut Builder,
-) -> bool {
+) -> (bool, Option<String>) {
     let spec = &policy.spec;
     let source = format!("policy/{}", policy.name);
     // Only parsed policies match; should one not be, it refuses (fail closed).
     let Ok(parsed) = policy.parsed.as_ref() else {
         let why = format!("policy {} is invalid", policy.name);
         b.violation(source, ViolationKind::EvaluationError, why, None);
-        return true;
+        return (true, None);
     };
-    let reason = if trace.conditions.is_empty() {
-        "no conditions: matches everything in scope".to_owned()
-    } else {
-        let held: Vec<String> = trace
-            .conditions
-            .iter()
-            .filter(|c| c.held)
-            .map(|c| {
-                format!(
-                    "{} {:?} {} (found {})",
-                    c.field, c.operator, c.expected, c.actual
-                )
-            })
-            .collect();
-        format!("held: {}", held.join("; "))
-    };
-    b.d.matched_policies.push(MatchedPolicy {
-        name: policy.name.clone(),
-        action: spec.action,
-        reason,
-    });
     b.requirements.extend(spec.requirements.iter().copied());
     b.on_deploy.extend(spec.notify.on_deploy.iter().cloned());
     b.on_failure.extend(spec.notify.on_failure.iter().cloned());
@@ -499,10 +614,18 @@ fn apply_match(
             Some(Clearance::At(end)),
         );
     }
-    if !notes.is_empty() {
-        trace.note = Some(notes.join("; "));
-    }
+    let note = (!notes.is_empty()).then(|| notes.join("; "));
+    (apply_action(policy, parsed, source, b), note)
+}
 
+/// A matching policy's action. True when evaluation ends here.
+fn apply_action(
+    policy: &Policy,
+    parsed: &super::rules::Parsed,
+    source: String,
+    b: &mut Builder,
+) -> bool {
+    let spec = &policy.spec;
     let message = spec.message.clone();
     match spec.action {
         PolicyAction::Allow => true,

@@ -86,7 +86,34 @@ pub const STATUS_TRACE: usize = 8;
 /// How many matched policies an AgentDeployment's status names at most.
 pub const STATUS_MATCHED: usize = 16;
 
-fn count(n: usize) -> u32 {
+/// Which entries of a trace (given by their results, in order) a status keeps: those that
+/// matched or failed to evaluate, and those that did not match while there is room, at most
+/// [`STATUS_TRACE`] in all.
+pub(super) fn kept_for_status(results: &[TraceResult]) -> Vec<usize> {
+    let decisive = |r: &TraceResult| {
+        matches!(
+            r,
+            TraceResult::Matched | TraceResult::ErrorFailed | TraceResult::ErrorIgnored
+        )
+    };
+    // Room left for policies that did not match, once those that did are in.
+    let mut room = STATUS_TRACE.saturating_sub(results.iter().filter(|r| decisive(r)).count());
+    results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            decisive(r)
+                || (**r == TraceResult::NotMatched && room > 0 && {
+                    room = room.saturating_sub(1);
+                    true
+                })
+        })
+        .map(|(at, _)| at)
+        .take(STATUS_TRACE)
+        .collect()
+}
+
+pub(super) fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
@@ -96,27 +123,10 @@ impl Decision {
     /// that did not match while there is room (at most [`STATUS_TRACE`] in all), and how many
     /// it leaves out.
     pub fn for_status(&self) -> Decision {
-        let decisive = |t: &PolicyTrace| {
-            matches!(
-                t.result,
-                TraceResult::Matched | TraceResult::ErrorFailed | TraceResult::ErrorIgnored
-            )
-        };
-        // Room left for policies that did not match, once those that did are in.
-        let mut room =
-            STATUS_TRACE.saturating_sub(self.trace.iter().filter(|t| decisive(t)).count());
-        let kept: Vec<PolicyTrace> = self
-            .trace
-            .iter()
-            .filter(|t| {
-                decisive(t)
-                    || (t.result == TraceResult::NotMatched && room > 0 && {
-                        room = room.saturating_sub(1);
-                        true
-                    })
-            })
-            .take(STATUS_TRACE)
-            .cloned()
+        let results: Vec<TraceResult> = self.trace.iter().map(|t| t.result).collect();
+        let kept: Vec<PolicyTrace> = kept_for_status(&results)
+            .into_iter()
+            .filter_map(|at| self.trace.get(at).cloned())
             .collect();
         let omitted = self.trace.len().saturating_sub(kept.len());
         let matched = self.matched_policies.len();

@@ -12,7 +12,7 @@ pub mod time;
 pub mod break_glass;
 
 pub use context::Request;
-pub use decide::decide;
+pub use decide::{decide, decide_for_status};
 pub use decision::{Decision, Outcome};
 pub use evidence::staging_validated;
 pub use rules::{Affected, Policy, Rules, in_scope, validate};

@@ -307,3 +307,73 @@ proptest! {
         prop_assert_eq!(d.next_window_opens_at, old, "policies {:#?} at {}", named, now);
     }
 }
+
+/// Any policy a status may show: every action, disabled ones, conditions that fail to evaluate
+/// under either failure policy, and the time conditions, windows and blackouts above.
+fn arb_any_policy() -> impl Strategy<Value = String> {
+    let condition = prop_oneof![
+        4 => arb_condition(),
+        1 => Just("{field: agent, operator: GreaterThan, value: 3}".to_string()),
+        1 => Just("{field: agent, operator: Equals, value: GHA}".to_string()),
+    ];
+    (
+        prop::sample::select(&["Deny", "AuditOnly", "Allow", "Warn", "RequireApproval"][..]),
+        0i32..5,
+        prop::collection::vec(condition, 0..3),
+        any::<bool>(),
+        prop::collection::vec(arb_window_in(ZONES), 0..2),
+        prop::collection::vec(arb_blackout(), 0..2),
+        (any::<bool>(), prop::sample::select(&["Fail", "Ignore"][..])),
+    )
+        .prop_map(|(action, prio, conds, any_match, windows, blackouts, (enabled, failure))| {
+            let mut s = format!("{{action: {action}, priority: {prio}, enabled: {enabled}, failurePolicy: {failure}, match: {}, conditions: [{}], windows: [{}], blackouts: [{}]",
+                if any_match { "Any" } else { "All" }, conds.join(", "), windows.join(", "), blackouts.join(", "));
+            if action == "RequireApproval" {
+                s += ", approval: {roles: [release_manager]}";
+            }
+            s + "}"
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+    /// What the operator decides for a status is exactly the whole decision, bounded; and
+    /// bounding it again changes nothing.
+    #[test]
+    fn the_status_decision_is_the_whole_decision_bounded(
+        ps in prop::collection::vec(arb_any_policy(), 1..40),
+        minutes in 0i64..(60 * 24 * 45),
+    ) {
+        let named: Vec<(String, String)> = ps.iter().enumerate().map(|(i, p)| (format!("p{i:02}"), p.clone())).collect();
+        let r = rules(&named);
+        let now = utc("2026-11-10T00:00:00Z") + Duration::minutes(minutes);
+        let whole = decide(&r, &request(), now);
+        let bounded = whole.for_status();
+        prop_assert_eq!(&decide_for_status(&r, &request(), now), &bounded, "policies {:#?} at {}", named, now);
+        prop_assert_eq!(&bounded.for_status(), &bounded);
+    }
+}
+
+/// Past both bounds: 30 matching policies and 10 that do not.
+#[test]
+fn a_status_decision_past_both_bounds() {
+    let mut ps: Vec<(String, String)> = (0..30)
+        .map(|i| (format!("m{i:02}"), "{action: AuditOnly}".to_string()))
+        .collect();
+    ps.extend((0..10).map(|i| {
+        (
+            format!("n{i:02}"),
+            "{action: Deny, conditions: [{field: agent, operator: Equals, value: nobody}]}"
+                .to_string(),
+        )
+    }));
+    let r = rules(&ps);
+    let now = utc("2026-11-10T00:00:00Z");
+    let bounded = decide_for_status(&r, &request(), now);
+    assert_eq!((bounded.trace.len(), bounded.trace_omitted), (8, 32));
+    assert_eq!(
+        (bounded.matched_policies.len(), bounded.matched_omitted),
+        (16, 14)
+    );
+    assert_eq!(bounded, decide(&r, &request(), now).for_status());
+}
