@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test build controlplane cluster run demo crds bench scale fuzz fmt clippy unit integration clean
+.PHONY: test build image controlplane cluster run demo crds bench scale fuzz fmt clippy unit integration clean
 
 ## Everything CI checks: format, lints, unit and CLI tests, integration tests against a real
 ## control plane (built on first use, cached in tests/controlplane/bin).
@@ -13,6 +13,13 @@ test: controlplane
 
 build:
 	$(CARGO) build --locked
+
+## The operator's OCI image (no base image, registry or container engine): target/oci/dvo-operator.tar,
+## for `ctr -n k8s.io images import`; the same binary gives the same digest.
+IMAGE ?= localhost/dvo-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+image:
+	$(CARGO) build --release --locked --bin dvo
+	scripts/image.py --binary target/release/dvo --out target/oci/dvo-operator.tar --name $(IMAGE)
 
 ## Build kube-apiserver, kube-controller-manager, kubectl and etcd (only when missing or changed).
 controlplane:

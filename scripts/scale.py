@@ -288,7 +288,7 @@ def scale(args, procs):
     with open(op_kubeconfig, "w") as f:
         f.write(run([kubectl, "config", "view", "--raw", "--minify"], env=env))
     # As the chart runs it (see its Deployment).
-    op_env = dict(os.environ, KUBECONFIG=op_kubeconfig, RUST_LOG="info,kube=warn", MALLOC_ARENA_MAX="2")
+    op_env = dict(os.environ, KUBECONFIG=op_kubeconfig, RUST_LOG="info,kube=warn", MALLOC_ARENA_MAX="1", MALLOC_MMAP_THRESHOLD_="131072")
     run([kubectl, "config", "set-credentials", "operator", "--token=" + token], env=op_env)
     run([kubectl, "config", "set-context", "--current", "--user=operator"], env=op_env)
 

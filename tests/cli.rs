@@ -424,3 +424,158 @@ fn offline_refuses_what_the_api_server_refuses() {
         assert!(err.contains(want), "{name}: {out}{err}");
     }
 }
+
+/// The files of an OCI image archive made by `scripts/image.py`: (path, mode, uid) of each layer
+/// entry, and the image config.
+fn image_of(binary: &str, out: &Path) -> (Vec<(String, u32, u32)>, serde_json::Value, Vec<u8>) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let made = Command::new("python3")
+        .arg(Path::new(root).join("scripts/image.py"))
+        .args(["--binary", binary, "--out"])
+        .arg(out)
+        .output()
+        .expect("run scripts/image.py");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let dir = out.with_extension("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let untar = Command::new("tar")
+        .arg("xf")
+        .arg(out)
+        .arg("-C")
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    let read = |digest: &str| {
+        let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
+        std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()
+    };
+    let json = |bytes: Vec<u8>| -> serde_json::Value { serde_json::from_slice(&bytes).unwrap() };
+    let index = json(std::fs::read(dir.join("index.json")).unwrap());
+    let manifest = json(read(index["manifests"][0]["digest"].as_str().unwrap()));
+    let config = json(read(manifest["config"]["digest"].as_str().unwrap()));
+    let layer = dir.join("layer.tar.gz");
+    std::fs::write(
+        &layer,
+        read(manifest["layers"][0]["digest"].as_str().unwrap()),
+    )
+    .unwrap();
+    // GNU tar's numeric listing: "drwxr-xr-x 0/0 0 1970-01-01 00:00 path".
+    let listing = Command::new("tar")
+        .args(["tzvf"])
+        .arg(&layer)
+        .arg("--numeric-owner")
+        .output()
+        .unwrap();
+    let entries = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let mode = f[0]
+                .chars()
+                .skip(1)
+                .fold(0u32, |m, c| (m << 1) | u32::from(c != '-'));
+            let uid = f[1].split('/').next().unwrap().parse().unwrap();
+            (f[5].trim_end_matches('/').to_owned(), mode, uid)
+        })
+        .collect();
+    (entries, config, std::fs::read(out).unwrap())
+}
+
+/// `make image` builds the image without a base image or registry: the same binary gives the
+/// same bytes, and it runs as the Dockerfile's image does (user, entrypoint, command, ports,
+/// binary path), as the chart's security context expects (uid 65532, a read-only root), with
+/// every library the binary loads.
+#[test]
+fn the_image_is_reproducible_and_runs_as_the_dockerfile_says() {
+    let dir = scratch("image");
+    let binary = env!("CARGO_BIN_EXE_dvo");
+    let (files, config, first) = image_of(binary, &dir.join("a.tar"));
+    let (_, _, second) = image_of(binary, &dir.join("b.tar"));
+    assert!(first == second, "two builds of the same binary differ");
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let last_stage = dockerfile.rsplit("\nFROM ").next().unwrap();
+    let instruction = |name: &str| {
+        last_stage
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("the Dockerfile's last stage has no {name}"))
+            .trim()
+            .to_owned()
+    };
+    let c = &config["config"];
+    assert_eq!(c["User"], instruction("USER"));
+    let as_json = |s: String| serde_json::from_str::<serde_json::Value>(&s).unwrap();
+    assert_eq!(c["Entrypoint"], as_json(instruction("ENTRYPOINT")));
+    assert_eq!(c["Cmd"], as_json(instruction("CMD")));
+    let mut ports: Vec<String> = c["ExposedPorts"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    ports.sort();
+    let expose: Vec<String> = instruction("EXPOSE")
+        .split_whitespace()
+        .map(|p| format!("{p}/tcp"))
+        .collect();
+    assert_eq!(ports, expose);
+    let copied = instruction("COPY");
+    let binary_path = copied.rsplit(' ').next().unwrap().trim_start_matches('/');
+    let mode_of = |path: &str| {
+        files
+            .iter()
+            .find(|(p, _, _)| p == path)
+            .map(|(_, m, u)| (*m, *u))
+    };
+    assert_eq!(
+        mode_of(binary_path),
+        Some((0o755, 0)),
+        "the binary, owned by root, executable"
+    );
+
+    let values = std::fs::read_to_string(root.join("charts/dvo-operator/values.yaml")).unwrap();
+    assert!(values.contains("runAsUser: 65532") && values.contains("readOnlyRootFilesystem: true"));
+    assert!(c["User"].as_str().unwrap().starts_with("65532:"));
+    let rootfs = dir.join("a.d/rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    let untar = Command::new("tar")
+        .arg("xzf")
+        .arg(dir.join("a.d/layer.tar.gz"))
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("etc")
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap();
+    assert!(
+        passwd
+            .lines()
+            .any(|l| l.starts_with("nonroot:x:65532:65532:")),
+        "{passwd}"
+    );
+    assert_eq!(mode_of("tmp"), Some((0o777, 0)), "a writable /tmp (sticky)");
+
+    let ldd = Command::new("ldd").arg(binary).output().unwrap();
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        assert!(
+            files.iter().any(|(p, _, _)| *p == lib[1..]),
+            "{lib} is not in the image"
+        );
+    }
+    assert!(
+        files
+            .iter()
+            .any(|(p, _, _)| p == "etc/ssl/certs/ca-certificates.crt")
+    );
+}

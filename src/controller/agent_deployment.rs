@@ -668,7 +668,11 @@ async fn rollout(
         // its outcome in the log.
         // Only rules that are current let a spec out.
         live.confirm_current().await?;
-        let template = template_of(ctx, ad, digest).await?;
+        let template = ad
+            .spec
+            .pod_template()
+            .map_err(Error::Config)?
+            .ok_or_else(|| Error::Config("spec.template is missing".into()))?;
         let intent = RolloutIntent {
             generation: ad.metadata.generation.unwrap_or(0),
             digest: digest.to_owned(),
@@ -890,28 +894,6 @@ async fn run_hooks(
     ))
 }
 
-/// The pod template of `digest`. Cached copies hold none (see `slim`): the object is read,
-/// and its template used only if it is still the spec of `digest` (else the cache is behind,
-/// and the reconcile runs again).
-async fn template_of(
-    ctx: &Context,
-    ad: &AgentDeployment,
-    digest: &str,
-) -> Result<k8s_openapi::api::core::v1::PodTemplateSpec, Error> {
-    let missing = || Error::Config("spec.template is missing".into());
-    if ad.spec.without_template.is_none() {
-        return ad.spec.template.as_deref().cloned().ok_or_else(missing);
-    }
-    let ns = ad.namespace().unwrap_or_default();
-    let read = Api::<AgentDeployment>::namespaced(ctx.client.clone(), &ns)
-        .get(&ad.name_any())
-        .await?;
-    if read.uid() != ad.uid() || spec_digest(&read.spec) != digest {
-        return Err(Error::Stale);
-    }
-    read.spec.template.map(|t| *t).ok_or_else(missing)
-}
-
 /// Server-side applies the owned Deployment for `digest`.
 async fn apply(
     ctx: &Context,
@@ -986,9 +968,10 @@ mod tests {
     use crate::crd::AgentDeploymentSpec;
     use crate::crd::agent_deployment::images;
 
-    /// The cache keeps no pod template (most of an object's memory) and no kubectl copy of the
-    /// object, yet answers digest and images as the whole object does; what stands in for the
-    /// template is never written, and never read from what the API server sends.
+    /// The cache keeps the pod template as JSON text (a typed one is most of an object's
+    /// memory) and no kubectl copy of the object, yet answers template, digest and images as
+    /// the whole object does; what stands in for the template is never written, and never read
+    /// from what the API server sends.
     #[test]
     fn a_cached_copy_answers_for_the_whole_spec() {
         let whole: AgentDeployment = serde_json::from_value(serde_json::json!({
@@ -1004,6 +987,10 @@ mod tests {
         let mut cached = whole.clone();
         slim(&mut cached);
         assert!(cached.spec.template.is_none());
+        assert_eq!(
+            cached.spec.pod_template().unwrap(),
+            whole.spec.template.as_deref().cloned()
+        );
         assert_eq!(spec_digest(&cached.spec), spec_digest(&whole.spec));
         assert_eq!(images(&cached.spec), ["gha:2", "init:1", "side:1"]);
         assert!(!cached.annotations().contains_key(LAST_APPLIED));

@@ -104,25 +104,46 @@ fn never_serialized<T>(_: &T) -> bool {
 }
 
 /// What stands in for the pod template of a cached spec: the digest and images of the whole
-/// spec, computed when it was read (see [`AgentDeploymentSpec::drop_template`]).
+/// spec, computed when it was read, and the template as JSON text (a fraction of the memory of
+/// the typed template; see [`AgentDeploymentSpec::drop_template`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TemplateDropped {
     /// [`spec_digest`] of the whole spec.
     pub digest: String,
     /// [`images`] of the whole spec.
     pub images: Vec<String>,
+    /// The pod template as compact JSON (None: the spec had none).
+    pub template: Option<Box<str>>,
 }
 
 impl AgentDeploymentSpec {
-    /// Drops the pod template (most of a spec's memory), keeping its digest and images: the
-    /// cached copy still answers [`spec_digest`] and [`images`]; rolling out reads the object.
+    /// Keeps the pod template as JSON text, with the digest and images of the whole spec: the
+    /// cached copy still answers [`spec_digest`] and [`images`], and [`Self::pod_template`]
+    /// gives the template back.
     pub fn drop_template(&mut self) {
         if self.without_template.is_none() {
             self.without_template = Some(TemplateDropped {
                 digest: spec_digest(self),
                 images: images(self),
+                template: self
+                    .template
+                    .take()
+                    .map(|t| crate::json::to_string(&t).into_boxed_str()),
             });
-            self.template = None;
+        }
+    }
+
+    /// The pod template, from a cached copy's JSON text as from a whole spec. Err: the text does
+    /// not read back (it was written by [`Self::drop_template`], so it does).
+    pub fn pod_template(&self) -> Result<Option<PodTemplateSpec>, String> {
+        match &self.without_template {
+            None => Ok(self.template.as_deref().cloned()),
+            Some(dropped) => dropped
+                .template
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| format!("the cached pod template does not read back: {e}")),
         }
     }
 }
