@@ -7,11 +7,15 @@ the dynamic loader (at the paths they have here), a CA bundle, and /etc/passwd a
 naming the non-root user 65532. The image config runs as 65532:65532 with ENTRYPOINT
 ["/usr/local/bin/dvo"] and CMD ["run"], as the Dockerfile's image does (a test compares them).
 
+With --static, the image of one static binary instead (the test node's pause and workload
+images): just that file at /DEST, its ENTRYPOINT, the same user and files in /etc.
+
 Output: an OCI image layout in a tar (index.json, oci-layout, blobs/sha256/...), which
 `ctr -n k8s.io images import` and `skopeo copy oci-archive:...` take.
 
 Usage: scripts/image.py --binary target/release/dvo --out target/oci/dvo-operator.tar
                         [--name localhost/dvo-operator:0.1.0]
+       scripts/image.py --static bin/pause --dest pause --name localhost/pause:3.10 --out pause.tar
 """
 
 import argparse
@@ -27,7 +31,6 @@ import tarfile
 
 BINARY_PATH = "usr/local/bin/dvo"
 USER = "65532:65532"
-ENTRYPOINT = ["/" + BINARY_PATH]
 CMD = ["run"]
 PORTS = ["8081/tcp", "9443/tcp"]
 CA_BUNDLES = ["/etc/ssl/certs/ca-certificates.crt"]
@@ -49,11 +52,11 @@ def shared_libraries(binary):
     return sorted(paths)
 
 
-def layer(binary):
+def layer(binary, dest=BINARY_PATH, static=False):
     """The layer as an uncompressed tar (bytes): entries sorted, owners root (the binary too,
     so the user it runs as cannot change it), fixed times and modes."""
-    files = {BINARY_PATH: (open(binary, "rb").read(), 0o755)}
-    for lib in shared_libraries(binary):
+    files = {dest: (open(binary, "rb").read(), 0o755)}
+    for lib in [] if static else shared_libraries(binary):
         real = os.path.realpath(lib)
         files[lib.lstrip("/")] = (open(real, "rb").read(), 0o755)
     bundle = next((b for b in CA_BUNDLES if os.path.exists(b)), None)
@@ -90,9 +93,9 @@ def blob(data):
     return "sha256:" + hashlib.sha256(data).hexdigest(), data
 
 
-def image(binary, name):
+def image(binary, name, dest=BINARY_PATH, static=False):
     """The blobs (digest -> bytes) and index.json of the image."""
-    raw = layer(binary)
+    raw = layer(binary, dest, static)
     compressed = gzip.compress(raw, compresslevel=6, mtime=EPOCH)
     layer_digest, layer_data = blob(compressed)
     config = {
@@ -101,11 +104,11 @@ def image(binary, name):
         "os": "linux",
         "config": {
             "User": USER,
-            "Entrypoint": ENTRYPOINT,
-            "Cmd": CMD,
+            "Entrypoint": ["/" + dest],
+            "Cmd": [] if static else CMD,
             "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"],
             "WorkingDir": "/",
-            "ExposedPorts": {p: {} for p in PORTS},
+            "ExposedPorts": {} if static else {p: {} for p in PORTS},
         },
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]},
         "history": [{"created": CREATED, "created_by": "scripts/image.py"}],
@@ -156,11 +159,15 @@ def write(out, blobs, index):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", required=True)
+    ap.add_argument("--binary")
+    ap.add_argument("--static", help="a static binary: the image holds it alone (no libraries)")
+    ap.add_argument("--dest", default=BINARY_PATH, help="its path in the image (no leading /)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--name", default="localhost/dvo-operator:0.1.0")
     args = ap.parse_args()
-    blobs, index, digest, sizes = image(args.binary, args.name)
+    if bool(args.binary) == bool(args.static):
+        sys.exit("image: give --binary (the operator) or --static (one static binary)")
+    blobs, index, digest, sizes = image(args.binary or args.static, args.name, args.dest, bool(args.static))
     write(args.out, blobs, index)
     print(json.dumps(dict({"image": args.name, "archive": args.out, "manifest_digest": digest}, **sizes)))
 

@@ -1017,6 +1017,22 @@ mod tests {
         let read: AgentDeploymentSpec = serde_json::from_value(sent).unwrap();
         assert_eq!(read.without_template, None);
         assert_eq!(spec_digest(&read), spec_digest(&whole.spec));
+
+        // A template whose text would not read back (found by a review: k8s-openapi reads
+        // year 0 with an offset and writes a year it cannot read) stays typed.
+        let mut odd = whole.clone();
+        odd.spec.template.as_mut().unwrap().metadata = serde_json::from_value(
+            serde_json::json!({"creationTimestamp": "0000-01-01T00:00:00+01:00"}),
+        )
+        .unwrap();
+        let mut cached = odd.clone();
+        slim(&mut cached);
+        assert!(cached.spec.template.is_some());
+        assert_eq!(
+            cached.spec.pod_template().unwrap(),
+            odd.spec.template.as_deref().cloned()
+        );
+        assert_eq!(spec_digest(&cached.spec), spec_digest(&odd.spec));
     }
 
     #[test]

@@ -112,7 +112,7 @@ pub struct TemplateDropped {
     pub digest: String,
     /// [`images`] of the whole spec.
     pub images: Vec<String>,
-    /// The pod template as compact JSON (None: the spec had none).
+    /// The pod template as compact JSON (None: the spec had none, or it is kept typed).
     pub template: Option<Box<str>>,
 }
 
@@ -121,23 +121,34 @@ impl AgentDeploymentSpec {
     /// cached copy still answers [`spec_digest`] and [`images`], and [`Self::pod_template`]
     /// gives the template back.
     pub fn drop_template(&mut self) {
-        if self.without_template.is_none() {
-            self.without_template = Some(TemplateDropped {
-                digest: spec_digest(self),
-                images: images(self),
-                template: self
-                    .template
-                    .take()
-                    .map(|t| crate::json::to_string(&t).into_boxed_str()),
-            });
+        if self.without_template.is_some() {
+            return;
         }
+        let digest = spec_digest(self);
+        let images = images(self);
+        // Kept typed when its text would not read back (k8s-openapi writes some times it
+        // cannot read, such as year 0 with an offset): a rollout must never be held by that.
+        let text = self
+            .template
+            .as_deref()
+            .map(|t| crate::json::to_string(t).into_boxed_str())
+            .filter(|text| serde_json::from_str::<PodTemplateSpec>(text).is_ok());
+        if text.is_some() {
+            self.template = None;
+        }
+        self.without_template = Some(TemplateDropped {
+            digest,
+            images,
+            template: text,
+        });
     }
 
     /// The pod template, from a cached copy's JSON text as from a whole spec. Err: the text does
     /// not read back (it was written by [`Self::drop_template`], so it does).
     pub fn pod_template(&self) -> Result<Option<PodTemplateSpec>, String> {
         match &self.without_template {
-            None => Ok(self.template.as_deref().cloned()),
+            _ if self.template.is_some() => Ok(self.template.as_deref().cloned()),
+            None => Ok(None),
             Some(dropped) => dropped
                 .template
                 .as_deref()

@@ -2,9 +2,11 @@
 # Starts a real Kubernetes control plane on loopback for tests and local use: etcd,
 # kube-apiserver (TLS, RBAC, service-account keys, static test identities) and
 # kube-controller-manager (garbage collector, Deployments, ReplicaSets, Jobs, namespaces).
-# There is no kubelet: pods are never run.
+# There is no kubelet unless --node is given: then a real node (node.sh: containerd, kubelet,
+# kube-scheduler, kube-proxy, local images; root only, one per machine) runs pods.
 #
-#   cluster.sh up [--dir DIR] [--watch-pid PID]
+#   cluster.sh up [--dir DIR] [--watch-pid PID] [--node]
+#   cluster.sh node-cleanup      # removes what a node left behind (after a kill -9)
 #
 # Runs in the foreground until interrupted (or until process PID exits), then stops every
 # process it started and deletes its data. For outage tests, the API server can be killed and
@@ -22,8 +24,15 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin="$here/bin"
 
-usage() { echo "usage: $0 up [--dir DIR] [--watch-pid PID] | kill-apiserver --dir DIR | start-apiserver --dir DIR" >&2; exit 2; }
+usage() { echo "usage: $0 up [--dir DIR] [--watch-pid PID] [--node] | kill-apiserver --dir DIR | start-apiserver --dir DIR | node-cleanup" >&2; exit 2; }
 case "${1:-}" in
+  node-cleanup)
+    # shellcheck source=node.sh
+    source "$here/node.sh"
+    node_stop_workloads
+    pkill -x containerd 2>/dev/null || true
+    node_cleanup
+    exit 0 ;;
   kill-apiserver|start-apiserver)
     [[ "${2:-}" == "--dir" && -n "${3:-}" ]] || usage
     if [[ "$1" == kill-apiserver ]]; then
@@ -38,15 +47,22 @@ case "${1:-}" in
 esac
 dir=""
 watch_pid=""
+node=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) dir="$2"; shift 2 ;;
     --watch-pid) watch_pid="$2"; shift 2 ;;
+    --node) node=1; shift ;;
     *) usage ;;
   esac
 done
 
-"$here/build.sh"
+"$here/build.sh" ${node:+--node}
+if [[ -n "$node" ]]; then
+  # shellcheck source=node.sh
+  source "$here/node.sh"
+  node_check
+fi
 [[ -n "$dir" ]] || dir="$(mktemp -d "${TMPDIR:-/tmp}/dvo-controlplane.XXXXXX")"
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
@@ -56,6 +72,7 @@ pids=()
 apiserver_pid=""
 stop() {
   trap - EXIT INT TERM
+  [[ -z "$node" ]] || node_stop_workloads
   [[ -z "$apiserver_pid" ]] || kill -KILL "$apiserver_pid" 2>/dev/null || true
   # Newest first (controller-manager, apiserver, etcd), each given 5s to exit before SIGKILL.
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
@@ -65,6 +82,7 @@ stop() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
+  [[ -z "$node" ]] || node_cleanup
   rm -rf "$dir"
 }
 trap stop EXIT
@@ -79,7 +97,8 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=dvo-test-ca" \
   -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
 openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
   -keyout "$pki/apiserver.key" -out "$pki/apiserver.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n' > "$pki/san.ext"
+# Also as pods reach it (the kubernetes Service's address, the node's address) when a node runs.
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc,DNS:kubernetes.default,DNS:kubernetes,IP:10.96.0.1,IP:10.244.0.1\n' > "$pki/san.ext"
 openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
   -days 2 -extfile "$pki/san.ext" -out "$pki/apiserver.crt" 2>/dev/null
 # The client certificate the API server presents to admission webhooks (its own CA, so that a
@@ -116,6 +135,7 @@ plugins:
     kind: WebhookAdmissionConfiguration
     kubeConfigFile: $pki/webhook-client.kubeconfig
 EOF
+[[ -z "$node" ]] || { node_certs "$pki"; node_network_up; }
 openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 
@@ -152,20 +172,24 @@ pids+=($!)
 
 # --- kube-apiserver --------------------------------------------------------------------------
 api_port="$(free_port)"
+# Loopback only, or with a node: on every address (pods reach it through the kubernetes Service
+# at the node's address), the Node authorizer, and a client certificate for kubelets.
+api_node=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --authorization-mode RBAC --endpoint-reconciler-type none)
+[[ -z "$node" ]] || api_node=(--bind-address 0.0.0.0 --advertise-address "$node_ip" --authorization-mode Node,RBAC
+  --enable-admission-plugins NodeRestriction
+  --kubelet-client-certificate "$pki/kubelet-client.crt" --kubelet-client-key "$pki/kubelet-client.key")
 start_apiserver() {
 "$bin/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$etcd_port" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+  "${api_node[@]}" --secure-port "$api_port" \
   --cert-dir "$dir/apiserver-certs" \
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
   --client-ca-file "$pki/ca.crt" \
   --token-auth-file "$pki/tokens.csv" \
   --admission-control-config-file "$pki/admission.yaml" \
-  --authorization-mode RBAC \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
   --service-account-issuer https://kubernetes.default.svc \
   --service-cluster-ip-range 10.96.0.0/24 \
-  --endpoint-reconciler-type none \
   --profiling=false \
   >> "$dir/kube-apiserver.log" 2>&1 &
 apiserver_pid=$!
@@ -211,14 +235,19 @@ until curl -fsS --cacert "$pki/ca.crt" -H "Authorization: Bearer $(cat "$pki/tok
 done
 
 # --- kube-controller-manager -----------------------------------------------------------------
+controllers="garbage-collector-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,job-controller,namespace-controller,serviceaccount-controller,root-ca-certificate-publisher-controller"
+# With a node, Services get endpoints, PodDisruptionBudgets are kept, pods of a gone node go, and
+# the node lifecycle controller lifts the not-ready taint the kubelet registers with.
+[[ -z "$node" ]] || controllers="$controllers,endpoints-controller,endpointslice-controller,disruption-controller,pod-garbage-collector-controller,node-lifecycle-controller"
 "$bin/kube-controller-manager" \
   --kubeconfig "$dir/kubeconfig-controller-manager" \
   --leader-elect=false --secure-port 0 --kube-api-qps 500 --kube-api-burst 1000 \
-  --controllers "${DVO_CONTROLLERS:-garbage-collector-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,job-controller,namespace-controller,serviceaccount-controller,root-ca-certificate-publisher-controller}" \
+  --controllers "${DVO_CONTROLLERS:-$controllers}" \
   --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
   > "$dir/kube-controller-manager.log" 2>&1 &
 pids+=($!)
 
+[[ -z "$node" ]] || node_up
 echo "export KUBECONFIG=$dir/kubeconfig" > "$dir/env"
 touch "$dir/ready"
 echo "controlplane: ready at $server (Kubernetes $("$bin/kube-apiserver" --version | cut -d' ' -f2))"

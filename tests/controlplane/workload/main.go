@@ -1,0 +1,42 @@
+// workload is the end-to-end suite's stand-in for an agent: a static HTTP server on $PORT
+// (default 8080) whose /healthz and /readyz answer 200, and /version the value of $VERSION.
+// MODE=crash exits with status 1 a second after starting (a crashing container); MODE=unready
+// answers 503 on /readyz (a pod that never becomes Ready).
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+)
+
+func main() {
+	mode := os.Getenv("MODE")
+	if mode == "crash" {
+		time.Sleep(time.Second)
+		fmt.Fprintln(os.Stderr, "workload: crashing on purpose (MODE=crash)")
+		os.Exit(1)
+	}
+	port := os.Getenv("PORT")
+	if port == "" {
+		port = "8080"
+	}
+	ok := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
+	http.HandleFunc("/healthz", ok)
+	http.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if mode == "unready" {
+			http.Error(w, "not ready (MODE=unready)", http.StatusServiceUnavailable)
+			return
+		}
+		ok(w, r)
+	})
+	http.HandleFunc("/version", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, os.Getenv("VERSION"))
+	})
+	server := &http.Server{Addr: ":" + port, ReadHeaderTimeout: 5 * time.Second}
+	if err := server.ListenAndServe(); err != nil {
+		fmt.Fprintln(os.Stderr, "workload:", err)
+		os.Exit(1)
+	}
+}
