@@ -2,14 +2,23 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test build image controlplane cluster run demo crds bench scale fuzz fmt clippy unit integration clean
+.PHONY: test e2e build image controlplane cluster run demo crds bench scale fuzz fmt clippy unit integration clean
 
 ## Everything CI checks: format, lints, unit and CLI tests, integration tests against a real
-## control plane (built on first use, cached in tests/controlplane/bin).
+## control plane (built on first use, cached in tests/controlplane/bin), then the end-to-end
+## suite on a real node.
 test: controlplane
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) test --locked
+	$(MAKE) e2e
+
+## The end-to-end suite on a real node (root; Debian's containerd, runc, containernetworking-plugins,
+## iptables and conntrack): the chart's own pods from the image of the built binary, real workloads.
+e2e: controlplane
+	tests/controlplane/build.sh --node
+	$(CARGO) build --locked --bin dvo
+	tests/e2e/run.py
 
 build:
 	$(CARGO) build --locked

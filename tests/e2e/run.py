@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""`make e2e`: dvo-operator as users run it, on a real node (tests/controlplane/cluster.sh --node).
+
+The operator's image is made from the built `dvo` binary (scripts/image.py) and imported into
+the node; the chart is installed with `helm install` as the README says (two replicas); people
+act with kubectl as the control plane's test identities; the workloads are real pods of the
+workload image (a static HTTP server that can also crash). Nothing is patched to pretend: pods
+start, become Ready, crash or fail to pull, and the operator sees it.
+
+Root only (the node needs it). Usage: tests/e2e/run.py [-v] [unittest arguments]
+Environment: DVO_E2E_BINARY (default target/debug/dvo), DVO_E2E_KEEP=1 keeps the cluster up at
+the end and prints its KUBECONFIG.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+BIN = os.path.join(REPO, "tests/controlplane/bin")
+BINARY = os.environ.get("DVO_E2E_BINARY", os.path.join(REPO, "target/debug/dvo"))
+IMAGE = "localhost/dvo-operator:e2e"
+WORKLOAD = "localhost/dvo-workload:1"
+NS = "agents"
+
+
+def log(*args):
+    print("e2e:", *args, file=sys.stderr, flush=True)
+
+
+class Cluster:
+    """The control plane with a node, started once for the suite."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="dvo-e2e-")
+        self.log = open(self.dir + ".log", "w")
+        self.proc = subprocess.Popen(
+            [os.path.join(REPO, "tests/controlplane/cluster.sh"), "up", "--node", "--dir", self.dir,
+             "--watch-pid", str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        deadline = time.time() + 30 * 60  # a cold start builds the binaries first
+        while not os.path.exists(os.path.join(self.dir, "ready")):
+            if self.proc.poll() is not None:
+                raise RuntimeError("the control plane exited; see " + self.log.name + ":\n" + open(self.log.name).read()[-4000:])
+            if time.time() > deadline:
+                raise RuntimeError("the control plane was not ready in time")
+            time.sleep(0.2)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=120)
+        self.log.close()
+
+    def kubectl(self, identity, *args, check=True, stdin=None):
+        out = subprocess.run([os.path.join(BIN, "kubectl"), "--kubeconfig", os.path.join(self.dir, "kubeconfig-" + identity), *args],
+                             input=stdin, capture_output=True, text=True)
+        if check and out.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} as {identity}: {out.stderr.strip()}")
+        return out
+
+    def json(self, *args):
+        return json.loads(self.kubectl("admin", *args, "-o", "json").stdout)
+
+    def show(self, title):
+        """What a user sees: pods, AgentDeployments and ApprovalRequests."""
+        out = self.kubectl("admin", "-n", NS, "get", "pods,adep,apr", "-o", "wide", check=False).stdout
+        log(f"--- {title}\n{out}")
+
+    def until(self, what, check, timeout=120, every=0.5):
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            last = check()
+            if last:
+                return last
+            time.sleep(every)
+        self.show(f"timed out: {what}")
+        raise AssertionError(f"timed out waiting for {what} (last: {last})")
+
+    def helm(self, *args):
+        env = dict(os.environ, KUBECONFIG=os.path.join(self.dir, "kubeconfig"),
+                   HELM_CACHE_HOME=self.dir + "/helm", HELM_CONFIG_HOME=self.dir + "/helm", HELM_DATA_HOME=self.dir + "/helm")
+        out = subprocess.run([os.path.join(BIN, "helm"), *args], capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)}: {out.stderr.strip()}")
+        return out.stdout
+
+
+def agent(name, environment, env=None, image=WORKLOAD, deadline=20):
+    container = {"name": "agent", "image": image, "imagePullPolicy": "Never",
+                 "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
+                 "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1}}
+    return json.dumps({
+        "apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": name, "namespace": NS},
+        "spec": {"agent": "GHA", "platform": "langchain", "environment": environment, "progressDeadlineSeconds": deadline,
+                 "steps": {"healthCheck": True, "autoRollback": True},
+                 "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container]}}}})
+
+
+class EndToEnd(unittest.TestCase):
+    c: Cluster
+
+    @classmethod
+    def setUpClass(cls):
+        started = time.time()
+        cls.c = c = Cluster()
+        log(f"control plane and node ready in {time.time() - started:.1f}s ({c.dir})")
+        archive = os.path.join(c.dir, "dvo-operator.tar")
+        subprocess.run([sys.executable, os.path.join(REPO, "scripts/image.py"), "--binary", BINARY, "--out", archive,
+                        "--name", IMAGE], check=True, capture_output=True)
+        subprocess.run(["ctr", "--address", "/run/dvo-containerd/containerd.sock", "-n", "k8s.io", "images", "import",
+                        "--all-platforms", archive], check=True, capture_output=True)
+        values = os.path.join(c.dir, "values.yaml")
+        with open(values, "w") as f:
+            f.write("replicaCount: 2\nimage: {repository: localhost/dvo-operator, tag: e2e, pullPolicy: Never}\nroleMapping:\n")
+            with open(os.path.join(REPO, "examples/role-mapping.yaml")) as mapping:
+                f.writelines("  " + line for line in mapping if not line.startswith("#"))
+        # As the README says: CRDs first (server-side), then the chart.
+        c.kubectl("admin", "apply", "--server-side", "-f", os.path.join(REPO, "charts/dvo-operator/crds/"))
+        c.helm("install", "dvo", os.path.join(REPO, "charts/dvo-operator"), "--namespace", "dvo-system",
+               "--create-namespace", "--values", values, "--wait", "--timeout", "180s")
+        c.kubectl("admin", "create", "namespace", NS)
+        for user, name in (("dev-dana", "developers"), ("rosa-release", "release-managers"), ("raj-release", "release-managers-2")):
+            c.kubectl("admin", "-n", NS, "create", "rolebinding", name, "--clusterrole=edit", "--user=" + user)
+        # The API server reaches the webhook through the chart's Service once kube-proxy has its
+        # rules: a server-side dry run as the developer is answered (and stamped) by our webhook.
+        c.until("the webhook through its Service", lambda: '"dvo.caat.io/requester"' in c.kubectl(
+            "developer", "create", "--dry-run=server", "-o", "json", "-f", "-", check=False,
+            stdin=agent("probe", "development")).stdout, timeout=60)
+        # Production needs one release manager's approval.
+        c.kubectl("admin", "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "dvo.caat.io/v1alpha1", "kind": "DeploymentPolicy", "metadata": {"name": "production-approval"},
+            "spec": {"priority": 10, "action": "RequireApproval", "scope": {"environments": ["production"]},
+                     "approval": {"roles": ["release_manager"]}}}))
+        log(f"chart installed and answering in {time.time() - started:.1f}s")
+
+    @classmethod
+    def tearDownClass(cls):
+        if os.environ.get("DVO_E2E_KEEP"):
+            log(f"kept: export KUBECONFIG={cls.c.dir}/kubeconfig")
+            cls.c.proc.wait()
+        cls.c.stop()
+
+    def pods_of(self, name):
+        return [p for p in self.c.json("-n", NS, "get", "pods", "-l", "app=" + name)["items"]
+                if not p["metadata"].get("deletionTimestamp")]
+
+    def phase(self, name):
+        ad = self.c.json("-n", NS, "get", "adep", name)
+        return ad.get("status", {}).get("phase"), ad
+
+    def audit(self):
+        out = subprocess.run([BINARY, "audit", "export", "--format", "jsonl"], capture_output=True, text=True,
+                             env=dict(os.environ, KUBECONFIG=os.path.join(self.c.dir, "kubeconfig")), check=True)
+        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+    def test_1_the_chart_runs_two_ready_replicas_and_one_leads(self):
+        pods = self.c.json("-n", "dvo-system", "get", "pods", "-l", "app.kubernetes.io/name=dvo-operator")["items"]
+        self.assertEqual(len(pods), 2)
+        for p in pods:
+            ready = [x for x in p["status"]["conditions"] if x["type"] == "Ready"]
+            self.assertEqual(ready[0]["status"], "True", p["metadata"]["name"])
+            self.assertEqual(p["spec"]["containers"][0]["image"], IMAGE)
+        holder = self.c.json("-n", "dvo-system", "get", "lease", "dvo-operator-leader")["spec"]["holderIdentity"]
+        self.assertIn(holder, [p["metadata"]["name"] for p in pods])
+        # The pod security the chart asks for holds at run time: uid 65532, nothing writable.
+        pod = pods[0]["metadata"]["name"]
+        status = self.c.kubectl("admin", "-n", "dvo-system", "get", "pod", pod, "-o",
+                                "jsonpath={.spec.securityContext.runAsUser} {.spec.containers[0].securityContext.readOnlyRootFilesystem}").stdout
+        self.assertEqual(status, "65532 true")
+
+    def test_2_production_waits_for_approval_then_runs_exactly_the_approved_image(self):
+        c = self.c
+        c.kubectl("developer", "apply", "-f", "-", stdin=agent("gha-prod", "production", {"VERSION": "v1"}))
+        c.until("PendingApproval", lambda: self.phase("gha-prod")[0] == "PendingApproval")
+        c.show("held for approval")
+        time.sleep(3)  # the window in which nothing may start (not a synchronisation)
+        self.assertEqual(self.pods_of("gha-prod"), [], "a pod started before approval")
+        apr = self.phase("gha-prod")[1]["status"]["approvalRequest"]
+        c.kubectl("release-manager-1", "-n", NS, "annotate", "apr", apr, "dvo.caat.io/approve=e2e: looks good")
+        c.until("Deployed", lambda: self.phase("gha-prod")[0] == "Deployed", timeout=120)
+        pods = self.pods_of("gha-prod")
+        c.show("approved and deployed")
+        self.assertTrue(pods, "Deployed without pods")
+        for p in pods:
+            self.assertEqual(p["status"]["phase"], "Running")
+            self.assertTrue(all(s["ready"] for s in p["status"]["containerStatuses"]), "Deployed before its pods were Ready")
+            self.assertEqual([x["image"] for x in p["spec"]["containers"]], [WORKLOAD])
+
+    def test_3_a_crashing_or_unpullable_rollout_fails_and_rolls_back_to_the_healthy_spec(self):
+        c = self.c
+        c.kubectl("developer", "apply", "-f", "-", stdin=agent("gha-dev", "development", {"VERSION": "v1"}))
+        c.until("v1 Deployed", lambda: self.phase("gha-dev")[0] == "Deployed")
+        healthy = self.phase("gha-dev")[1]["status"]["healthyDigest"]
+        for why, change in (("crash", {"env": {"VERSION": "v2", "MODE": "crash"}}),
+                            ("no image", {"env": {"VERSION": "v3"}, "image": "localhost/not-there:1"})):
+            c.kubectl("developer", "apply", "-f", "-", stdin=agent("gha-dev", "development", **change))
+            c.until(f"{why}: Failed", lambda: self.phase("gha-dev")[0] == "Failed", timeout=180)
+            c.show(f"{why}: failed and rolled back")
+            st = self.phase("gha-dev")[1]["status"]
+            self.assertEqual(st["deployedDigest"], healthy, "rolled back to the last healthy spec")
+
+            def healthy_again():
+                pods = self.pods_of("gha-dev")
+                return pods and all(p["status"]["phase"] == "Running" and all(s["ready"] for s in p["status"].get("containerStatuses", []))
+                                    and p["spec"]["containers"][0]["image"] == WORKLOAD
+                                    and not [e for e in p["spec"]["containers"][0].get("env", []) if e["name"] == "MODE"]
+                                    for p in pods)
+            c.until(f"{why}: the healthy pods running again", healthy_again, timeout=120)
+        events = [(e["event_type"], e["status"]) for e in self.audit() if e["resource"] == f"{NS}/gha-dev"]
+        kinds = [k for k, _ in events]
+        self.assertIn("deployment_failed", kinds)
+        self.assertIn("rollback_started", kinds)
+        self.assertIn("rollback_completed", kinds)
+        self.assertLess(kinds.index("rollback_started"), kinds.index("rollback_completed"))
+
+    def test_4_the_audit_log_tells_the_approval_story_and_verifies(self):
+        entries = [e for e in self.audit() if e["resource"].startswith(f"{NS}/gha-prod")]
+        kinds = [e["event_type"] for e in entries]
+        for kind in ("approval_requested", "approval_granted", "deployment_started", "deployment_completed"):
+            self.assertIn(kind, kinds)
+        self.assertLess(kinds.index("approval_granted"), kinds.index("deployment_started"))
+        self.assertTrue(any(e["user_id"] == "rosa-release" for e in entries), "the approver is named")
+        verified = subprocess.run([BINARY, "audit", "verify"], capture_output=True, text=True,
+                                  env=dict(os.environ, KUBECONFIG=os.path.join(self.c.dir, "kubeconfig")))
+        self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
+
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        sys.exit("e2e: a real node needs root")
+    unittest.main(verbosity=2)
