@@ -11,6 +11,9 @@ cd "$here"
 k8s_version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit} $1 == "require" && $2 == "k8s.io/kubernetes" {print $3; exit}' go.mod)"
 [[ -n "$k8s_version" ]] || { echo "controlplane: no k8s.io/kubernetes version in go.mod" >&2; exit 1; }
 stamp="$(cat go.mod go.sum build.sh luahealth/main.go | sha256sum | cut -d' ' -f1)"
+minor="${k8s_version#v1.}"; minor="${minor%%.*}"
+pkg=k8s.io/component-base/version
+ldflags="-s -w -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 
 if [[ -x "$bin/kube-apiserver" && -x "$bin/kube-controller-manager" && -x "$bin/kubectl" && -x "$bin/etcd" \
       && -x "$bin/helm" && -x "$bin/luahealth" && "$(cat "$bin/.stamp" 2>/dev/null)" == "$stamp" ]]; then
@@ -22,9 +25,6 @@ echo "controlplane: building Kubernetes $k8s_version (kube-apiserver, kube-contr
 start=$SECONDS
 mkdir -p "$bin"
 rm -f "$bin/.stamp"
-minor="${k8s_version#v1.}"; minor="${minor%%.*}"
-pkg=k8s.io/component-base/version
-ldflags="-s -w -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 GOFLAGS=-mod=readonly go build -trimpath -ldflags "$ldflags" -o "$bin/" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
 GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3

@@ -92,14 +92,14 @@ class Cluster:
         return out.stdout
 
 
-def agent(name, environment, env=None, image=WORKLOAD, deadline=20):
+def agent(name, environment, env=None, image=WORKLOAD, deadline=20, steps=None):
     container = {"name": "agent", "image": image, "imagePullPolicy": "Never",
                  "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
                  "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1}}
     return json.dumps({
         "apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": name, "namespace": NS},
         "spec": {"agent": "GHA", "platform": "langchain", "environment": environment, "progressDeadlineSeconds": deadline,
-                 "steps": {"healthCheck": True, "autoRollback": True},
+                 "steps": dict({"healthCheck": True, "autoRollback": True}, **(steps or {})),
                  "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container]}}}})
 
 
@@ -219,6 +219,69 @@ class EndToEnd(unittest.TestCase):
         self.assertIn("rollback_started", kinds)
         self.assertIn("rollback_completed", kinds)
         self.assertLess(kinds.index("rollback_started"), kinds.index("rollback_completed"))
+
+    def test_5_hook_jobs_run_as_pods_and_their_exit_codes_decide(self):
+        c = self.c
+        passing = {"integrationTests": {"image": WORKLOAD, "args": ["exit", "0"], "activeDeadlineSeconds": 60}}
+        c.kubectl("developer", "apply", "-f", "-", stdin=agent("gha-hooks", "development", steps=passing))
+        c.until("tests passed: Deployed", lambda: self.phase("gha-hooks")[0] == "Deployed", timeout=150)
+        steps = self.phase("gha-hooks")[1]["status"]["steps"]
+        self.assertEqual([(s["name"], s["state"]) for s in steps], [("integration-tests", "Succeeded")], steps)
+        job = steps[0]["job"]
+        pods = self.c.json("-n", NS, "get", "pods", "-l", "job-name=" + job)["items"]
+        self.assertTrue(pods and all(p["status"]["phase"] == "Succeeded" for p in pods), "the Job ran as a pod")
+        failing = {"integrationTests": {"image": WORKLOAD, "args": ["exit", "3"], "activeDeadlineSeconds": 60}}
+        c.kubectl("developer", "apply", "-f", "-", stdin=agent("gha-hooks", "development", {"VERSION": "v2"}, steps=failing))
+        c.until("tests failed", lambda: any(s["state"] == "Failed" for s in self.phase("gha-hooks")[1]["status"].get("steps", [])),
+                timeout=240)
+        c.show("a failing integration test")
+        phase, ad = self.phase("gha-hooks")
+        self.assertNotEqual(phase, "Deployed", ad["status"])
+
+    def test_6_the_other_replica_leads_when_the_leader_goes_and_no_approval_is_lost(self):
+        c = self.c
+        c.kubectl("developer", "apply", "-f", "-", stdin=agent("gha-handover", "production", {"VERSION": "v1"}))
+        c.until("PendingApproval", lambda: self.phase("gha-handover")[0] == "PendingApproval")
+        apr = self.phase("gha-handover")[1]["status"]["approvalRequest"]
+        lease = lambda: c.json("-n", "dvo-system", "get", "lease", "dvo-operator-leader")["spec"].get("holderIdentity")
+        leader = lease()
+        c.kubectl("admin", "-n", "dvo-system", "delete", "pod", leader, "--wait=false")
+        gone = time.time()
+        # The approval is given while the leader is going (the webhook of the other replica
+        # and the Service stay up: the PDB and two replicas are what the chart is for).
+        c.until("the approval accepted", lambda: c.kubectl("release-manager-1", "-n", NS, "annotate", "apr", apr,
+                                                           "dvo.caat.io/approve=during the hand-over", check=False).returncode == 0,
+                timeout=60)
+        new = c.until("another leader", lambda: (lease() not in (None, leader)) and lease(), timeout=60)
+        log(f"leader {leader} deleted; {new} leads after {time.time() - gone:.1f}s")
+        c.until("Deployed after the hand-over", lambda: self.phase("gha-handover")[0] == "Deployed", timeout=120)
+        c.until("two operator pods Ready again", lambda: len([p for p in c.json("-n", "dvo-system", "get", "pods", "-l",
+                "app.kubernetes.io/name=dvo-operator")["items"] if any(x["type"] == "Ready" and x["status"] == "True"
+                for x in p["status"].get("conditions", []))]) == 2, timeout=120)
+
+    def test_7_helm_upgrade_to_a_new_image_rolls_nothing_out_again(self):
+        c = self.c
+        archive = os.path.join(c.dir, "dvo-operator-2.tar")
+        subprocess.run([sys.executable, os.path.join(REPO, "scripts/image.py"), "--binary", BINARY, "--out", archive,
+                        "--name", "localhost/dvo-operator:e2e-2"], check=True, capture_output=True)
+        subprocess.run(["ctr", "--address", "/run/dvo-containerd/containerd.sock", "-n", "k8s.io", "images", "import",
+                        "--all-platforms", archive], check=True, capture_output=True)
+        generations = lambda: {d["metadata"]["name"]: d["metadata"]["generation"]
+                               for d in c.json("-n", NS, "get", "deployments")["items"]}
+        before, started = generations(), len([e for e in self.audit() if e["event_type"] == "deployment_started"])
+        # As the README says: CRDs first, then the chart.
+        c.kubectl("admin", "apply", "--server-side", "-f", os.path.join(REPO, "charts/dvo-operator/crds/"))
+        c.helm("upgrade", "dvo", os.path.join(REPO, "charts/dvo-operator"), "--namespace", "dvo-system", "--reuse-values",
+               "--set", "image.tag=e2e-2", "--wait", "--timeout", "180s")
+        pods = c.json("-n", "dvo-system", "get", "pods", "-l", "app.kubernetes.io/name=dvo-operator")["items"]
+        self.assertTrue(all(p["spec"]["containers"][0]["image"] == "localhost/dvo-operator:e2e-2" for p in pods
+                            if not p["metadata"].get("deletionTimestamp")))
+        time.sleep(10)  # the window in which a second rollout would show (not a synchronisation)
+        self.assertEqual(generations(), before, "a Deployment was written again after the upgrade")
+        self.assertEqual(len([e for e in self.audit() if e["event_type"] == "deployment_started"]), started)
+        verified = subprocess.run([BINARY, "audit", "verify"], capture_output=True, text=True,
+                                  env=dict(os.environ, KUBECONFIG=os.path.join(c.dir, "kubeconfig")))
+        self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
 
     def test_4_the_audit_log_tells_the_approval_story_and_verifies(self):
         entries = [e for e in self.audit() if e["resource"].startswith(f"{NS}/gha-prod")]

@@ -1,17 +1,27 @@
 // workload is the end-to-end suite's stand-in for an agent: a static HTTP server on $PORT
 // (default 8080) whose /healthz and /readyz answer 200, and /version the value of $VERSION.
 // MODE=crash exits with status 1 a second after starting (a crashing container); MODE=unready
-// answers 503 on /readyz (a pod that never becomes Ready).
+// answers 503 on /readyz (a pod that never becomes Ready). `workload exit N` exits with status
+// N at once (a hook Job that passes or fails).
 package main
 
 import (
 	"fmt"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 )
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == "exit" {
+		code, err := strconv.Atoi(os.Args[2])
+		if err != nil {
+			code = 2
+		}
+		fmt.Printf("workload: exiting with %d\n", code)
+		os.Exit(code)
+	}
 	mode := os.Getenv("MODE")
 	if mode == "crash" {
 		time.Sleep(time.Second)
