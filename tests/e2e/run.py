@@ -151,6 +151,12 @@ class EndToEnd(unittest.TestCase):
         return [p for p in self.c.json("-n", NS, "get", "pods", "-l", "app=" + name)["items"]
                 if not p["metadata"].get("deletionTimestamp")]
 
+    def settled(self, name):
+        """The phase of the current generation (None while the operator has not decided it)."""
+        phase, ad = self.phase(name)
+        current = ad.get("status", {}).get("observedGeneration") == ad["metadata"]["generation"]
+        return phase if current and phase != "Progressing" else None
+
     def phase(self, name):
         ad = self.c.json("-n", NS, "get", "adep", name)
         return ad.get("status", {}).get("phase"), ad
@@ -214,12 +220,12 @@ class EndToEnd(unittest.TestCase):
     def test_3_a_crashing_or_unpullable_rollout_fails_and_rolls_back_to_the_healthy_spec(self):
         c = self.c
         c.kubectl("developer", "apply", "-f", "-", stdin=agent("gha-dev", "development", {"VERSION": "v1"}))
-        c.until("v1 Deployed", lambda: self.phase("gha-dev")[0] == "Deployed")
+        c.until("v1 Deployed", lambda: self.settled("gha-dev") == "Deployed")
         healthy = self.phase("gha-dev")[1]["status"]["healthyDigest"]
         for why, change in (("crash", {"env": {"VERSION": "v2", "MODE": "crash"}}),
                             ("no image", {"env": {"VERSION": "v3"}, "image": "localhost/not-there:1"})):
             c.kubectl("developer", "apply", "-f", "-", stdin=agent("gha-dev", "development", **change))
-            c.until(f"{why}: Failed", lambda: self.phase("gha-dev")[0] == "Failed", timeout=180)
+            c.until(f"{why}: Failed", lambda: self.settled("gha-dev") == "Failed", timeout=180)
             c.show(f"{why}: failed and rolled back")
             st = self.phase("gha-dev")[1]["status"]
             self.assertEqual(st["deployedDigest"], healthy, "rolled back to the last healthy spec")
@@ -273,9 +279,7 @@ class EndToEnd(unittest.TestCase):
         new = c.until("another leader", lambda: (lease() not in (None, leader)) and lease(), timeout=60)
         log(f"leader {leader} deleted; {new} leads after {time.time() - gone:.1f}s")
         c.until("Deployed after the hand-over", lambda: self.phase("gha-handover")[0] == "Deployed", timeout=120)
-        c.until("two operator pods Ready again", lambda: len([p for p in c.json("-n", "dvo-system", "get", "pods", "-l",
-                "app.kubernetes.io/name=dvo-operator")["items"] if any(x["type"] == "Ready" and x["status"] == "True"
-                for x in p["status"].get("conditions", []))]) == 2, timeout=120)
+        c.until("two operator pods Ready again", lambda: len(self.ready_operators()) == 2, timeout=120)
 
     def test_7_helm_upgrade_to_a_new_image_rolls_nothing_out_again(self):
         c = self.c
@@ -286,6 +290,8 @@ class EndToEnd(unittest.TestCase):
                         "--all-platforms", archive], check=True, capture_output=True)
         generations = lambda: {d["metadata"]["name"]: d["metadata"]["generation"]
                                for d in c.json("-n", NS, "get", "deployments")["items"]}
+        for ad in c.json("-n", NS, "get", "adep")["items"]:
+            c.until(f"{ad['metadata']['name']} settled", lambda: self.settled(ad["metadata"]["name"]), timeout=120)
         before, started = generations(), len([e for e in self.audit() if e["event_type"] == "deployment_started"])
         # As the README says: CRDs first, then the chart.
         c.kubectl("admin", "apply", "--server-side", "-f", os.path.join(REPO, "charts/dvo-operator/crds/"))
@@ -300,6 +306,44 @@ class EndToEnd(unittest.TestCase):
         verified = subprocess.run([BINARY, "audit", "verify"], capture_output=True, text=True,
                                   env=dict(os.environ, KUBECONFIG=os.path.join(c.dir, "kubeconfig")))
         self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
+
+    def test_8_eviction_respects_the_disruption_budget(self):
+        c = self.c
+        c.until("two operator pods Ready", lambda: len(self.ready_operators()) == 2, timeout=120)
+        first, second = self.ready_operators()
+        evict = lambda pod: c.kubectl("admin", "create", "--raw", f"/api/v1/namespaces/dvo-system/pods/{pod}/eviction",
+                                      "-f", "-", check=False, stdin=json.dumps({
+                                          "apiVersion": "policy/v1", "kind": "Eviction",
+                                          "metadata": {"name": pod, "namespace": "dvo-system"}}))
+        out = evict(first)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        # The budget (minAvailable 1) now allows no other disruption until a replacement is Ready.
+        out = evict(second)
+        self.assertNotEqual(out.returncode, 0, "the second eviction went through")
+        self.assertIn("disruption budget", out.stderr)
+        c.until("two operator pods Ready again", lambda: len(self.ready_operators()) == 2, timeout=120)
+
+    def test_9_uninstall_leaves_only_what_its_notes_say(self):
+        c = self.c
+        notes = c.helm("get", "notes", "dvo", "--namespace", "dvo-system")
+        c.helm("uninstall", "dvo", "--namespace", "dvo-system", "--wait", "--timeout", "120s")
+        c.until("the operator's pods gone", lambda: not c.json("-n", "dvo-system", "get", "pods")["items"], timeout=120)
+        left = c.json("-n", "dvo-system", "get", "all,configmaps,secrets,serviceaccounts,roles,rolebindings,leases,networkpolicies,poddisruptionbudgets")["items"]
+        left = sorted(f'{i["kind"]}/{i["metadata"]["name"]}' for i in left
+                      if i["metadata"]["name"] not in ("kube-root-ca.crt", "default"))
+        webhooks = [f'{k}/{i["metadata"]["name"]}' for k in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")
+                    for i in c.json("get", k)["items"] if "dvo" in i["metadata"]["name"]]
+        log("left after helm uninstall:", left + webhooks)
+        for thing in left + webhooks:
+            name = thing.split("/", 1)[1]
+            stem = name.rstrip("0123456789-")
+            self.assertTrue(name in notes or stem in notes, f"{thing} is left, and the chart's notes do not say so")
+
+    def ready_operators(self):
+        return sorted(p["metadata"]["name"] for p in self.c.json("-n", "dvo-system", "get", "pods", "-l",
+                      "app.kubernetes.io/name=dvo-operator")["items"]
+                      if not p["metadata"].get("deletionTimestamp")
+                      and any(x["type"] == "Ready" and x["status"] == "True" for x in p["status"].get("conditions", [])))
 
     def test_4_the_audit_log_tells_the_approval_story_and_verifies(self):
         entries = [e for e in self.audit() if e["resource"].startswith(f"{NS}/gha-prod")]
