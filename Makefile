@@ -17,6 +17,7 @@ test: controlplane
 ## iptables and conntrack): the chart's own pods from the image of the built binary, real workloads.
 e2e: controlplane
 	tests/controlplane/build.sh --node
+	tests/controlplane/cluster.sh node-cleanup
 	$(CARGO) build --locked --bin dvo
 	tests/e2e/run.py
 

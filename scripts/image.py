@@ -19,7 +19,6 @@ Usage: scripts/image.py --binary target/release/dvo --out target/oci/dvo-operato
 """
 
 import argparse
-import gzip
 import hashlib
 import io
 import json
@@ -27,7 +26,9 @@ import os
 import re
 import subprocess
 import sys
+import struct
 import tarfile
+import zlib
 
 BINARY_PATH = "usr/local/bin/dvo"
 USER = "65532:65532"
@@ -89,6 +90,15 @@ def layer(binary, dest=BINARY_PATH, static=False):
     return buf.getvalue()
 
 
+def gzip_fixed(data):
+    """gzip with a header of our own (no name, mtime 0, OS 255 'unknown'): Python versions
+    write different header bytes, and the digest must not depend on them."""
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = deflate.compress(data) + deflate.flush()
+    header = b"\x1f\x8b\x08\x00" + struct.pack("<I", EPOCH) + b"\x00\xff"
+    return header + body + struct.pack("<II", zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
+
+
 def blob(data):
     return "sha256:" + hashlib.sha256(data).hexdigest(), data
 
@@ -96,7 +106,7 @@ def blob(data):
 def image(binary, name, dest=BINARY_PATH, static=False):
     """The blobs (digest -> bytes) and index.json of the image."""
     raw = layer(binary, dest, static)
-    compressed = gzip.compress(raw, compresslevel=6, mtime=EPOCH)
+    compressed = gzip_fixed(raw)
     layer_digest, layer_data = blob(compressed)
     config = {
         "created": CREATED,

@@ -4,6 +4,9 @@
 #   scripts/local.sh demo   the production approval story, step by step, then stops
 # Without a reachable cluster in KUBECONFIG it starts the local control plane
 # (tests/controlplane) first. The operator runs with the token of the chart's ServiceAccount.
+# NODE=1 (root): the local control plane gets a real node, the operator runs as the chart's own
+# two pods from the image of the built binary, and agents run as real pods (the examples' images
+# are the local workload image under their names, so they start without a registry).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -20,15 +23,16 @@ trap cleanup EXIT INT TERM
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-tests/controlplane/build.sh
+node="${NODE:-}"
+tests/controlplane/build.sh ${node:+--node}
 cargo build --quiet --bin dvo --bin kubectl-dvo
 
 local_cluster=""
-if [[ "$mode" == demo ]] || ! "$bin/kubectl" version --request-timeout=3s > /dev/null 2>&1; then
+if [[ "$mode" == demo || -n "$node" ]] || ! "$bin/kubectl" version --request-timeout=3s > /dev/null 2>&1; then
   local_cluster="$state/cluster"
   rm -rf "$local_cluster"
-  step "starting a local control plane (kube-apiserver, etcd, kube-controller-manager)"
-  tests/controlplane/cluster.sh up --dir "$local_cluster" --watch-pid $$ > "$state/cluster.log" 2>&1 &
+  step "starting a local control plane (kube-apiserver, etcd, kube-controller-manager${node:+, and a real node})"
+  tests/controlplane/cluster.sh up --dir "$local_cluster" --watch-pid $$ ${node:+--node} > "$state/cluster.log" 2>&1 &
   pids+=($!)
   until [[ -f "$local_cluster/ready" ]]; do
     kill -0 "${pids[0]}" 2>/dev/null || { cat "$state/cluster.log"; exit 1; }
@@ -38,16 +42,37 @@ if [[ "$mode" == demo ]] || ! "$bin/kubectl" version --request-timeout=3s > /dev
 fi
 k() { "$bin/kubectl" "$@"; }
 
-step "installing the CRDs and the chart (RBAC, role mapping, no pods: the operator runs here)"
+values="$state/values.yaml"
+{ echo "roleMapping:"; grep -v '^#' examples/role-mapping.yaml | sed 's/^/  /'; } > "$values"
+if [[ -n "$node" ]]; then
+  step "making the operator's image and the agents' image, into the node"
+  ctr_() { ctr --address /run/dvo-containerd/containerd.sock --namespace k8s.io "$@"; }
+  python3 scripts/image.py --binary target/debug/dvo --out "$state/dvo-operator.tar" --name localhost/dvo-operator:local > /dev/null
+  ctr_ images import --all-platforms "$state/dvo-operator.tar" > /dev/null
+  for name in registry.example.com/agents/gha:1.4.2 registry.example.com/agents/gha-tests:1.4.2; do
+    python3 scripts/image.py --static "$bin/workload" --dest workload --name "$name" --out "$state/workload.tar" > /dev/null
+    ctr_ images import --all-platforms "$state/workload.tar" > /dev/null
+  done
+  printf 'replicaCount: 2\nimage: {repository: localhost/dvo-operator, tag: local, pullPolicy: Never}\n' >> "$values"
+  step "installing the CRDs and the chart: the operator runs as its two pods on the node"
+else
+  echo "replicaCount: 0" >> "$values"
+  step "installing the CRDs and the chart (RBAC, role mapping, no pods: the operator runs here)"
+fi
 k apply --server-side -f crds/ > /dev/null
-values="$state/values.json"
-python3 -c 'import json,sys,yaml; print(json.dumps({"roleMapping": yaml.safe_load(open(sys.argv[1])), "replicaCount": 0}))' \
-  examples/role-mapping.yaml > "$values" 2>/dev/null \
-  || { echo "roleMapping:"; sed 's/^/  /' examples/role-mapping.yaml; echo "replicaCount: 0"; } > "$values"
 HELM_CACHE_HOME="$state/helm" HELM_CONFIG_HOME="$state/helm" HELM_DATA_HOME="$state/helm" \
   "$bin/helm" upgrade --install dvo charts/dvo-operator --namespace dvo-system --create-namespace \
-  --values "$values" > /dev/null
+  --values "$values" ${node:+--wait} > /dev/null
 
+if [[ -n "$node" ]]; then
+  k -n dvo-system get pods -o wide
+  # The API server reaches the webhook once kube-proxy has the Service's rules.
+  for _ in $(seq 300); do
+    KUBECONFIG="$local_cluster/kubeconfig-developer" k -n default create --dry-run=server -f examples/agentdeployment.yaml \
+      > /dev/null 2>&1 && break
+    sleep 0.2
+  done
+else
 step "running the operator with the chart's ServiceAccount token (webhook on https://127.0.0.1:9443)"
 token="$(k -n dvo-system create token dvo-operator --duration=24h)"
 operator_kubeconfig="$state/kubeconfig-operator"
@@ -67,6 +92,7 @@ until curl -fsS http://127.0.0.1:8081/readyz > /dev/null 2>&1; do
   sleep 0.2
 done
 echo "operator ready; log: $state/operator.log; metrics: http://127.0.0.1:8081/metrics"
+fi
 
 if [[ "$mode" == run ]]; then
   step "applying the examples"
@@ -124,6 +150,10 @@ as release-manager-1 -n payments annotate apr "$apr" dvo.caat.io/approve="again"
 step "4. a second release manager approves: exactly the approved spec rolls out"
 as release-manager-2 -n payments annotate apr "$apr" dvo.caat.io/approve="ok for release"
 wait_for "the rollout" "$bin/kubectl" -n payments get deployment gha-production
+if [[ -n "$node" ]]; then
+  wait_for "Deployed: its pods Running and Ready" bash -c "$bin/kubectl -n payments get adep gha-production -o jsonpath='{.status.phase}' | grep -q Deployed"
+  k -n payments get pods -o wide
+fi
 k -n payments get adep,apr,deploy
 plugin operator status gha-production -n payments
 

@@ -561,7 +561,11 @@ fn the_image_is_reproducible_and_runs_as_the_dockerfile_says() {
             .any(|l| l.starts_with("nonroot:x:65532:65532:")),
         "{passwd}"
     );
-    assert_eq!(mode_of("tmp"), Some((0o777, 0)), "a writable /tmp (sticky)");
+    assert_eq!(
+        mode_of("tmp"),
+        Some((0o777, 0)),
+        "a /tmp everyone may write"
+    );
 
     let ldd = Command::new("ldd").arg(binary).output().unwrap();
     for lib in String::from_utf8_lossy(&ldd.stdout)

@@ -30,7 +30,11 @@ case "${1:-}" in
     # shellcheck source=node.sh
     source "$here/node.sh"
     node_stop_workloads
-    pkill -x containerd 2>/dev/null || true
+    # What a killed cluster.sh --node left running: the node's processes (by this checkout's
+    # binaries and the node's containerd config) and an API server bound to the node's address.
+    pkill -KILL -f "^$bin/(kube-proxy|kube-scheduler|kubelet) " 2>/dev/null || true
+    pkill -KILL -f "^containerd --config .*/node/containerd.toml" 2>/dev/null || true
+    pkill -KILL -f "^$bin/kube-apiserver .*--advertise-address 10.244.0.1" 2>/dev/null || true
     node_cleanup
     exit 0 ;;
   kill-apiserver|start-apiserver)
@@ -176,6 +180,7 @@ api_port="$(free_port)"
 # at the node's address), the Node authorizer, and a client certificate for kubelets.
 api_node=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --authorization-mode RBAC --endpoint-reconciler-type none)
 [[ -z "$node" ]] || api_node=(--bind-address 0.0.0.0 --advertise-address "$node_ip" --authorization-mode Node,RBAC
+  --anonymous-auth=false
   --enable-admission-plugins NodeRestriction
   --kubelet-client-certificate "$pki/kubelet-client.crt" --kubelet-client-key "$pki/kubelet-client.key")
 start_apiserver() {

@@ -18,6 +18,14 @@ containerd_state=/run/dvo-containerd
 containerd_sock="$containerd_state/containerd.sock"
 contain_chain=DVO-NODE-CONTAIN
 node_dir=""
+# Kernel settings the kubelet, kube-proxy and the bridge change machine-wide: their values before
+# the node are kept here (a fixed path, so that node-cleanup after a kill finds them) and put
+# back when it goes.
+saved_sysctls=/run/dvo-node-sysctls
+sysctls=(kernel.panic kernel.panic_on_oops vm.overcommit_memory kernel.keys.root_maxkeys
+  kernel.keys.root_maxbytes net.ipv4.conf.all.route_localnet net.ipv4.ip_forward
+  net.bridge.bridge-nf-call-iptables net.netfilter.nf_conntrack_tcp_timeout_established
+  net.netfilter.nf_conntrack_tcp_timeout_close_wait)
 
 node_fail() { echo "node: $*" >&2; exit 1; }
 
@@ -52,6 +60,13 @@ node_certs() { # pki
 # The bridge pods attach to (the kubelet refuses a loopback node IP, so the node's address is
 # the bridge's), and the rules that keep pods' traffic on this machine.
 node_network_up() {
+  if [[ ! -e "$saved_sysctls" ]]; then
+    local key
+    for key in "${sysctls[@]}"; do
+      printf '%s=%s\n' "$key" "$(sysctl -n "$key" 2>/dev/null)" >> "$saved_sysctls.tmp"
+    done
+    mv "$saved_sysctls.tmp" "$saved_sysctls"
+  fi
   ip link add "$bridge" type bridge
   ip addr add "$node_ip/24" dev "$bridge"
   ip link set "$bridge" up
@@ -61,13 +76,44 @@ node_network_up() {
   iptables -A "$contain_chain" -s "$pod_cidr" -d "$pod_cidr" -j ACCEPT
   iptables -A "$contain_chain" -s "$pod_cidr" -j DROP
   iptables -I FORWARD 1 -j "$contain_chain"
+  # Before kube-proxy's own rules (it leaves mangle alone): nothing from a pod leaves the bridge,
+  # whatever its source address.
+  iptables -t mangle -N "$contain_chain"
+  iptables -t mangle -A "$contain_chain" -i "$bridge" ! -o "$bridge" -j DROP
+  iptables -t mangle -I FORWARD 1 -j "$contain_chain"
+}
+
+# Pods may reach this machine only at the API server (through the kubernetes Service).
+node_input_rules() { # api port
+  iptables -N "$contain_chain-IN"
+  iptables -A "$contain_chain-IN" -p tcp --dport "$1" -j ACCEPT
+  iptables -A "$contain_chain-IN" -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+  iptables -A "$contain_chain-IN" -j DROP
+  iptables -I INPUT 1 -i "$bridge" -j "$contain_chain-IN"
 }
 
 node_network_down() {
   iptables -D FORWARD -j "$contain_chain" 2>/dev/null || true
   iptables -F "$contain_chain" 2>/dev/null || true
   iptables -X "$contain_chain" 2>/dev/null || true
+  iptables -t mangle -D FORWARD -j "$contain_chain" 2>/dev/null || true
+  iptables -t mangle -F "$contain_chain" 2>/dev/null || true
+  iptables -t mangle -X "$contain_chain" 2>/dev/null || true
+  iptables -D INPUT -i "$bridge" -j "$contain_chain-IN" 2>/dev/null || true
+  iptables -F "$contain_chain-IN" 2>/dev/null || true
+  iptables -X "$contain_chain-IN" 2>/dev/null || true
+  # Pods' network namespaces (CNI names them cni-*); their veths go with them.
+  local ns
+  for ns in /run/netns/cni-*; do
+    [[ -e "$ns" ]] || continue
+    umount "$ns" 2>/dev/null || true
+    rm -f "$ns"
+  done
   ip link del "$bridge" 2>/dev/null || true
+  if [[ -e "$saved_sysctls" ]]; then
+    sysctl -q -p "$saved_sysctls" > /dev/null 2>&1 || true
+    rm -f "$saved_sysctls"
+  fi
 }
 
 node_ctr() { ctr --address "$containerd_sock" --namespace k8s.io "$@"; }
@@ -181,6 +227,7 @@ node_scheduler_up() {
 node_proxy_up() {
   "$bin/kube-proxy" --kubeconfig "$dir/kubeconfig-controller-manager" --hostname-override "$node_name" \
     --proxy-mode iptables --cluster-cidr "$pod_cidr" --conntrack-max-per-core 0 \
+    --iptables-localhost-nodeports=false \
     --healthz-bind-address "127.0.0.1:$(free_port)" --metrics-bind-address "127.0.0.1:$(free_port)" \
     > "$dir/kube-proxy.log" 2>&1 &
   pids+=($!)
@@ -190,6 +237,7 @@ node_proxy_up() {
 node_up() {
   node_dir="$dir/node"
   mkdir -p "$node_dir"
+  node_input_rules "$api_port"
   node_containerd_up
   node_images
   node_kubelet_up
@@ -206,8 +254,16 @@ node_up() {
 # Stops the kubelet and every container (while containerd still runs); the processes of the
 # node are then stopped with the rest, and node_cleanup removes what they left.
 node_stop_workloads() {
+  # Pods deleted through the API while the kubelet runs: it stops their sandboxes, so CNI takes
+  # their network down (killing containers under it would leave namespaces and veths).
+  if [[ -n "${dir:-}" && -e "$dir/kubeconfig" ]] && pgrep -f "^$bin/kubelet " > /dev/null; then
+    "$bin/kubectl" --kubeconfig "$dir/kubeconfig" delete pods --all --all-namespaces --grace-period=0 --force \
+      --wait=false > /dev/null 2>&1 || true
+    local deadline=$((SECONDS + 20))
+    while ((SECONDS < deadline)) && [[ -n "$(node_ctr containers ls -q 2>/dev/null)" ]]; do sleep 0.5; done
+  fi
   local p
-  for p in $(pgrep -x kubelet); do
+  for p in $(pgrep -f "^$bin/kubelet "); do
     kill -TERM "$p" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null || true
@@ -242,8 +298,11 @@ node_cleanup() {
     umount -l "$m" 2>/dev/null || true
   done
   rm -rf /var/lib/kubelet "$containerd_root" "$containerd_state" /var/lib/cni /var/log/pods /var/log/containers
+  # The runc shim keeps its sockets under /run/containerd whatever the state directory.
+  rm -rf /run/containerd/runc/k8s.io /run/containerd/s
+  rmdir /run/containerd/runc /run/containerd 2>/dev/null || true
   local cg
-  for cg in /sys/fs/cgroup/*/kubepods; do
+  for cg in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
     [[ -d "$cg" ]] && find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
 }

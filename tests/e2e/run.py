@@ -212,10 +212,18 @@ class EndToEnd(unittest.TestCase):
         pods = self.pods_of("gha-prod")
         c.show("approved and deployed")
         self.assertTrue(pods, "Deployed without pods")
+        # What runs is the spec the approval was given for: the request's digest is the
+        # deployed one, and the Deployment (and so its pods) carries it.
+        st = self.phase("gha-prod")[1]["status"]
+        approved = c.json("-n", NS, "get", "apr", apr)["spec"]["specDigest"]
+        self.assertEqual(st["deployedDigest"], approved)
+        deployment = c.json("-n", NS, "get", "deployment", "gha-prod")
+        self.assertEqual(deployment["metadata"]["annotations"]["dvo.caat.io/spec-digest"], approved)
         for p in pods:
             self.assertEqual(p["status"]["phase"], "Running")
             self.assertTrue(all(s["ready"] for s in p["status"]["containerStatuses"]), "Deployed before its pods were Ready")
             self.assertEqual([x["image"] for x in p["spec"]["containers"]], [WORKLOAD])
+            self.assertIn({"name": "VERSION", "value": "v1"}, p["spec"]["containers"][0]["env"])
 
     def test_3_a_crashing_or_unpullable_rollout_fails_and_rolls_back_to_the_healthy_spec(self):
         c = self.c
@@ -223,7 +231,7 @@ class EndToEnd(unittest.TestCase):
         c.until("v1 Deployed", lambda: self.settled("gha-dev") == "Deployed")
         healthy = self.phase("gha-dev")[1]["status"]["healthyDigest"]
         for why, change in (("crash", {"env": {"VERSION": "v2", "MODE": "crash"}}),
-                            ("no image", {"env": {"VERSION": "v3"}, "image": "localhost/not-there:1"})):
+                            ("a missing image", {"env": {"VERSION": "v3"}, "image": "localhost/not-there:1"})):
             c.kubectl("developer", "apply", "-f", "-", stdin=agent("gha-dev", "development", **change))
             c.until(f"{why}: Failed", lambda: self.settled("gha-dev") == "Failed", timeout=180)
             c.show(f"{why}: failed and rolled back")
@@ -298,8 +306,12 @@ class EndToEnd(unittest.TestCase):
         c.helm("upgrade", "dvo", os.path.join(REPO, "charts/dvo-operator"), "--namespace", "dvo-system", "--reuse-values",
                "--set", "image.tag=e2e-2", "--wait", "--timeout", "180s")
         pods = c.json("-n", "dvo-system", "get", "pods", "-l", "app.kubernetes.io/name=dvo-operator")["items"]
-        self.assertTrue(all(p["spec"]["containers"][0]["image"] == "localhost/dvo-operator:e2e-2" for p in pods
-                            if not p["metadata"].get("deletionTimestamp")))
+        upgraded = [p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp")
+                    and p["spec"]["containers"][0]["image"] == "localhost/dvo-operator:e2e-2"]
+        self.assertEqual(len(upgraded), 2)
+        holder = lambda: c.json("-n", "dvo-system", "get", "lease", "dvo-operator-leader")["spec"].get("holderIdentity")
+        c.until("an upgraded pod leads", lambda: holder() in upgraded, timeout=60)
+        # The new leader has resynced every AgentDeployment once it has decided them all again.
         time.sleep(10)  # the window in which a second rollout would show (not a synchronisation)
         self.assertEqual(generations(), before, "a Deployment was written again after the upgrade")
         self.assertEqual(len([e for e in self.audit() if e["event_type"] == "deployment_started"]), started)
