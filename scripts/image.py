@@ -117,7 +117,7 @@ def image(binary, name, dest=BINARY_PATH, static=False):
             "Entrypoint": ["/" + dest],
             "Cmd": [] if static else CMD,
             "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"],
-            "WorkingDir": "/",
+            "WorkingDir": "/home/nonroot",
             "ExposedPorts": {} if static else {p: {} for p in PORTS},
         },
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]},

@@ -254,14 +254,16 @@ class EndToEnd(unittest.TestCase):
 
     def test_5_hook_jobs_run_as_pods_and_their_exit_codes_decide(self):
         c = self.c
-        passing = {"integrationTests": {"image": WORKLOAD, "args": ["exit", "0"], "activeDeadlineSeconds": 60}}
+        passing = {"integrationTests": {"image": WORKLOAD, "args": ["exit", "0"], "activeDeadlineSeconds": 60},
+                   "kbSync": {"image": WORKLOAD, "args": ["exit", "0"], "activeDeadlineSeconds": 60}}
         c.kubectl("developer", "apply", "-f", "-", stdin=agent("gha-hooks", "development", steps=passing))
         c.until("tests passed: Deployed", lambda: self.phase("gha-hooks")[0] == "Deployed", timeout=150)
         steps = self.phase("gha-hooks")[1]["status"]["steps"]
-        self.assertEqual([(s["name"], s["state"]) for s in steps], [("integration-tests", "Succeeded")], steps)
-        job = steps[0]["job"]
-        pods = self.c.json("-n", NS, "get", "pods", "-l", "job-name=" + job)["items"]
-        self.assertTrue(pods and all(p["status"]["phase"] == "Succeeded" for p in pods), "the Job ran as a pod")
+        self.assertEqual(sorted((s["name"], s["state"]) for s in steps),
+                         [("integration-tests", "Succeeded"), ("kb-sync", "Succeeded")], steps)
+        for step in steps:
+            pods = self.c.json("-n", NS, "get", "pods", "-l", "job-name=" + step["job"])["items"]
+            self.assertTrue(pods and all(p["status"]["phase"] == "Succeeded" for p in pods), f"{step['name']} ran as a pod")
         failing = {"integrationTests": {"image": WORKLOAD, "args": ["exit", "3"], "activeDeadlineSeconds": 60}}
         c.kubectl("developer", "apply", "-f", "-", stdin=agent("gha-hooks", "development", {"VERSION": "v2"}, steps=failing))
         c.until("tests failed", lambda: any(s["state"] == "Failed" for s in self.phase("gha-hooks")[1]["status"].get("steps", [])),
@@ -300,6 +302,9 @@ class EndToEnd(unittest.TestCase):
                                for d in c.json("-n", NS, "get", "deployments")["items"]}
         for ad in c.json("-n", NS, "get", "adep")["items"]:
             c.until(f"{ad['metadata']['name']} settled", lambda: self.settled(ad["metadata"]["name"]), timeout=120)
+        # A production change waits for approval across the upgrade.
+        c.kubectl("developer", "apply", "-f", "-", stdin=agent("gha-upgrade", "production", {"VERSION": "v1"}))
+        c.until("PendingApproval", lambda: self.settled("gha-upgrade") == "PendingApproval")
         before, started = generations(), len([e for e in self.audit() if e["event_type"] == "deployment_started"])
         # As the README says: CRDs first, then the chart.
         c.kubectl("admin", "apply", "--server-side", "-f", os.path.join(REPO, "charts/dvo-operator/crds/"))
@@ -315,6 +320,10 @@ class EndToEnd(unittest.TestCase):
         time.sleep(10)  # the window in which a second rollout would show (not a synchronisation)
         self.assertEqual(generations(), before, "a Deployment was written again after the upgrade")
         self.assertEqual(len([e for e in self.audit() if e["event_type"] == "deployment_started"]), started)
+        self.assertEqual(self.settled("gha-upgrade"), "PendingApproval")
+        apr = self.phase("gha-upgrade")[1]["status"]["approvalRequest"]
+        c.kubectl("release-manager-2", "-n", NS, "annotate", "apr", apr, "dvo.caat.io/approve=after the upgrade")
+        c.until("approved after the upgrade: Deployed", lambda: self.settled("gha-upgrade") == "Deployed", timeout=120)
         verified = subprocess.run([BINARY, "audit", "verify"], capture_output=True, text=True,
                                   env=dict(os.environ, KUBECONFIG=os.path.join(c.dir, "kubeconfig")))
         self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)

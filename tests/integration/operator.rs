@@ -159,6 +159,23 @@ async fn has_deployment(client: &Client, ns: &str, name: &str) -> bool {
         .is_some()
 }
 
+/// Waits (30 s at most) until the Deployment carries `digest`: `Progressing` is written ahead
+/// of the rollout it announces.
+async fn rolled_out(client: &Client, ns: &str, name: &str, digest: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = deployment_digest(client, ns, name).await;
+        if now.as_deref() == Some(digest) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ns}/{name} runs {now:?}, not {digest}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 async fn deployment_digest(client: &Client, ns: &str, name: &str) -> Option<String> {
     let d = Api::<Deployment>::namespaced(client.clone(), ns)
         .get_opt(name)
@@ -179,6 +196,7 @@ async fn allowed_spec_rolls_out_and_becomes_ready() {
     .await;
     let digest = spec_digest(&ad.spec);
     let ad = phase(&client, &ns, "gha", Phase::Progressing).await;
+    rolled_out(&client, &ns, "gha", &digest).await;
     let d = Api::<Deployment>::namespaced(client.clone(), &ns)
         .get("gha")
         .await
@@ -425,10 +443,7 @@ async fn walkthrough_production_waits_for_two_release_managers_then_rolls_out_ex
     accepted(&ns, &apr_name, "release-manager-2", "approve");
     apr_phase(&client, &ns, &apr_name, ApprovalPhase::Approved).await;
     phase(&client, &ns, "gha", Phase::Progressing).await;
-    assert_eq!(
-        deployment_digest(&client, &ns, "gha").await,
-        Some(digest.clone())
-    );
+    rolled_out(&client, &ns, "gha", &digest).await;
     show(
         &ns,
         "3. raj-release approves: the approved digest rolls out",
@@ -467,7 +482,7 @@ async fn walkthrough_production_waits_for_two_release_managers_then_rolls_out_ex
     apr_phase(&client, &ns, &apr2, ApprovalPhase::Pending).await;
     accepted(&ns, &apr2, "release-manager-2", "approve");
     phase(&client, &ns, "gha", Phase::Progressing).await;
-    assert_eq!(deployment_digest(&client, &ns, "gha").await, Some(digest2));
+    rolled_out(&client, &ns, "gha", &digest2).await;
     show(&ns, "6. two release managers approve gha:2: it rolls out");
 }
 
@@ -820,7 +835,8 @@ async fn deleting_the_agent_deployment_collects_its_deployment() {
         Some("developer"),
     )
     .await;
-    phase(&client, &ns, "gha", Phase::Progressing).await;
+    let ad = phase(&client, &ns, "gha", Phase::Progressing).await;
+    rolled_out(&client, &ns, "gha", &spec_digest(&ad.spec)).await;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
     let uid = deployments.get("gha").await.unwrap().uid().unwrap();
     Api::<AgentDeployment>::namespaced(client.clone(), &ns)
