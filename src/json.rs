@@ -22,13 +22,12 @@ pub fn to_value<T: Serialize + ?Sized>(value: &T) -> Value {
     serde_json::to_value(value).expect("our types serialize to JSON")
 }
 
-/// RFC 8785 canonical JSON of `value`: a `serde_json::Value`, or one of our own types, whose
-/// numbers are integers or come from JSON (never non-finite, the one thing canonical JSON
-/// cannot write) and whose map keys are strings.
-pub fn canonical<T: Serialize + ?Sized>(value: &T) -> String {
+/// RFC 8785 canonical JSON of `value`. A `serde_json::Value` holds no non-finite number, the
+/// one thing canonical JSON cannot write.
+pub fn canonical(value: &Value) -> String {
     #[expect(
         clippy::expect_used,
-        reason = "JSON values and our types have a canonical form: finite numbers, string keys"
+        reason = "a JSON value has a canonical form: it holds no non-finite number"
     )]
     serde_jcs::to_string(value).expect("a JSON value has a canonical form")
 }
