@@ -394,13 +394,14 @@ async fn break_glass_lets_one_spec_through_a_blackout_and_approvals() {
         "{:?}",
         decision.warnings
     );
-    assert!(
-        Api::<Deployment>::namespaced(client.clone(), &ns)
-            .get_opt("gha")
-            .await
-            .unwrap()
-            .is_some()
-    );
+    // Progressing is written ahead of the rollout it announces.
+    wait_for(
+        &Api::<Deployment>::namespaced(client.clone(), &ns),
+        "gha",
+        |d: Option<&Deployment>| d.is_some(),
+        Duration::from_secs(30),
+    )
+    .await;
     let facts = admission_facts(&client, &format!("{ns}/gha")).await;
     assert!(
         facts.contains(&(
