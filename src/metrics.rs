@@ -23,7 +23,7 @@ pub struct KindLabel {
 pub struct ErrorLabels {
     /// The kind reconciled.
     pub kind: String,
-    /// `kube`, `config` or `audit`.
+    /// `kube`, `config`, `audit`, `panic` or `stale` (the rules were behind what the API server holds).
     pub error: String,
 }
 
