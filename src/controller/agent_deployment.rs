@@ -678,12 +678,7 @@ async fn rollout(
             digest: digest.to_owned(),
         };
         if st.rollout_intent.as_ref() != Some(&intent) {
-            st.rollout_intent = Some(intent.clone());
-            // This status already names this generation (observedGeneration): its phase must
-            // too, never the last one's (found by the end-to-end suite: a new spec read as
-            // Failed, with the failure of the spec before it).
-            st.phase = Some(Phase::Progressing);
-            st.message = Some(format!("rolling out {digest}"));
+            super::status::announce(st, intent.clone());
             write_status(ctx, ad, st).await?;
         }
         let mut started = record::agent(

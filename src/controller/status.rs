@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::conditions;
-use crate::crd::agent_deployment::{AgentDeploymentStatus, Phase};
+use crate::crd::agent_deployment::{AgentDeploymentStatus, Phase, RolloutIntent};
 use crate::policy::{Decision, decision::ViolationKind};
 
 /// A count the status keeps as u32, as a length.
@@ -21,6 +21,15 @@ pub struct Approved {
     pub reason: String,
     /// The condition's message.
     pub message: String,
+}
+
+/// The status written ahead of a rollout: the intent, and the phase of the generation it names
+/// (a status that names a new generation never shows the last one's phase).
+pub fn announce(st: &mut AgentDeploymentStatus, intent: RolloutIntent) {
+    st.message = Some(format!("rolling out {}", intent.digest));
+    st.observed_generation = Some(intent.generation);
+    st.rollout_intent = Some(intent);
+    st.phase = Some(Phase::Progressing);
 }
 
 /// Sets the conditions (`PolicyEvaluated`, `Approved`, `CapabilitiesAvailable`, `Degraded`,
@@ -134,6 +143,27 @@ mod tests {
     fn condition(st: &AgentDeploymentStatus, type_: &str) -> (String, String) {
         let c = st.conditions.iter().find(|c| c.type_ == type_).unwrap();
         (c.status.clone(), c.reason.clone())
+    }
+
+    /// Found by the end-to-end suite: a new spec read as `Failed`, with the failure of the spec
+    /// before it, while its rollout was being written.
+    #[test]
+    fn a_rollout_is_announced_with_its_own_phase() {
+        let mut st = AgentDeploymentStatus {
+            phase: Some(Phase::Failed),
+            observed_generation: Some(2),
+            message: Some("rollout of sha256:old failed".into()),
+            ..Default::default()
+        };
+        let intent = RolloutIntent {
+            generation: 3,
+            digest: "sha256:new".into(),
+        };
+        announce(&mut st, intent.clone());
+        assert_eq!(st.phase, Some(Phase::Progressing));
+        assert_eq!(st.observed_generation, Some(3));
+        assert_eq!(st.rollout_intent, Some(intent));
+        assert_eq!(st.message.as_deref(), Some("rolling out sha256:new"));
     }
 
     #[test]

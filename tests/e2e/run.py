@@ -83,6 +83,14 @@ class Cluster:
         self.show(f"timed out: {what}")
         raise AssertionError(f"timed out waiting for {what} (last: {last})")
 
+    def operator_image(self, name):
+        """The operator's image, made from the binary under test, in the node's image store."""
+        archive = os.path.join(self.dir, name.rsplit(":", 1)[-1] + ".tar")
+        subprocess.run([sys.executable, os.path.join(REPO, "scripts/image.py"), "--binary", BINARY, "--out", archive,
+                        "--name", name], check=True, capture_output=True)
+        subprocess.run(["ctr", "--address", "/run/dvo-containerd/containerd.sock", "-n", "k8s.io", "images", "import",
+                        "--all-platforms", archive], check=True, capture_output=True)
+
     def helm(self, *args):
         env = dict(os.environ, KUBECONFIG=os.path.join(self.dir, "kubeconfig"),
                    HELM_CACHE_HOME=self.dir + "/helm", HELM_CONFIG_HOME=self.dir + "/helm", HELM_DATA_HOME=self.dir + "/helm")
@@ -111,11 +119,7 @@ class EndToEnd(unittest.TestCase):
         started = time.time()
         cls.c = c = Cluster()
         log(f"control plane and node ready in {time.time() - started:.1f}s ({c.dir})")
-        archive = os.path.join(c.dir, "dvo-operator.tar")
-        subprocess.run([sys.executable, os.path.join(REPO, "scripts/image.py"), "--binary", BINARY, "--out", archive,
-                        "--name", IMAGE], check=True, capture_output=True)
-        subprocess.run(["ctr", "--address", "/run/dvo-containerd/containerd.sock", "-n", "k8s.io", "images", "import",
-                        "--all-platforms", archive], check=True, capture_output=True)
+        c.operator_image(IMAGE)
         values = os.path.join(c.dir, "values.yaml")
         with open(values, "w") as f:
             f.write("replicaCount: 2\nimage: {repository: localhost/dvo-operator, tag: e2e, pullPolicy: Never}\nroleMapping:\n")
@@ -293,11 +297,7 @@ class EndToEnd(unittest.TestCase):
 
     def test_7_helm_upgrade_to_a_new_image_rolls_nothing_out_again(self):
         c = self.c
-        archive = os.path.join(c.dir, "dvo-operator-2.tar")
-        subprocess.run([sys.executable, os.path.join(REPO, "scripts/image.py"), "--binary", BINARY, "--out", archive,
-                        "--name", "localhost/dvo-operator:e2e-2"], check=True, capture_output=True)
-        subprocess.run(["ctr", "--address", "/run/dvo-containerd/containerd.sock", "-n", "k8s.io", "images", "import",
-                        "--all-platforms", archive], check=True, capture_output=True)
+        c.operator_image("localhost/dvo-operator:e2e-2")
         generations = lambda: {d["metadata"]["name"]: d["metadata"]["generation"]
                                for d in c.json("-n", NS, "get", "deployments")["items"]}
         for ad in c.json("-n", NS, "get", "adep")["items"]:
