@@ -402,7 +402,7 @@ async fn write_status(
 /// once and only when needed: the Deployment, and whether the rules are current.
 struct Running<'a> {
     api: Api<Deployment>,
-    name: String,
+    ad: &'a AgentDeployment,
     ctx: &'a Context,
     env: &'a Environment,
     read: Option<Option<Deployment>>,
@@ -412,10 +412,10 @@ struct Running<'a> {
 }
 
 impl<'a> Running<'a> {
-    fn new(ctx: &'a Context, ad: &AgentDeployment, env: &'a Environment) -> Running<'a> {
+    fn new(ctx: &'a Context, ad: &'a AgentDeployment, env: &'a Environment) -> Running<'a> {
         Running {
             api: Api::namespaced(ctx.client.clone(), &ad.namespace().unwrap_or_default()),
-            name: ad.name_any(),
+            ad,
             ctx,
             env,
             read: None,
@@ -428,7 +428,10 @@ impl<'a> Running<'a> {
     /// (asked once per reconcile, and shared with the reconciles running alongside).
     async fn confirm_current(&mut self) -> Result<(), Error> {
         if !self.confirmed {
-            self.ctx.confirm_current(self.env, self.observed).await?;
+            let namespace = self.ad.namespace().unwrap_or_default();
+            (self.ctx)
+                .confirm_current(self.env, self.observed, &namespace, &self.ad.spec)
+                .await?;
             self.confirmed = true;
         }
         Ok(())
@@ -437,7 +440,7 @@ impl<'a> Running<'a> {
     /// The Deployment as the API server has it now (one GET the first time).
     async fn get(&mut self) -> Result<Option<&Deployment>, Error> {
         if self.read.is_none() {
-            self.read = Some(self.api.get_opt(&self.name).await?);
+            self.read = Some(self.api.get_opt(&self.ad.name_any()).await?);
         }
         Ok(self.read.as_ref().and_then(Option::as_ref))
     }

@@ -17,9 +17,11 @@ use tokio::sync::watch;
 
 use super::{ROLE_MAPPING_CONFIGMAP, ROLE_MAPPING_KEY, stores};
 use crate::capability::CapabilitySet;
+use crate::crd::AgentDeploymentSpec;
+use crate::crd::deployment_policy::PolicyScope;
 use crate::crd::{AgentDeployment, Capability, DeploymentPolicy};
 use crate::identity::RoleMapping;
-use crate::policy::{Affected, Rules};
+use crate::policy::{Affected, Rules, in_scope};
 
 /// The compiled rules, or why the operator cannot decide anything (an invalid role mapping or
 /// capability: fail closed, every rollout waits until it is fixed), with the versions of the
@@ -45,15 +47,9 @@ impl Environment {
 /// The resourceVersion of every object an environment was built from, by kind and name.
 pub type Versions = BTreeMap<(&'static str, String), String>;
 
-/// Whether `versions` are those the API server holds now (three metadata-only reads). A
-/// rollout is written only on rules that are current: the caches may lag a `kubectl apply` of
-/// a policy and an AgentDeployment together by a moment, and nothing is let out in that
-/// moment that the new policy would hold back.
-pub async fn current(
-    client: &Client,
-    namespace: &str,
-    versions: &Versions,
-) -> Result<bool, kube::Error> {
+/// What the API server holds now (three metadata-only reads): the resourceVersion of every
+/// policy and capability and of the role mapping, as [`Versions`] name them.
+pub async fn versions_now(client: &Client, namespace: &str) -> Result<Versions, kube::Error> {
     let mut now = Versions::new();
     let lp = ListParams::default();
     for p in Api::<DeploymentPolicy>::all(client.clone())
@@ -83,7 +79,79 @@ pub async fn current(
             m.resource_version().unwrap_or_default(),
         );
     }
-    Ok(&now == versions)
+    Ok(now)
+}
+
+/// How an environment stands for one object against what the API server holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Currency {
+    /// It holds everything the object's decision reads.
+    Current,
+    /// It is behind in something the object's decision reads.
+    Stale,
+    /// It is behind in these policies only, and whether they are in the object's scope now
+    /// is not known yet.
+    Unknown(Vec<String>),
+}
+
+/// Whether `env` holds what the API server holds (`now`) for an AgentDeployment with `spec` in
+/// `namespace`: a rollout is written only on rules that are current, as the caches may lag a
+/// `kubectl apply` of a policy and an AgentDeployment together by a moment.
+///
+/// Capabilities and the role mapping count for every object; a policy only for the objects in
+/// its scope, before (as `env` has it) or after (`scopes`: the scope the API server holds of a
+/// policy that differs, None once deleted). So policies other teams keep changing never make
+/// the rules stale for objects they do not apply to.
+pub fn currency(
+    env: &Environment,
+    now: &Versions,
+    scopes: &BTreeMap<String, Option<PolicyScope>>,
+    namespace: &str,
+    spec: &AgentDeploymentSpec,
+) -> Currency {
+    let built = env.versions.as_ref();
+    let differing = built
+        .iter()
+        .filter(|(k, v)| now.get(*k) != Some(*v))
+        .map(|(k, _)| k)
+        .chain(
+            now.iter()
+                .filter(|(k, v)| built.get(*k) != Some(*v))
+                .map(|(k, _)| k),
+        );
+    let mut unknown = Vec::new();
+    for (kind, name) in differing {
+        if *kind != POLICY {
+            return Currency::Stale;
+        }
+        if built.contains_key(&(POLICY, name.clone())) {
+            let before = match &env.rules {
+                Ok(rules) => rules.policies().iter().find(|p| &p.name == name),
+                Err(_) => None,
+            };
+            // A policy the environment names but does not hold: nothing is known of it.
+            if before.is_none_or(|p| in_scope(&p.spec.scope, namespace, spec)) {
+                return Currency::Stale;
+            }
+        }
+        if !now.contains_key(&(POLICY, name.clone())) {
+            continue; // deleted: only its scope before counts
+        }
+        match scopes.get(name) {
+            None => {
+                if !unknown.contains(name) {
+                    unknown.push(name.clone());
+                }
+            }
+            Some(Some(scope)) if in_scope(scope, namespace, spec) => return Currency::Stale,
+            Some(_) => {}
+        }
+    }
+    if unknown.is_empty() {
+        Currency::Current
+    } else {
+        Currency::Unknown(unknown)
+    }
 }
 
 const POLICY: &str = "DeploymentPolicy";
@@ -93,6 +161,8 @@ const ROLE_MAPPING: &str = "ConfigMap";
 /// How long changes are gathered before the environment is rebuilt (a `kubectl apply` of a
 /// hundred policies is one rebuild, not a hundred).
 const SETTLE: Duration = Duration::from_millis(100);
+/// The longest changes are gathered before the environment is rebuilt.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(1);
 
 /// The role mapping in `cm` (the ConfigMap [`ROLE_MAPPING_CONFIGMAP`] in `namespace`): empty
 /// when there is none, an error when it is invalid.
@@ -247,8 +317,15 @@ pub async fn maintain(
 ) {
     let mut changes = std::pin::pin!(changes);
     while changes.next().await.is_some() {
-        // Gather what else arrives while things settle.
-        while let Ok(Some(())) = tokio::time::timeout(SETTLE, changes.next()).await {}
+        // Gather what else arrives while things settle, but never for longer than
+        // SETTLE_AT_MOST: changes that never stop (a GitOps tool syncing all day) still reach
+        // the rules.
+        let until = tokio::time::Instant::now() + SETTLE_AT_MOST;
+        while tokio::time::Instant::now() < until
+            && let Ok(Ok(Some(()))) =
+                tokio::time::timeout_at(until, tokio::time::timeout(SETTLE, changes.next())).await
+        {
+        }
         if !sources.ready() {
             continue;
         }
@@ -357,6 +434,201 @@ mod tests {
         ];
         for (i, (old, new, want)) in table.into_iter().enumerate() {
             assert_eq!(affected(&old, &new), want, "case {i}");
+        }
+    }
+
+    /// Rules are current for an object unless what differs from the API server is read by its
+    /// decision: a capability or the role mapping always, a policy when it is in the object's
+    /// scope before or after the change.
+    #[test]
+    fn rules_are_stale_only_for_the_objects_a_difference_applies_to() {
+        let policy = |scope: &str| -> crate::crd::DeploymentPolicySpec {
+            crate::yaml::from_str(&format!("{{action: Warn, scope: {scope}}}")).unwrap()
+        };
+        let scope = |s: &str| policy(s).scope;
+        let built_rules = Rules::new(
+            [
+                ("ours".to_owned(), policy("{namespaces: [team-a]}")),
+                ("theirs".to_owned(), policy("{namespaces: [team-b]}")),
+            ],
+            CapabilitySet::default(),
+            RoleMapping::default(),
+        );
+        let v = |entries: &[(&'static str, &str, &str)]| -> Versions {
+            entries
+                .iter()
+                .map(|(k, n, rv)| ((*k, (*n).to_owned()), (*rv).to_owned()))
+                .collect()
+        };
+        let built = [
+            (POLICY, "ours", "1"),
+            (POLICY, "theirs", "2"),
+            (CAPABILITY, "canary", "3"),
+            (ROLE_MAPPING, "dvo-role-mapping", "4"),
+        ];
+        let env = |rules: Result<Rules, &str>| Environment {
+            rules: rules.map(Arc::new).map_err(str::to_owned),
+            versions: Arc::new(v(&built)),
+        };
+        let spec: AgentDeploymentSpec = serde_json::from_value(serde_json::json!({
+            "agent": "GHA", "platform": "langchain", "environment": "staging",
+        }))
+        .unwrap();
+        let with = |changes: &[(&'static str, &str, Option<&str>)]| -> Versions {
+            let mut now = v(&built);
+            for (k, n, rv) in changes {
+                match rv {
+                    Some(rv) => now.insert((*k, (*n).to_owned()), (*rv).to_owned()),
+                    None => now.remove(&(*k, (*n).to_owned())),
+                };
+            }
+            now
+        };
+        let known = |entries: &[(&str, Option<&str>)]| {
+            entries
+                .iter()
+                .map(|(n, s)| ((*n).to_owned(), s.map(scope)))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let unknown =
+            |names: &[&str]| Currency::Unknown(names.iter().map(|n| (*n).to_owned()).collect());
+        use Currency::{Current, Stale};
+        let table: Vec<(
+            &str,
+            Versions,
+            BTreeMap<_, _>,
+            Result<Rules, &str>,
+            Currency,
+        )> = vec![
+            (
+                "nothing differs",
+                with(&[]),
+                known(&[]),
+                Ok(built_rules.clone()),
+                Current,
+            ),
+            (
+                "a capability changed",
+                with(&[(CAPABILITY, "canary", Some("9"))]),
+                known(&[]),
+                Ok(built_rules.clone()),
+                Stale,
+            ),
+            (
+                "a capability was added",
+                with(&[(CAPABILITY, "hooks", Some("9"))]),
+                known(&[]),
+                Ok(built_rules.clone()),
+                Stale,
+            ),
+            (
+                "the role mapping was deleted",
+                with(&[(ROLE_MAPPING, "dvo-role-mapping", None)]),
+                known(&[]),
+                Ok(built_rules.clone()),
+                Stale,
+            ),
+            (
+                "a policy in scope changed",
+                with(&[(POLICY, "ours", Some("9"))]),
+                known(&[]),
+                Ok(built_rules.clone()),
+                Stale,
+            ),
+            (
+                "a policy in scope was deleted",
+                with(&[(POLICY, "ours", None)]),
+                known(&[]),
+                Ok(built_rules.clone()),
+                Stale,
+            ),
+            (
+                "a policy elsewhere changed, its scope unknown",
+                with(&[(POLICY, "theirs", Some("9"))]),
+                known(&[]),
+                Ok(built_rules.clone()),
+                unknown(&["theirs"]),
+            ),
+            (
+                "a policy elsewhere changed and stays elsewhere",
+                with(&[(POLICY, "theirs", Some("9"))]),
+                known(&[("theirs", Some("{namespaces: [team-b]}"))]),
+                Ok(built_rules.clone()),
+                Current,
+            ),
+            (
+                "a policy elsewhere moved into scope",
+                with(&[(POLICY, "theirs", Some("9"))]),
+                known(&[("theirs", Some("{namespaces: [team-a]}"))]),
+                Ok(built_rules.clone()),
+                Stale,
+            ),
+            (
+                "a policy elsewhere changed and was deleted since",
+                with(&[(POLICY, "theirs", Some("9"))]),
+                known(&[("theirs", None)]),
+                Ok(built_rules.clone()),
+                Current,
+            ),
+            (
+                "a policy elsewhere was deleted",
+                with(&[(POLICY, "theirs", None)]),
+                known(&[]),
+                Ok(built_rules.clone()),
+                Current,
+            ),
+            (
+                "a new policy, scope unknown",
+                with(&[(POLICY, "new", Some("9"))]),
+                known(&[]),
+                Ok(built_rules.clone()),
+                unknown(&["new"]),
+            ),
+            (
+                "a new policy for everything",
+                with(&[(POLICY, "new", Some("9"))]),
+                known(&[("new", Some("{}"))]),
+                Ok(built_rules.clone()),
+                Stale,
+            ),
+            (
+                "a new policy for another agent",
+                with(&[(POLICY, "new", Some("9"))]),
+                known(&[("new", Some("{agents: [OTHER]}"))]),
+                Ok(built_rules.clone()),
+                Current,
+            ),
+            (
+                "two new policies, one in scope",
+                with(&[(POLICY, "a", Some("9")), (POLICY, "b", Some("9"))]),
+                known(&[
+                    ("a", Some("{agents: [OTHER]}")),
+                    ("b", Some("{environments: [staging]}")),
+                ]),
+                Ok(built_rules.clone()),
+                Stale,
+            ),
+            (
+                "a changed policy the rules do not hold",
+                with(&[(POLICY, "theirs", Some("9"))]),
+                known(&[("theirs", Some("{namespaces: [team-b]}"))]),
+                Ok(Rules::default()),
+                Stale,
+            ),
+            (
+                "invalid rules: a policy elsewhere changed",
+                with(&[(POLICY, "theirs", Some("9"))]),
+                known(&[("theirs", Some("{namespaces: [team-b]}"))]),
+                Err("invalid role mapping"),
+                Stale,
+            ),
+        ];
+        for (case, now, scopes, rules, want) in table {
+            assert_eq!(
+                currency(&env(rules), &now, &scopes, "team-a", &spec),
+                want,
+                "{case}"
+            );
         }
     }
 

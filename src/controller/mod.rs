@@ -76,8 +76,8 @@ pub struct Context {
     pub agents: Store<AgentDeployment>,
     /// Every ApprovalRequest.
     pub requests: Store<ApprovalRequest>,
-    /// The last check that an environment was current: when it began, and what it confirmed.
-    pub confirmed: tokio::sync::Mutex<Option<(std::time::Instant, Arc<environment::Versions>)>>,
+    /// What the API server held at the last check that rules were current.
+    pub confirmed: tokio::sync::Mutex<Option<Held>>,
 }
 
 /// How many reconciles of one kind run at once: enough to keep the API server busy, few enough
@@ -181,30 +181,57 @@ impl Context {
         self.environment.borrow().clone()
     }
 
-    /// Fails with [`Error::Stale`] unless `env` is built from what the API server held at some
-    /// moment after `observed` (when the reconcile read its object). One check serves every
-    /// reconcile that read its object before the check began: all policies written before
-    /// that object are then in `env`.
+    /// Fails with [`Error::Stale`] unless `env` holds what the API server held, at some moment
+    /// after `observed` (when the reconcile read its object), of everything the decision of
+    /// an AgentDeployment with `spec` in `namespace` reads ([`environment::currency`]). One
+    /// read of what the API server holds serves every reconcile that read its object before
+    /// it began; policies that differ are read once each, for their scope.
     pub async fn confirm_current(
         &self,
         env: &environment::Environment,
         observed: std::time::Instant,
+        namespace: &str,
+        spec: &crate::crd::AgentDeploymentSpec,
     ) -> Result<(), Error> {
         let mut last = self.confirmed.lock().await;
-        if let Some((began, versions)) = last.as_ref()
-            && *began >= observed
-            && Arc::ptr_eq(versions, &env.versions)
-        {
-            return Ok(());
+        let held = match last.take() {
+            Some(held) if held.began >= observed => last.insert(held),
+            _ => {
+                let began = std::time::Instant::now();
+                let versions =
+                    environment::versions_now(&self.client, &self.settings.namespace).await?;
+                last.insert(Held {
+                    began,
+                    versions,
+                    scopes: Default::default(),
+                })
+            }
+        };
+        let currency =
+            |held: &Held| environment::currency(env, &held.versions, &held.scopes, namespace, spec);
+        if let environment::Currency::Unknown(names) = currency(held) {
+            let api = Api::<DeploymentPolicy>::all(self.client.clone());
+            for name in names {
+                let scope = api.get_opt(&name).await?.map(|p| p.spec.scope);
+                held.scopes.insert(name, scope);
+            }
         }
-        let began = std::time::Instant::now();
-        if environment::current(&self.client, &self.settings.namespace, &env.versions).await? {
-            *last = Some((began, env.versions.clone()));
-            Ok(())
-        } else {
-            Err(Error::Stale)
+        match currency(held) {
+            environment::Currency::Current => Ok(()),
+            environment::Currency::Stale | environment::Currency::Unknown(_) => Err(Error::Stale),
         }
     }
+}
+
+/// What the API server held at one moment, as far as the currency of rules goes.
+pub struct Held {
+    /// When it was asked (before the reads).
+    began: std::time::Instant,
+    /// The resourceVersions it held.
+    versions: environment::Versions,
+    /// The scopes of the policies read since because they differed from a reconcile's rules
+    /// (None: deleted).
+    scopes: std::collections::BTreeMap<String, Option<crate::crd::deployment_policy::PolicyScope>>,
 }
 
 /// Fails with a clear message when a CRD of ours is not installed.

@@ -1083,3 +1083,79 @@ async fn a_policy_tightened_while_pending_replaces_the_request() {
     apr_phase(&client, &ns, &apr, ApprovalPhase::Approved).await;
     phase(&client, &ns, "gha", Phase::Progressing).await;
 }
+
+/// Policies other teams keep changing (a GitOps tool syncing all day) never hold up a rollout
+/// they are not in scope of: the operator checks that the rules it decides on are current, and
+/// a change out of scope of the object does not make them stale for it. A policy in scope that
+/// is written together with the object still counts.
+#[tokio::test]
+async fn policy_churn_out_of_scope_never_holds_up_a_rollout() {
+    let client = operator().await;
+    let ns = namespace(&client, "churn").await;
+    let elsewhere = namespace(&client, "churn-elsewhere").await;
+    let churned = policy(&client, &elsewhere, "warn", "{action: Warn, message: '0'}").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let api = Api::<DeploymentPolicy>::all(client);
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                api.patch(
+                    &churned,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"spec": {"message": n.to_string()}})),
+                )
+                .await
+                .expect("change the policy elsewhere");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            n
+        })
+    };
+    // A Deny in scope written just before the object holds it, churn or not.
+    policy(
+        &client,
+        &ns,
+        "deny-held",
+        "{action: Deny, scope: {agents: [HELD]}}",
+    )
+    .await;
+    let mut held = manifest("held", "development", "gha:1", json!({}));
+    held["spec"]["agent"] = json!("HELD");
+    create(&ns, held, Some("developer")).await;
+    create(
+        &ns,
+        manifest("gha", "development", "gha:1", json!({})),
+        Some("developer"),
+    )
+    .await;
+    let progressing = phase_within(
+        &client,
+        &ns,
+        "gha",
+        Phase::Progressing,
+        Duration::from_secs(30),
+    )
+    .await;
+    phase_within(
+        &client,
+        &ns,
+        "held",
+        Phase::Blocked,
+        Duration::from_secs(30),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let changes = churn.await.expect("churn task");
+    assert!(
+        changes > 20,
+        "the policy elsewhere changed {changes} times meanwhile"
+    );
+    assert_eq!(progressing.status.unwrap().phase, Some(Phase::Progressing));
+    assert!(
+        !has_deployment(&client, &ns, "held").await,
+        "a denied spec never rolls out"
+    );
+}
