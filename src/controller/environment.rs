@@ -82,6 +82,9 @@ pub async fn versions_now(client: &Client, namespace: &str) -> Result<Versions, 
     Ok(now)
 }
 
+/// The scopes the API server holds of policies by name (None: deleted).
+pub type Scopes = BTreeMap<String, Option<PolicyScope>>;
+
 /// How an environment stands for one object against what the API server holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Currency {
@@ -105,7 +108,7 @@ pub enum Currency {
 pub fn currency(
     env: &Environment,
     now: &Versions,
-    scopes: &BTreeMap<String, Option<PolicyScope>>,
+    scopes: &Scopes,
     namespace: &str,
     spec: &AgentDeploymentSpec,
 ) -> Currency {
@@ -320,11 +323,17 @@ pub async fn maintain(
         // Gather what else arrives while things settle, but never for longer than
         // SETTLE_AT_MOST: changes that never stop (a GitOps tool syncing all day) still reach
         // the rules.
-        let until = tokio::time::Instant::now() + SETTLE_AT_MOST;
-        while tokio::time::Instant::now() < until
-            && let Ok(Ok(Some(()))) =
-                tokio::time::timeout_at(until, tokio::time::timeout(SETTLE, changes.next())).await
-        {
+        let at_most = tokio::time::sleep(SETTLE_AT_MOST);
+        let mut at_most = std::pin::pin!(at_most);
+        loop {
+            tokio::select! {
+                _ = &mut at_most => break,
+                next = tokio::time::timeout(SETTLE, changes.next()) => {
+                    if !matches!(next, Ok(Some(()))) {
+                        break;
+                    }
+                }
+            }
         }
         if !sources.ready() {
             continue;
@@ -493,13 +502,8 @@ mod tests {
         let unknown =
             |names: &[&str]| Currency::Unknown(names.iter().map(|n| (*n).to_owned()).collect());
         use Currency::{Current, Stale};
-        let table: Vec<(
-            &str,
-            Versions,
-            BTreeMap<_, _>,
-            Result<Rules, &str>,
-            Currency,
-        )> = vec![
+        type Case<'a> = (&'a str, Versions, Scopes, Result<Rules, &'a str>, Currency);
+        let table: Vec<Case> = vec![
             (
                 "nothing differs",
                 with(&[]),

@@ -231,7 +231,7 @@ pub struct Held {
     versions: environment::Versions,
     /// The scopes of the policies read since because they differed from a reconcile's rules
     /// (None: deleted).
-    scopes: std::collections::BTreeMap<String, Option<crate::crd::deployment_policy::PolicyScope>>,
+    scopes: environment::Scopes,
 }
 
 /// Fails with a clear message when a CRD of ours is not installed.

@@ -8,11 +8,7 @@ use super::rules::Rules;
 
 fn bypassable(rules: &Rules, source: &str) -> bool {
     match source.strip_prefix("policy/") {
-        Some(name) => rules
-            .policies()
-            .iter()
-            .find(|p| p.name == name)
-            .is_none_or(|p| p.spec.bypassable),
+        Some(name) => rules.policy(name).is_none_or(|p| p.spec.bypassable),
         None => true,
     }
 }

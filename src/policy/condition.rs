@@ -20,6 +20,8 @@ pub struct Compiled {
     pub operator: Operator,
     /// The policy's value.
     pub value: Value,
+    /// The condition in words, as a matched policy's reason names it: field, operator, value.
+    pub said: String,
     regex: Option<Regex>,
 }
 
@@ -88,6 +90,7 @@ impl Compiled {
             field: field.to_owned(),
             operator,
             value: value.clone(),
+            said: format!("{field} {operator:?} {value}"),
             regex,
         })
     }
@@ -133,6 +136,21 @@ impl Compiled {
 
 fn list(v: &Value) -> &[Value] {
     v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// Appends `v` as compact JSON (what its `Display` writes), strings without escapes directly.
+pub fn write_json(out: &mut String, v: &Value) {
+    match v {
+        Value::String(s) if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') => {
+            out.push('"');
+            out.push_str(s);
+            out.push('"');
+        }
+        v => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v}");
+        }
+    }
 }
 
 /// JSON equality with numbers compared by value.

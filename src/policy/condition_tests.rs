@@ -185,3 +185,26 @@ fn dotted_lookup() {
         assert_eq!(lookup(&ctx, path), &want, "{path}");
     }
 }
+
+/// Values are written as their JSON `Display` writes them, with or without escapes.
+#[test]
+fn values_are_written_as_compact_json() {
+    let values = [
+        json!("GHA"),
+        json!(""),
+        json!("quote \" and backslash \\ and newline \n and tab \t"),
+        json!("\u{7f} del, \u{1b} escape, é, 日本, 😀, \u{2028}"),
+        json!(3),
+        json!(-0.5),
+        json!(1e300),
+        json!(null),
+        json!(true),
+        json!(["a", {"b": "c\"d"}, 1.5]),
+        json!({"k": "v", "n": null}),
+    ];
+    for v in values {
+        let mut out = String::from("x");
+        write_json(&mut out, &v);
+        assert_eq!(out, format!("x{v}"), "{v:?}");
+    }
+}

@@ -1,15 +1,15 @@
 //! `decide()`: policies, permissions and capabilities combined into one Decision.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use chrono_tz::Tz;
 use serde_json::Value;
 
-use super::condition::lookup;
+use super::condition::{Compiled, lookup, write_json};
 use super::context::{self, Request};
 use super::decision::*;
-use super::rules::{Policy, Rules, human};
+use super::rules::{Policy, Rules, Shared, human};
 use crate::capability::{self, Effect};
 use crate::crd::deployment_policy::{FailurePolicy, MatchMode, Notify, PolicyAction};
 use crate::identity::{Check, Identity, Permission, Role, Subject};
@@ -42,7 +42,9 @@ pub fn decide_for_status(rules: &Rules, request: &Request, now: DateTime<Utc>) -
 }
 
 fn decide_with(rules: &Rules, request: &Request, now: DateTime<Utc>, mode: Trace) -> Decision {
-    let mut contexts = Contexts::new(rules, request);
+    let subject = subject_of(rules, request);
+    let base = context::build(request, &subject, now, Tz::UTC);
+    let mut contexts = Contexts::new(rules, request, &subject, &base);
     let (mut decision, clearances) = evaluate(rules, &mut contexts, now, mode);
     super::break_glass::mark(rules, &mut decision);
     let only_time =
@@ -159,6 +161,12 @@ fn next_quarter_hour(t: DateTime<Utc>) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// The requester as the role mapping sees them (an unknown one holds no role).
+fn subject_of(rules: &Rules, request: &Request) -> Subject {
+    let identity = request.requester.clone().unwrap_or_else(unknown_requester);
+    rules.mapping.subject(&identity, &request.spec.environment)
+}
+
 fn unknown_requester() -> Identity {
     Identity {
         username: "(unknown requester)".into(),
@@ -175,6 +183,10 @@ struct Builder {
     requirements: BTreeSet<crate::crd::deployment_policy::Requirement>,
     on_deploy: BTreeSet<String>,
     on_failure: BTreeSet<String>,
+    /// Hashes of the warnings and of the sources of approval requirements so far (each is
+    /// added once; a hash seen before is checked against the list).
+    said: HashSet<u64>,
+    asked_by: HashSet<u64>,
 }
 
 impl Builder {
@@ -197,21 +209,24 @@ impl Builder {
     /// Adds a warning once (the same permission can be gated by the environment and by a
     /// capability; two policies can say the same thing).
     fn warn(&mut self, message: String) {
-        if !self.d.warnings.contains(&message) {
+        if self.said.insert(hash(&message)) || !self.d.warnings.contains(&message) {
             self.d.warnings.push(message);
         }
     }
 
     fn require_approval(&mut self, req: ApprovalRequirement) {
-        if !self
-            .d
-            .approval_requirements
-            .iter()
-            .any(|r| r.source == req.source)
+        let asked = |r: &ApprovalRequirement| r.source == req.source;
+        if self.asked_by.insert(hash(&req.source))
+            || !self.d.approval_requirements.iter().any(asked)
         {
             self.d.approval_requirements.push(req);
         }
     }
+}
+
+fn hash(text: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(text)
 }
 
 /// How much of the trace an evaluation keeps.
@@ -226,35 +241,80 @@ enum Trace {
     UntilDecided,
 }
 
-/// The facts of one request as policy conditions read them, built once per zone and only
-/// re-timed when evaluated again at another instant.
+/// The facts of one request as policy conditions read them. Fields that are not time fields
+/// read the same at every instant and in every zone: they are looked up once, in one context.
+/// Time fields are read from a context per zone, built once and only re-timed when evaluated
+/// again at another instant.
 struct Contexts<'a> {
     request: &'a Request,
-    subject: Subject,
+    subject: &'a Subject,
+    /// The context at some instant.
+    base: &'a Value,
+    /// The values of the shared fields (see `Parsed::shared`), once looked up in `base`.
+    fields: Vec<Option<&'a Value>>,
+    /// What each shared condition came to, once evaluated.
+    shared: Vec<Option<bool>>,
+    /// One context per zone, for time fields.
     by_zone: HashMap<Tz, (DateTime<Utc>, Value)>,
 }
 
 impl<'a> Contexts<'a> {
-    fn new(rules: &Rules, request: &'a Request) -> Contexts<'a> {
-        let identity = request.requester.clone().unwrap_or_else(unknown_requester);
-        let subject = rules.mapping.subject(&identity, &request.spec.environment);
+    fn new(
+        rules: &Rules,
+        request: &'a Request,
+        subject: &'a Subject,
+        base: &'a Value,
+    ) -> Contexts<'a> {
         Contexts {
             request,
             subject,
+            base,
+            fields: vec![None; rules.shared_fields],
+            shared: vec![None; rules.shared_conditions],
             by_zone: HashMap::new(),
+        }
+    }
+
+    /// Whether condition `c` (shared as `shared`) holds at `now` in zone `tz`.
+    fn holds(
+        &mut self,
+        c: &Compiled,
+        shared: Option<Shared>,
+        now: DateTime<Utc>,
+        tz: Tz,
+    ) -> Result<bool, String> {
+        if let Some(Some(held)) = shared.and_then(|s| self.shared.get(s.condition)) {
+            return Ok(*held);
+        }
+        let held = c.holds(self.value(&c.field, shared, now, tz));
+        // Errors are not kept: they are rare, and their message is written again.
+        if let (Some(s), Ok(h)) = (shared, &held)
+            && let Some(slot) = self.shared.get_mut(s.condition)
+        {
+            *slot = Some(*h);
+        }
+        held
+    }
+
+    /// The value of `field` (shared as `shared`) at `now` in zone `tz`.
+    fn value(&mut self, field: &str, shared: Option<Shared>, now: DateTime<Utc>, tz: Tz) -> &Value {
+        let base = self.base;
+        match shared.and_then(|s| self.fields.get_mut(s.field)) {
+            Some(slot) => slot.get_or_insert_with(|| lookup(base, field)),
+            None => lookup(self.at(now, tz), field),
         }
     }
 
     /// The context at `now` with time fields in zone `tz`.
     fn at(&mut self, now: DateTime<Utc>, tz: Tz) -> &Value {
-        let (request, subject) = (self.request, &self.subject);
-        let (at, ctx) = self
+        let (request, subject) = (self.request, self.subject);
+        let (built, ctx) = self
             .by_zone
             .entry(tz)
             .or_insert_with(|| (now, context::build(request, subject, now, tz)));
-        if *at != now {
+        if *built != now {
             context::retime(ctx, now, tz);
-            *at = now;
+            *built = now;
         }
         ctx
     }
@@ -290,11 +350,13 @@ fn evaluate(
         requirements: BTreeSet::new(),
         on_deploy: BTreeSet::new(),
         on_failure: BTreeSet::new(),
+        said: HashSet::new(),
+        asked_by: HashSet::new(),
     };
 
     evaluate_policies(rules, contexts, now, trace, &mut b);
-    check_permission(rules, request, &contexts.subject, &mut b);
-    apply_capabilities(rules, request, &contexts.subject, &mut b);
+    check_permission(rules, request, contexts.subject, &mut b);
+    apply_capabilities(rules, request, contexts.subject, &mut b);
     if request.requester.is_none() && !b.d.approval_requirements.is_empty() {
         let msg = "the requester is unknown (no verified identity): approval cannot be asked for on behalf of nobody, as nobody could then be kept from approving their own change";
         b.violation(
@@ -312,6 +374,7 @@ fn evaluate(
         requirements,
         on_deploy,
         on_failure,
+        ..
     } = b;
     d.requirements = requirements.into_iter().collect();
     d.notify = Notify {
@@ -338,10 +401,12 @@ fn evaluate_policies(
     b: &mut Builder,
 ) {
     let request = contexts.request;
-    let mut visits: Vec<Visit> = Vec::new();
+    let in_scope = rules.in_scope(&request.namespace, &request.spec);
+    // At most as many as are scoped to the environment or to all.
+    let mut visits: Vec<Visit> = Vec::with_capacity(in_scope.size_hint().1.unwrap_or(0));
     let mut outcomes: Vec<Result<bool, String>> = Vec::new();
     let mut ended = false;
-    for policy in rules.in_scope(&request.namespace, &request.spec) {
+    for policy in in_scope {
         let mut visit = Visit {
             policy,
             result: TraceResult::NotReached,
@@ -364,10 +429,9 @@ fn evaluate_policies(
         let outcome = match &policy.parsed {
             Err(e) => Err(format!("policy {} is invalid: {e}", policy.name)),
             Ok(parsed) => {
-                let ctx = contexts.at(now, parsed.tz);
                 let (mut error, mut all, mut any) = (None, true, false);
-                for c in &parsed.conditions {
-                    let r = c.holds(lookup(ctx, &c.field));
+                for (c, shared) in parsed.conditions.iter().zip(&parsed.shared) {
+                    let r = contexts.holds(c, *shared, now, parsed.tz);
                     match &r {
                         Ok(h) => (all, any) = (all && *h, any || *h),
                         Err(e) => error = error.or_else(|| Some(e.clone())),
@@ -394,7 +458,7 @@ fn evaluate_policies(
                     FailurePolicy::Fail => {
                         visit.result = TraceResult::ErrorFailed;
                         b.violation(
-                            format!("policy/{}", policy.name),
+                            policy.source.clone(),
                             ViolationKind::EvaluationError,
                             e,
                             None,
@@ -426,16 +490,15 @@ fn evaluate_policies(
         if !traced && !matched {
             continue;
         }
-        let t = v.trace(&outcomes, contexts, now);
         if matched {
             b.d.matched_policies.push(MatchedPolicy {
-                name: t.policy.clone(),
-                action: t.action,
-                reason: reason(&t.conditions),
+                name: v.policy.name.clone(),
+                action: v.policy.spec.action,
+                reason: v.reason(&outcomes, contexts, now),
             });
         }
         if traced {
-            b.d.trace.push(t);
+            b.d.trace.push(v.trace(&outcomes, contexts, now));
         }
     }
     b.d.trace_omitted = count(visits.len().saturating_sub(shown.trace.len()));
@@ -454,6 +517,35 @@ struct Visit<'r> {
 }
 
 impl Visit<'_> {
+    /// Why the policy matched, in words: the conditions that held and what was found.
+    fn reason(
+        &self,
+        outcomes: &[Result<bool, String>],
+        contexts: &mut Contexts,
+        now: DateTime<Utc>,
+    ) -> String {
+        let Ok(parsed) = &self.policy.parsed else {
+            return String::new(); // only parsed policies match
+        };
+        if parsed.conditions.is_empty() {
+            return "no conditions: matches everything in scope".to_owned();
+        }
+        let mut said = String::from("held: ");
+        let held = (parsed.conditions.iter().zip(&parsed.shared))
+            .zip(outcomes.iter().skip(self.from))
+            .filter(|(_, r)| matches!(r, Ok(true)));
+        for (at, ((c, shared), _)) in held.enumerate() {
+            if at > 0 {
+                said.push_str("; ");
+            }
+            said.push_str(&c.said);
+            said.push_str(" (found ");
+            write_json(&mut said, contexts.value(&c.field, *shared, now, parsed.tz));
+            said.push(')');
+        }
+        said
+    }
+
     fn trace(
         &self,
         outcomes: &[Result<bool, String>],
@@ -463,22 +555,17 @@ impl Visit<'_> {
         let spec = &self.policy.spec;
         let evaluated = !matches!(self.result, TraceResult::NotReached | TraceResult::Disabled);
         let conditions = match &self.policy.parsed {
-            Ok(parsed) if evaluated => {
-                let ctx = contexts.at(now, parsed.tz);
-                parsed
-                    .conditions
-                    .iter()
-                    .zip(outcomes.iter().skip(self.from))
-                    .map(|(c, r)| ConditionTrace {
-                        field: c.field.clone(),
-                        operator: c.operator,
-                        expected: c.value.clone(),
-                        actual: lookup(ctx, &c.field).clone(),
-                        held: *r.as_ref().unwrap_or(&false),
-                        error: r.as_ref().err().cloned(),
-                    })
-                    .collect()
-            }
+            Ok(parsed) if evaluated => (parsed.conditions.iter().zip(&parsed.shared))
+                .zip(outcomes.iter().skip(self.from))
+                .map(|((c, shared), r)| ConditionTrace {
+                    field: c.field.clone(),
+                    operator: c.operator,
+                    expected: c.value.clone(),
+                    actual: contexts.value(&c.field, *shared, now, parsed.tz).clone(),
+                    held: *r.as_ref().unwrap_or(&false),
+                    error: r.as_ref().err().cloned(),
+                })
+                .collect(),
             _ => vec![],
         };
         PolicyTrace {
@@ -528,24 +615,6 @@ impl Shown {
     }
 }
 
-/// Why a policy matched, in words: the conditions that held and what was found.
-fn reason(conditions: &[ConditionTrace]) -> String {
-    if conditions.is_empty() {
-        return "no conditions: matches everything in scope".to_owned();
-    }
-    let held: Vec<String> = conditions
-        .iter()
-        .filter(|c| c.held)
-        .map(|c| {
-            format!(
-                "{} {:?} {} (found {})",
-                c.field, c.operator, c.expected, c.actual
-            )
-        })
-        .collect();
-    format!("held: {}", held.join("; "))
-}
-
 /// Applies a matching policy: restrictions, then its action. Returns whether evaluation ends
 /// here, and the note for its trace (the window or blackout that applied).
 fn apply_match(
@@ -555,7 +624,7 @@ fn apply_match(
     b: &mut Builder,
 ) -> (bool, Option<String>) {
     let spec = &policy.spec;
-    let source = format!("policy/{}", policy.name);
+    let source = policy.source.clone();
     // Only parsed policies match; should one not be, it refuses (fail closed).
     let Ok(parsed) = policy.parsed.as_ref() else {
         let why = format!("policy {} is invalid", policy.name);

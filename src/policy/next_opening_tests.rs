@@ -49,7 +49,14 @@ fn request() -> Request {
 
 /// One evaluation from scratch: a context built for `now` alone, and the full trace.
 fn fresh(rules: &Rules, request: &Request, now: DateTime<Utc>) -> (Decision, Vec<Clearance>) {
-    evaluate(rules, &mut Contexts::new(rules, request), now, Trace::Full)
+    let subject = subject_of(rules, request);
+    let base = context::build(request, &subject, now, Tz::UTC);
+    evaluate(
+        rules,
+        &mut Contexts::new(rules, request, &subject, &base),
+        now,
+        Trace::Full,
+    )
 }
 
 /// The algorithm of 6f4e619 (every quarter hour, every policy, 400 days), each step evaluated

@@ -19,11 +19,22 @@ const TIME_FIELDS: &[&str] = &[
     "timestamp",
 ];
 
+/// Where a condition that does not read the time is shared: its number among the distinct
+/// such conditions of the rules (the same field, operator and value), and its field's among
+/// their distinct fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Shared {
+    pub condition: usize,
+    pub field: usize,
+}
+
 /// One policy with its regexes, time zones, windows and blackouts parsed.
 #[derive(Clone, Debug)]
 pub struct Policy {
     /// Object name.
     pub name: String,
+    /// `policy/<name>`: what its violations and approval requirements name as their source.
+    pub(super) source: String,
     /// The policy as written.
     pub spec: DeploymentPolicySpec,
     /// Parsed form, or why the policy cannot be evaluated.
@@ -33,6 +44,10 @@ pub struct Policy {
 #[derive(Clone, Debug)]
 pub(super) struct Parsed {
     pub conditions: Vec<condition::Compiled>,
+    /// For each condition that does not read the time: where it is shared among the rules it
+    /// is in, so that a decision evaluates each distinct condition, and looks up each distinct
+    /// field, once however many policies repeat it.
+    pub shared: Vec<Option<Shared>>,
     pub windows: Vec<Window>,
     pub blackouts: Vec<Period>,
     pub tz: Tz,
@@ -47,8 +62,10 @@ impl Policy {
     /// error, which its `failurePolicy` decides about.
     pub fn new(name: impl Into<String>, spec: DeploymentPolicySpec) -> Policy {
         let parsed = parse(&spec).map_err(|errors| errors.join("; "));
+        let name = name.into();
         Policy {
-            name: name.into(),
+            source: format!("policy/{name}"),
+            name,
             spec,
             parsed,
         }
@@ -124,6 +141,7 @@ fn parse(spec: &DeploymentPolicySpec) -> Result<Parsed, Vec<String>> {
     );
     match (errors.is_empty(), tz) {
         (true, Some(tz)) => Ok(Parsed {
+            shared: vec![None; conditions.len()],
             time_dependent: conditions
                 .iter()
                 .any(|c| TIME_FIELDS.contains(&c.field.as_str())),
@@ -160,6 +178,12 @@ pub struct Rules {
     by_environment: HashMap<String, Vec<usize>>,
     /// Positions of the policies scoped to every environment.
     any_environment: Vec<usize>,
+    /// Position of each policy by name.
+    by_name: HashMap<String, usize>,
+    /// How many distinct conditions that do not read the time the policies hold.
+    pub(super) shared_conditions: usize,
+    /// How many distinct fields those conditions read.
+    pub(super) shared_fields: usize,
 }
 
 /// Whether a policy with `scope` applies to `spec` in `namespace` (an empty list, or `*` in
@@ -217,11 +241,17 @@ impl Rules {
             .map(|(n, s)| Policy::new(n, s))
             .collect();
         policies.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
-        Rules::compiled(policies, capabilities, mapping)
+        let shared = share_conditions(&mut policies);
+        Rules::compiled(policies, capabilities, mapping, shared)
     }
 
     /// The environment of these policies, already compiled and in evaluation order.
-    fn compiled(policies: Vec<Policy>, capabilities: CapabilitySet, mapping: RoleMapping) -> Rules {
+    fn compiled(
+        policies: Vec<Policy>,
+        capabilities: CapabilitySet,
+        mapping: RoleMapping,
+        (shared_conditions, shared_fields): (usize, usize),
+    ) -> Rules {
         let mut by_environment: HashMap<String, Vec<usize>> = HashMap::new();
         let mut any_environment = Vec::new();
         for (at, p) in policies.iter().enumerate() {
@@ -237,22 +267,36 @@ impl Rules {
                 by_environment.entry(env.clone()).or_default().push(at);
             }
         }
+        let mut by_name = HashMap::new();
+        for (at, p) in policies.iter().enumerate() {
+            by_name.entry(p.name.clone()).or_insert(at);
+        }
         Rules {
             policies,
             capabilities,
             mapping,
             by_environment,
             any_environment,
+            by_name,
+            shared_conditions,
+            shared_fields,
         }
     }
 
-    /// The same environment with only the policies `keep` chooses (nothing is compiled again).
+    /// The same environment with only the policies `keep` chooses (nothing is compiled again,
+    /// and shared conditions keep their numbers).
     pub(super) fn only(&self, keep: impl Fn(&Policy) -> bool) -> Rules {
         Rules::compiled(
             self.policies.iter().filter(|p| keep(p)).cloned().collect(),
             self.capabilities.clone(),
             self.mapping.clone(),
+            (self.shared_conditions, self.shared_fields),
         )
+    }
+
+    /// The policy named `name` (the first in evaluation order, should two share it).
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.by_name.get(name).and_then(|at| self.policies.get(*at))
     }
 
     /// The policies that may apply to `spec` in `namespace`, in evaluation order: those
@@ -315,6 +359,29 @@ impl Rules {
     }
 }
 
+/// Numbers the distinct conditions that do not read the time (same field, operator and value)
+/// across `policies`, and their distinct fields; returns how many of each there are.
+fn share_conditions(policies: &mut [Policy]) -> (usize, usize) {
+    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    let mut fields: HashMap<String, usize> = HashMap::new();
+    for parsed in policies.iter_mut().filter_map(|p| p.parsed.as_mut().ok()) {
+        for (c, shared) in parsed.conditions.iter().zip(parsed.shared.iter_mut()) {
+            if TIME_FIELDS.contains(&c.field.as_str()) {
+                continue;
+            }
+            // The operator and the value as JSON (numbers as written: 1 and 1.0 stay apart,
+            // which only costs a second evaluation).
+            let key = (c.field.clone(), format!("{:?} {}", c.operator, c.value));
+            let next = (seen.len(), fields.len());
+            *shared = Some(Shared {
+                condition: *seen.entry(key).or_insert(next.0),
+                field: *fields.entry(c.field.clone()).or_insert(next.1),
+            });
+        }
+    }
+    (seen.len(), fields.len())
+}
+
 /// Two ascending lists of positions merged into one ascending list (a position is in at most
 /// one of them).
 struct Merged<'a> {
@@ -332,6 +399,14 @@ impl Iterator for Merged<'_> {
             (Some(_), None) => self.a.next().copied(),
             (None, None) => None,
         }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let (a, b) = (self.a.size_hint(), self.b.size_hint());
+        (
+            a.0.saturating_add(b.0),
+            a.1.zip(b.1).and_then(|(x, y)| x.checked_add(y)),
+        )
     }
 }
 
