@@ -187,6 +187,8 @@ struct Builder {
     /// added once; a hash seen before is checked against the list).
     said: HashSet<u64>,
     asked_by: HashSet<u64>,
+    /// Whether no two policies share a name (so that each asks for approval once).
+    unique_names: bool,
 }
 
 impl Builder {
@@ -214,6 +216,17 @@ impl Builder {
         }
     }
 
+    /// Adds the approval a policy asks for: policies are visited once each, so it is new
+    /// unless two policies share a name (which objects in a cluster cannot).
+    fn policy_requires_approval(&mut self, req: ApprovalRequirement) {
+        if self.unique_names {
+            self.d.approval_requirements.push(req);
+        } else {
+            self.require_approval(req);
+        }
+    }
+
+    /// Adds an approval requirement once per source.
     fn require_approval(&mut self, req: ApprovalRequirement) {
         let asked = |r: &ApprovalRequirement| r.source == req.source;
         if self.asked_by.insert(hash(&req.source))
@@ -352,6 +365,7 @@ fn evaluate(
         on_failure: BTreeSet::new(),
         said: HashSet::new(),
         asked_by: HashSet::new(),
+        unique_names: rules.unique_names(),
     };
 
     evaluate_policies(rules, contexts, now, trace, &mut b);
@@ -404,7 +418,7 @@ fn evaluate_policies(
     let in_scope = rules.in_scope(&request.namespace, &request.spec);
     // At most as many as are scoped to the environment or to all.
     let mut visits: Vec<Visit> = Vec::with_capacity(in_scope.size_hint().1.unwrap_or(0));
-    let mut outcomes: Vec<Result<bool, String>> = Vec::new();
+    let mut outcomes = Outcomes::default();
     let mut ended = false;
     for policy in in_scope {
         let mut visit = Visit {
@@ -485,24 +499,51 @@ fn evaluate_policies(
         return;
     }
     let shown = Shown::new(&visits, mode);
-    for (at, v) in visits.iter().enumerate() {
-        let (traced, matched) = (shown.trace.contains(&at), shown.matched.contains(&at));
-        if !traced && !matched {
-            continue;
-        }
-        if matched {
+    for at in shown.trace.union(&shown.matched).copied() {
+        let Some(v) = visits.get(at) else { continue };
+        if shown.matched.contains(&at) {
             b.d.matched_policies.push(MatchedPolicy {
                 name: v.policy.name.clone(),
                 action: v.policy.spec.action,
                 reason: v.reason(&outcomes, contexts, now),
             });
         }
-        if traced {
+        if shown.trace.contains(&at) {
             b.d.trace.push(v.trace(&outcomes, contexts, now));
         }
     }
     b.d.trace_omitted = count(visits.len().saturating_sub(shown.trace.len()));
     b.d.matched_omitted = count(shown.matches.saturating_sub(shown.matched.len()));
+}
+
+/// What each condition evaluated came to, in order: whether it held, or (None) an error, whose
+/// message is kept aside (errors are rare).
+#[derive(Default)]
+struct Outcomes {
+    held: Vec<Option<bool>>,
+    errors: HashMap<usize, String>,
+}
+
+impl Outcomes {
+    fn push(&mut self, outcome: Result<bool, String>) {
+        match outcome {
+            Ok(held) => self.held.push(Some(held)),
+            Err(e) => {
+                self.errors.insert(self.held.len(), e);
+                self.held.push(None);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The outcomes from position `from` on: whether each held, and its error.
+    fn from(&self, from: usize) -> impl Iterator<Item = (bool, Option<&String>)> {
+        let held = self.held.iter().enumerate().skip(from);
+        held.map(|(at, h)| (*h == Some(true), self.errors.get(&at)))
+    }
 }
 
 /// What came of one policy in scope. Its trace entry, and the reason a match is shown with,
@@ -518,12 +559,7 @@ struct Visit<'r> {
 
 impl Visit<'_> {
     /// Why the policy matched, in words: the conditions that held and what was found.
-    fn reason(
-        &self,
-        outcomes: &[Result<bool, String>],
-        contexts: &mut Contexts,
-        now: DateTime<Utc>,
-    ) -> String {
+    fn reason(&self, outcomes: &Outcomes, contexts: &mut Contexts, now: DateTime<Utc>) -> String {
         let Ok(parsed) = &self.policy.parsed else {
             return String::new(); // only parsed policies match
         };
@@ -532,8 +568,8 @@ impl Visit<'_> {
         }
         let mut said = String::from("held: ");
         let held = (parsed.conditions.iter().zip(&parsed.shared))
-            .zip(outcomes.iter().skip(self.from))
-            .filter(|(_, r)| matches!(r, Ok(true)));
+            .zip(outcomes.from(self.from))
+            .filter(|(_, (held, _))| *held);
         for (at, ((c, shared), _)) in held.enumerate() {
             if at > 0 {
                 said.push_str("; ");
@@ -548,7 +584,7 @@ impl Visit<'_> {
 
     fn trace(
         &self,
-        outcomes: &[Result<bool, String>],
+        outcomes: &Outcomes,
         contexts: &mut Contexts,
         now: DateTime<Utc>,
     ) -> PolicyTrace {
@@ -556,14 +592,14 @@ impl Visit<'_> {
         let evaluated = !matches!(self.result, TraceResult::NotReached | TraceResult::Disabled);
         let conditions = match &self.policy.parsed {
             Ok(parsed) if evaluated => (parsed.conditions.iter().zip(&parsed.shared))
-                .zip(outcomes.iter().skip(self.from))
-                .map(|((c, shared), r)| ConditionTrace {
+                .zip(outcomes.from(self.from))
+                .map(|((c, shared), (held, error))| ConditionTrace {
                     field: c.field.clone(),
                     operator: c.operator,
                     expected: c.value.clone(),
                     actual: contexts.value(&c.field, *shared, now, parsed.tz).clone(),
-                    held: *r.as_ref().unwrap_or(&false),
-                    error: r.as_ref().err().cloned(),
+                    held,
+                    error: error.cloned(),
                 })
                 .collect(),
             _ => vec![],
@@ -624,11 +660,11 @@ fn apply_match(
     b: &mut Builder,
 ) -> (bool, Option<String>) {
     let spec = &policy.spec;
-    let source = policy.source.clone();
+    let source = policy.source.as_str();
     // Only parsed policies match; should one not be, it refuses (fail closed).
     let Ok(parsed) = policy.parsed.as_ref() else {
         let why = format!("policy {} is invalid", policy.name);
-        b.violation(source, ViolationKind::EvaluationError, why, None);
+        b.violation(source.into(), ViolationKind::EvaluationError, why, None);
         return (true, None);
     };
     b.requirements.extend(spec.requirements.iter().copied());
@@ -642,7 +678,7 @@ fn apply_match(
             request.spec.action.as_str(),
             policy.name
         );
-        b.violation(source.clone(), ViolationKind::BlockedAction, msg, None);
+        b.violation(source.into(), ViolationKind::BlockedAction, msg, None);
     }
     if !parsed.windows.is_empty() && !parsed.windows.iter().any(|w| w.is_open(now)) {
         let opens = parsed.windows.iter().filter_map(|w| w.next_open(now)).min();
@@ -656,7 +692,7 @@ fn apply_match(
         };
         notes.push(msg.clone());
         b.violation(
-            source.clone(),
+            source.into(),
             ViolationKind::OutsideWindow,
             msg,
             opens.map(Clearance::At),
@@ -677,7 +713,7 @@ fn apply_match(
         );
         notes.push(msg.clone());
         b.violation(
-            source.clone(),
+            source.into(),
             ViolationKind::Blackout,
             msg,
             Some(Clearance::At(end)),
@@ -691,7 +727,7 @@ fn apply_match(
 fn apply_action(
     policy: &Policy,
     parsed: &super::rules::Parsed,
-    source: String,
+    source: &str,
     b: &mut Builder,
 ) -> bool {
     let spec = &policy.spec;
@@ -701,18 +737,18 @@ fn apply_action(
         PolicyAction::Deny => {
             let msg = message.unwrap_or_else(|| format!("denied by policy {}", policy.name));
             let clearance = parsed.time_dependent.then_some(Clearance::NextQuarterHour);
-            b.violation(source, ViolationKind::PolicyDenied, msg, clearance);
+            b.violation(source.into(), ViolationKind::PolicyDenied, msg, clearance);
             true
         }
         PolicyAction::RequireApproval => {
             // Parsed RequireApproval policies have approval; should one not, it refuses.
             let Some(a) = spec.approval.as_ref() else {
                 let why = format!("policy {} asks for approval but says by whom", policy.name);
-                b.violation(source, ViolationKind::EvaluationError, why, None);
+                b.violation(source.into(), ViolationKind::EvaluationError, why, None);
                 return true;
             };
-            b.require_approval(ApprovalRequirement {
-                source,
+            b.policy_requires_approval(ApprovalRequirement {
+                source: source.into(),
                 roles: human(a.roles.iter().copied()),
                 min_approvals: a.min_approvals,
                 expiry: a.expiry.clone(),

@@ -862,6 +862,25 @@ fn a_permission_gated_twice_and_a_repeated_warning_are_said_once() {
     assert_eq!(d.outcome, Outcome::RequireApproval);
 }
 
+/// Each policy asks for approval once, even when two share a name (as a file given to
+/// `dvo evaluate` twice could), and a permission and a capability asking for the same are one.
+#[test]
+fn each_source_asks_for_approval_once() {
+    let approve = "{action: RequireApproval, approval: {roles: [admin]}}";
+    let sources = |policies: &[(&str, &str)]| {
+        let d = decide(&rules(policies), &request("staging", "dev"), tuesday());
+        d.approval_requirements
+            .iter()
+            .map(|r| r.source.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        sources(&[("a", approve), ("b", approve)]),
+        ["policy/a", "policy/b"]
+    );
+    assert_eq!(sources(&[("a", approve), ("a", approve)]), ["policy/a"]);
+}
+
 /// A policy scoped to environments `envs` (comma-separated; empty: all) and agents `agents`.
 fn scoped(envs: &str, agents: &str) -> String {
     let list = |s: &str| {

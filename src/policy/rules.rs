@@ -294,6 +294,11 @@ impl Rules {
         )
     }
 
+    /// Whether no two policies share a name.
+    pub(super) fn unique_names(&self) -> bool {
+        self.by_name.len() == self.policies.len()
+    }
+
     /// The policy named `name` (the first in evaluation order, should two share it).
     pub fn policy(&self, name: &str) -> Option<&Policy> {
         self.by_name.get(name).and_then(|at| self.policies.get(*at))
