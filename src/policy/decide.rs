@@ -731,11 +731,10 @@ fn apply_action(
     b: &mut Builder,
 ) -> bool {
     let spec = &policy.spec;
-    let message = spec.message.clone();
     match spec.action {
         PolicyAction::Allow => true,
         PolicyAction::Deny => {
-            let msg = message.unwrap_or_else(|| format!("denied by policy {}", policy.name));
+            let msg = policy.message.clone();
             let clearance = parsed.time_dependent.then_some(Clearance::NextQuarterHour);
             b.violation(source.into(), ViolationKind::PolicyDenied, msg, clearance);
             true
@@ -759,7 +758,7 @@ fn apply_action(
             false
         }
         PolicyAction::Warn => {
-            b.warn(message.unwrap_or_else(|| format!("warning from policy {}", policy.name)));
+            b.warn(policy.message.clone());
             false
         }
         PolicyAction::AuditOnly => false,

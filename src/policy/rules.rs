@@ -35,6 +35,8 @@ pub struct Policy {
     pub name: String,
     /// `policy/<name>`: what its violations and approval requirements name as their source.
     pub(super) source: String,
+    /// What it says when it denies or warns: its message, or words that name it.
+    pub(super) message: String,
     /// The policy as written.
     pub spec: DeploymentPolicySpec,
     /// Parsed form, or why the policy cannot be evaluated.
@@ -62,9 +64,15 @@ impl Policy {
     /// error, which its `failurePolicy` decides about.
     pub fn new(name: impl Into<String>, spec: DeploymentPolicySpec) -> Policy {
         let parsed = parse(&spec).map_err(|errors| errors.join("; "));
-        let name = name.into();
+        let name: String = name.into();
+        let message = match (&spec.message, spec.action) {
+            (Some(m), _) => m.clone(),
+            (None, PolicyAction::Warn) => format!("warning from policy {name}"),
+            (None, _) => format!("denied by policy {name}"),
+        };
         Policy {
             source: format!("policy/{name}"),
+            message,
             name,
             spec,
             parsed,
@@ -189,12 +197,25 @@ pub struct Rules {
 /// Whether a policy with `scope` applies to `spec` in `namespace` (an empty list, or `*` in
 /// it, matches everything).
 pub fn in_scope(scope: &PolicyScope, namespace: &str, spec: &AgentDeploymentSpec) -> bool {
-    let any = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == "*" || x == v);
-    any(&scope.environments, &spec.environment)
-        && any(&scope.platforms, spec.platform.as_str())
-        && any(&scope.agents, &spec.agent)
-        && any(&scope.namespaces, namespace)
-        && any(&scope.actions, spec.action.as_str())
+    listed(&scope.environments, &spec.environment)
+        && in_scope_but_environment(scope, namespace, spec)
+}
+
+/// [`in_scope`] but for the environment (which the environment index has already matched).
+fn in_scope_but_environment(
+    scope: &PolicyScope,
+    namespace: &str,
+    spec: &AgentDeploymentSpec,
+) -> bool {
+    listed(&scope.platforms, spec.platform.as_str())
+        && listed(&scope.agents, &spec.agent)
+        && listed(&scope.namespaces, namespace)
+        && listed(&scope.actions, spec.action.as_str())
+}
+
+/// Whether a scope's `list` takes `v` (an empty list, or `*` in it, takes everything).
+fn listed(list: &[String], v: &str) -> bool {
+    list.is_empty() || list.iter().any(|x| x == "*" || x == v)
 }
 
 /// Which AgentDeployments a change of the evaluation environment may decide differently.
@@ -320,7 +341,7 @@ impl Rules {
             b: self.any_environment.iter().peekable(),
         }
         .filter_map(|at| self.policies.get(at))
-        .filter(move |p| in_scope(&p.spec.scope, namespace, spec))
+        .filter(move |p| in_scope_but_environment(&p.spec.scope, namespace, spec))
     }
 
     /// Which AgentDeployments may be decided differently under `new` than under `self`.
