@@ -82,8 +82,9 @@ pub async fn versions_now(client: &Client, namespace: &str) -> Result<Versions, 
     Ok(now)
 }
 
-/// The scopes the API server holds of policies by name (None: deleted).
-pub type Scopes = BTreeMap<String, Option<PolicyScope>>;
+/// The scopes the API server held of policies, by name, each with the resourceVersion it was
+/// read at (None: not found).
+pub type Scopes = BTreeMap<String, Option<(String, PolicyScope)>>;
 
 /// How an environment stands for one object against what the API server holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,8 +104,9 @@ pub enum Currency {
 ///
 /// Capabilities and the role mapping count for every object; a policy only for the objects in
 /// its scope, before (as `env` has it) or after (`scopes`: the scope the API server holds of a
-/// policy that differs, None once deleted). So policies other teams keep changing never make
-/// the rules stale for objects they do not apply to.
+/// policy that differs). So policies other teams keep changing never make the rules stale for
+/// objects they do not apply to. A scope counts only if it was read at the very version `now`
+/// lists: `now` is one moment, and a scope read at another says nothing of it.
 pub fn currency(
     env: &Environment,
     now: &Versions,
@@ -128,26 +130,28 @@ pub fn currency(
             return Currency::Stale;
         }
         if built.contains_key(&(POLICY, name.clone())) {
-            let before = match &env.rules {
-                Ok(rules) => rules.policies().iter().find(|p| &p.name == name),
-                Err(_) => None,
-            };
+            let before = env.rules.as_ref().ok().and_then(|r| r.policy(name));
             // A policy the environment names but does not hold: nothing is known of it.
             if before.is_none_or(|p| in_scope(&p.spec.scope, namespace, spec)) {
                 return Currency::Stale;
             }
         }
-        if !now.contains_key(&(POLICY, name.clone())) {
+        let Some(listed) = now.get(&(POLICY, name.clone())) else {
             continue; // deleted: only its scope before counts
-        }
+        };
         match scopes.get(name) {
             None => {
                 if !unknown.contains(name) {
                     unknown.push(name.clone());
                 }
             }
-            Some(Some(scope)) if in_scope(scope, namespace, spec) => return Currency::Stale,
-            Some(_) => {}
+            Some(Some((read, scope))) if read == listed => {
+                if in_scope(scope, namespace, spec) {
+                    return Currency::Stale;
+                }
+            }
+            // Changed or deleted since it was listed: what it was then is not known.
+            Some(_) => return Currency::Stale,
         }
     }
     if unknown.is_empty() {
@@ -493,12 +497,14 @@ mod tests {
             }
             now
         };
-        let known = |entries: &[(&str, Option<&str>)]| {
+        // Scopes read at resourceVersion `rv` (changes below are listed at "9").
+        let read_at = |rv: &str, entries: &[(&str, Option<&str>)]| {
             entries
                 .iter()
-                .map(|(n, s)| ((*n).to_owned(), s.map(scope)))
-                .collect::<BTreeMap<_, _>>()
+                .map(|(n, s)| ((*n).to_owned(), s.map(|s| (rv.to_owned(), scope(s)))))
+                .collect::<Scopes>()
         };
+        let known = |entries: &[(&str, Option<&str>)]| read_at("9", entries);
         let unknown =
             |names: &[&str]| Currency::Unknown(names.iter().map(|n| (*n).to_owned()).collect());
         use Currency::{Current, Stale};
@@ -572,7 +578,22 @@ mod tests {
                 with(&[(POLICY, "theirs", Some("9"))]),
                 known(&[("theirs", None)]),
                 Ok(built_rules.clone()),
-                Current,
+                Stale,
+            ),
+            (
+                // What it was at the listed version (in scope, say) is not known.
+                "a policy elsewhere, its scope read at a later version than listed",
+                with(&[(POLICY, "theirs", Some("9"))]),
+                read_at("10", &[("theirs", Some("{namespaces: [team-b]}"))]),
+                Ok(built_rules.clone()),
+                Stale,
+            ),
+            (
+                "a new policy, its scope read at a later version than listed",
+                with(&[(POLICY, "new", Some("9"))]),
+                read_at("10", &[("new", Some("{agents: [OTHER]}"))]),
+                Ok(built_rules.clone()),
+                Stale,
             ),
             (
                 "a policy elsewhere was deleted",

@@ -212,7 +212,8 @@ impl Context {
         if let environment::Currency::Unknown(names) = currency(held) {
             let api = Api::<DeploymentPolicy>::all(self.client.clone());
             for name in names {
-                let scope = api.get_opt(&name).await?.map(|p| p.spec.scope);
+                let read = api.get_opt(&name).await?;
+                let scope = read.map(|p| (p.resource_version().unwrap_or_default(), p.spec.scope));
                 held.scopes.insert(name, scope);
             }
         }
@@ -229,8 +230,7 @@ pub struct Held {
     began: std::time::Instant,
     /// The resourceVersions it held.
     versions: environment::Versions,
-    /// The scopes of the policies read since because they differed from a reconcile's rules
-    /// (None: deleted).
+    /// The scopes of the policies read since because they differed from a reconcile's rules.
     scopes: environment::Scopes,
 }
 
