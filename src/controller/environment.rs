@@ -47,19 +47,33 @@ impl Environment {
 /// The resourceVersion of every object an environment was built from, by kind and name.
 pub type Versions = BTreeMap<(&'static str, String), String>;
 
-/// What the API server holds now (three metadata-only reads): the resourceVersion of every
-/// policy and capability and of the role mapping, as [`Versions`] name them.
-pub async fn versions_now(client: &Client, namespace: &str) -> Result<Versions, kube::Error> {
+/// What the API server holds now (three reads): the resourceVersion of every policy and
+/// capability and of the role mapping, as [`Versions`] name them, and, when `with_scopes`, the
+/// scope of every policy as the same LIST has it (otherwise policies are listed as metadata
+/// only and no scope is known). Policies are read first: versions read later that match the
+/// rules exactly held since before, so all of it describes the moment policies were listed.
+pub async fn read_now(
+    client: &Client,
+    namespace: &str,
+    with_scopes: bool,
+) -> Result<(Versions, Scopes), kube::Error> {
     let mut now = Versions::new();
+    let mut scopes = Scopes::new();
     let lp = ListParams::default();
-    for p in Api::<DeploymentPolicy>::all(client.clone())
-        .list_metadata(&lp)
-        .await?
-    {
-        now.insert(
-            (POLICY, p.name_any()),
-            p.resource_version().unwrap_or_default(),
-        );
+    let policies = Api::<DeploymentPolicy>::all(client.clone());
+    if with_scopes {
+        for p in policies.list(&lp).await? {
+            let version = p.resource_version().unwrap_or_default();
+            now.insert((POLICY, p.name_any()), version.clone());
+            scopes.insert(p.name_any(), Some((version, p.spec.scope)));
+        }
+    } else {
+        for p in policies.list_metadata(&lp).await? {
+            now.insert(
+                (POLICY, p.name_any()),
+                p.resource_version().unwrap_or_default(),
+            );
+        }
     }
     for c in Api::<Capability>::all(client.clone())
         .list_metadata(&lp)
@@ -79,7 +93,7 @@ pub async fn versions_now(client: &Client, namespace: &str) -> Result<Versions, 
             m.resource_version().unwrap_or_default(),
         );
     }
-    Ok(now)
+    Ok((now, scopes))
 }
 
 /// The scopes the API server held of policies, by name, each with the resourceVersion it was
@@ -106,7 +120,8 @@ pub enum Currency {
 /// its scope, before (as `env` has it) or after (`scopes`: the scope the API server holds of a
 /// policy that differs). So policies other teams keep changing never make the rules stale for
 /// objects they do not apply to. A scope counts only if it was read at the very version `now`
-/// lists: `now` is one moment, and a scope read at another says nothing of it.
+/// lists: `now` is one moment, and a scope read at another says nothing of it. Unknown: some
+/// policy differs whose scope is not known (read them with their scopes, [`read_now`]).
 pub fn currency(
     env: &Environment,
     now: &Versions,

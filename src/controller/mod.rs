@@ -185,7 +185,7 @@ impl Context {
     /// after `observed` (when the reconcile read its object), of everything the decision of
     /// an AgentDeployment with `spec` in `namespace` reads ([`environment::currency`]). One
     /// read of what the API server holds serves every reconcile that read its object before
-    /// it began; policies that differ are read once each, for their scope.
+    /// it began; when policies differ, all are read again once, with their scopes.
     pub async fn confirm_current(
         &self,
         env: &environment::Environment,
@@ -194,28 +194,29 @@ impl Context {
         spec: &crate::crd::AgentDeploymentSpec,
     ) -> Result<(), Error> {
         let mut last = self.confirmed.lock().await;
+        let namespace_of_operator = &self.settings.namespace;
         let held = match last.take() {
             Some(held) if held.began >= observed => last.insert(held),
             _ => {
                 let began = std::time::Instant::now();
-                let versions =
-                    environment::versions_now(&self.client, &self.settings.namespace).await?;
+                let (versions, scopes) =
+                    environment::read_now(&self.client, namespace_of_operator, false).await?;
                 last.insert(Held {
                     began,
                     versions,
-                    scopes: Default::default(),
+                    scopes,
                 })
             }
         };
         let currency =
             |held: &Held| environment::currency(env, &held.versions, &held.scopes, namespace, spec);
-        if let environment::Currency::Unknown(names) = currency(held) {
-            let api = Api::<DeploymentPolicy>::all(self.client.clone());
-            for name in names {
-                let read = api.get_opt(&name).await?;
-                let scope = read.map(|p| (p.resource_version().unwrap_or_default(), p.spec.scope));
-                held.scopes.insert(name, scope);
-            }
+        if let environment::Currency::Unknown(_) = currency(held) {
+            // Some policy differs: read them all again, each with its scope at the version
+            // listed (one LIST: no read of a scope can fall behind its version).
+            let (versions, scopes) =
+                environment::read_now(&self.client, namespace_of_operator, true).await?;
+            held.versions = versions;
+            held.scopes = scopes;
         }
         match currency(held) {
             environment::Currency::Current => Ok(()),
@@ -230,7 +231,8 @@ pub struct Held {
     began: std::time::Instant,
     /// The resourceVersions it held.
     versions: environment::Versions,
-    /// The scopes of the policies read since because they differed from a reconcile's rules.
+    /// The scope of every policy at the version listed, once some reconcile's rules differed
+    /// from what was listed (empty before).
     scopes: environment::Scopes,
 }
 

@@ -1109,7 +1109,7 @@ async fn policy_churn_out_of_scope_never_holds_up_a_rollout() {
                 )
                 .await
                 .expect("change the policy elsewhere");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             n
         })
@@ -1136,7 +1136,7 @@ async fn policy_churn_out_of_scope_never_holds_up_a_rollout() {
         &ns,
         "gha",
         Phase::Progressing,
-        Duration::from_secs(30),
+        Duration::from_secs(10),
     )
     .await;
     phase_within(
@@ -1144,7 +1144,7 @@ async fn policy_churn_out_of_scope_never_holds_up_a_rollout() {
         &ns,
         "held",
         Phase::Blocked,
-        Duration::from_secs(30),
+        Duration::from_secs(10),
     )
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
