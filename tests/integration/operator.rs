@@ -1136,7 +1136,7 @@ async fn policy_churn_out_of_scope_never_holds_up_a_rollout() {
         &ns,
         "gha",
         Phase::Progressing,
-        Duration::from_secs(10),
+        Duration::from_secs(20),
     )
     .await;
     phase_within(
@@ -1144,7 +1144,7 @@ async fn policy_churn_out_of_scope_never_holds_up_a_rollout() {
         &ns,
         "held",
         Phase::Blocked,
-        Duration::from_secs(10),
+        Duration::from_secs(20),
     )
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
