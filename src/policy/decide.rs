@@ -416,8 +416,13 @@ fn evaluate_policies(
 ) {
     let request = contexts.request;
     let in_scope = rules.in_scope(&request.namespace, &request.spec);
-    // At most as many as are scoped to the environment or to all.
-    let mut visits: Vec<Visit> = Vec::with_capacity(in_scope.size_hint().1.unwrap_or(0));
+    // At most as many as are scoped to the environment or to all (a search for an opening
+    // stops at the first decisive policy: it reserves nothing).
+    let room = match mode {
+        Trace::UntilDecided => 0,
+        Trace::Full | Trace::Status => in_scope.size_hint().1.unwrap_or(0),
+    };
+    let mut visits: Vec<Visit> = Vec::with_capacity(room);
     let mut outcomes = Outcomes::default();
     let mut ended = false;
     for policy in in_scope {
