@@ -107,9 +107,9 @@ pub enum Currency {
     Current,
     /// It is behind in something the object's decision reads.
     Stale,
-    /// It is behind in these policies only, and whether they are in the object's scope now
-    /// is not known yet.
-    Unknown(Vec<String>),
+    /// It is behind in policies only, and whether they are in the object's scope now is not
+    /// known yet.
+    Unknown,
 }
 
 /// Whether `env` holds what the API server holds (`now`) for an AgentDeployment with `spec` in
@@ -139,7 +139,7 @@ pub fn currency(
                 .filter(|(k, v)| built.get(*k) != Some(*v))
                 .map(|(k, _)| k),
         );
-    let mut unknown = Vec::new();
+    let mut unknown = false;
     for (kind, name) in differing {
         if *kind != POLICY {
             return Currency::Stale;
@@ -155,11 +155,7 @@ pub fn currency(
             continue; // deleted: only its scope before counts
         };
         match scopes.get(name) {
-            None => {
-                if !unknown.contains(name) {
-                    unknown.push(name.clone());
-                }
-            }
+            None => unknown = true,
             Some(Some((read, scope))) if read == listed => {
                 if in_scope(scope, namespace, spec) {
                     return Currency::Stale;
@@ -169,10 +165,10 @@ pub fn currency(
             Some(_) => return Currency::Stale,
         }
     }
-    if unknown.is_empty() {
-        Currency::Current
+    if unknown {
+        Currency::Unknown
     } else {
-        Currency::Unknown(unknown)
+        Currency::Current
     }
 }
 
@@ -520,9 +516,8 @@ mod tests {
                 .collect::<Scopes>()
         };
         let known = |entries: &[(&str, Option<&str>)]| read_at("9", entries);
-        let unknown =
-            |names: &[&str]| Currency::Unknown(names.iter().map(|n| (*n).to_owned()).collect());
-        use Currency::{Current, Stale};
+
+        use Currency::{Current, Stale, Unknown};
         type Case<'a> = (&'a str, Versions, Scopes, Result<Rules, &'a str>, Currency);
         let table: Vec<Case> = vec![
             (
@@ -572,7 +567,7 @@ mod tests {
                 with(&[(POLICY, "theirs", Some("9"))]),
                 known(&[]),
                 Ok(built_rules.clone()),
-                unknown(&["theirs"]),
+                Unknown,
             ),
             (
                 "a policy elsewhere changed and stays elsewhere",
@@ -622,7 +617,7 @@ mod tests {
                 with(&[(POLICY, "new", Some("9"))]),
                 known(&[]),
                 Ok(built_rules.clone()),
-                unknown(&["new"]),
+                Unknown,
             ),
             (
                 "a new policy for everything",

@@ -210,7 +210,7 @@ impl Context {
         };
         let currency =
             |held: &Held| environment::currency(env, &held.versions, &held.scopes, namespace, spec);
-        if let environment::Currency::Unknown(_) = currency(held) {
+        if let environment::Currency::Unknown = currency(held) {
             // Some policy differs: read them all again, each with its scope at the version
             // listed (one LIST: no read of a scope can fall behind its version).
             let (versions, scopes) =
@@ -220,7 +220,7 @@ impl Context {
         }
         match currency(held) {
             environment::Currency::Current => Ok(()),
-            environment::Currency::Stale | environment::Currency::Unknown(_) => Err(Error::Stale),
+            environment::Currency::Stale | environment::Currency::Unknown => Err(Error::Stale),
         }
     }
 }
