@@ -33,6 +33,7 @@ pub mod health;
 pub mod identity;
 pub mod json;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod webhook;
 pub mod yaml;

@@ -49,6 +49,10 @@ struct RunArgs {
     /// `syslog+tcp://host:port?payload=cef|json` (repeat for several).
     #[arg(long = "audit-sink", value_parser = parse_sink)]
     audit_sinks: Vec<(String, dvo_operator::audit::sink::Target)>,
+    /// Notification channels (YAML: `channels: [...]`, see README), fed from the audit log by
+    /// the leader.
+    #[arg(long, env = "DVO_NOTIFICATIONS")]
+    notifications: Option<PathBuf>,
     /// Days audit segments are kept; whole sealed segments older than that are deleted (and the
     /// deletion is recorded). 0 keeps them forever.
     #[arg(long, default_value_t = 365)]
@@ -129,6 +133,16 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
             })?)
         }
     };
+    let notifications = match &args.notifications {
+        None => Default::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            dvo_operator::notify::Config::parse(&text).map_err(|e| {
+                anyhow::anyhow!("{} is not valid notification settings: {e}", path.display())
+            })?
+        }
+    };
     let runtime = tokio::runtime::Runtime::new()?;
     // The webhook answers the API server within its timeout whatever the controllers are doing:
     // it runs on threads of its own, with a client of its own.
@@ -196,6 +210,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
                 format!("{}-{}", host.trim(), std::process::id())
             }),
             audit_sinks: args.audit_sinks,
+            notifications,
         };
         let controllers = dvo_operator::controller::run(client, settings, ready, stopped());
         let result = match webhook {

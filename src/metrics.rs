@@ -34,6 +34,15 @@ pub struct ValueLabel {
     pub value: String,
 }
 
+/// Labels of a notification delivery.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    /// The channel.
+    pub channel: String,
+    /// `delivered` or `failed`.
+    pub outcome: String,
+}
+
 /// Labels of an admission answer.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
@@ -77,6 +86,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Watch failures by kind (each watch retries on its own backoff).
     pub watch_errors: Family<KindLabel, Counter>,
+    /// Notification deliveries by channel and outcome.
+    pub notifications: Family<ChannelLabel, Counter>,
     /// Seconds a reconcile of an AgentDeployment took.
     pub reconcile_seconds: Histogram,
     /// Reconciles running now (bounded by the controllers' concurrency).
@@ -102,6 +113,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         unrecorded_refusals: Family::default(),
         sink_lag: Family::default(),
         watch_errors: Family::default(),
+        notifications: Family::default(),
         reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         reconciles_running: Gauge::default(),
         api_requests: Family::default(),
@@ -150,6 +162,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "leader",
         "1 while this replica holds the leader Lease",
         m.leader.clone(),
+    );
+    registry.register(
+        "notifications",
+        "Notification deliveries by channel and outcome",
+        m.notifications.clone(),
     );
     registry.register(
         "watch_errors",

@@ -582,14 +582,18 @@ async fn ensure_approval_request(
         .filter_map(|r| policy::parse_expiry(&r.expiry).ok())
         .min()
         .unwrap_or(chrono::Duration::hours(24));
-    let asked = record::agent(
+    let expires_at = Utc::now()
+        .checked_add_signed(expiry)
+        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
+        .trunc_subsecs(0);
+    let asked = record::approval_requested(
         ad,
         digest,
         requester,
-        AuditEvent::ApprovalRequested,
-        "request approval",
-        "pending",
-        "approval-requested",
+        &name,
+        &requirements,
+        expires_at,
+        decision,
     );
     ctx.audit.record(asked).await.map_err(Error::Audit)?;
     let spec = ApprovalRequestSpec {
@@ -610,10 +614,7 @@ async fn ensure_approval_request(
         action: ad.spec.action,
         justification: ad.spec.justification.clone(),
         requirements,
-        expires_at: Utc::now()
-            .checked_add_signed(expiry)
-            .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
-            .trunc_subsecs(0),
+        expires_at,
     };
     let mut apr = ApprovalRequest::new(&name, spec);
     apr.metadata.owner_references = ad.controller_owner_ref(&()).map(|o| vec![o]);
@@ -788,6 +789,7 @@ async fn fail(
         d.user_id = record::OPERATOR.to_owned();
         crate::json::set(&mut d.metadata, "rollbackTo", good.clone());
         crate::json::set(&mut d.metadata, "template", hash.clone());
+        record::notify(&mut d, decision);
         d
     };
     let started = operator(

@@ -43,6 +43,42 @@ impl Events {
     }
 }
 
+/// What tells of a notification channel that starts failing (a Warning Event, with the error)
+/// or delivers again (Normal), about the channel's cursor ConfigMap in `namespace`.
+pub fn delivery(events: Events, namespace: &str, cursor: String) -> impl Fn(Option<&str>) {
+    let namespace = namespace.to_owned();
+    move |failing: Option<&str>| {
+        let (type_, reason, note) = match failing {
+            Some(why) => (EventType::Warning, "NotificationFailed", why),
+            None => (
+                EventType::Normal,
+                "NotificationDelivered",
+                "delivering again",
+            ),
+        };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Notify".into(),
+            secondary: None,
+        };
+        let regarding = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("ConfigMap".into()),
+            name: Some(cursor.clone()),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        };
+        let events = events.clone();
+        tokio::spawn(async move {
+            if let Err(e) = events.publish(&event, &regarding).await {
+                tracing::warn!(%e, "cannot publish event");
+            }
+        });
+    }
+}
+
 /// The `events.k8s.io/v1` Event for `ev` about `regarding` at `now`.
 fn event(
     reporter: &Reporter,

@@ -55,6 +55,8 @@ pub struct Settings {
     pub identity: String,
     /// Audit sinks (name, target), fed by the leader.
     pub audit_sinks: Vec<(String, crate::audit::sink::Target)>,
+    /// Notification channels, fed by the leader.
+    pub notifications: crate::notify::Config,
 }
 
 /// Shared state of the reconcilers.
@@ -439,6 +441,19 @@ pub async fn run(
     let apr_own = apr_writer.subscribe().ok_or_else(no_subscriber)?;
     let apr_owner = apr_writer.subscribe().ok_or_else(no_subscriber)?;
     let (env_tx, env_rx) = tokio::sync::watch::channel(environment::Environment::unloaded());
+    // Every channel is checked (its secrets read) before anything runs: one that cannot
+    // deliver is a start-up error, not a silence.
+    let notifiers = (settings.notifications.channels.iter())
+        .map(|channel| {
+            let env = env_rx.clone();
+            let mapping: crate::notify::send::Mapping = std::sync::Arc::new(move || {
+                let rules = env.borrow().rules.clone()?;
+                Ok(rules.mapping().clone())
+            });
+            crate::notify::send::Notifier::new(channel.clone(), mapping)
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| anyhow::anyhow!("notifications: {e}"))?;
     let (requeue_tx, requeue_rx) = futures::channel::mpsc::unbounded();
     let _drivers = Drivers(vec![
         tokio::spawn(
@@ -647,9 +662,26 @@ pub async fn run(
             settings.namespace.clone(),
             crate::audit::sink::Sink::new(name, target.clone()),
             stop.clone(),
+            |_: Option<&str>| {},
         )
     }));
-    let all = async { tokio::join!(ads, aprs, policies, retention, sinks, pending, holder).6 };
+    let notifiers = futures::future::join_all(notifiers.into_iter().map(|notifier| {
+        let cursor = crate::audit::sink::Outbox::cursor(&notifier);
+        let told = events::delivery(ctx.recorder.clone(), &settings.namespace, cursor);
+        crate::audit::sink::run(
+            client.clone(),
+            settings.namespace.clone(),
+            notifier,
+            stop.clone(),
+            told,
+        )
+    }));
+    let all = async {
+        tokio::join!(
+            ads, aprs, policies, retention, sinks, notifiers, pending, holder
+        )
+        .7
+    };
     // Reconciles in flight get a grace period once stopping starts; one stuck on the API server
     // must not keep the process past Kubernetes' termination grace (30 s by default).
     let grace = async {

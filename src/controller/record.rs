@@ -6,6 +6,8 @@ use sha2::{Digest, Sha256};
 use crate::approval::signed::{ActKind, SignedAct};
 use crate::audit::{Draft, EventType};
 use crate::crd::agent_deployment::{Phase, RolloutIntent};
+use crate::crd::approval_request::RequirementSpec;
+use crate::crd::deployment_policy::PolicyAction;
 use crate::crd::{AgentDeployment, ApprovalRequest};
 use crate::identity::Identity;
 use crate::policy::Decision;
@@ -154,6 +156,63 @@ pub fn transition(
         "outcome",
         serde_json::json!(decision.outcome),
     );
+    notify(&mut d, decision);
+    d
+}
+
+/// Adds the recipients the matching policies name (`notify`), when there are any.
+pub fn notify(d: &mut Draft, decision: &Decision) {
+    if !decision.notify.on_deploy.is_empty() || !decision.notify.on_failure.is_empty() {
+        crate::json::set(
+            &mut d.metadata,
+            "notify",
+            serde_json::json!(decision.notify),
+        );
+    }
+}
+
+/// The record of an approval asked for: the request, what it needs, until when, and why (the
+/// matching policies that ask for it), so that those who may approve can be told.
+pub fn approval_requested(
+    ad: &AgentDeployment,
+    digest: &str,
+    requester: Option<&Identity>,
+    request: &str,
+    requirements: &[RequirementSpec],
+    expires_at: chrono::DateTime<chrono::Utc>,
+    decision: &Decision,
+) -> Draft {
+    let mut d = agent(
+        ad,
+        digest,
+        requester,
+        EventType::ApprovalRequested,
+        "request approval",
+        "pending",
+        "approval-requested",
+    );
+    let reasons: Vec<String> = decision
+        .matched_policies
+        .iter()
+        .filter(|p| p.action == PolicyAction::RequireApproval)
+        .take(10)
+        .map(|p| format!("policy {}: {}", p.name, p.reason))
+        .collect();
+    crate::json::set(&mut d.metadata, "request", request);
+    crate::json::set(
+        &mut d.metadata,
+        "requirements",
+        serde_json::json!(requirements),
+    );
+    crate::json::set(
+        &mut d.metadata,
+        "expiresAt",
+        expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    crate::json::set(&mut d.metadata, "reasons", reasons);
+    if let Some(j) = ad.spec.justification.as_ref().filter(|j| !j.is_empty()) {
+        crate::json::set(&mut d.metadata, "justification", j.clone());
+    }
     d
 }
 
@@ -262,5 +321,8 @@ pub fn approval(
         "generation": apr.spec.deployment_ref.generation,
         "actors": actors, "approvers": acts_summary(quorum), "message": message,
     });
+    if let Some(r) = &apr.spec.requester {
+        crate::json::set(&mut d.metadata, "requester", r.username.clone());
+    }
     d
 }

@@ -1212,14 +1212,20 @@ struct RunningSink {
 
 impl RunningSink {
     fn start(client: &Client, ns: &str, name: &str, target: Target) -> RunningSink {
+        RunningSink::outbox(client, ns, Sink::new(name, target))
+    }
+
+    /// Any reader of the log after its cursor (a sink, a notification channel).
+    pub fn outbox(client: &Client, ns: &str, outbox: impl sink::Outbox + 'static) -> RunningSink {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(sink::run(
             client.clone(),
             ns.to_owned(),
-            Sink::new(name, target),
+            outbox,
             async move {
                 let _ = stopped.await;
             },
+            |_: Option<&str>| {},
         ));
         RunningSink { stop, task }
     }

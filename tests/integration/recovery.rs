@@ -107,6 +107,7 @@ async fn after_an_api_server_outage_work_resumes_within_seconds_and_nothing_is_m
         audit_retention: None,
         identity: "outage-test".to_owned(),
         audit_sinks: vec![],
+        notifications: Default::default(),
     };
     let operator = tokio::spawn(dvo_operator::controller::run(
         client.clone(),

@@ -171,6 +171,7 @@ async fn only_the_leader_runs_and_a_follower_takes_over_when_it_stops() {
             audit_retention: None,
             identity: me.to_owned(),
             audit_sinks: vec![],
+            notifications: Default::default(),
         };
         let task = tokio::spawn(dvo_operator::controller::run(
             client.clone(),

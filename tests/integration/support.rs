@@ -822,6 +822,7 @@ fn start_operator() -> Running {
             audit_retention: Some(chrono::Duration::days(365)),
             identity: "test-operator".to_owned(),
             audit_sinks: vec![],
+            notifications: Default::default(),
         };
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;

@@ -54,18 +54,78 @@ async fn send(
     url: &str,
     req: Request<Full<Bytes>>,
 ) -> Result<(StatusCode, String), String> {
-    let resp = client
-        .request(req)
+    send_with_headers(client, url, req)
         .await
+        .map(|(status, _, body)| (status, body))
+}
+
+async fn send_with_headers(
+    client: &Https,
+    url: &str,
+    req: Request<Full<Bytes>>,
+) -> Result<(StatusCode, hyper::HeaderMap, String), String> {
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
+        .await
+        .map_err(|_| format!("{url}: no answer within 30 s"))?
         .map_err(|e| format!("{url}: {e}"))?;
     let status = resp.status();
+    let headers = resp.headers().clone();
     let bytes = resp
         .into_body()
         .collect()
         .await
         .map_err(|e| format!("{url}: {e}"))?
         .to_bytes();
-    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    Ok((
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    ))
+}
+
+/// The wait a `Retry-After` header asks for (seconds, or an HTTP date).
+pub fn retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<std::time::Duration> {
+    if let Ok(secs) = value.trim().parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value.trim()).ok()?;
+    at.signed_duration_since(now).to_std().ok()
+}
+
+/// Posts a notification (JSON) to `url`: any 2xx is delivery; a 429 or 503 carries the wait its
+/// `Retry-After` asks for.
+pub async fn notify(
+    client: &Https,
+    url: &str,
+    headers: &[(&str, String)],
+    body: String,
+) -> Result<(), crate::audit::sink::Failure> {
+    let mut req = Request::post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("bad request to {url}: {e}"))?;
+    // The URL of a Slack or Teams webhook is its secret: errors name its host only.
+    let host = url.split('/').nth(2).unwrap_or("the endpoint");
+    let (status, headers, body) = send_with_headers(client, url, req)
+        .await
+        .map_err(|e| e.replace(url, host))?;
+    if status.is_success() {
+        return Ok(());
+    }
+    let wait = matches!(status.as_u16(), 429 | 503)
+        .then(|| headers.get("retry-after")?.to_str().ok().map(str::to_owned))
+        .flatten()
+        .and_then(|v| retry_after(&v, chrono::Utc::now()));
+    Err(crate::audit::sink::Failure {
+        message: format!(
+            "{host} answered HTTP {status}: {}",
+            body.chars().take(300).collect::<String>()
+        ),
+        retry_after: wait,
+    })
 }
 
 /// Splunk HEC settings.

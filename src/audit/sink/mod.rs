@@ -341,53 +341,113 @@ impl Sink {
     }
 }
 
-fn cursor_name(sink: &str) -> String {
-    format!("dvo-audit-cursor-{sink}")
+/// A reader of the log after its own cursor: a SIEM [`Sink`], or a notification channel.
+pub trait Outbox: Send {
+    /// Its name (metrics and logs).
+    fn name(&self) -> &str;
+    /// The ConfigMap that keeps its cursor.
+    fn cursor(&self) -> String;
+    /// The lengths of the consecutive deliveries `entries` are cut into; the cursor is stored
+    /// after each.
+    fn batches(&self, entries: &[Entry]) -> Result<Vec<usize>, String>;
+    /// Delivers one batch.
+    fn deliver<'a>(
+        &'a mut self,
+        entries: &'a [Entry],
+    ) -> futures::future::BoxFuture<'a, Result<(), Failure>>;
 }
 
-async fn read_cursor(api: &Api<ConfigMap>, sink: &str) -> Result<u64, String> {
+/// A delivery that did not happen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    /// What went wrong.
+    pub message: String,
+    /// How long the receiver asked to be left alone (HTTP 429 or 503 with `Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            message,
+            retry_after: None,
+        }
+    }
+}
+
+impl Outbox for Sink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn cursor(&self) -> String {
+        format!("dvo-audit-cursor-{}", self.name)
+    }
+
+    fn batches(&self, entries: &[Entry]) -> Result<Vec<usize>, String> {
+        Ok(entries.chunks(200).map(<[Entry]>::len).collect())
+    }
+
+    fn deliver<'a>(
+        &'a mut self,
+        entries: &'a [Entry],
+    ) -> futures::future::BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move { Sink::deliver(self, entries).await.map_err(Failure::from) })
+    }
+}
+
+async fn read_cursor(api: &Api<ConfigMap>, name: &str) -> Result<u64, String> {
     let cm = api
-        .get_opt(&cursor_name(sink))
+        .get_opt(name)
         .await
-        .map_err(|e| format!("cannot read the cursor of sink {sink}: {e}"))?;
+        .map_err(|e| format!("cannot read the cursor {name}: {e}"))?;
     Ok(cm
         .and_then(|c| c.data)
         .and_then(|d| d.get("seq").and_then(|s| s.parse().ok()))
         .unwrap_or(0))
 }
 
-async fn write_cursor(api: &Api<ConfigMap>, sink: &str, seq: u64) -> Result<(), String> {
-    let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": cursor_name(sink)}, "data": {"seq": seq.to_string()}});
+async fn write_cursor(api: &Api<ConfigMap>, name: &str, seq: u64) -> Result<(), String> {
+    let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"seq": seq.to_string()}});
     api.patch(
-        &cursor_name(sink),
+        name,
         &PatchParams::apply(crate::MANAGER).force(),
         &Patch::Apply(&cm),
     )
     .await
     .map(|_| ())
-    .map_err(|e| format!("cannot store the cursor of sink {sink}: {e}"))
+    .map_err(|e| format!("cannot store the cursor {name}: {e}"))
 }
 
-/// How many entries a sink reads from the log at a time.
+/// How many entries an outbox reads from the log at a time.
 const READ_AT_ONCE: usize = 2000;
 
-/// Delivers everything after the cursor, in batches; returns how many entries were delivered.
-async fn drain(client: &Client, namespace: &str, sink: &mut Sink) -> Result<usize, String> {
+/// Delivers everything after the cursor, batch by batch, storing the cursor after each; returns
+/// how many entries were passed.
+async fn drain(
+    client: &Client,
+    namespace: &str,
+    outbox: &mut dyn Outbox,
+) -> Result<usize, Failure> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let mut cursor = read_cursor(&api, &sink.name).await?;
+    let name = outbox.cursor();
+    let mut cursor = read_cursor(&api, &name).await?;
     let lag = crate::metrics::METRICS
         .sink_lag
-        .get_or_create(&crate::metrics::value(&sink.name))
+        .get_or_create(&crate::metrics::value(outbox.name()))
         .clone();
     let mut delivered: usize = 0;
     loop {
         let pending: Vec<Entry> =
             store::entries_after(client, namespace, cursor, READ_AT_ONCE).await?;
         lag.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
-        for batch in pending.chunks(200) {
+        let mut rest = pending.as_slice();
+        for len in outbox.batches(&pending)? {
+            let (batch, after) = rest.split_at(len.min(rest.len()));
+            rest = after;
             let Some(last) = batch.last() else { continue };
-            sink.deliver(batch).await?;
-            write_cursor(&api, &sink.name, last.seq).await?;
+            outbox.deliver(batch).await?;
+            write_cursor(&api, &name, last.seq).await?;
             cursor = last.seq;
             delivered = delivered.saturating_add(batch.len());
             lag.dec_by(i64::try_from(batch.len()).unwrap_or(i64::MAX));
@@ -398,22 +458,34 @@ async fn drain(client: &Client, namespace: &str, sink: &mut Sink) -> Result<usiz
     }
 }
 
-/// Feeds `sink` from the log in `namespace` until `stop` completes: on every change of a
-/// segment, and again after a failure with exponential backoff (1 s to 60 s).
+/// The wait before the next attempt after `failures` failures in a row: exponential from 1 s
+/// to 60 s, with up to a quarter of jitter, and never less than the receiver asked for.
+pub fn backoff(failures: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+    let exp =
+        Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60));
+    let jittered = exp.mul_f64(1.0 + 0.25 * jitter.clamp(0.0, 1.0));
+    retry_after.map_or(jittered, |r| r.min(Duration::from_secs(3600)).max(jittered))
+}
+
+/// Feeds `outbox` from the log in `namespace` until `stop` completes: on every change of a
+/// segment, and again after a failure with [`backoff`]. `failed` is told of each change
+/// between working and failing (for an Event).
 pub async fn run(
     client: Client,
     namespace: String,
-    mut sink: Sink,
+    mut outbox: impl Outbox,
     stop: impl std::future::Future<Output = ()>,
+    failed: impl Fn(Option<&str>),
 ) {
     // Changes are all it needs to know of: the segments' metadata is watched, not their data.
     let api: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(client.clone(), &namespace);
     let mut changes = watcher(api, watcher::Config::default().labels(SEGMENT_LABEL)).boxed();
-    let mut backoff: Option<Duration> = None;
+    let mut wait_for: Option<Duration> = None;
+    let mut failures: u32 = 0;
     tokio::pin!(stop);
     loop {
         let wait = async {
-            match backoff {
+            match wait_for {
                 Some(d) => tokio::time::sleep(d).await,
                 None => {
                     let _ = changes.next().await;
@@ -424,14 +496,24 @@ pub async fn run(
             () = &mut stop => return,
             () = wait => {}
         }
-        match drain(&client, &namespace, &mut sink).await {
-            Ok(_) => backoff = None,
+        match drain(&client, &namespace, &mut outbox).await {
+            Ok(_) => {
+                if failures > 0 {
+                    failed(None);
+                }
+                failures = 0;
+                wait_for = None;
+            }
             Err(e) => {
-                let next = backoff.map_or(Duration::from_secs(1), |d| {
-                    d.saturating_mul(2).min(Duration::from_secs(60))
-                });
-                tracing::warn!(sink = %sink.name, error = %e, retry_in = ?next, "audit sink failed");
-                backoff = Some(next);
+                failures = failures.saturating_add(1);
+                let mut b = [0u8; 1];
+                let _ = getrandom::fill(&mut b);
+                let next = backoff(failures, e.retry_after, f64::from(b[0]) / 255.0);
+                tracing::warn!(outbox = %outbox.name(), error = %e.message, retry_in = ?next, "audit delivery failed");
+                if failures == 1 {
+                    failed(Some(&e.message));
+                }
+                wait_for = Some(next);
             }
         }
     }

@@ -1,0 +1,236 @@
+//! The shell of notifications: a channel as an [`Outbox`] of the audit log. Each entry that
+//! makes a message for the channel ends a batch, so the cursor is stored right after each
+//! message is acknowledged: a restart repeats nothing that was acknowledged and loses nothing
+//! that was not. A message carries its delivery key (`X-DVO-Delivery`, the mail's Message-ID)
+//! so a receiver can drop the one repeat a crash between acknowledgement and cursor can cause.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use lettre::AsyncTransport;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+
+use super::config::{Channel, Endpoint, Security};
+use super::{Message, message, notice, render};
+use crate::audit::Entry;
+use crate::audit::sink::{Failure, Outbox, http};
+use crate::identity::RoleMapping;
+
+/// The role mapping in force now (approvers are looked up when a request is announced), or why
+/// there is none yet.
+pub type Mapping = Arc<dyn Fn() -> Result<RoleMapping, String> + Send + Sync>;
+
+/// Where a channel's messages go, with its secrets read.
+enum Target {
+    Slack(String),
+    Teams(String),
+    Webhook {
+        url: String,
+        secret: Option<String>,
+    },
+    Smtp {
+        transport: Box<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>>,
+        from: lettre::message::Mailbox,
+    },
+}
+
+/// A notification channel fed from the audit log.
+pub struct Notifier {
+    channel: Channel,
+    target: Target,
+    https: Option<http::Https>,
+    mapping: Mapping,
+}
+
+fn env(var: &str, what: &str, channel: &str) -> Result<String, String> {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            format!("channel {channel}: the {what} is not set: environment variable {var} is empty")
+        })
+}
+
+impl Notifier {
+    /// A channel with its secrets read from the environment (every one must be there).
+    pub fn new(channel: Channel, mapping: Mapping) -> Result<Notifier, String> {
+        let name = channel.name.clone();
+        let url = |h: &super::config::Hook| match (&h.url, &h.url_env) {
+            (Some(url), _) => Ok(url.clone()),
+            (None, Some(var)) => env(var, "URL", &name),
+            (None, None) => Err(format!("channel {name}: no URL")),
+        };
+        let target = match &channel.endpoint {
+            Endpoint::Slack(h) => Target::Slack(url(h)?),
+            Endpoint::Teams(h) => Target::Teams(url(h)?),
+            Endpoint::Webhook(h) => Target::Webhook {
+                url: url(h)?,
+                secret: match &h.secret_env {
+                    Some(var) => Some(env(var, "HMAC secret", &name)?),
+                    None => None,
+                },
+            },
+            Endpoint::Smtp(s) => {
+                let (host, port) = s
+                    .server
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                    .ok_or_else(|| format!("channel {name}: server must be host:port"))?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let tls = if s.security == Security::None {
+                    Tls::None
+                } else {
+                    let mut params = TlsParameters::builder(host.to_owned());
+                    if let Some(file) = &s.ca_file {
+                        let pem = std::fs::read(file)
+                            .map_err(|e| format!("channel {name}: cannot read {file}: {e}"))?;
+                        let cert = Certificate::from_pem(&pem)
+                            .map_err(|e| format!("channel {name}: {file}: {e}"))?;
+                        params = params.add_root_certificate(cert);
+                    }
+                    let params = params
+                        .build()
+                        .map_err(|e| format!("channel {name}: TLS: {e}"))?;
+                    match s.security {
+                        Security::Tls => Tls::Wrapper(params),
+                        _ => Tls::Required(params),
+                    }
+                };
+                let mut builder =
+                    lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(host)
+                        .port(port)
+                        .tls(tls)
+                        .timeout(Some(std::time::Duration::from_secs(30)));
+                if let (Some(u), Some(p)) = (&s.user_env, &s.password_env) {
+                    builder = builder.credentials(Credentials::new(
+                        env(u, "SMTP user", &name)?,
+                        env(p, "SMTP password", &name)?,
+                    ));
+                }
+                let from = s
+                    .from
+                    .parse()
+                    .map_err(|e| format!("channel {name}: from {:?}: {e}", s.from))?;
+                Target::Smtp {
+                    transport: Box::new(builder.build()),
+                    from,
+                }
+            }
+        };
+        Ok(Notifier {
+            channel,
+            target,
+            https: None,
+            mapping,
+        })
+    }
+
+    fn message(&self, entry: &Entry, mapping: &RoleMapping) -> Option<Message> {
+        message(&notice(entry)?, &self.channel, mapping)
+    }
+
+    async fn send(&mut self, m: &Message, entry: &Entry) -> Result<(), Failure> {
+        let https = match &mut self.https {
+            Some(c) => c,
+            slot @ None => slot.insert(http::client()?),
+        };
+        let delivery = ("x-dvo-delivery", m.key.clone());
+        match &self.target {
+            Target::Slack(url) => {
+                let body = render::slack(m).to_string();
+                http::notify(https, url, &[delivery], body).await
+            }
+            Target::Teams(url) => {
+                let body = render::teams(m).to_string();
+                http::notify(https, url, &[delivery], body).await
+            }
+            Target::Webhook { url, secret } => {
+                let body = render::webhook(m, entry).to_string();
+                let mut headers = vec![delivery];
+                if let Some(s) = secret {
+                    headers.push((http::SIGNATURE_HEADER, http::signature(s, &body)));
+                }
+                http::notify(https, url, &headers, body).await
+            }
+            Target::Smtp { transport, from } => {
+                let (subject, body) = render::mail(m);
+                let mut mail = lettre::Message::builder()
+                    .from(from.clone())
+                    .subject(subject)
+                    .message_id(Some(format!("<{}@dvo-operator>", m.key)))
+                    .header(lettre::message::header::ContentType::TEXT_PLAIN);
+                for to in &m.to {
+                    let mailbox = to.parse().map_err(|e| format!("recipient {to:?}: {e}"))?;
+                    mail = mail.to(mailbox);
+                }
+                let mail = mail
+                    .body(body)
+                    .map_err(|e| format!("cannot write the mail: {e}"))?;
+                let sent = transport.send(mail).await;
+                sent.map(|_| ()).map_err(|e| {
+                    let wait = e
+                        .is_transient()
+                        .then_some(std::time::Duration::from_secs(30));
+                    Failure {
+                        message: format!("SMTP: {e}"),
+                        retry_after: wait,
+                    }
+                })
+            }
+        }
+    }
+}
+
+impl Outbox for Notifier {
+    fn name(&self) -> &str {
+        &self.channel.name
+    }
+
+    fn cursor(&self) -> String {
+        format!("dvo-notify-cursor-{}", self.channel.name)
+    }
+
+    fn batches(&self, entries: &[Entry]) -> Result<Vec<usize>, String> {
+        let mapping = (self.mapping)()?;
+        let mut cuts = vec![];
+        let mut since: usize = 0;
+        for e in entries {
+            since = since.saturating_add(1);
+            if self.message(e, &mapping).is_some() {
+                cuts.push(since);
+                since = 0;
+            }
+        }
+        if since > 0 {
+            cuts.push(since);
+        }
+        Ok(cuts)
+    }
+
+    fn deliver<'a>(&'a mut self, entries: &'a [Entry]) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            let Some(last) = entries.last() else {
+                return Ok(());
+            };
+            let mapping = (self.mapping)()?;
+            let Some(m) = self.message(last, &mapping) else {
+                return Ok(());
+            };
+            let outcome = self.send(&m, last).await;
+            let label = if outcome.is_ok() {
+                "delivered"
+            } else {
+                "failed"
+            };
+            crate::metrics::METRICS
+                .notifications
+                .get_or_create(&crate::metrics::ChannelLabel {
+                    channel: self.channel.name.clone(),
+                    outcome: label.to_owned(),
+                })
+                .inc();
+            outcome
+        })
+    }
+}
