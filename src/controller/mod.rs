@@ -450,7 +450,9 @@ pub async fn run(
                 let rules = env.borrow().rules.clone()?;
                 Ok(rules.mapping().clone())
             });
-            crate::notify::send::Notifier::new(channel.clone(), mapping)
+            crate::notify::send::Notifier::new(channel.clone(), mapping, &|var| {
+                std::env::var(var).ok()
+            })
         })
         .collect::<Result<Vec<_>, String>>()
         .map_err(|e| anyhow::anyhow!("notifications: {e}"))?;

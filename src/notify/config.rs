@@ -34,6 +34,9 @@ pub struct Channel {
     /// Only for these environments (default: all).
     #[serde(default)]
     pub environments: BTreeSet<String>,
+    /// Only for AgentDeployments in these namespaces (default: all).
+    #[serde(default)]
+    pub namespaces: BTreeSet<String>,
     /// Approval requests only when a holder of one of these roles may approve them (default:
     /// all requests).
     #[serde(default)]

@@ -249,7 +249,7 @@ pub struct Message {
 const MAX_RECIPIENTS: usize = 100;
 
 /// What `channel` is sent for `notice`, if anything: the channel must take the kind (or a
-/// policy names it), the environment and, for approval requests, one of the roles that may
+/// policy names it), the environment, the namespace and, for approval requests, one of the roles that may
 /// approve. A mail goes to the channel's `to`, plus those the kind concerns: the people and
 /// group addresses that may approve, the requester (when an address), and the addresses the
 /// policies list.
@@ -268,6 +268,7 @@ pub fn message(notice: &Notice, channel: &Channel, mapping: &RoleMapping) -> Opt
     let wanted = named
         || ((channel.events.is_empty() || channel.events.contains(&notice.kind))
             && (channel.environments.is_empty() || channel.environments.contains(&environment))
+            && (channel.namespaces.is_empty() || channel.namespaces.contains(&notice.namespace))
             && (notice.kind != Kind::ApprovalRequested
                 || channel.roles.is_empty()
                 || !channel.roles.is_disjoint(&roles)));

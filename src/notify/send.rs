@@ -43,19 +43,20 @@ pub struct Notifier {
     mapping: Mapping,
 }
 
-fn env(var: &str, what: &str, channel: &str) -> Result<String, String> {
-    std::env::var(var)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            format!("channel {channel}: the {what} is not set: environment variable {var} is empty")
-        })
-}
+/// Reads a secret by the name of its environment variable (`std::env::var` in `dvo run`).
+pub type Secrets<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 impl Notifier {
-    /// A channel with its secrets read from the environment (every one must be there).
-    pub fn new(channel: Channel, mapping: Mapping) -> Result<Notifier, String> {
+    /// A channel with its secrets read (every one must be there).
+    pub fn new(channel: Channel, mapping: Mapping, secrets: Secrets) -> Result<Notifier, String> {
         let name = channel.name.clone();
+        let env = |var: &str, what: &str, channel: &str| {
+            secrets(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                format!(
+                    "channel {channel}: the {what} is not set: environment variable {var} is empty"
+                )
+            })
+        };
         let url = |h: &super::config::Hook| match (&h.url, &h.url_env) {
             (Some(url), _) => Ok(url.clone()),
             (None, Some(var)) => env(var, "URL", &name),

@@ -410,28 +410,7 @@ impl Rsyslog {
         std::fs::create_dir_all(&dir).unwrap();
         let d = dir.display().to_string();
         let (global, module) = if tls {
-            let openssl = |args: &str| {
-                let out = std::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(format!("cd {d} && openssl {args}"))
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "openssl {args}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            };
-            openssl(
-                "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem",
-            );
-            openssl(
-                "req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr",
-            );
-            std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-            openssl(
-                "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out server.pem",
-            );
+            crate::support::loopback_tls(&dir);
             (
                 format!(
                     r#" DefaultNetstreamDriver="ossl" DefaultNetstreamDriverCAFile="{d}/ca.pem" DefaultNetstreamDriverCertFile="{d}/server.pem" DefaultNetstreamDriverKeyFile="{d}/server.key""#
@@ -1205,9 +1184,10 @@ async fn the_syslog_sink_speaks_tls_to_rsyslog() {
 }
 
 /// A sink fed from the log in a namespace, until stopped.
-struct RunningSink {
+pub struct RunningSink {
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    /// The task feeding it (abort it to kill it where it stands).
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningSink {
@@ -1230,7 +1210,8 @@ impl RunningSink {
         RunningSink { stop, task }
     }
 
-    async fn stop(self) {
+    /// Stops it and waits until it has.
+    pub async fn stop(self) {
         let _ = self.stop.send(());
         self.task.await.unwrap();
     }

@@ -9,6 +9,7 @@ mod chart;
 mod crds;
 mod entra;
 mod integrity;
+mod notify;
 mod operator;
 mod plugin;
 mod recovery;

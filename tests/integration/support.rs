@@ -183,6 +183,32 @@ pub fn self_signed(cn: &str, key: &Path, crt: &Path) {
     assert!(out.status.success(), "openssl: {out:?}");
 }
 
+/// A CA (`ca.pem`, `ca.key`) and a server certificate for 127.0.0.1 it signed (`server.pem`,
+/// `server.key`), written to `dir`.
+pub fn loopback_tls(dir: &Path) {
+    let d = dir.display();
+    let openssl = |args: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("cd {d} && openssl {args}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(
+        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem",
+    );
+    openssl("req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr");
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out server.pem",
+    );
+}
+
 /// The identity the in-process operator and its webhook run as (bound to cluster-admin here;
 /// the chart's RBAC is tested on its own).
 pub const OPERATOR_IDENTITY: &str = "dvo-operator";
