@@ -34,13 +34,16 @@ struct Got {
     at: Instant,
 }
 
+/// Answers queued ahead of 200: status and `Retry-After` seconds.
+type Answers = Arc<Mutex<VecDeque<(u16, Option<u64>)>>>;
+
 /// A loopback HTTP receiver: answers each request with the next queued status (and
 /// `Retry-After`), then 200; records what it acknowledged and counts every attempt.
 #[derive(Clone)]
 struct Receiver {
     port: u16,
     got: Arc<Mutex<Vec<Got>>>,
-    answers: Arc<Mutex<VecDeque<(u16, Option<u64>)>>>,
+    answers: Answers,
     attempts: Arc<Mutex<Vec<Instant>>>,
     down: Arc<AtomicUsize>,
 }
