@@ -138,9 +138,13 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-            dvo_operator::notify::Config::parse(&text).map_err(|e| {
+            let config = dvo_operator::notify::Config::parse(&text).map_err(|e| {
                 anyhow::anyhow!("{} is not valid notification settings: {e}", path.display())
-            })?
+            })?;
+            config
+                .check_secrets(&|var| std::env::var(var).ok())
+                .map_err(|e| anyhow::anyhow!("notifications: {e}"))?;
+            config
         }
     };
     let runtime = tokio::runtime::Runtime::new()?;

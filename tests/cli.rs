@@ -330,6 +330,35 @@ fn run_refuses_malformed_audit_sinks_before_connecting() {
     );
 }
 
+#[test]
+fn run_refuses_bad_notification_settings_before_connecting() {
+    let dir = std::env::temp_dir().join(format!("dvo-cli-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("n.yaml");
+    let path = file.display().to_string();
+    let cases = [
+        (
+            "channels: [{name: rm, slack: {url: 'http://hooks.example.com/x'}}]",
+            "channel rm: \"http://hooks.example.com/x\": only https://",
+        ),
+        (
+            "channels: [{name: rm, teams: {urlEnv: DVO_TEST_SURELY_UNSET}}]",
+            "notifications: channel rm: environment variable DVO_TEST_SURELY_UNSET is not set",
+        ),
+    ];
+    for (yaml, want) in cases {
+        std::fs::write(&file, yaml).unwrap();
+        let (_, err, code) = dvo(&["run", "--notifications", &path]);
+        assert_ne!(code, 0);
+        assert!(err.contains(want), "{yaml}: {err}");
+        assert!(
+            !err.contains("kubeconfig") && !err.contains("connect"),
+            "{err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// `dvo evaluate` of the production example against the policies under `policies`.
 fn evaluate_against(policies: &Path) -> (String, String, i32) {
     dvo(&[

@@ -33,8 +33,36 @@ async fn the_chart_lints_and_its_manifests_pass_the_api_server() {
         "webhook.clientCAConfigMap=apiserver-webhook-client-ca",
         "--set",
         "webhook.networkPolicy.apiServerCIDRs[0]=10.0.0.0/16",
+        "--set",
+        "notifications.channels[0].name=release-managers",
+        "--set",
+        "notifications.channels[0].teams.urlEnv=TEAMS_URL",
+        "--set",
+        "notifications.channels[0].roles[0]=release_manager",
+        "--set",
+        "notifications.secret=dvo-notify",
     ]);
     assert!(ok, "{manifests}");
+    // The notification settings the chart renders are what `dvo run` reads.
+    assert!(
+        manifests.contains("- --notifications=/etc/dvo/notifications/notifications.yaml")
+            && manifests.contains("secretRef: {name: dvo-notify}"),
+        "{manifests}"
+    );
+    let settings = manifests
+        .split("---")
+        .find(|doc| doc.contains("name: dvo-notifications"))
+        .and_then(|doc| doc.split_once("notifications.yaml: |\n"))
+        .map(|(_, text)| {
+            text.lines()
+                .map(|l| l.strip_prefix("    ").unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .expect("the notifications ConfigMap");
+    let config = dvo_operator::notify::Config::parse(&settings)
+        .unwrap_or_else(|e| panic!("{e}: {settings}"));
+    assert_eq!(config.channels[0].name, "release-managers");
     assert!(
         manifests.contains("- --webhook-client-ca=/etc/dvo/webhook-client-ca/ca.crt")
             && manifests.contains("configMap: {name: apiserver-webhook-client-ca}")
