@@ -49,10 +49,11 @@ impl Kind {
     /// How serious it is.
     pub fn severity(self) -> Severity {
         match self {
-            Kind::ApprovalRequested | Kind::ApprovalGranted | Kind::Deployed => Severity::Info,
-            Kind::ApprovalCancelled | Kind::ApprovalSuperseded | Kind::ApprovalExpired => {
-                Severity::Notice
-            }
+            Kind::ApprovalGranted | Kind::Deployed => Severity::Info,
+            Kind::ApprovalRequested
+            | Kind::ApprovalCancelled
+            | Kind::ApprovalSuperseded
+            | Kind::ApprovalExpired => Severity::Notice,
             Kind::ApprovalRejected | Kind::Failed | Kind::RolledBack => Severity::Warning,
             Kind::BreakGlassUsed => Severity::Critical,
         }
@@ -353,7 +354,7 @@ pub fn message(notice: &Notice, channel: &Channel, mapping: &RoleMapping) -> Opt
     let ns = &notice.namespace;
     let commands = match (notice.kind, &notice.request) {
         (Kind::ApprovalRequested, Some(apr)) => vec![
-            format!("kubectl dvo approve {apr} -n {ns} --comment \"...\""),
+            format!("kubectl dvo approve {apr} -n {ns} --message \"...\""),
             format!("kubectl annotate approvalrequest {apr} -n {ns} dvo.caat.io/approve=\"...\""),
             format!("kubectl annotate approvalrequest {apr} -n {ns} dvo.caat.io/reject=\"reason\""),
         ],

@@ -32,11 +32,12 @@ fn slack_text(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Markdown characters written literally (Teams renders a subset of Markdown in cards).
+/// Link brackets written literally (Teams renders a subset of Markdown in cards, links among
+/// it; bold or a list in a reason is harmless, a link is not).
 fn card_text(s: &str) -> String {
     let mut out = String::new();
     for c in cut(s, MAX_VALUE).chars() {
-        if "\\`*_[]()#<>!~|".contains(c) {
+        if "\\[]".contains(c) {
             out.push('\\');
         }
         out.push(c);

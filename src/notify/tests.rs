@@ -321,7 +321,7 @@ fn an_approval_request_says_what_why_and_how_to_act() {
     );
     assert_eq!(
         msg.commands[0],
-        "kubectl dvo approve gha-g1-abc -n agents --comment \"...\""
+        "kubectl dvo approve gha-g1-abc -n agents --message \"...\""
     );
     assert!(
         msg.commands[1].starts_with(
@@ -364,7 +364,7 @@ fn user_text_cannot_become_markup() {
     assert!(texts[1].contains("&lt;!channel&gt;"), "{texts:?}");
     let teams = render::teams(&msg).to_string();
     assert!(
-        !teams.contains("[click](https") && teams.contains(r"\\[click\\]\\(https"),
+        !teams.contains("[click](https") && teams.contains(r"\\[click\\](https"),
         "{teams}"
     );
     let (subject, body) = render::mail(&Message {

@@ -327,7 +327,19 @@ async fn an_approval_flow_reaches_slack_teams_a_webhook_and_mail() {
         "{text}"
     );
 
-    accepted(&ns, &apr, "release-manager-1", "approve");
+    // The command the Teams card gives is the one that works.
+    let blocks = card["attachments"][0]["content"]["body"]
+        .as_array()
+        .unwrap();
+    let annotate = blocks
+        .iter()
+        .filter(|b| b["fontType"] == "Monospace")
+        .filter_map(|b| b["text"].as_str())
+        .find(|t| t.starts_with("kubectl annotate") && t.contains("/approve="))
+        .unwrap_or_else(|| panic!("no approve command in {card}"));
+    let args: Vec<&str> = annotate.split(' ').skip(1).collect();
+    let (out, ok) = control_plane().kubectl("release-manager-1", &args);
+    assert!(ok, "{annotate}: {out}");
     phase(&client, &ns, "gha", Phase::Deployed).await;
 
     // Teams (every kind, for release managers' requests): requested, granted, deployed.
@@ -395,6 +407,9 @@ async fn an_approval_flow_reaches_slack_teams_a_webhook_and_mail() {
         ]
     );
 
+    if std::env::var("DVO_SHOW_PAYLOADS").is_ok() {
+        eprintln!("SLACK {}\nTEAMS {}", slack[0].body, teams[0].body);
+    }
     // Once each: nothing more arrives.
     for r in running {
         r.stop().await;
