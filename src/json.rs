@@ -42,9 +42,27 @@ pub fn set(target: &mut Value, key: &str, value: impl Into<Value>) {
     }
 }
 
+/// The longest start of `s` of at most `max` bytes that ends on a character boundary (API
+/// fields are limited in bytes).
+pub fn truncate(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    s.get(..end).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(super::truncate("héllo", 2), "h");
+        assert_eq!(super::truncate("héllo", 3), "hé");
+        assert_eq!(super::truncate("abc", 10), "abc");
+        assert_eq!(super::truncate("€€", 1), "");
+    }
 
     #[test]
     fn set_makes_an_object_when_needed() {

@@ -164,6 +164,38 @@ pub async fn load(
     Ok((segments, checkpoints))
 }
 
+/// The `seq` of the newest entry (0 for an empty log): one metadata list and one read of the
+/// newest segment.
+pub async fn head(client: &Client, namespace: &str) -> Result<u64, String> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let list = api
+        .list_metadata(&ListParams::default().labels(SEGMENT_LABEL))
+        .await
+        .map_err(|e| format!("cannot list audit segments: {e}"))?;
+    let newest = list
+        .items
+        .iter()
+        .filter_map(|m| Some((index_of(&m.name_any())?, m.name_any())))
+        .max();
+    let Some((_, name)) = newest else {
+        return Ok(0);
+    };
+    let Some(cm) = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| format!("cannot read audit segment {name}: {e}"))?
+    else {
+        return Err(format!("audit segment {name} went away; trying again"));
+    };
+    let (segment, _) = read_segment(&cm)?;
+    let after = cm
+        .annotations()
+        .get(PREVIOUS_ANNOTATION)
+        .and_then(|v| serde_json::from_str::<Link>(v).ok())
+        .map_or(0, |l| l.seq);
+    Ok(segment.entries.last().map_or(after, |e| e.seq))
+}
+
 /// The entries after `seq`, reading only the segments that hold them (their names and the
 /// heads they continue from come from a metadata-only list), and no more segments once
 /// `limit` entries are read: what a sink delivers next costs what is new, not the size of the

@@ -59,7 +59,7 @@ pub fn delivery(events: Events, namespace: &str, cursor: String) -> impl Fn(Opti
         let event = Event {
             type_,
             reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
+            note: Some(crate::json::truncate(note, 1000).to_owned()),
             action: "Notify".into(),
             secondary: None,
         };

@@ -182,6 +182,12 @@ pub fn approval_requested(
     expires_at: chrono::DateTime<chrono::Utc>,
     decision: &Decision,
 ) -> Draft {
+    // A request replaced because its requirements changed is a new fact (and a new notice).
+    let asked = crate::json::to_string(&requirements);
+    let key = format!(
+        "approval-requested/{}",
+        crate::hex_prefix(&Sha256::digest(asked.as_bytes()), 8)
+    );
     let mut d = agent(
         ad,
         digest,
@@ -189,7 +195,7 @@ pub fn approval_requested(
         EventType::ApprovalRequested,
         "request approval",
         "pending",
-        "approval-requested",
+        &key,
     );
     let reasons: Vec<String> = decision
         .matched_policies

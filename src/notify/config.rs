@@ -198,7 +198,8 @@ impl Config {
     }
 }
 
-fn url_problem(url: &str) -> Option<String> {
+/// What is wrong with a webhook URL: only https://, or http:// to a loopback address.
+pub fn url_problem(url: &str) -> Option<String> {
     let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"];
     (!url.starts_with("https://") && !loopback.iter().any(|p| url.starts_with(p)))
         .then(|| format!("{url:?}: only https:// (http:// only to a loopback address)"))
@@ -244,6 +245,7 @@ pub fn is_address(text: &str) -> bool {
     !local.is_empty()
         && domain.contains('.')
         && !domain.starts_with('.')
+        && !domain.contains("..")
         && !domain.ends_with('.')
         && text.len() <= 254
         && !text
@@ -359,6 +361,7 @@ mod tests {
             "a b@c.d",
             "a@b.c>",
             "a@b@c.d",
+            "a@b..c",
             "a\r\n@b.c",
         ] {
             assert!(!is_address(a), "{a:?}");

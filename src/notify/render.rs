@@ -45,7 +45,14 @@ fn card_text(s: &str) -> String {
     out
 }
 
+/// One line of user text: newlines folded, so a value cannot fake a line of its own.
+fn line(s: &str) -> String {
+    cut(s, MAX_VALUE).replace('\n', " ")
+}
+
 /// A Slack incoming-webhook payload (Block Kit), with `text` as the notification fallback.
+/// Values are plain text (Slack reads no links, mentions or formatting in them); only the
+/// commands, made of Kubernetes names, are mrkdwn (a code block).
 pub fn slack(m: &Message) -> Value {
     let emoji = match m.kind.severity() {
         Severity::Info => ":white_check_mark:",
@@ -53,14 +60,15 @@ pub fn slack(m: &Message) -> Value {
         Severity::Warning => ":warning:",
         Severity::Critical => ":rotating_light:",
     };
+    let plain = |text: String| json!({"type": "plain_text", "text": text, "emoji": false});
     let fields: Vec<Value> = m
         .facts
         .iter()
         .take(10)
-        .map(|(k, v)| json!({"type": "mrkdwn", "text": format!("*{k}*\n{}", slack_text(v))}))
+        .map(|(k, v)| plain(format!("{k}\n{}", line(v))))
         .collect();
     let mut blocks = vec![
-        json!({"type": "header", "text": {"type": "plain_text", "text": cut(&format!("{emoji} {}", m.title), 150), "emoji": true}}),
+        json!({"type": "header", "text": {"type": "plain_text", "text": cut(&format!("{emoji} {}", line(&m.title)), 150), "emoji": true}}),
         json!({"type": "section", "fields": fields}),
     ];
     if !m.why.is_empty() {
@@ -68,16 +76,16 @@ pub fn slack(m: &Message) -> Value {
             .why
             .iter()
             .take(10)
-            .map(|w| format!("• {}", slack_text(w)))
+            .map(|w| format!("• {}", line(w)))
             .collect();
-        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&why.join("\n"), 2900)}}));
+        blocks.push(json!({"type": "section", "text": plain(cut(&why.join("\n"), 2900))}));
     }
     if !m.commands.is_empty() {
         let commands: Vec<String> = m.commands.iter().map(|c| slack_text(c)).collect();
-        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("```{}```", commands.join("\n"))}}));
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "verbatim": true, "text": format!("```{}```", commands.join("\n"))}}));
     }
-    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("dvo-operator · delivery {}", slack_text(&m.key))}]}));
-    json!({"text": slack_text(&m.title), "blocks": blocks})
+    blocks.push(json!({"type": "context", "elements": [plain(format!("dvo-operator · delivery {}", m.key))]}));
+    json!({"text": slack_text(&line(&m.title)), "blocks": blocks})
 }
 
 /// A Teams message with one Adaptive Card, as the "When a Teams webhook request is received"
@@ -92,7 +100,7 @@ pub fn teams(m: &Message) -> Value {
     let facts: Vec<Value> = m
         .facts
         .iter()
-        .map(|(k, v)| json!({"title": k, "value": card_text(v)}))
+        .map(|(k, v)| json!({"title": k, "value": card_text(&line(v))}))
         .collect();
     let mut body = vec![
         json!({"type": "TextBlock", "text": card_text(&m.title), "weight": "Bolder", "size": "Medium", "color": color, "wrap": true}),

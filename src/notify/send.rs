@@ -57,9 +57,20 @@ impl Notifier {
                 )
             })
         };
+        // A URL from a Secret is checked as one in the settings is; its text is never shown.
         let url = |h: &super::config::Hook| match (&h.url, &h.url_env) {
             (Some(url), _) => Ok(url.clone()),
-            (None, Some(var)) => env(var, "URL", &name),
+            (None, Some(var)) => {
+                let url = env(var, "URL", &name)?.trim().to_owned();
+                let valid =
+                    url.parse::<hyper::Uri>().is_ok() && super::config::url_problem(&url).is_none();
+                match valid {
+                    true => Ok(url),
+                    false => Err(format!(
+                        "channel {name}: environment variable {var} does not hold an https:// URL"
+                    )),
+                }
+            }
             (None, None) => Err(format!("channel {name}: no URL")),
         };
         let target = match &channel.endpoint {
@@ -131,6 +142,15 @@ impl Notifier {
         message(&notice(entry)?, &self.channel, mapping)
     }
 
+    /// The role mapping, which only mail needs (to find those who may approve): a chat or
+    /// webhook channel never waits for it.
+    fn mapping(&self) -> Result<RoleMapping, String> {
+        match self.target {
+            Target::Smtp { .. } => (self.mapping)(),
+            _ => Ok(RoleMapping::default()),
+        }
+    }
+
     async fn send(&mut self, m: &Message, entry: &Entry) -> Result<(), Failure> {
         let https = match &mut self.https {
             Some(c) => c,
@@ -169,14 +189,12 @@ impl Notifier {
                     .body(body)
                     .map_err(|e| format!("cannot write the mail: {e}"))?;
                 let sent = transport.send(mail).await;
-                sent.map(|_| ()).map_err(|e| {
-                    let wait = e
+                sent.map(|_| ()).map_err(|e| Failure {
+                    message: format!("SMTP: {e}"),
+                    retry_after: e
                         .is_transient()
-                        .then_some(std::time::Duration::from_secs(30));
-                    Failure {
-                        message: format!("SMTP: {e}"),
-                        retry_after: wait,
-                    }
+                        .then_some(std::time::Duration::from_secs(30)),
+                    permanent: e.is_permanent(),
                 })
             }
         }
@@ -192,8 +210,12 @@ impl Outbox for Notifier {
         format!("dvo-notify-cursor-{}", self.channel.name)
     }
 
+    fn starts_at_head(&self) -> bool {
+        true
+    }
+
     fn batches(&self, entries: &[Entry]) -> Result<Vec<usize>, String> {
-        let mapping = (self.mapping)()?;
+        let mapping = self.mapping()?;
         let mut cuts = vec![];
         let mut since: usize = 0;
         for e in entries {
@@ -214,7 +236,7 @@ impl Outbox for Notifier {
             let Some(last) = entries.last() else {
                 return Ok(());
             };
-            let mapping = (self.mapping)()?;
+            let mapping = self.mapping()?;
             let Some(m) = self.message(last, &mapping) else {
                 return Ok(());
             };

@@ -341,7 +341,8 @@ fn user_text_cannot_become_markup() {
         &mapping(),
     )
     .unwrap();
-    // Slack reads links and mentions in mrkdwn text (plain text it shows as it is).
+    // Slack reads links and mentions in mrkdwn text; user values are plain text only, and the
+    // fallback text is escaped.
     fn mrkdwn(v: &Value, out: &mut Vec<String>) {
         match v {
             Value::Object(o) => {
@@ -355,13 +356,27 @@ fn user_text_cannot_become_markup() {
         }
     }
     let slack = render::slack(&msg);
-    let mut texts = vec![slack["text"].as_str().unwrap().to_owned()];
+    let mut texts = vec![];
     mrkdwn(&slack, &mut texts);
     assert!(
-        texts.iter().all(|t| !t.contains('<') && !t.contains('>')),
+        texts
+            .iter()
+            .all(|t| !t.contains("channel") && !t.contains("evil")),
         "{texts:?}"
     );
-    assert!(texts[1].contains("&lt;!channel&gt;"), "{texts:?}");
+    assert!(
+        slack["text"].as_str().unwrap().contains("&lt;!channel&gt;"),
+        "{slack}"
+    );
+    assert_eq!(slack["blocks"][1]["fields"][0]["type"], "plain_text");
+    // A newline in a value cannot fake a line of its own.
+    let mut lines = msg.clone();
+    lines.why = vec!["ok\n*Approved by* CISO".into()];
+    let text = render::slack(&lines)["blocks"][2]["text"]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(text, "• ok *Approved by* CISO");
     let teams = render::teams(&msg).to_string();
     assert!(
         !teams.contains("[click](https") && teams.contains(r"\\[click\\](https"),
@@ -393,7 +408,7 @@ fn payloads_have_the_shape_each_service_expects() {
     .unwrap();
     let s = render::slack(&msg);
     assert_eq!(s["blocks"][0]["type"], "header");
-    assert_eq!(s["blocks"][1]["fields"][0]["text"], "*Agent*\nGHA");
+    assert_eq!(s["blocks"][1]["fields"][0]["text"], "Agent\nGHA");
     assert!(s["text"].as_str().unwrap().starts_with("Approval needed"));
     let t = render::teams(&msg);
     assert_eq!(t["type"], "message");
@@ -434,7 +449,7 @@ fn backoff_grows_jitters_and_honours_retry_after() {
     );
     assert_eq!(
         backoff(1, Some(Duration::from_secs(99_999)), 0.0),
-        Duration::from_secs(3600)
+        Duration::from_secs(300)
     );
     let now = chrono::DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z")
         .unwrap()

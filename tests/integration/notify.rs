@@ -224,6 +224,20 @@ fn notifier(yaml: &str, mapping: RoleMapping, secrets: &[(&str, &str)]) -> Vec<N
         .collect()
 }
 
+/// Waits until the channel's cursor exists: it started (at the newest entry).
+async fn started(client: &kube::Client, ns: &str, channel: &str) -> Option<String> {
+    let api = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns);
+    let name = format!("dvo-notify-cursor-{channel}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(cm) = api.get_opt(&name).await.unwrap() {
+            return cm.data.and_then(|d| d.get("seq").cloned());
+        }
+        assert!(Instant::now() < deadline, "{name} never appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn cluster_mapping(client: &kube::Client) -> RoleMapping {
     let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), OPERATOR_NS)
         .get(dvo_operator::controller::ROLE_MAPPING_CONFIGMAP)
@@ -263,6 +277,9 @@ async fn an_approval_flow_reaches_slack_teams_a_webhook_and_mail() {
         .into_iter()
         .map(|n| RunningSink::outbox(&client, OPERATOR_NS, n))
         .collect();
+    for channel in ["slack", "teams", "hook", "mail"] {
+        started(&client, OPERATOR_NS, &format!("{ns}-{channel}")).await;
+    }
 
     // A real flow: a policy holds the change for a release manager; one approves; it rolls out.
     scoped_policy(
@@ -300,8 +317,8 @@ async fn an_approval_flow_reaches_slack_teams_a_webhook_and_mail() {
     );
     assert!(slack[0].body.contains(&approve), "{block}");
     assert!(slack[0].body.contains("1 of release_manager"), "{block}");
-    assert!(
-        !slack[0].body.contains("<b>") && slack[0].body.contains("&lt;b&gt;"),
+    assert_eq!(
+        block["blocks"][2]["text"]["type"], "plain_text",
         "user text stays text: {block}"
     );
     let teams = until("the Teams card", || web.got("teams"), |g| !g.is_empty()).await;
@@ -466,7 +483,12 @@ async fn delivery_waits_as_asked_survives_a_kill_and_a_dead_channel_holds_back_o
     let start = |n: Notifier| RunningSink::outbox(&client, &ns, n);
     let mut channels = notifier(&yaml, RoleMapping::default(), &[]).into_iter();
     let (good, dead) = (channels.next().unwrap(), channels.next().unwrap());
+    // What was logged before a channel existed is not replayed: it starts at the newest entry.
+    log.record(deployed(&ns, 0)).await.unwrap();
     let dead = start(dead);
+    let good = start(good);
+    assert_eq!(started(&client, &ns, "good").await.as_deref(), Some("1"));
+    started(&client, &ns, "dead").await;
 
     // A receiver that asks to be left alone for 2 s, twice: the third attempt, 4 s later, lands.
     web.answers
@@ -474,7 +496,6 @@ async fn delivery_waits_as_asked_survives_a_kill_and_a_dead_channel_holds_back_o
         .unwrap()
         .extend([(429, Some(2)), (429, Some(2))]);
     log.record(deployed(&ns, 1)).await.unwrap();
-    let good = start(good);
     let got = until("entry 1", || web.got("good"), |g| g.len() == 1).await;
     let attempts = web.attempts.lock().unwrap().clone();
     assert_eq!(attempts.len(), 3);
@@ -507,7 +528,15 @@ async fn delivery_waits_as_asked_survives_a_kill_and_a_dead_channel_holds_back_o
         .iter()
         .map(|g| serde_json::from_str::<Value>(&g.body).unwrap()["entry"]["seq"].to_string())
         .collect();
-    assert_eq!(titles, ["1", "2", "3"], "each once, in order");
+    assert_eq!(titles, ["2", "3", "4"], "each once, in order");
+
+    // A message the receiver refuses for good (400) is dropped, and the channel goes on.
+    web.answers.lock().unwrap().push_back((400, None));
+    log.record(deployed(&ns, 4)).await.unwrap();
+    log.record(deployed(&ns, 5)).await.unwrap();
+    let got = until("entry 6", || web.got("good"), |g| g.len() >= 4).await;
+    let last: Value = serde_json::from_str(&got[3].body).unwrap();
+    assert_eq!(last["entry"]["seq"], 6, "entry 5 was dropped, 6 delivered");
     again.stop().await;
 
     // The dead channel never delivered, and did not hold back the good one.
@@ -522,7 +551,7 @@ async fn delivery_waits_as_asked_survives_a_kill_and_a_dead_channel_holds_back_o
                 .map(|d| d["seq"].clone())
         }
     };
-    assert_eq!(cursor("dvo-notify-cursor-good").await.as_deref(), Some("3"));
-    assert_eq!(cursor("dvo-notify-cursor-dead").await, None);
+    assert_eq!(cursor("dvo-notify-cursor-good").await.as_deref(), Some("6"));
+    assert_eq!(cursor("dvo-notify-cursor-dead").await.as_deref(), Some("1"));
     dead.stop().await;
 }

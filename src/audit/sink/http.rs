@@ -10,6 +10,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 use crate::audit::Entry;
+use crate::audit::sink::Failure;
 
 /// The HTTP(S) client of the sinks.
 pub type Https = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -59,28 +60,33 @@ async fn send(
         .map(|(status, _, body)| (status, body))
 }
 
+/// The answer to `req`: the whole exchange within 30 s, and the body read up to 1 MiB.
 async fn send_with_headers(
     client: &Https,
     url: &str,
     req: Request<Full<Bytes>>,
 ) -> Result<(StatusCode, hyper::HeaderMap, String), String> {
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
+    let exchange = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = http_body_util::Limited::new(resp.into_body(), 1 << 20)
+            .collect()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?
+            .to_bytes();
+        Ok((
+            status,
+            headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
         .await
-        .map_err(|_| format!("{url}: no answer within 30 s"))?
-        .map_err(|e| format!("{url}: {e}"))?;
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?
-        .to_bytes();
-    Ok((
-        status,
-        headers,
-        String::from_utf8_lossy(&bytes).into_owned(),
-    ))
+        .map_err(|_| format!("{url}: no whole answer within 30 s"))?
 }
 
 /// The wait a `Retry-After` header asks for (seconds, or an HTTP date).
@@ -99,16 +105,24 @@ pub async fn notify(
     url: &str,
     headers: &[(&str, String)],
     body: String,
-) -> Result<(), crate::audit::sink::Failure> {
+) -> Result<(), Failure> {
+    // The URL of a Slack or Teams webhook is its secret: errors name its host only.
+    let host = url
+        .split('/')
+        .nth(2)
+        .and_then(|h| h.rsplit('@').next())
+        .unwrap_or("the endpoint");
     let mut req = Request::post(url).header("content-type", "application/json");
     for (k, v) in headers {
         req = req.header(*k, v);
     }
     let req = req
         .body(Full::new(Bytes::from(body)))
-        .map_err(|e| format!("bad request to {url}: {e}"))?;
-    // The URL of a Slack or Teams webhook is its secret: errors name its host only.
-    let host = url.split('/').nth(2).unwrap_or("the endpoint");
+        .map_err(|e| Failure {
+            message: format!("cannot make a request to {host}: {e}"),
+            retry_after: None,
+            permanent: true,
+        })?;
     let (status, headers, body) = send_with_headers(client, url, req)
         .await
         .map_err(|e| e.replace(url, host))?;
@@ -119,12 +133,14 @@ pub async fn notify(
         .then(|| headers.get("retry-after")?.to_str().ok().map(str::to_owned))
         .flatten()
         .and_then(|v| retry_after(&v, chrono::Utc::now()));
-    Err(crate::audit::sink::Failure {
+    Err(Failure {
         message: format!(
             "{host} answered HTTP {status}: {}",
             body.chars().take(300).collect::<String>()
         ),
         retry_after: wait,
+        // The receiver refuses this message (or this endpoint) for good.
+        permanent: status.is_client_error() && !matches!(status.as_u16(), 408 | 429),
     })
 }
 

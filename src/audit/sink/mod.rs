@@ -350,6 +350,11 @@ pub trait Outbox: Send {
     /// The lengths of the consecutive deliveries `entries` are cut into; the cursor is stored
     /// after each.
     fn batches(&self, entries: &[Entry]) -> Result<Vec<usize>, String>;
+    /// Whether, without a cursor yet, it starts at the newest entry (a notification channel:
+    /// a new channel does not replay the past) rather than the first (a SIEM sink wants all).
+    fn starts_at_head(&self) -> bool {
+        false
+    }
     /// Delivers one batch.
     fn deliver<'a>(
         &'a mut self,
@@ -364,6 +369,10 @@ pub struct Failure {
     pub message: String,
     /// How long the receiver asked to be left alone (HTTP 429 or 503 with `Retry-After`).
     pub retry_after: Option<Duration>,
+    /// The receiver refused this very message for good (an HTTP 4xx but 408 and 429, an SMTP
+    /// 5xx, a message that cannot be written): sending it again cannot succeed. Only
+    /// notifications are ever dropped for it; a sink's entries are retried until delivered.
+    pub permanent: bool,
 }
 
 impl From<String> for Failure {
@@ -371,6 +380,7 @@ impl From<String> for Failure {
         Failure {
             message,
             retry_after: None,
+            permanent: false,
         }
     }
 }
@@ -396,15 +406,18 @@ impl Outbox for Sink {
     }
 }
 
-async fn read_cursor(api: &Api<ConfigMap>, name: &str) -> Result<u64, String> {
+/// The stored cursor, or None when there is none yet.
+async fn read_cursor(api: &Api<ConfigMap>, name: &str) -> Result<Option<u64>, String> {
     let cm = api
         .get_opt(name)
         .await
         .map_err(|e| format!("cannot read the cursor {name}: {e}"))?;
-    Ok(cm
-        .and_then(|c| c.data)
-        .and_then(|d| d.get("seq").and_then(|s| s.parse().ok()))
-        .unwrap_or(0))
+    let Some(cm) = cm else { return Ok(None) };
+    Ok(Some(
+        cm.data
+            .and_then(|d| d.get("seq").and_then(|s| s.parse().ok()))
+            .unwrap_or(0),
+    ))
 }
 
 async fn write_cursor(api: &Api<ConfigMap>, name: &str, seq: u64) -> Result<(), String> {
@@ -423,15 +436,24 @@ async fn write_cursor(api: &Api<ConfigMap>, name: &str, seq: u64) -> Result<(), 
 const READ_AT_ONCE: usize = 2000;
 
 /// Delivers everything after the cursor, batch by batch, storing the cursor after each; returns
-/// how many entries were passed.
+/// how many entries were passed. A notification refused for good is `dropped` (told why).
 async fn drain(
     client: &Client,
     namespace: &str,
     outbox: &mut dyn Outbox,
+    dropped: &(dyn Fn(&str) + Sync),
 ) -> Result<usize, Failure> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let name = outbox.cursor();
-    let mut cursor = read_cursor(&api, &name).await?;
+    let mut cursor = match read_cursor(&api, &name).await? {
+        Some(seq) => seq,
+        None if outbox.starts_at_head() => {
+            let head = store::head(client, namespace).await?;
+            write_cursor(&api, &name, head).await?;
+            head
+        }
+        None => 0,
+    };
     let lag = crate::metrics::METRICS
         .sink_lag
         .get_or_create(&crate::metrics::value(outbox.name()))
@@ -446,7 +468,16 @@ async fn drain(
             let (batch, after) = rest.split_at(len.min(rest.len()));
             rest = after;
             let Some(last) = batch.last() else { continue };
-            outbox.deliver(batch).await?;
+            match outbox.deliver(batch).await {
+                Ok(()) => {}
+                Err(f) if f.permanent && outbox.starts_at_head() => {
+                    // Refused for good: dropped, and said, so the channel goes on.
+                    let why = format!("dropped the message of entry {}: {}", last.seq, f.message);
+                    tracing::warn!(outbox = %outbox.name(), %why, "notification dropped");
+                    dropped(&why);
+                }
+                Err(f) => return Err(f),
+            }
             write_cursor(&api, &name, last.seq).await?;
             cursor = last.seq;
             delivered = delivered.saturating_add(batch.len());
@@ -459,12 +490,13 @@ async fn drain(
 }
 
 /// The wait before the next attempt after `failures` failures in a row: exponential from 1 s
-/// to 60 s, with up to a quarter of jitter, and never less than the receiver asked for.
+/// to 60 s, with up to a quarter of jitter, and never less than the receiver asked for (up to
+/// 5 minutes: a receiver cannot silence a channel for longer).
 pub fn backoff(failures: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
     let exp =
         Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60));
     let jittered = exp.mul_f64(1.0 + 0.25 * jitter.clamp(0.0, 1.0));
-    retry_after.map_or(jittered, |r| r.min(Duration::from_secs(3600)).max(jittered))
+    retry_after.map_or(jittered, |r| r.min(Duration::from_secs(300)).max(jittered))
 }
 
 /// Feeds `outbox` from the log in `namespace` until `stop` completes: on every change of a
@@ -475,7 +507,7 @@ pub async fn run(
     namespace: String,
     mut outbox: impl Outbox,
     stop: impl std::future::Future<Output = ()>,
-    failed: impl Fn(Option<&str>),
+    failed: impl Fn(Option<&str>) + Sync,
 ) {
     // Changes are all it needs to know of: the segments' metadata is watched, not their data.
     let api: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(client.clone(), &namespace);
@@ -496,7 +528,7 @@ pub async fn run(
             () = &mut stop => return,
             () = wait => {}
         }
-        match drain(&client, &namespace, &mut outbox).await {
+        match drain(&client, &namespace, &mut outbox, &|why| failed(Some(why))).await {
             Ok(_) => {
                 if failures > 0 {
                     failed(None);
