@@ -237,21 +237,13 @@ pub fn mailbox_address(text: &str) -> &str {
     }
 }
 
-/// Whether `text` reads as one plain mail address (`local@domain`, no spaces or brackets).
+/// Whether `text` reads as one plain mail address, as lettre (which sends it) reads one, with
+/// a dotted domain.
 pub fn is_address(text: &str) -> bool {
-    let Some((local, domain)) = text.split_once('@') else {
-        return false;
-    };
-    !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.contains("..")
-        && !domain.ends_with('.')
-        && text.len() <= 254
-        && !text
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || "<>,;:\"()[]\\".contains(c))
-        && !domain.contains('@')
+    text.len() <= 254
+        && text
+            .parse::<lettre::Address>()
+            .is_ok_and(|a| a.domain().contains('.'))
 }
 
 #[cfg(test)]

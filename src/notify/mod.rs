@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::audit::{Entry, EventType};
+use crate::crd::approval_request::RequirementSpec;
 use crate::identity::{Role, RoleMapping};
 pub use config::{Channel, Config, Endpoint};
 
@@ -88,23 +89,6 @@ pub enum Severity {
     Critical,
 }
 
-/// One approval requirement as the request names it.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Requirement {
-    /// What asked for it.
-    pub source: String,
-    /// Roles whose holders may approve.
-    #[serde(default)]
-    pub roles: Vec<Role>,
-    /// Distinct people needed.
-    #[serde(default)]
-    pub min_approvals: i32,
-    /// Whether only approvals that proved MFA count.
-    #[serde(default)]
-    pub require_mfa: bool,
-}
-
 /// What an audit entry means for the people to be told, or nothing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Notice<'e> {
@@ -121,7 +105,7 @@ pub struct Notice<'e> {
     /// Who asked for the change, when known.
     pub requester: Option<String>,
     /// Approval requirements (approval requested).
-    pub requirements: Vec<Requirement>,
+    pub requirements: Vec<RequirementSpec>,
     /// The recipients the policies name (`notify.onDeploy` or `notify.onFailure`).
     pub policy_recipients: Vec<String>,
     /// Why: what held it, what failed, what the approvers said.
@@ -169,16 +153,17 @@ pub fn notice(entry: &Entry) -> Option<Notice<'_>> {
     } else {
         (name.to_owned(), text(m, "request").map(str::to_owned))
     };
+    // An AgentDeployment's entry names its requester when the API server vouched for one
+    // (the operator's own acts, and break-glass, name who acted instead).
     let requester = if from_request {
         text(m, "requester").map(str::to_owned)
-    } else if kind == Kind::BreakGlassUsed || d.user_id.starts_with("system:dvo") {
-        None
     } else {
-        Some(d.user_id.clone()).filter(|u| !u.starts_with('('))
+        let vouched = d.auth_method == "kubernetes" && d.user_id != crate::audit::OPERATOR;
+        (vouched && kind != Kind::BreakGlassUsed).then(|| d.user_id.clone())
     };
     let requirements = m
         .get("requirements")
-        .and_then(|r| serde_json::from_value::<Vec<Requirement>>(r.clone()).ok())
+        .and_then(|r| serde_json::from_value::<Vec<RequirementSpec>>(r.clone()).ok())
         .unwrap_or_default();
     let list = match kind {
         Kind::Deployed => "onDeploy",

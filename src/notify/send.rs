@@ -14,7 +14,7 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use super::config::{Channel, Endpoint, Security};
 use super::{Message, message, notice, render};
 use crate::audit::Entry;
-use crate::audit::sink::{Failure, Outbox, http};
+use crate::audit::sink::{Failure, Outbox, Promise, http};
 use crate::identity::RoleMapping;
 
 /// The role mapping in force now (approvers are looked up when a request is announced), or why
@@ -191,9 +191,7 @@ impl Notifier {
                 let sent = transport.send(mail).await;
                 sent.map(|_| ()).map_err(|e| Failure {
                     message: format!("SMTP: {e}"),
-                    retry_after: e
-                        .is_transient()
-                        .then_some(std::time::Duration::from_secs(30)),
+                    retry_after: None,
                     permanent: e.is_permanent(),
                 })
             }
@@ -210,8 +208,8 @@ impl Outbox for Notifier {
         format!("dvo-notify-cursor-{}", self.channel.name)
     }
 
-    fn starts_at_head(&self) -> bool {
-        true
+    fn promise(&self) -> Promise {
+        Promise::FromItsStart
     }
 
     fn batches(&self, entries: &[Entry]) -> Result<Vec<usize>, String> {

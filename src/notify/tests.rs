@@ -5,6 +5,7 @@ use crate::audit::{Draft, Entry};
 
 fn entry(event: EventType, status: &str, kind: &str, resource: &str, metadata: Value) -> Entry {
     let mut d = Draft::new(event, "rosa@example.com", "op", resource, kind, status);
+    d.auth_method = "kubernetes".into();
     d.environment = Some("production".into());
     d.agents = vec!["GHA".into()];
     d.timestamp = "2026-11-26T10:00:00Z".into();
@@ -160,6 +161,89 @@ fn only_facts_worth_telling_are_notices() {
             "justification: fix CVE"
         ]
     );
+}
+
+#[test]
+fn a_requester_is_named_only_when_vouched_for_and_bad_metadata_is_no_requirement() {
+    let ad = |user: &str, auth: &str, event, status| {
+        let mut e = entry(
+            event,
+            status,
+            "AgentDeployment",
+            "agents/gha",
+            json!({"requirements": "garbage"}),
+        );
+        e.draft.user_id = user.into();
+        e.draft.auth_method = auth.into();
+        e
+    };
+    let cases = [
+        (
+            ad(
+                "dana@example.com",
+                "kubernetes",
+                EventType::DeploymentCompleted,
+                "success",
+            ),
+            Some("dana@example.com"),
+        ),
+        (
+            ad(
+                "(unknown requester)",
+                "none",
+                EventType::DeploymentCompleted,
+                "success",
+            ),
+            None,
+        ),
+        (
+            ad(
+                crate::audit::OPERATOR,
+                "none",
+                EventType::RollbackCompleted,
+                "applied",
+            ),
+            None,
+        ),
+        (
+            ad(
+                crate::audit::OPERATOR,
+                "kubernetes",
+                EventType::RollbackCompleted,
+                "applied",
+            ),
+            None,
+        ),
+        (
+            ad(
+                "bg@example.com",
+                "kubernetes",
+                EventType::BreakGlassUsed,
+                "success",
+            ),
+            None,
+        ),
+        (
+            ad(
+                "dana@example.com",
+                "kubernetes",
+                EventType::ApprovalRequested,
+                "pending",
+            ),
+            Some("dana@example.com"),
+        ),
+    ];
+    for (e, want) in &cases {
+        let n = notice(e).unwrap();
+        assert_eq!(
+            n.requester.as_deref(),
+            *want,
+            "{} {}",
+            e.draft.user_id,
+            e.draft.auth_method
+        );
+        assert!(n.requirements.is_empty());
+    }
 }
 
 #[test]

@@ -380,17 +380,8 @@ async fn the_operator_records_a_deployment_before_acting_and_its_log_verifies() 
 
 /// A real rsyslogd receiving RFC 5424 over TCP on loopback, writing what it parsed to a file.
 struct Rsyslog {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
+    peer: crate::support::Peer,
     port: u16,
-}
-
-impl Drop for Rsyslog {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 impl Rsyslog {
@@ -406,8 +397,7 @@ impl Rsyslog {
             .local_addr()
             .unwrap()
             .port();
-        let dir = std::env::temp_dir().join(format!("dvo-rsyslog-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::support::Peer::dir("rsyslog", name);
         let d = dir.display().to_string();
         let (global, module) = if tls {
             crate::support::loopback_tls(&dir);
@@ -447,11 +437,14 @@ template(name="fields" type="string" string="%syslogfacility%|%syslogseverity%|%
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Rsyslog { child, dir, port }
+        Rsyslog {
+            peer: crate::support::Peer { child, dir },
+            port,
+        }
     }
 
     fn lines(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("out.log"))
+        std::fs::read_to_string(self.peer.dir.join("out.log"))
             .unwrap_or_default()
             .lines()
             .map(str::to_owned)
@@ -1159,7 +1152,7 @@ async fn the_syslog_sink_speaks_tls_to_rsyslog() {
     let url = format!(
         "syslog+tls://127.0.0.1:{}?payload=json&ca-file={}",
         rsyslog.port,
-        rsyslog.dir.join("ca.pem").display()
+        rsyslog.peer.dir.join("ca.pem").display()
     );
     let target: Target = url.parse().unwrap();
     let task = RunningSink::start(&client, &ns, "tls", target);

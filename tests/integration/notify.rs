@@ -5,7 +5,6 @@
 
 use std::collections::VecDeque;
 use std::io::BufRead;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,6 +45,8 @@ struct Receiver {
     answers: Answers,
     attempts: Arc<Mutex<Vec<Instant>>>,
     down: Arc<AtomicUsize>,
+    /// While set, requests are held unanswered.
+    hold: Arc<AtomicUsize>,
 }
 
 impl Receiver {
@@ -56,6 +57,7 @@ impl Receiver {
             answers: Arc::default(),
             attempts: Arc::default(),
             down: Arc::default(),
+            hold: Arc::default(),
         };
         let state = r.clone();
         let app = axum::Router::new().route(
@@ -67,6 +69,9 @@ impl Receiver {
                     let s = state.clone();
                     async move {
                         s.attempts.lock().unwrap().push(Instant::now());
+                        while s.hold.load(Ordering::SeqCst) > 0 {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
                         let h = |k: &str| {
                             headers
                                 .get(k)
@@ -114,23 +119,14 @@ impl Receiver {
 
 /// A real SMTP server (tests/peers/smtp.py) on loopback.
 struct Smtp {
-    child: std::process::Child,
-    dir: PathBuf,
+    peer: Peer,
     port: u16,
 }
 
-impl Drop for Smtp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 impl Smtp {
-    fn start(name: &str) -> Smtp {
-        let dir = std::env::temp_dir().join(format!("dvo-smtp-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    /// Refusing the first `refuse` mails with a temporary error (451).
+    fn start(name: &str, refuse: usize) -> Smtp {
+        let dir = Peer::dir("smtp", name);
         loopback_tls(&dir);
         let port = free_port();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/smtp.py");
@@ -151,7 +147,7 @@ impl Smtp {
                 "--password",
                 "mail-pw",
             ])
-            .args(["--out", &d("mail.jsonl")])
+            .args(["--out", &d("mail.jsonl"), "--refuse", &refuse.to_string()])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("python3 tests/peers/smtp.py (pip install aiosmtpd)");
@@ -160,12 +156,15 @@ impl Smtp {
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line.trim(), "ready", "the SMTP server did not start");
-        Smtp { child, dir, port }
+        Smtp {
+            peer: Peer { child, dir },
+            port,
+        }
     }
 
     /// The mails it accepted: (envelope recipients, whole message, over TLS).
     fn mails(&self) -> Vec<(Vec<String>, String, bool)> {
-        let text = std::fs::read_to_string(self.dir.join("mail.jsonl")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.peer.dir.join("mail.jsonl")).unwrap_or_default();
         text.lines()
             .map(|l| {
                 let v: Value = serde_json::from_str(l).unwrap();
@@ -251,9 +250,10 @@ async fn an_approval_flow_reaches_slack_teams_a_webhook_and_mail() {
     let client = operator().await;
     let ns = namespace(&client, "notify").await;
     let web = Receiver::start().await;
-    let smtp = Smtp::start(&ns);
+    // The first mail is refused for now (451): it goes again, once.
+    let smtp = Smtp::start(&ns, 1);
     let rm_group = &identity("release-manager-1").groups[0];
-    let ca = smtp.dir.join("ca.pem").display().to_string();
+    let ca = smtp.peer.dir.join("ca.pem").display().to_string();
     let hook = format!("{ns}-hook");
     let yaml = format!(
         "channels:
@@ -554,4 +554,57 @@ async fn delivery_waits_as_asked_survives_a_kill_and_a_dead_channel_holds_back_o
     assert_eq!(cursor("dvo-notify-cursor-good").await.as_deref(), Some("6"));
     assert_eq!(cursor("dvo-notify-cursor-dead").await.as_deref(), Some("1"));
     dead.stop().await;
+}
+
+#[tokio::test]
+async fn a_cursor_another_replica_moved_is_never_moved_back() {
+    let client = operator().await;
+    let ns = namespace(&client, "notifyrace").await;
+    let log = AuditLog::start(
+        client.clone(),
+        &ns,
+        SigningKey::from_seed(&[9; 32]).unwrap(),
+    );
+    let web = Receiver::start().await;
+    let yaml = format!(
+        "channels: [{{name: race, webhook: {{url: '{}'}}}}]",
+        web.url("race")
+    );
+    let channel = notifier(&yaml, RoleMapping::default(), &[]).remove(0);
+    let running = RunningSink::outbox(&client, &ns, channel);
+    assert_eq!(started(&client, &ns, "race").await.as_deref(), Some("0"));
+
+    // Entry 1 is on its way, held by the receiver, when another replica (the new leader) moves
+    // the cursor to 5.
+    web.hold.store(1, Ordering::SeqCst);
+    log.record(deployed(&ns, 1)).await.unwrap();
+    until(
+        "an attempt at entry 1",
+        || web.attempts.lock().unwrap().len(),
+        |n| *n >= 1,
+    )
+    .await;
+    let cursors = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &ns);
+    cursors
+        .patch(
+            "dvo-notify-cursor-race",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"data": {"seq": "5"}})),
+        )
+        .await
+        .unwrap();
+    web.hold.store(0, Ordering::SeqCst);
+    for i in 2..=6 {
+        log.record(deployed(&ns, i)).await.unwrap();
+    }
+    // The deposed write does not move the cursor back to 1: what follows 5 is all it sends.
+    let got = until("entry 6", || web.got("race"), |g| g.len() >= 2).await;
+    let seqs: Vec<String> = got
+        .iter()
+        .map(|g| serde_json::from_str::<Value>(&g.body).unwrap()["entry"]["seq"].to_string())
+        .collect();
+    assert_eq!(seqs, ["1", "6"]);
+    running.stop().await;
+    let cursor = cursors.get("dvo-notify-cursor-race").await.unwrap();
+    assert_eq!(cursor.data.unwrap()["seq"], "6");
 }

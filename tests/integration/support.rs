@@ -183,6 +183,32 @@ pub fn self_signed(cn: &str, key: &Path, crt: &Path) {
     assert!(out.status.success(), "openssl: {out:?}");
 }
 
+/// A peer process a test talks to (rsyslogd, an SMTP server), with a directory of its own;
+/// killed and its directory removed when dropped.
+pub struct Peer {
+    /// The process.
+    pub child: std::process::Child,
+    /// Its files (configuration, certificates, what it received).
+    pub dir: std::path::PathBuf,
+}
+
+impl Peer {
+    /// A fresh directory for the peer `kind` of test `name`.
+    pub fn dir(kind: &str, name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("dvo-{kind}-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A CA (`ca.pem`, `ca.key`) and a server certificate for 127.0.0.1 it signed (`server.pem`,
 /// `server.key`), written to `dir`.
 pub fn loopback_tls(dir: &Path) {

@@ -342,6 +342,7 @@ impl Sink {
 }
 
 /// A reader of the log after its own cursor: a SIEM [`Sink`], or a notification channel.
+/// The cursor is stored after each batch, and only if nobody moved it meanwhile.
 pub trait Outbox: Send {
     /// Its name (metrics and logs).
     fn name(&self) -> &str;
@@ -350,16 +351,25 @@ pub trait Outbox: Send {
     /// The lengths of the consecutive deliveries `entries` are cut into; the cursor is stored
     /// after each.
     fn batches(&self, entries: &[Entry]) -> Result<Vec<usize>, String>;
-    /// Whether, without a cursor yet, it starts at the newest entry (a notification channel:
-    /// a new channel does not replay the past) rather than the first (a SIEM sink wants all).
-    fn starts_at_head(&self) -> bool {
-        false
+    /// What it promises about the log (a SIEM sink: every entry).
+    fn promise(&self) -> Promise {
+        Promise::EveryEntry
     }
     /// Delivers one batch.
     fn deliver<'a>(
         &'a mut self,
         entries: &'a [Entry],
     ) -> futures::future::BoxFuture<'a, Result<(), Failure>>;
+}
+
+/// What an outbox promises about the log; where it starts and what it may drop follow from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Promise {
+    /// Every entry from the first, each until it is delivered (a SIEM sink: the record).
+    EveryEntry,
+    /// What happens from the moment it first ran; a message the receiver refuses for good is
+    /// dropped, and said (a notification channel: people, not the record).
+    FromItsStart,
 }
 
 /// A delivery that did not happen.
@@ -406,30 +416,66 @@ impl Outbox for Sink {
     }
 }
 
-/// The stored cursor, or None when there is none yet.
-async fn read_cursor(api: &Api<ConfigMap>, name: &str) -> Result<Option<u64>, String> {
+/// A stored cursor: the `seq` delivered last, and the resourceVersion it was read or written
+/// at (None: there is no cursor yet).
+struct Cursor {
+    seq: u64,
+    version: Option<String>,
+}
+
+async fn read_cursor(api: &Api<ConfigMap>, name: &str) -> Result<Cursor, String> {
     let cm = api
         .get_opt(name)
         .await
         .map_err(|e| format!("cannot read the cursor {name}: {e}"))?;
-    let Some(cm) = cm else { return Ok(None) };
-    Ok(Some(
-        cm.data
-            .and_then(|d| d.get("seq").and_then(|s| s.parse().ok()))
-            .unwrap_or(0),
-    ))
+    let Some(cm) = cm else {
+        return Ok(Cursor {
+            seq: 0,
+            version: None,
+        });
+    };
+    let seq = (cm.data.as_ref())
+        .and_then(|d| d.get("seq").and_then(|s| s.parse().ok()))
+        .unwrap_or(0);
+    Ok(Cursor {
+        seq,
+        version: cm.metadata.resource_version,
+    })
 }
 
-async fn write_cursor(api: &Api<ConfigMap>, name: &str, seq: u64) -> Result<(), String> {
-    let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"seq": seq.to_string()}});
-    api.patch(
-        name,
-        &PatchParams::apply(crate::MANAGER).force(),
-        &Patch::Apply(&cm),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|e| format!("cannot store the cursor {name}: {e}"))
+/// Moves the cursor to `seq`, only if nobody else moved it since it was read (another replica
+/// that took over): a deposed leader cannot move a cursor back.
+async fn write_cursor(
+    api: &Api<ConfigMap>,
+    name: &str,
+    cursor: &mut Cursor,
+    seq: u64,
+) -> Result<(), String> {
+    let mut metadata = serde_json::json!({"name": name});
+    if let Some(v) = &cursor.version {
+        crate::json::set(&mut metadata, "resourceVersion", v.clone());
+    }
+    let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {"seq": seq.to_string()}});
+    let written = api
+        .patch(
+            name,
+            &PatchParams::apply(crate::MANAGER).force(),
+            &Patch::Apply(&cm),
+        )
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(a) if a.code == 409 => {
+                format!(
+                    "the cursor {name} moved meanwhile (another replica delivers); reading it again"
+                )
+            }
+            e => format!("cannot store the cursor {name}: {e}"),
+        })?;
+    *cursor = Cursor {
+        seq,
+        version: written.metadata.resource_version,
+    };
+    Ok(())
 }
 
 /// How many entries an outbox reads from the log at a time.
@@ -445,15 +491,12 @@ async fn drain(
 ) -> Result<usize, Failure> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let name = outbox.cursor();
-    let mut cursor = match read_cursor(&api, &name).await? {
-        Some(seq) => seq,
-        None if outbox.starts_at_head() => {
-            let head = store::head(client, namespace).await?;
-            write_cursor(&api, &name, head).await?;
-            head
-        }
-        None => 0,
-    };
+    let promise = outbox.promise();
+    let mut cursor = read_cursor(&api, &name).await?;
+    if cursor.version.is_none() && promise == Promise::FromItsStart {
+        let head = store::head(client, namespace).await?;
+        write_cursor(&api, &name, &mut cursor, head).await?;
+    }
     let lag = crate::metrics::METRICS
         .sink_lag
         .get_or_create(&crate::metrics::value(outbox.name()))
@@ -461,7 +504,7 @@ async fn drain(
     let mut delivered: usize = 0;
     loop {
         let pending: Vec<Entry> =
-            store::entries_after(client, namespace, cursor, READ_AT_ONCE).await?;
+            store::entries_after(client, namespace, cursor.seq, READ_AT_ONCE).await?;
         lag.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
         let mut rest = pending.as_slice();
         for len in outbox.batches(&pending)? {
@@ -470,7 +513,7 @@ async fn drain(
             let Some(last) = batch.last() else { continue };
             match outbox.deliver(batch).await {
                 Ok(()) => {}
-                Err(f) if f.permanent && outbox.starts_at_head() => {
+                Err(f) if f.permanent && promise == Promise::FromItsStart => {
                     // Refused for good: dropped, and said, so the channel goes on.
                     let why = format!("dropped the message of entry {}: {}", last.seq, f.message);
                     tracing::warn!(outbox = %outbox.name(), %why, "notification dropped");
@@ -478,8 +521,7 @@ async fn drain(
                 }
                 Err(f) => return Err(f),
             }
-            write_cursor(&api, &name, last.seq).await?;
-            cursor = last.seq;
+            write_cursor(&api, &name, &mut cursor, last.seq).await?;
             delivered = delivered.saturating_add(batch.len());
             lag.dec_by(i64::try_from(batch.len()).unwrap_or(i64::MAX));
         }
@@ -528,7 +570,14 @@ pub async fn run(
             () = &mut stop => return,
             () = wait => {}
         }
-        match drain(&client, &namespace, &mut outbox, &|why| failed(Some(why))).await {
+        // Stopping (the Lease lost) ends a drain where it stands: a message sent and not yet
+        // stored in the cursor goes once more, with the same delivery key.
+        let dropped = |why: &str| failed(Some(why));
+        let drained = tokio::select! {
+            () = &mut stop => return,
+            drained = drain(&client, &namespace, &mut outbox, &dropped) => drained,
+        };
+        match drained {
             Ok(_) => {
                 if failures > 0 {
                     failed(None);
