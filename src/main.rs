@@ -141,8 +141,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
             let config = dvo_operator::notify::Config::parse(&text).map_err(|e| {
                 anyhow::anyhow!("{} is not valid notification settings: {e}", path.display())
             })?;
-            config
-                .check_secrets(&|var| std::env::var(var).ok())
+            dvo_operator::notify::send::check(&config, &|var| std::env::var(var).ok())
                 .map_err(|e| anyhow::anyhow!("notifications: {e}"))?;
             config
         }

@@ -127,28 +127,6 @@ impl Config {
         Ok(config)
     }
 
-    /// Fails unless every secret the channels name is set (looked up by `secret`, the
-    /// environment in `dvo run`), naming the first one that is not.
-    pub fn check_secrets(&self, secret: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
-        for c in &self.channels {
-            let vars: Vec<&Option<String>> = match &c.endpoint {
-                Endpoint::Slack(h) | Endpoint::Teams(h) | Endpoint::Webhook(h) => {
-                    vec![&h.url_env, &h.secret_env]
-                }
-                Endpoint::Smtp(s) => vec![&s.user_env, &s.password_env],
-            };
-            for var in vars.into_iter().flatten() {
-                if secret(var).is_none_or(|v| v.is_empty()) {
-                    return Err(format!(
-                        "channel {}: environment variable {var} is not set",
-                        c.name
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
     fn check(&self) -> Result<(), String> {
         if self.channels.len() > MAX_CHANNELS {
             return Err(format!("at most {MAX_CHANNELS} channels"));
@@ -318,24 +296,6 @@ mod tests {
             let err = Config::parse(text).unwrap_err();
             assert!(err.contains(want), "{text}: {err}");
         }
-    }
-
-    #[test]
-    fn every_named_secret_must_be_set() {
-        let c = Config::parse(
-            "channels:
-- {name: a, slack: {urlEnv: A_URL}}
-- {name: m, smtp: {server: 'm:587', from: a@b.c, userEnv: M_USER, passwordEnv: M_PW}}",
-        )
-        .unwrap();
-        let have =
-            |set: &'static [&'static str]| move |v: &str| set.contains(&v).then(|| "x".to_owned());
-        assert_eq!(c.check_secrets(&have(&["A_URL", "M_USER", "M_PW"])), Ok(()));
-        assert_eq!(
-            c.check_secrets(&have(&["A_URL", "M_USER"])),
-            Err("channel m: environment variable M_PW is not set".into())
-        );
-        assert!(c.check_secrets(&have(&[])).unwrap_err().contains("A_URL"));
     }
 
     #[test]

@@ -46,22 +46,29 @@ pub struct Notifier {
 /// Reads a secret by the name of its environment variable (`std::env::var` in `dvo run`).
 pub type Secrets<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-impl Notifier {
-    /// A channel with its secrets read (every one must be there).
-    pub fn new(channel: Channel, mapping: Mapping, secrets: Secrets) -> Result<Notifier, String> {
+/// Checks that every channel can be set up, as `dvo run` does before connecting: its secrets
+/// set, the URLs they hold valid, its CA file readable.
+pub fn check(config: &super::Config, secrets: Secrets) -> Result<(), String> {
+    config
+        .channels
+        .iter()
+        .try_for_each(|c| Target::of(c, secrets).map(drop))
+}
+
+impl Target {
+    /// Where `channel` delivers, with its secrets read (every one must be there).
+    fn of(channel: &Channel, secrets: Secrets) -> Result<Target, String> {
         let name = channel.name.clone();
-        let env = |var: &str, what: &str, channel: &str| {
-            secrets(var).filter(|v| !v.is_empty()).ok_or_else(|| {
-                format!(
-                    "channel {channel}: the {what} is not set: environment variable {var} is empty"
-                )
-            })
+        let env = |var: &str| {
+            secrets(var)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("channel {name}: environment variable {var} is not set"))
         };
         // A URL from a Secret is checked as one in the settings is; its text is never shown.
         let url = |h: &super::config::Hook| match (&h.url, &h.url_env) {
             (Some(url), _) => Ok(url.clone()),
             (None, Some(var)) => {
-                let url = env(var, "URL", &name)?.trim().to_owned();
+                let url = env(var)?.trim().to_owned();
                 let valid =
                     url.parse::<hyper::Uri>().is_ok() && super::config::url_problem(&url).is_none();
                 match valid {
@@ -79,7 +86,7 @@ impl Notifier {
             Endpoint::Webhook(h) => Target::Webhook {
                 url: url(h)?,
                 secret: match &h.secret_env {
-                    Some(var) => Some(env(var, "HMAC secret", &name)?),
+                    Some(var) => Some(env(var)?),
                     None => None,
                 },
             },
@@ -115,10 +122,7 @@ impl Notifier {
                         .tls(tls)
                         .timeout(Some(std::time::Duration::from_secs(30)));
                 if let (Some(u), Some(p)) = (&s.user_env, &s.password_env) {
-                    builder = builder.credentials(Credentials::new(
-                        env(u, "SMTP user", &name)?,
-                        env(p, "SMTP password", &name)?,
-                    ));
+                    builder = builder.credentials(Credentials::new(env(u)?, env(p)?));
                 }
                 let from = s
                     .from
@@ -130,9 +134,16 @@ impl Notifier {
                 }
             }
         };
+        Ok(target)
+    }
+}
+
+impl Notifier {
+    /// A channel with its secrets read (every one must be there).
+    pub fn new(channel: Channel, mapping: Mapping, secrets: Secrets) -> Result<Notifier, String> {
         Ok(Notifier {
+            target: Target::of(&channel, secrets)?,
             channel,
-            target,
             https: None,
             mapping,
         })
@@ -253,5 +264,48 @@ impl Outbox for Notifier {
                 .inc();
             outcome
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_named_secret_must_be_set() {
+        let c = super::super::Config::parse(
+            "channels:
+- {name: a, slack: {urlEnv: A_URL}}
+- {name: m, smtp: {server: 'm:587', from: a@b.c, userEnv: M_USER, passwordEnv: M_PW}}",
+        )
+        .unwrap();
+        let have = |set: &'static [&'static str]| {
+            move |v: &str| {
+                set.contains(&v).then(|| {
+                    if v == "A_URL" {
+                        "https://hooks.example.com/x"
+                    } else {
+                        "x"
+                    }
+                    .to_owned()
+                })
+            }
+        };
+        assert_eq!(check(&c, &have(&["A_URL", "M_USER", "M_PW"])), Ok(()));
+        assert_eq!(
+            check(&c, &have(&["A_URL", "M_USER"])),
+            Err("channel m: environment variable M_PW is not set".into())
+        );
+        assert!(check(&c, &have(&[])).unwrap_err().contains("A_URL"));
+        // A URL from a Secret is checked, and never shown.
+        let bad =
+            |v: &str| (v == "A_URL").then(|| "http://hooks.example.com/secret-path\n".to_owned());
+        let one =
+            super::super::Config::parse("channels: [{name: a, slack: {urlEnv: A_URL}}]").unwrap();
+        let err = check(&one, &bad).unwrap_err();
+        assert_eq!(
+            err,
+            "channel a: environment variable A_URL does not hold an https:// URL"
+        );
     }
 }
