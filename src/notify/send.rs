@@ -43,6 +43,15 @@ pub struct Notifier {
     mapping: Mapping,
 }
 
+/// A message that cannot be sent as it is, ever: sending it again would fail the same way.
+fn refused(message: String) -> Failure {
+    Failure {
+        message,
+        retry_after: None,
+        permanent: true,
+    }
+}
+
 /// Reads a secret by the name of its environment variable (`std::env::var` in `dvo run`).
 pub type Secrets<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -193,12 +202,14 @@ impl Notifier {
                     .message_id(Some(format!("<{}@dvo-operator>", m.key)))
                     .header(lettre::message::header::ContentType::TEXT_PLAIN);
                 for to in &m.to {
-                    let mailbox = to.parse().map_err(|e| format!("recipient {to:?}: {e}"))?;
+                    let mailbox = to
+                        .parse()
+                        .map_err(|e| refused(format!("recipient {to:?}: {e}")))?;
                     mail = mail.to(mailbox);
                 }
                 let mail = mail
                     .body(body)
-                    .map_err(|e| format!("cannot write the mail: {e}"))?;
+                    .map_err(|e| refused(format!("cannot write the mail: {e}")))?;
                 let sent = transport.send(mail).await;
                 sent.map(|_| ()).map_err(|e| Failure {
                     message: format!("SMTP: {e}"),
@@ -250,10 +261,10 @@ impl Outbox for Notifier {
                 return Ok(());
             };
             let outcome = self.send(&m, last).await;
-            let label = if outcome.is_ok() {
-                "delivered"
-            } else {
-                "failed"
+            let label = match &outcome {
+                Ok(()) => "delivered",
+                Err(f) if f.permanent => "dropped",
+                Err(_) => "failed",
             };
             crate::metrics::METRICS
                 .notifications

@@ -537,6 +537,14 @@ async fn delivery_waits_as_asked_survives_a_kill_and_a_dead_channel_holds_back_o
     let got = until("entry 6", || web.got("good"), |g| g.len() >= 4).await;
     let last: Value = serde_json::from_str(&got[3].body).unwrap();
     assert_eq!(last["entry"]["seq"], 6, "entry 5 was dropped, 6 delivered");
+    let dropped = dvo_operator::metrics::METRICS
+        .notifications
+        .get_or_create(&dvo_operator::metrics::ChannelLabel {
+            channel: "good".into(),
+            outcome: "dropped".into(),
+        })
+        .get();
+    assert_eq!(dropped, 1, "the drop is counted");
     again.stop().await;
 
     // The dead channel never delivered, and did not hold back the good one.
