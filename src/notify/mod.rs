@@ -227,8 +227,6 @@ pub struct Message {
     pub to: Vec<String>,
     /// Names the delivery (audit entry hash and channel): receivers can drop a repeat.
     pub key: String,
-    /// The audit entry's sequence number.
-    pub seq: u64,
 }
 
 /// The most recipients of one mail.
@@ -353,18 +351,19 @@ pub fn message(notice: &Notice, channel: &Channel, mapping: &RoleMapping) -> Opt
         commands,
         to,
         key: format!("{}-{}", channel.name, notice.entry.entry_hash),
-        seq: notice.entry.seq,
     })
 }
 
-/// The users (by name) and groups that hold one of `roles` in `environment`.
+/// The users (by name) and groups that hold one of `roles` in `environment`; never a machine
+/// (a holder of `service_account`), which cannot approve.
 fn holders<'m>(
     mapping: &'m RoleMapping,
     roles: &BTreeSet<Role>,
     environment: &str,
 ) -> (BTreeSet<&'m str>, BTreeSet<&'m str>) {
     let grants = mapping.environments.get(environment);
-    let holds = |held: &BTreeSet<Role>| !held.is_disjoint(roles);
+    let holds =
+        |held: &BTreeSet<Role>| !held.is_disjoint(roles) && !held.contains(&Role::ServiceAccount);
     let users = (mapping.users.iter())
         .chain(grants.into_iter().flat_map(|g| g.users.iter()))
         .filter(|(_, held)| holds(held))

@@ -42,7 +42,7 @@ fn channel(yaml: &str) -> Channel {
 
 fn mapping() -> RoleMapping {
     RoleMapping::parse(
-        "users: {rosa@example.com: [release_manager], max@example.com: [release_manager], bob: [release_manager], eve@example.com: [developer]}
+        "users: {rosa@example.com: [release_manager], max@example.com: [release_manager], bob: [release_manager], eve@example.com: [developer], ci-bot@example.com: [release_manager, service_account]}
 groups: {rm-group: [release_manager], dev-group: [developer]}
 environments: {production: {users: {prod-only@example.com: [release_manager]}}}",
     )
@@ -318,7 +318,7 @@ fn mail_goes_to_those_the_notice_concerns() {
         .map(|msg| msg.to)
     };
     // Approvers: users holding a role that may approve (addresses only, in this environment
-    // too), groups through their addresses; never the requester; never a developer.
+    // too), groups through their addresses; never the requester, a developer or a machine.
     assert_eq!(
         to(&requested(), ""),
         Some(vec![
