@@ -3,18 +3,20 @@
 //! write by a signed act the operator can verify. Only the operator creates requests, and nobody
 //! but the webhook writes the signed acts.
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, Utc};
 
 use super::{AnnotationPatch, Env, Verdict, draft};
 use crate::approval::signed::{
-    self, ACTS, APPROVE, APPROVE_TOKEN, ActKind, CANCEL, REJECT, SignedAct,
+    self, ACTS, APPROVE, APPROVE_TOKEN, ActKind, CANCEL, REJECT, SignedAct, Via,
 };
 use crate::approval::{self, Act};
 use crate::audit::{Draft, EventType};
 use crate::crd::ApprovalRequest;
 use crate::crd::approval_request::ApprovalPhase;
-use crate::identity::entra::EntraIdentity;
-use crate::identity::{Identity, Role};
+use crate::identity::entra::{EntraIdentity, SignIn};
+use crate::identity::{Identity, Role, Subject};
 
 const KIND: &str = "ApprovalRequest";
 
@@ -92,11 +94,180 @@ pub fn review_create(env: &Env, user: &Identity, new: &ApprovalRequest) -> Verdi
     )
 }
 
-/// Reviews an update of `old` into `new` by `user` at `now`. `token` is the verification of the
-/// `approve-token` this update gives (see [`token`]).
+/// Someone acting on a request, as authenticated by the API server (an annotation) or by the
+/// HTTP API (a token or an API key), with the roles they hold in the request's environment.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    /// Who, with their roles.
+    pub subject: Subject,
+    /// Their UID as authenticated.
+    pub uid: Option<String>,
+    /// Whether they proved multi-factor authentication (a verified token, or the API server's
+    /// sign-in claims).
+    pub mfa: bool,
+    /// `tid/oid` of their Entra ID identity, when known.
+    pub entra: Option<String>,
+    /// How the act arrives (None: an annotation through the Kubernetes API).
+    pub via: Option<Via>,
+}
+
+/// Why an act was refused: the audit event it is recorded as and the message the caller sees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// `permission_denied`, or `auth_failure` for a token that does not prove who acts.
+    pub event: EventType,
+    /// What kubectl (or the HTTP API's problem detail) shows.
+    pub message: String,
+}
+
+impl Refusal {
+    fn denied(message: String) -> Refusal {
+        Refusal {
+            event: EventType::PermissionDenied,
+            message,
+        }
+    }
+}
+
+/// The signed act `actor` may record on `apr` (`comment`: the comment, or the rejection's
+/// reason), or why not: the request must still be pending and unexpired, undecided by the acts
+/// on it, and the actor entitled to the act. The same rules for every way an act arrives.
+pub fn act(
+    env: &Env,
+    actor: &Actor,
+    apr: &ApprovalRequest,
+    kind: ActKind,
+    comment: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<SignedAct, Refusal> {
+    let res = resource(apr);
+    let spec = &apr.spec;
+    let phase = apr
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or(ApprovalPhase::Pending);
+    if phase != ApprovalPhase::Pending {
+        return Err(Refusal::denied(format!(
+            "ApprovalRequest {res} is {phase:?}; it takes no more approvals, rejections or cancellations"
+        )));
+    }
+    if now >= spec.expires_at {
+        return Err(Refusal::denied(format!(
+            "ApprovalRequest {res} expired at {}; it takes no more approvals, rejections or cancellations",
+            spec.expires_at.to_rfc3339()
+        )));
+    }
+    let subject = &actor.subject;
+    let life_cycle_act = Act {
+        subject: subject.clone(),
+        at: now,
+        mfa: actor.mfa,
+    };
+    // Forged or unreadable acts count for nothing (and are dropped when the list is rewritten).
+    let acts = signed::Acts::read(apr, env.key).unwrap_or_default();
+    let decided = acts.evaluate(spec, None, false, now);
+    if decided.phase != ApprovalPhase::Pending {
+        return Err(Refusal::denied(format!(
+            "ApprovalRequest {res} is already decided by the acts recorded on it ({}); it takes no more approvals, rejections or cancellations",
+            decided.message
+        )));
+    }
+    let who = &subject.username;
+    let comment = comment.map(str::trim).filter(|c| !c.is_empty());
+    match kind {
+        ActKind::Approve => {
+            if acts
+                .of(ActKind::Approve)
+                .any(|a| a.subject.username == *who)
+            {
+                return Err(Refusal::denied(format!(
+                    "{who} already approved ApprovalRequest {res}; each person counts once"
+                )));
+            }
+            // Still pending (checked above), so the progress is that of the approvals alone.
+            let mut reasons = vec![];
+            let mut counts = false;
+            for (req, p) in spec.requirements.iter().zip(&decided.progress) {
+                if p.met {
+                    continue;
+                }
+                match approval::ineligible(spec, req, &life_cycle_act) {
+                    None => counts = true,
+                    Some(why) => reasons.push((req.source.as_str(), why)),
+                }
+            }
+            if !counts {
+                let why = merged(&reasons);
+                return Err(Refusal::denied(format!(
+                    "approval of ApprovalRequest {res} refused: {why}"
+                )));
+            }
+        }
+        ActKind::Reject => {
+            if comment.is_none() {
+                return Err(Refusal::denied(format!(
+                    "a rejection needs a reason: {REJECT}=\"<why>\""
+                )));
+            }
+            let reasons: Vec<(&str, String)> = spec
+                .requirements
+                .iter()
+                .filter_map(|req| {
+                    Some((
+                        req.source.as_str(),
+                        approval::ineligible(spec, req, &life_cycle_act)?,
+                    ))
+                })
+                .collect();
+            if reasons.len() == spec.requirements.len() {
+                return Err(Refusal::denied(format!(
+                    "rejection of ApprovalRequest {res} refused: {}",
+                    merged(&reasons)
+                )));
+            }
+        }
+        ActKind::Cancel => {
+            let requester = spec.requester.as_ref().map(|r| r.username.as_str());
+            let admin = subject.is_human() && subject.roles.contains(&Role::Admin);
+            if requester != Some(who.as_str()) && !admin {
+                return Err(Refusal::denied(format!(
+                    "cancellation of ApprovalRequest {res} refused: {who} is neither the requester nor an admin"
+                )));
+            }
+        }
+    };
+    Ok(SignedAct {
+        kind,
+        subject: subject.clone(),
+        uid: actor.uid.clone(),
+        at: now,
+        comment: comment.map(str::to_owned),
+        mfa: actor.mfa,
+        entra: actor.entra.clone(),
+        via: actor.via,
+        signature: String::new(),
+    }
+    .sign(env.key, apr))
+}
+
+/// `apr`'s acts annotation with `signed` appended: what [`act`] allows is recorded this way.
+/// Forged or unreadable entries are dropped: the list holds only what verifies.
+pub fn acts_with(env: &Env, apr: &ApprovalRequest, signed: SignedAct) -> String {
+    let mut all = signed::Acts::read(apr, env.key)
+        .unwrap_or_default()
+        .verified;
+    all.push(signed);
+    crate::json::to_string(&all)
+}
+
+/// Reviews an update of `old` into `new` by `user` at `now`. `sign_in` is what the API server
+/// vouched for about the user's sign-in; `token` is the verification of the `approve-token`
+/// this update gives (see [`token`]).
 pub fn review_update(
     env: &Env,
     user: &Identity,
+    sign_in: &SignIn,
     old: &ApprovalRequest,
     new: &ApprovalRequest,
     token: Option<Result<EntraIdentity, String>>,
@@ -108,28 +279,24 @@ pub fn review_update(
     let res = resource(new);
     let spec = &old.spec;
     let mut subject = env.mapping.subject(user, &spec.environment);
-    let audit = |event: EventType, operation: &str, status: &str, message: &str, roles: &[Role]| {
+    let refuse_as = |event: EventType, message: String, roles: &BTreeSet<Role>| {
         let mut d: Draft = draft(
             event,
             user,
-            operation,
+            "act",
             res.clone(),
             KIND,
-            status,
-            Some(message.to_owned()),
+            "denied",
+            Some(message.clone()),
         );
         d.user_roles = roles.iter().map(|r| r.as_str().to_owned()).collect();
         d.environment = Some(spec.environment.clone());
         d.platform = Some(spec.platform.as_str().to_owned());
         d.agents = vec![spec.agent.clone()];
         crate::json::set(&mut d.metadata, "specDigest", spec.spec_digest.clone());
-        d
-    };
-    let refuse_as = |event: EventType, message: String, roles: &[Role]| {
-        let d = audit(event, "act", "denied", &message, roles);
         Verdict::refuse(message, d)
     };
-    let held: Vec<Role> = subject.roles.iter().copied().collect();
+    let held = subject.roles.clone();
     let refuse = |message: String| refuse_as(EventType::PermissionDenied, message, &held);
 
     if annotation(new, ACTS) != annotation(old, ACTS) {
@@ -149,50 +316,21 @@ pub fn review_update(
             ));
         }
     };
-    let phase = old
-        .status
-        .as_ref()
-        .and_then(|s| s.phase)
-        .unwrap_or(ApprovalPhase::Pending);
-    if phase != ApprovalPhase::Pending {
-        return refuse(format!(
-            "ApprovalRequest {res} is {phase:?}; it takes no more approvals, rejections or cancellations"
-        ));
-    }
-    if now >= spec.expires_at {
-        return refuse(format!(
-            "ApprovalRequest {res} expired at {}; it takes no more approvals, rejections or cancellations",
-            spec.expires_at.to_rfc3339()
-        ));
-    }
-    let (mut mfa, mut entra) = (false, None);
+    let (mut mfa, mut entra) = (sign_in.mfa, sign_in.entra.clone());
     if key == APPROVE_TOKEN {
+        let auth_failure = |message: String| refuse_as(EventType::AuthFailure, message, &held);
         let verified = match token {
             Some(Ok(t)) => t,
             Some(Err(why)) => {
-                return refuse_as(
-                    EventType::AuthFailure,
-                    format!("the approval token was refused: {why}"),
-                    &held,
-                );
+                return auth_failure(format!("the approval token was refused: {why}"));
             }
-            None => {
-                return refuse_as(
-                    EventType::AuthFailure,
-                    "the approval token was not verified".into(),
-                    &held,
-                );
-            }
+            None => return auth_failure("the approval token was not verified".into()),
         };
         if !verified.username.eq_ignore_ascii_case(&user.username) {
-            return refuse_as(
-                EventType::AuthFailure,
-                format!(
-                    "the approval token belongs to {}, not to {}: approve with your own token",
-                    verified.username, user.username
-                ),
-                &held,
-            );
+            return auth_failure(format!(
+                "the approval token belongs to {}, not to {}: approve with your own token",
+                verified.username, user.username
+            ));
         }
         let from_token = env.mapping.subject(&verified.identity(), &spec.environment);
         subject.roles.extend(
@@ -202,105 +340,30 @@ pub fn review_update(
                 .filter(|r| *r != Role::Viewer)
                 .chain(verified.app_roles.iter().copied()),
         );
-        (mfa, entra) = (
-            verified.mfa,
-            Some(format!("{}/{}", verified.tid, verified.oid)),
-        );
+        mfa |= verified.mfa;
+        entra = Some(format!("{}/{}", verified.tid, verified.oid));
     }
     let kind = match key {
         REJECT => ActKind::Reject,
         CANCEL => ActKind::Cancel,
         _ => ActKind::Approve,
     };
-    let act = Act {
-        subject: subject.clone(),
-        at: now,
-        mfa,
-    };
-    // Forged or unreadable acts count for nothing (and are dropped when the list is rewritten).
-    let acts = signed::Acts::read(old, env.key).unwrap_or_default();
-    let decided = acts.evaluate(spec, None, false, now);
-    if decided.phase != ApprovalPhase::Pending {
-        return refuse(format!(
-            "ApprovalRequest {res} is already decided by the acts recorded on it ({}); it takes no more approvals, rejections or cancellations",
-            decided.message
-        ));
-    }
-    let who = &user.username;
-    match kind {
-        ActKind::Approve => {
-            if acts
-                .of(ActKind::Approve)
-                .any(|a| a.subject.username == *who)
-            {
-                return refuse(format!(
-                    "{who} already approved ApprovalRequest {res}; each person counts once"
-                ));
-            }
-            // Still pending (checked above), so the progress is that of the approvals alone.
-            let progress = &decided.progress;
-            let mut reasons = vec![];
-            let mut counts = false;
-            for (req, p) in spec.requirements.iter().zip(progress) {
-                if p.met {
-                    continue;
-                }
-                match approval::ineligible(spec, req, &act) {
-                    None => counts = true,
-                    Some(why) => reasons.push((req.source.as_str(), why)),
-                }
-            }
-            if !counts {
-                let why = merged(&reasons);
-                return refuse(format!("approval of ApprovalRequest {res} refused: {why}"));
-            }
-        }
-        ActKind::Reject => {
-            if value.trim().is_empty() {
-                return refuse(format!("a rejection needs a reason: {REJECT}=\"<why>\""));
-            }
-            let reasons: Vec<(&str, String)> = spec
-                .requirements
-                .iter()
-                .filter_map(|req| {
-                    Some((req.source.as_str(), approval::ineligible(spec, req, &act)?))
-                })
-                .collect();
-            if reasons.len() == spec.requirements.len() {
-                return refuse(format!(
-                    "rejection of ApprovalRequest {res} refused: {}",
-                    merged(&reasons)
-                ));
-            }
-        }
-        ActKind::Cancel => {
-            let requester = spec.requester.as_ref().map(|r| r.username.as_str());
-            let admin = subject.is_human() && subject.roles.contains(&Role::Admin);
-            if requester != Some(who.as_str()) && !admin {
-                return refuse(format!(
-                    "cancellation of ApprovalRequest {res} refused: {who} is neither the requester nor an admin"
-                ));
-            }
-        }
-    };
-
-    let signed = SignedAct {
-        kind,
-        subject: subject.clone(),
+    let actor = Actor {
+        subject,
         uid: user.uid.clone(),
-        at: now,
-        comment: (key != APPROVE_TOKEN && !value.trim().is_empty()).then(|| value.to_owned()),
         mfa,
-        entra: entra.clone(),
-        signature: String::new(),
-    }
-    .sign(env.key, old);
-    let mut all = acts.verified;
-    // Forged or unreadable entries are dropped: the list holds only what verifies.
-    all.push(signed);
+        entra,
+        via: None,
+    };
+    // The token is never stored, not even as a comment.
+    let comment = (key != APPROVE_TOKEN).then_some(value);
+    let signed = match act(env, &actor, old, kind, comment, now) {
+        Ok(signed) => signed,
+        Err(refusal) => return refuse_as(refusal.event, refusal.message, &actor.subject.roles),
+    };
     let mut patch = AnnotationPatch::new(true);
     patch.remove(key);
-    patch.set(ACTS, &crate::json::to_string(&all));
+    patch.set(ACTS, &acts_with(env, old, signed));
     // An accepted act is not recorded here: the API server may call this webhook several times
     // for one write (conflicts, reinvocation) and may then not store it. The operator records
     // each act once, when it sees it stored (`controller::record::act`).

@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use serde_json::{Value, json};
 
 use super::*;
@@ -32,6 +34,17 @@ fn act(
     annotations: Value,
     token: Option<Result<EntraIdentity, String>>,
 ) -> Outcome {
+    act_signed_in(user, &SignIn::default(), old, annotations, token)
+}
+
+/// As [`act`], with what the API server vouched for about the user's sign-in.
+fn act_signed_in(
+    user: &str,
+    sign_in: &SignIn,
+    old: &ApprovalRequest,
+    annotations: Value,
+    token: Option<Result<EntraIdentity, String>>,
+) -> Outcome {
     let mapping = mapping();
     let env = Env {
         mapping: &mapping,
@@ -43,7 +56,7 @@ fn act(
     for (k, v) in annotations.as_object().unwrap() {
         map.insert(k.clone(), v.as_str().unwrap().to_owned());
     }
-    let v = review_update(&env, &who(user), old, &new, token, now());
+    let v = review_update(&env, &who(user), sign_in, old, &new, token, now());
     let mut obj = serde_json::to_value(&new).unwrap();
     let patch: json_patch::Patch = serde_json::from_value(Value::Array(v.patch)).unwrap();
     json_patch::patch(&mut obj, &patch).unwrap();
@@ -252,7 +265,7 @@ fn mfa_requirements_take_only_verified_tokens_of_the_same_person() {
     assert!(
         refusal
             .unwrap()
-            .contains("rosa-release did not prove multi-factor authentication, which policy/prod requires: approve with dvo.caat.io/approve-token=<Entra ID access token>")
+            .contains("rosa-release did not prove multi-factor authentication, which policy/prod requires: sign in to the cluster with MFA, or approve with dvo.caat.io/approve-token=<Entra ID access token>")
     );
     let (refusal, _, _) = act(
         "rosa",
@@ -304,6 +317,54 @@ fn mfa_requirements_take_only_verified_tokens_of_the_same_person() {
 }
 
 #[test]
+fn an_mfa_sign_in_the_api_server_vouched_for_satisfies_require_mfa() {
+    let pending = apr(true, "Pending");
+    let extra = |amr: &[&str], tid: &[&str]| {
+        BTreeMap::from([
+            (
+                crate::identity::entra::EXTRA_AMR.to_owned(),
+                amr.iter().map(|s| s.to_string()).collect(),
+            ),
+            (
+                crate::identity::entra::EXTRA_TID.to_owned(),
+                tid.iter().map(|s| s.to_string()).collect(),
+            ),
+        ])
+    };
+    let password_only = SignIn::from_extra(&extra(&["pwd"], &["t1"]), Some("oid-rosa"));
+    let (refusal, _, _) = act_signed_in(
+        "rosa",
+        &password_only,
+        &pending,
+        json!({(APPROVE): "ok"}),
+        None,
+    );
+    assert!(refusal.unwrap().contains("did not prove multi-factor"));
+    let with_mfa = SignIn::from_extra(&extra(&["pwd", "mfa"], &["t1"]), Some("oid-rosa"));
+    assert_eq!(with_mfa.entra.as_deref(), Some("t1/oid-rosa"));
+    let (refusal, after, _) =
+        act_signed_in("rosa", &with_mfa, &pending, json!({(APPROVE): "ok"}), None);
+    assert_eq!(refusal, None);
+    assert_eq!(acts(&after), ["Approve rosa-release mfa=true"]);
+    let recorded = signed::recorded(&after, KEY).unwrap();
+    assert_eq!(recorded[0].0.entra.as_deref(), Some("t1/oid-rosa"));
+    assert!(recorded[0].1, "the act with its sign-in facts verifies");
+    // Two tenants, or none, name no Entra identity; the UID alone is not one either.
+    assert_eq!(
+        SignIn::from_extra(&extra(&["mfa"], &["t1", "t2"]), Some("o")).entra,
+        None
+    );
+    assert_eq!(
+        SignIn::from_extra(&extra(&["mfa"], &["t1"]), None).entra,
+        None
+    );
+    assert_eq!(
+        SignIn::from_extra(&BTreeMap::new(), Some("o")),
+        SignIn::default()
+    );
+}
+
+#[test]
 fn only_the_operator_creates_requests_and_its_writes_pass() {
     let mapping = mapping();
     let env = Env {
@@ -325,10 +386,26 @@ fn only_the_operator_creates_requests_and_its_writes_pass() {
     );
     let mut touched = pending.clone();
     touched.metadata.finalizers = Some(vec!["x".into()]);
-    let v = review_update(&env, &who("operator"), &pending, &touched, None, now());
+    let v = review_update(
+        &env,
+        &who("operator"),
+        &SignIn::default(),
+        &pending,
+        &touched,
+        None,
+        now(),
+    );
     assert_eq!(v, Verdict::allow());
     // A metadata change by anyone else (labels, owner references, finalizers) passes untouched.
-    let v = review_update(&env, &who("vera"), &pending, &touched, None, now());
+    let v = review_update(
+        &env,
+        &who("vera"),
+        &SignIn::default(),
+        &pending,
+        &touched,
+        None,
+        now(),
+    );
     assert_eq!(v, Verdict::allow());
 }
 

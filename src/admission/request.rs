@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use super::{Env, Verdict};
 use crate::crd::{AgentDeployment, ApprovalRequest, DeploymentPolicy};
 use crate::identity::Identity;
-use crate::identity::entra::EntraIdentity;
+use crate::identity::entra::{EntraIdentity, SignIn};
 
 /// Who the API server says asks.
 pub fn user(req: &AdmissionRequest<DynamicObject>) -> Identity {
@@ -18,6 +18,14 @@ pub fn user(req: &AdmissionRequest<DynamicObject>) -> Identity {
         username: req.user_info.username.clone().unwrap_or_default(),
         uid: req.user_info.uid.clone(),
         groups: req.user_info.groups.clone().unwrap_or_default(),
+    }
+}
+
+/// What the API server vouched for about how the requester signed in (`userInfo.extra`).
+pub fn sign_in(req: &AdmissionRequest<DynamicObject>) -> SignIn {
+    match &req.user_info.extra {
+        Some(extra) => SignIn::from_extra(extra, req.user_info.uid.as_deref()),
+        None => SignIn::default(),
     }
 }
 
@@ -83,7 +91,15 @@ pub fn review(
         ("approvalrequests", Operation::Update) => {
             let new = typed::<ApprovalRequest>(req.object.as_ref())?;
             let old = typed::<ApprovalRequest>(req.old_object.as_ref())?;
-            super::approval_request::review_update(env, &user, &old, &new, token, now)
+            super::approval_request::review_update(
+                env,
+                &user,
+                &sign_in(req),
+                &old,
+                &new,
+                token,
+                now,
+            )
         }
         ("deploymentpolicies", Operation::Delete) => {
             let old = typed::<DeploymentPolicy>(req.old_object.as_ref())?;

@@ -99,7 +99,7 @@ pub fn ineligible(spec: &ApprovalRequestSpec, req: &RequirementSpec, act: &Act) 
     }
     if req.require_mfa && !act.mfa {
         return Some(format!(
-            "{who} did not prove multi-factor authentication, which {} requires: approve with dvo.caat.io/approve-token=<Entra ID access token>",
+            "{who} did not prove multi-factor authentication, which {} requires: sign in to the cluster with MFA, or approve with dvo.caat.io/approve-token=<Entra ID access token>",
             req.source
         ));
     }

@@ -34,6 +34,14 @@ pub enum ActKind {
     Cancel,
 }
 
+/// How an act arrived, when not as an annotation written through the Kubernetes API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// The dvo HTTP API (`/v1/approvals/.../approve`), for a caller it authenticated itself.
+    Http,
+}
+
 /// One act, as verified by the webhook, with the roles the person held when acting.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -54,9 +62,13 @@ pub struct SignedAct {
     /// Whether they proved multi-factor authentication with a verified Entra ID token.
     #[serde(default)]
     pub mfa: bool,
-    /// `tid/oid` of the Entra ID token they gave, when they gave one.
+    /// `tid/oid` of the Entra ID identity they acted as: from the token they gave, or from the
+    /// API server's sign-in claims.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entra: Option<String>,
+    /// How the act arrived when not through the Kubernetes API (`http`: the dvo HTTP API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Via>,
     /// Hex HMAC-SHA256 over the request (namespace, name, UID, spec digest) and the act.
     #[serde(default)]
     pub signature: String,
@@ -205,6 +217,7 @@ mod tests {
             comment: Some("ok".into()),
             mfa: false,
             entra: None,
+            via: None,
             signature: String::new(),
         }
     }
@@ -221,8 +234,10 @@ mod tests {
         let mut other = apr();
         other.spec.spec_digest = format!("sha256:{}", "b".repeat(64));
         assert!(!signed.verifies(&key, &other), "another spec");
-        let changes: [fn(&mut SignedAct); 5] = [
+        let changes: [fn(&mut SignedAct); 7] = [
             |a| a.kind = ActKind::Reject,
+            |a| a.via = Some(Via::Http),
+            |a| a.entra = Some("tenant/oid".into()),
             |a| {
                 a.subject.roles.insert(Role::Admin);
             },

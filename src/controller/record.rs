@@ -297,7 +297,8 @@ pub fn act(apr: &ApprovalRequest, act: &SignedAct, counted: Result<Vec<String>, 
         "specDigest": apr.spec.spec_digest, "deployment": apr.spec.deployment_ref.name,
         "generation": apr.spec.deployment_ref.generation,
         "groups": act.subject.groups, "uid": act.uid, "comment": act.comment,
-        "mfa": act.mfa, "entra": act.entra, "satisfies": satisfies, "ignored": ignored,
+        "mfa": act.mfa, "entra": act.entra, "via": act.via, "satisfies": satisfies,
+        "ignored": ignored,
     });
     d
 }

@@ -89,6 +89,42 @@ impl EntraIdentity {
     }
 }
 
+/// The `userInfo.extra` key under which the API server's JWT authenticator passes the sign-in's
+/// `amr` claim (claim mapping `key: dvo.caat.io/amr, valueExpression: claims.amr`).
+pub const EXTRA_AMR: &str = "dvo.caat.io/amr";
+/// The `userInfo.extra` key for the token's `tid` claim; with the user's UID mapped from `oid`,
+/// acts name the Entra ID identity `tid/oid`.
+pub const EXTRA_TID: &str = "dvo.caat.io/tid";
+
+/// What the API server vouched for about how a person signed in, read from `userInfo.extra`:
+/// only the API server (its authenticators, or impersonation it authorised) sets these.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SignIn {
+    /// Whether the sign-in's `amr` contains `mfa`.
+    pub mfa: bool,
+    /// `tid/oid` when both are known.
+    pub entra: Option<String>,
+}
+
+impl SignIn {
+    /// Reads `extra` (and the user's UID, the `oid`). Several tenants for one user are no
+    /// tenant.
+    pub fn from_extra(extra: &BTreeMap<String, Vec<String>>, uid: Option<&str>) -> SignIn {
+        let mfa = extra
+            .get(EXTRA_AMR)
+            .is_some_and(|amr| amr.iter().any(|m| m == "mfa"));
+        let tid = extra.get(EXTRA_TID).and_then(|t| match t.as_slice() {
+            [one] if !one.is_empty() => Some(one),
+            _ => None,
+        });
+        let entra = match (tid, uid) {
+            (Some(tid), Some(oid)) if !oid.is_empty() => Some(format!("{tid}/{oid}")),
+            _ => None,
+        };
+        SignIn { mfa, entra }
+    }
+}
+
 /// Why a token was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {

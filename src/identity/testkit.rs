@@ -74,6 +74,30 @@ impl TestKey {
         key
     }
 
+    /// The RSA key in the PEM file `pem`, named `kid` (an issuer's key made elsewhere).
+    pub fn from_pem(kid: &str, pem: &std::path::Path) -> TestKey {
+        let pem_s = pem.to_str().expect("utf-8 path");
+        let der = pem.with_extension("der");
+        openssl(&[
+            "rsa",
+            "-in",
+            pem_s,
+            "-traditional",
+            "-outform",
+            "DER",
+            "-out",
+            der.to_str().expect("utf-8 path"),
+        ]);
+        let modulus = openssl(&["rsa", "-in", pem_s, "-noout", "-modulus"]);
+        let n = crate::unhex(modulus.trim().trim_start_matches("Modulus="))
+            .expect("openssl prints the modulus in hex");
+        TestKey {
+            kid: kid.to_owned(),
+            der: std::fs::read(&der).expect("DER key"),
+            jwk: json!({"kty": "RSA", "use": "sig", "kid": kid, "n": URL_SAFE_NO_PAD.encode(n), "e": "AQAB"}),
+        }
+    }
+
     /// `claims` signed with RS256 under this key's `kid`.
     pub fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(jsonwebtoken::Algorithm::RS256);

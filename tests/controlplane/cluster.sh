@@ -143,6 +143,80 @@ EOF
 openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 
+# --- people who sign in with Entra ID --------------------------------------------------------
+# An Entra ID look-alike issuer on loopback: the API server authenticates its RS256 tokens with a
+# structured AuthenticationConfiguration (issuer https://login.microsoftonline.com/TENANT/v2.0,
+# discovery and JWKS fetched from here), mapping upn → user name, oid → UID, groups → groups, and
+# the amr and tid claims into userInfo.extra (dvo.caat.io/amr, dvo.caat.io/tid), where the dvo
+# webhook reads whether the sign-in used MFA. Tests sign tokens with entra/key.pem (kid in
+# entra/kid, tenant in entra/tenant, audience in entra/audience).
+entra_tenant=72f988bf-86f1-41af-91ab-2d7cd011db47
+entra_audience=api://dvo-cluster
+entra="$dir/entra"
+mkdir -p "$entra/www"
+openssl genrsa -out "$entra/key.pem" 2048 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=entra-look-alike" \
+  -keyout "$entra/tls.key" -out "$entra/tls.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\n' > "$entra/san.ext"
+openssl x509 -req -in "$entra/tls.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+  -days 2 -extfile "$entra/san.ext" -out "$entra/tls.crt" 2>/dev/null
+entra_port="$(free_port)"
+printf '%s' "$entra_tenant" > "$entra/tenant"
+printf '%s' "$entra_audience" > "$entra/audience"
+printf '%s' "cluster-key-1" > "$entra/kid"
+python3 - "$entra" "$entra_tenant" "$entra_port" \
+  "$(openssl rsa -in "$entra/key.pem" -noout -modulus 2>/dev/null | cut -d= -f2)" <<'PY'
+import base64, json, os, sys
+entra, tenant, port, modulus = sys.argv[1:]
+n = base64.urlsafe_b64encode(bytes.fromhex(modulus)).rstrip(b"=").decode()
+base = f"{entra}/www/{tenant}"
+os.makedirs(f"{base}/v2.0/.well-known", exist_ok=True)
+os.makedirs(f"{base}/discovery/v2.0", exist_ok=True)
+with open(f"{base}/v2.0/.well-known/openid-configuration", "w") as f:
+    json.dump({"issuer": f"https://login.microsoftonline.com/{tenant}/v2.0",
+               "jwks_uri": f"https://127.0.0.1:{port}/{tenant}/discovery/v2.0/keys",
+               "id_token_signing_alg_values_supported": ["RS256"]}, f)
+with open(f"{base}/discovery/v2.0/keys", "w") as f:
+    json.dump({"keys": [{"kty": "RSA", "use": "sig", "kid": "cluster-key-1", "n": n, "e": "AQAB"}]}, f)
+PY
+python3 -c '
+import functools, http.server, ssl, sys
+d, port, cert, key = sys.argv[1:]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=d)
+httpd = http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), handler)
+httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+httpd.serve_forever()
+' "$entra/www" "$entra_port" "$entra/tls.crt" "$entra/tls.key" > "$dir/entra-issuer.log" 2>&1 &
+pids+=($!)
+cat > "$pki/authentication.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AuthenticationConfiguration
+jwt:
+- issuer:
+    url: https://login.microsoftonline.com/$entra_tenant/v2.0
+    discoveryURL: https://127.0.0.1:$entra_port/$entra_tenant/v2.0/.well-known/openid-configuration
+    certificateAuthority: |
+$(sed 's/^/      /' "$pki/ca.crt")
+    audiences: [$entra_audience]
+  claimValidationRules:
+  - expression: "claims.tid == '$entra_tenant'"
+    message: the token is from another tenant
+  claimMappings:
+    username:
+      expression: claims.upn
+    groups:
+      expression: "has(claims.groups) ? claims.groups : []"
+    uid:
+      expression: claims.oid
+    extra:
+    - key: dvo.caat.io/amr
+      valueExpression: "has(claims.amr) ? claims.amr : []"
+    - key: dvo.caat.io/tid
+      valueExpression: claims.tid
+EOF
+
 # --- test identities: name, user, groups ----------------------------------------------------
 # Groups named like Entra ID object IDs stand for directory groups; the role mapping maps them.
 identities=(
@@ -191,6 +265,7 @@ start_apiserver() {
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
   --client-ca-file "$pki/ca.crt" \
   --token-auth-file "$pki/tokens.csv" \
+  --authentication-config "$pki/authentication.yaml" \
   --admission-control-config-file "$pki/admission.yaml" \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
   --service-account-issuer https://kubernetes.default.svc \

@@ -1,5 +1,6 @@
 //! Entra ID approval tokens against a JWKS served on loopback: the key set is fetched, cached,
-//! fetched again for an unknown `kid` (key rotation) and not more often than configured.
+//! fetched again for an unknown `kid` (key rotation) and not more often than configured. And
+//! people who sign in to the API server itself with Entra ID tokens.
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,7 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-use crate::support::{AUDIENCE, TENANT, entra_config, free_port};
+use dvo_operator::crd::ApprovalRequest;
+use dvo_operator::crd::agent_deployment::Phase;
+use kube::Api;
+
+use crate::support::*;
 use dvo_operator::identity::testkit::{TestKey, jwks};
 use dvo_operator::webhook::jwks::Verifier;
 
@@ -117,4 +122,104 @@ async fn refetches_are_rate_limited_and_an_unreachable_jwks_is_a_clear_error() {
     )
     .unwrap();
     assert!(Verifier::new(none).is_err(), "a JWKS source is required");
+}
+
+/// People who sign in to the cluster itself with Entra ID: the API server verifies their token
+/// (a structured AuthenticationConfiguration with Entra's claims), the webhook attributes the act
+/// to the person it names and takes MFA from the `amr` the API server passes on in
+/// `userInfo.extra`, without any token in an annotation.
+#[tokio::test]
+async fn an_entra_sign_in_at_the_api_server_approves_with_the_mfa_it_vouched_for() {
+    let client = operator().await;
+    let ns = namespace(&client, "entra-signin").await;
+    let cp = control_plane();
+    let nina = "nina@contoso.com";
+    let group = identity("release-manager-1").groups[0].clone();
+    apply(
+        &client,
+        ("rbac.authorization.k8s.io", "v1", "RoleBinding"),
+        Some(&ns),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "release-managers", "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "dvo-test-users"},
+            "subjects": [{"kind": "Group", "name": group}]}),
+    )
+    .await;
+    scoped_policy(
+        &client,
+        &ns,
+        "mfa",
+        json!({"action": "RequireApproval",
+               "approval": {"roles": ["release_manager"], "requireMfa": true}}),
+    )
+    .await;
+    let manifest = json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "gha"}, "spec": {
+        "agent": "GHA", "platform": "langchain", "environment": "staging", "replicas": 1,
+        "steps": {"healthCheck": false},
+        "template": {"spec": {"containers": [{"name": "agent", "image": "gha:1"}]}},
+    }});
+    let ad = create_as("operator", &ns, manifest).await;
+    phase(&client, &ns, "gha", Phase::PendingApproval).await;
+    let apr = dvo_operator::controller::agent_deployment::approval_request_name(
+        "gha",
+        ad.metadata.generation.unwrap(),
+        &dvo_operator::crd::agent_deployment::spec_digest(&ad.spec),
+    );
+    let approve = [
+        "annotate",
+        "approvalrequest",
+        &apr,
+        "-n",
+        &ns,
+        "dvo.caat.io/approve=ok",
+    ];
+
+    // The API server knows her by her upn, her object ID and her groups, and says how she
+    // signed in.
+    let password = cp.entra_token(nina, "oid-nina", &[&group], &["pwd"]);
+    let (out, ok) = cp.kubectl_with_token(&password, &["auth", "whoami", "-o", "json"]);
+    assert!(ok, "{out}");
+    let review: Value = serde_json::from_str(&out).unwrap();
+    let user = &review["status"]["userInfo"];
+    assert_eq!(user["username"], nina, "{review}");
+    assert_eq!(user["uid"], "oid-nina", "{review}");
+    assert_eq!(user["extra"]["dvo.caat.io/amr"], json!(["pwd"]), "{review}");
+
+    // A password-only sign-in does not satisfy requireMfa.
+    let (out, ok) = cp.kubectl_with_token(&password, &approve);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{nina} did not prove multi-factor authentication, which policy/{ns}-mfa requires"
+        )),
+        "{out}"
+    );
+    // A token the API server does not trust is no sign-in at all.
+    let stranger = entra_key().sign(&json!({
+        "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"), "aud": "api://dvo-cluster",
+        "exp": chrono::Utc::now().timestamp() + 600, "tid": TENANT, "oid": "oid-nina",
+        "upn": nina, "groups": [group], "amr": ["pwd", "mfa"],
+    }));
+    let (out, ok) = cp.kubectl_with_token(&stranger, &approve);
+    assert!(!ok && out.contains("Unauthorized"), "{out}");
+
+    // An MFA sign-in does, and the act names her.
+    let mfa = cp.entra_token(nina, "oid-nina", &[&group], &["pwd", "mfa"]);
+    let (out, ok) = cp.kubectl_with_token(&mfa, &approve);
+    assert!(ok, "{out}");
+    phase(&client, &ns, "gha", Phase::Deployed).await;
+    let stored = Api::<ApprovalRequest>::namespaced(client.clone(), &ns)
+        .get(&apr)
+        .await
+        .unwrap();
+    let acts = dvo_operator::approval::signed::Acts::read(&stored, &stamp_key(&client).await)
+        .unwrap()
+        .verified;
+    assert_eq!(acts.len(), 1, "{acts:?}");
+    let act = &acts[0];
+    assert_eq!(act.subject.username, nina);
+    assert_eq!(act.uid.as_deref(), Some("oid-nina"));
+    assert!(act.mfa, "{act:?}");
+    assert_eq!(act.entra, Some(format!("{TENANT}/oid-nina")));
+    assert_eq!(act.via, None, "through the Kubernetes API");
 }

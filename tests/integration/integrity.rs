@@ -146,6 +146,7 @@ async fn a_request_made_for_another_spec_never_rolls_out_this_one() {
         comment: None,
         mfa: false,
         entra: None,
+        via: None,
         signature: String::new(),
     }
     .sign(&stamp_key(&client).await, &crafted);

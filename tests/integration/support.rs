@@ -166,6 +166,33 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// A token of the control plane's Entra ID look-alike issuer (which its API server trusts)
+    /// for `upn` with object ID `oid`, `groups` and sign-in methods `amr`, valid for 10 minutes.
+    pub fn entra_token(&self, upn: &str, oid: &str, groups: &[&str], amr: &[&str]) -> String {
+        let entra = self.dir.join("entra");
+        let read = |f: &str| std::fs::read_to_string(entra.join(f)).expect("entra issuer file");
+        let key = dvo_operator::identity::testkit::TestKey::from_pem(
+            &read("kid"),
+            &entra.join("key.pem"),
+        );
+        let tenant = read("tenant");
+        let now = chrono::Utc::now().timestamp();
+        key.sign(&serde_json::json!({
+            "iss": format!("https://login.microsoftonline.com/{tenant}/v2.0"),
+            "aud": read("audience"), "exp": now + 600, "nbf": now - 60, "iat": now - 60,
+            "tid": tenant, "oid": oid, "upn": upn, "groups": groups, "amr": amr,
+        }))
+    }
+
+    /// `kubectl` signed in with a bearer `token` (an Entra ID token the API server verifies).
+    pub fn kubectl_with_token(&self, token: &str, args: &[&str]) -> (String, bool) {
+        let mut all = vec!["--token", token];
+        all.extend_from_slice(args);
+        self.kubectl("viewer", &all)
+    }
+}
+
 /// A self-signed certificate for `cn` made with openssl (as an outsider would make one): its key
 /// is written to `key` and the certificate to `crt`.
 pub fn self_signed(cn: &str, key: &Path, crt: &Path) {
