@@ -20,6 +20,7 @@
 pub const MANAGER: &str = "dvo-operator";
 
 pub mod admission;
+pub mod api;
 pub mod approval;
 pub mod audit;
 pub mod capability;
@@ -30,6 +31,7 @@ pub mod crd;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz_targets;
 pub mod health;
+pub mod https;
 pub mod identity;
 pub mod json;
 pub mod metrics;

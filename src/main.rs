@@ -84,6 +84,14 @@ struct RunArgs {
     /// approvals that must prove MFA with `dvo.caat.io/approve-token`.
     #[arg(long)]
     entra_config: Option<PathBuf>,
+    /// Serve the HTTP API (`/v1`, TLS with the webhook's certificate) on this address; off
+    /// when not given. Needs the webhook.
+    #[arg(long, env = "DVO_API_ADDR")]
+    api_addr: Option<std::net::SocketAddr>,
+    /// The HTTP API's keys (YAML `keys: [{name, sha256, roles, requestsPerMinute}]`, from a
+    /// mounted Secret), read again when the file changes.
+    #[arg(long, env = "DVO_API_KEYS", requires = "api_addr")]
+    api_keys: Option<PathBuf>,
 }
 
 fn parse_sink(s: &str) -> Result<(String, dvo_operator::audit::sink::Target), String> {
@@ -195,6 +203,10 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
                 entra,
                 certificates: args.webhook_certificates,
                 client_ca,
+                api: args.api_addr.map(|addr| dvo_operator::api::Settings {
+                    addr,
+                    api_keys: args.api_keys.clone(),
+                }),
             };
             let stop = stopped();
             webhook_handle.spawn(async move {

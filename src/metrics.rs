@@ -52,6 +52,16 @@ pub struct AdmissionLabels {
     pub verdict: String,
 }
 
+/// Labels of a call of the dvo HTTP API.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    /// The HTTP status answered.
+    pub code: String,
+    /// Whether the call was written to the audit log (`false`: an unauthenticated refusal
+    /// beyond the audit budget).
+    pub audited: String,
+}
+
 /// Labels of an API request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -76,6 +86,8 @@ pub struct Metrics {
     pub approval_latency: Histogram,
     /// Admission answers by resource and verdict.
     pub admissions: Family<AdmissionLabels, Counter>,
+    /// Calls of the dvo HTTP API by status and whether they were audited.
+    pub api_calls: Family<ApiLabels, Counter>,
     /// Audit appends by result (`ok`, `error`).
     pub audit_appends: Family<ValueLabel, Counter>,
     /// Admission refusals answered although the audit log could not record them, by resource.
@@ -109,6 +121,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         pending_approvals: Gauge::default(),
         approval_latency: Histogram::new(exponential_buckets(30.0, 2.0, 14)),
         admissions: Family::default(),
+        api_calls: Family::default(),
         audit_appends: Family::default(),
         unrecorded_refusals: Family::default(),
         sink_lag: Family::default(),
@@ -142,6 +155,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "admissions",
         "Admission answers by resource and verdict",
         m.admissions.clone(),
+    );
+    registry.register(
+        "http_api_calls",
+        "Calls of the dvo HTTP API by status and whether the audit log holds them",
+        m.api_calls.clone(),
     );
     registry.register(
         "audit_appends",

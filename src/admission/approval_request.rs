@@ -118,6 +118,9 @@ pub struct Refusal {
     pub event: EventType,
     /// What kubectl (or the HTTP API's problem detail) shows.
     pub message: String,
+    /// Whether the request's state refuses it (decided, expired, already approved by this
+    /// person) rather than the actor's standing.
+    pub conflict: bool,
 }
 
 impl Refusal {
@@ -125,6 +128,14 @@ impl Refusal {
         Refusal {
             event: EventType::PermissionDenied,
             message,
+            conflict: false,
+        }
+    }
+
+    fn conflict(message: String) -> Refusal {
+        Refusal {
+            conflict: true,
+            ..Refusal::denied(message)
         }
     }
 }
@@ -148,12 +159,12 @@ pub fn act(
         .and_then(|s| s.phase)
         .unwrap_or(ApprovalPhase::Pending);
     if phase != ApprovalPhase::Pending {
-        return Err(Refusal::denied(format!(
+        return Err(Refusal::conflict(format!(
             "ApprovalRequest {res} is {phase:?}; it takes no more approvals, rejections or cancellations"
         )));
     }
     if now >= spec.expires_at {
-        return Err(Refusal::denied(format!(
+        return Err(Refusal::conflict(format!(
             "ApprovalRequest {res} expired at {}; it takes no more approvals, rejections or cancellations",
             spec.expires_at.to_rfc3339()
         )));
@@ -168,7 +179,7 @@ pub fn act(
     let acts = signed::Acts::read(apr, env.key).unwrap_or_default();
     let decided = acts.evaluate(spec, None, false, now);
     if decided.phase != ApprovalPhase::Pending {
-        return Err(Refusal::denied(format!(
+        return Err(Refusal::conflict(format!(
             "ApprovalRequest {res} is already decided by the acts recorded on it ({}); it takes no more approvals, rejections or cancellations",
             decided.message
         )));
@@ -181,7 +192,7 @@ pub fn act(
                 .of(ActKind::Approve)
                 .any(|a| a.subject.username == *who)
             {
-                return Err(Refusal::denied(format!(
+                return Err(Refusal::conflict(format!(
                     "{who} already approved ApprovalRequest {res}; each person counts once"
                 )));
             }
@@ -326,6 +337,12 @@ pub fn review_update(
             }
             None => return auth_failure("the approval token was not verified".into()),
         };
+        if verified.application {
+            return auth_failure(format!(
+                "the approval token is an application's ({}), not a person's: approve with your own token",
+                verified.username
+            ));
+        }
         if !verified.username.eq_ignore_ascii_case(&user.username) {
             return auth_failure(format!(
                 "the approval token belongs to {}, not to {}: approve with your own token",

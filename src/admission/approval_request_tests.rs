@@ -86,6 +86,7 @@ fn token(user: &str, mfa: bool) -> Option<Result<EntraIdentity, String>> {
         groups: vec![],
         app_roles: Default::default(),
         mfa,
+        application: false,
     }))
 }
 

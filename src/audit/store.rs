@@ -254,6 +254,56 @@ pub async fn entries_after(
     Ok(out)
 }
 
+/// The newest `limit` entries that `keep` accepts, newest first, reading segments from the
+/// newest back and no more than `max_segments` of them; and whether the search reached the
+/// log's first segment (false: older entries were not searched).
+pub async fn newest(
+    client: &Client,
+    namespace: &str,
+    keep: impl Fn(&Entry) -> bool,
+    limit: usize,
+    max_segments: usize,
+) -> Result<(Vec<Entry>, bool), String> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let list = api
+        .list_metadata(&ListParams::default().labels(SEGMENT_LABEL))
+        .await
+        .map_err(|e| format!("cannot list audit segments: {e}"))?;
+    let mut names: Vec<(u64, String)> = list
+        .items
+        .iter()
+        .filter_map(|m| Some((index_of(&m.name_any())?, m.name_any())))
+        .collect();
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    let mut out = Vec::new();
+    for (read, (_, name)) in names.iter().enumerate() {
+        if out.len() >= limit || read >= max_segments {
+            return Ok((out, false));
+        }
+        let Some(cm) = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("cannot read audit segment {name}: {e}"))?
+        else {
+            continue; // deleted by retention meanwhile
+        };
+        let (segment, _) = read_segment(&cm)?;
+        if let Some(damage) = segment.unreadable {
+            return Err(format!("the audit log is damaged ({damage})"));
+        }
+        let room = limit.saturating_sub(out.len());
+        out.extend(
+            segment
+                .entries
+                .into_iter()
+                .rev()
+                .filter(|e| keep(e))
+                .take(room),
+        );
+    }
+    Ok((out, true))
+}
+
 type Reply = oneshot::Sender<Result<Option<Entry>, String>>;
 
 /// How many lost races an append survives before it reports failure (the caller then waits).

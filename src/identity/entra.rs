@@ -76,6 +76,10 @@ pub struct EntraIdentity {
     pub app_roles: BTreeSet<Role>,
     /// Whether `amr` contains `mfa`.
     pub mfa: bool,
+    /// An application's own token (a service principal or managed identity: `idtyp: app`, or
+    /// no delegated scope and no user name): a machine, never a person.
+    #[serde(default)]
+    pub application: bool,
 }
 
 impl EntraIdentity {
@@ -187,6 +191,10 @@ struct Claims {
     claim_names: Option<serde_json::Value>,
     #[serde(default)]
     hasgroups: Option<bool>,
+    #[serde(default)]
+    idtyp: Option<String>,
+    #[serde(default)]
+    scp: Option<String>,
 }
 
 fn issuers(cfg: &EntraConfig) -> Vec<String> {
@@ -260,7 +268,13 @@ pub fn verify(
     if require_mfa && !mfa {
         return Err(TokenError::NoMfa);
     }
+    let person = claims.preferred_username.is_some()
+        || claims.upn.is_some()
+        || claims.unique_name.is_some()
+        || claims.scp.is_some();
+    let application = claims.idtyp.as_deref() == Some("app") || !person;
     Ok(EntraIdentity {
+        application,
         username: claims
             .preferred_username
             .or(claims.upn)

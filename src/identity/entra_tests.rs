@@ -85,6 +85,27 @@ fn a_good_token_gives_the_identity_groups_and_app_roles() {
 }
 
 #[test]
+fn application_tokens_are_machines_and_user_tokens_people() {
+    let (k1, _) = keys();
+    let who = |c: &Value| {
+        verify(&sign(k1, "k1", c), &jwks(&[k1]), &config(), false)
+            .unwrap()
+            .application
+    };
+    assert!(!who(&claims()), "a user name: a person");
+    let app = with(claims(), "preferred_username", Value::Null);
+    assert!(
+        who(&app),
+        "no user name and no delegated scope: an application"
+    );
+    assert!(!who(&with(app.clone(), "scp", json!("access_as_user"))));
+    assert!(
+        who(&with(claims(), "idtyp", json!("app"))),
+        "idtyp app whatever else it says"
+    );
+}
+
+#[test]
 fn refusals() {
     let (k1, k2) = keys();
     let set = jwks(&[k1]);

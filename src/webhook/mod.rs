@@ -15,8 +15,6 @@ use axum::Router;
 use axum::extract::{Json, Path, State};
 use axum::routing::post;
 use chrono::Utc;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::Client;
 use kube::api::{Api, PostParams};
@@ -50,56 +48,8 @@ pub struct Settings {
     /// callers presenting such a certificate are served. When not set, any TLS client is served
     /// and what it says is recorded as claimed (no person is named as the actor).
     pub client_ca: Option<String>,
-}
-
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long a client may take to send a request's headers.
-const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long a connection is used before its next answer says `Connection: close` (the API server
-/// then reconnects): connections do not pile up, and none is closed under a request in flight.
-const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
-/// How long a retiring connection may then stay idle before it is closed: longer than the API
-/// server keeps an idle connection (90 s), so it has stopped using it by then.
-const RETIRING_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
-/// Connections served at once; more are closed at once.
-const MAX_CONNECTIONS: usize = 512;
-/// New connections accepted per second on average, and in a burst: beyond that a connection is
-/// closed at once (the API server retries; a flood costs no handshakes).
-const CONNECTIONS_PER_SECOND: f64 = 100.0;
-const CONNECTION_BURST: f64 = 200.0;
-
-/// A token bucket: `take` at `now` is allowed while tokens remain, refilled at `rate` per second
-/// up to `burst`.
-#[derive(Debug)]
-struct RateLimit {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: std::time::Instant,
-}
-
-impl RateLimit {
-    fn new(rate: f64, burst: f64, now: std::time::Instant) -> RateLimit {
-        RateLimit {
-            rate,
-            burst,
-            tokens: burst,
-            last: now,
-        }
-    }
-
-    fn take(&mut self, now: std::time::Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+    /// The HTTP API, served next to the webhook with its certificate (None: not served).
+    pub api: Option<crate::api::Settings>,
 }
 
 /// The largest AdmissionReview read (an object and its old version, each up to the API
@@ -122,7 +72,7 @@ struct Shared {
     key: Vec<u8>,
     operator: String,
     audit: AuditLog,
-    verifier: Option<jwks::Verifier>,
+    verifier: Option<Arc<jwks::Verifier>>,
     /// Whether every caller proved it is the API server (client certificates required).
     callers_verified: bool,
 }
@@ -173,13 +123,30 @@ pub async fn serve(
     let signing =
         crate::audit::SigningKey::from_seed(&keys.checkpoint).map_err(anyhow::Error::msg)?;
     let mappings = crate::controller::environment::RoleMappings::start(&client, &ns);
+    let verifier = settings
+        .entra
+        .clone()
+        .map(jwks::Verifier::new)
+        .transpose()?
+        .map(Arc::new);
+    let audit = AuditLog::start(client.clone(), &ns, signing);
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    if let Some(api) = settings.api.clone() {
+        let shared = crate::api::Shared {
+            client: client.clone(),
+            namespace: ns.clone(),
+            mappings: mappings.clone(),
+            key: keys.stamp.clone(),
+            operator: operator.clone(),
+            audit: audit.clone(),
+            verifier: verifier.clone(),
+        };
+        let tls = tls::server_config(&cert, None)?;
+        crate::api::serve(Arc::new(shared), api, tls, shutdown.clone()).await?;
+    }
     let shared = Arc::new(Shared {
-        audit: AuditLog::start(client.clone(), &ns, signing),
-        verifier: settings
-            .entra
-            .clone()
-            .map(jwks::Verifier::new)
-            .transpose()?,
+        audit,
+        verifier,
         mappings: mappings.clone(),
         key: keys.stamp,
         operator: operator.clone(),
@@ -189,85 +156,12 @@ pub async fn serve(
         .route("/admit/{kind}", post(admit))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared);
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut accepting = RateLimit::new(
-        CONNECTIONS_PER_SECOND,
-        CONNECTION_BURST,
-        std::time::Instant::now(),
-    );
     registration::apply(&client, &settings, &cert.ca).await?;
     // Ready once the role mapping is loaded: until then every review would be refused.
     mappings.loaded().await;
     tracing::info!(addr = %settings.addr, %operator, "admission webhook serving");
     ready.store(true, Ordering::Relaxed);
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(%e, "webhook accept failed");
-                    continue;
-                }
-            },
-        };
-        if !accepting.take(std::time::Instant::now()) {
-            tracing::debug!(%peer, "webhook connection rate exceeded; closing");
-            continue;
-        }
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "webhook connection limit reached; closing");
-            continue;
-        };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::debug!(%peer, %e, "webhook TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "webhook TLS handshake timed out"),
-            };
-            // Past its lifetime, a connection's next answer asks the client to close it: closing
-            // it from here could cut a request the API server is just writing (it does not
-            // retry an admission review), which refuses a write for nothing.
-            let retiring = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let flag = retiring.clone();
-            let app =
-                tower::util::MapResponse::new(app, move |mut resp: axum::response::Response| {
-                    if flag.load(Ordering::Relaxed) {
-                        resp.headers_mut().insert(
-                            axum::http::header::CONNECTION,
-                            axum::http::HeaderValue::from_static("close"),
-                        );
-                    }
-                    resp
-                });
-            let service = TowerToHyperService::new(app);
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
-            let conn = builder.serve_connection(TokioIo::new(tls), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = tokio::time::sleep(CONNECTION_LIFETIME) => {
-                    retiring.store(true, Ordering::Relaxed);
-                    tokio::select! {
-                        r = conn.as_mut() => r,
-                        () = tokio::time::sleep(RETIRING_IDLE) => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
-                        }
-                    }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, %e, "webhook connection ended with an error");
-            }
-        });
-    }
+    crate::https::serve(listener, acceptor, app, "webhook", shutdown).await;
     ready.store(false, Ordering::Relaxed);
     tracing::info!("admission webhook stopped");
     Ok(())
@@ -382,32 +276,5 @@ impl Shared {
             Err(e) => AdmissionResponse::from(req)
                 .deny(format!("dvo admission could not build its patch: {e}")),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::{Duration, Instant};
-
-    #[test]
-    fn connections_are_rate_limited_with_a_burst() {
-        let t0 = Instant::now();
-        let mut limit = RateLimit::new(10.0, 3.0, t0);
-        let taken: Vec<bool> = (0..5).map(|_| limit.take(t0)).collect();
-        assert_eq!(
-            taken,
-            [true, true, true, false, false],
-            "the burst, then nothing"
-        );
-        assert!(!limit.take(t0 + Duration::from_millis(50)), "half a token");
-        assert!(
-            limit.take(t0 + Duration::from_millis(100)),
-            "one token per 100 ms"
-        );
-        assert!(!limit.take(t0 + Duration::from_millis(100)));
-        let later = t0 + Duration::from_secs(60);
-        let refilled = (0..5).filter(|_| limit.take(later)).count();
-        assert_eq!(refilled, 3, "never more than the burst");
     }
 }

@@ -169,6 +169,7 @@ mod tests {
             entra: None,
             certificates: super::super::Certificates::Own,
             client_ca: None,
+            api: None,
         }
     }
 

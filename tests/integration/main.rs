@@ -3,6 +3,7 @@
 //! each test works in its own namespace.
 
 mod admission;
+mod api;
 mod argocd;
 mod audit;
 mod chart;

@@ -184,23 +184,6 @@ impl Smtp {
     }
 }
 
-/// Polls `check` until it holds (or fails after a minute, saying what was seen).
-async fn until<T: std::fmt::Debug>(
-    what: &str,
-    mut seen: impl FnMut() -> T,
-    check: impl Fn(&T) -> bool,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let now = seen();
-        if check(&now) {
-            return now;
-        }
-        assert!(Instant::now() < deadline, "{what}: never; saw {now:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn notifier(yaml: &str, mapping: RoleMapping, secrets: &[(&str, &str)]) -> Vec<Notifier> {
     let config = Config::parse(yaml).unwrap();
     let mapping: Mapping = Arc::new(move || Ok(mapping.clone()));

@@ -468,7 +468,9 @@ fn install_chart() {
     let values = control_plane().dir.join("values.json");
     std::fs::write(
         &values,
-        serde_json::json!({"roleMapping": mapping, "replicaCount": 0}).to_string(),
+        // The HTTP API is on: the operator's RBAC then lets it store acts.
+        serde_json::json!({"roleMapping": mapping, "replicaCount": 0, "api": {"enabled": true}})
+            .to_string(),
     )
     .expect("values");
     let chart = repo().join("charts/dvo-operator");
@@ -572,11 +574,31 @@ fn start_webhook() {
                 std::fs::read_to_string(control_plane().webhook_client_ca())
                     .expect("the control plane's webhook client CA"),
             ),
+            api: Some(dvo_operator::api::Settings {
+                addr: ([127, 0, 0, 1], api_port()).into(),
+                api_keys: Some(api_keys_file()),
+            }),
         };
         dvo_operator::webhook::serve(client, settings, flag, std::future::pending())
             .await
             .expect("webhook serves");
     });
+}
+
+/// The port of the HTTP API the shared webhook serves (with the webhook's certificate).
+pub fn api_port() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(free_port)
+}
+
+/// The API keys file of the shared HTTP API (tests write keys into it; it is read again when it
+/// changes). Empty at first.
+pub fn api_keys_file() -> PathBuf {
+    let path = control_plane().dir.join("api-keys.yaml");
+    if !path.exists() {
+        std::fs::write(&path, "").expect("write the API keys file");
+    }
+    path
 }
 
 /// Runs `task` (given its readiness flag) on a thread and runtime of its own, so that it
@@ -962,4 +984,24 @@ pub async fn stamp_key(client: &Client) -> Vec<u8> {
     secret.data.unwrap()[dvo_operator::controller::STAMP_KEY]
         .0
         .clone()
+}
+
+/// Polls `check` until it holds (or fails after a minute, saying what was seen).
+pub async fn until<T: std::fmt::Debug>(
+    what: &str,
+    mut seen: impl FnMut() -> T,
+    check: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let now = seen();
+        if check(&now) {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: never; saw {now:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

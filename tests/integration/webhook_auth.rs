@@ -199,6 +199,7 @@ async fn a_cluster_admin_can_delete_a_policy_while_the_webhook_is_down() {
         entra: None,
         certificates: dvo_operator::webhook::Certificates::Own,
         client_ca: None,
+        api: None,
     };
     let [_, (gvk, mut down)] = dvo_operator::webhook::configurations(&settings, &ca);
     down["metadata"]["name"] = json!(format!("{ns}-down"));

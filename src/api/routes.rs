@@ -1,0 +1,533 @@
+//! The `/v1` routes: thin handlers that authenticate, gather inputs from the caches, call the
+//! pure core (the act rules of the admission webhook, `decide()`), write with optimistic
+//! concurrency, and answer through [`Api::finish`] (audited).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use serde_json::{Value, json};
+
+use super::problem::Problem;
+use super::{Api, Caller};
+use crate::admission::Env;
+use crate::admission::approval_request::{Actor, act, acts_with};
+use crate::approval::signed::{self, ACTS, ActKind, SignedAct};
+use crate::audit::EventType;
+use crate::crd::approval_request::ApprovalPhase;
+use crate::crd::{AgentDeployment, ApprovalRequest};
+use crate::identity::{Check, Identity, Permission, RoleMapping};
+
+/// The OpenAPI description of these routes.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The longest comment or reason taken with an act.
+const MAX_COMMENT: usize = 2000;
+/// History entries answered at most per call, and segments searched at most.
+const MAX_HISTORY: usize = 1000;
+const HISTORY_SEGMENTS: usize = 200;
+/// Lost races an act survives before it is answered 503.
+const ACT_ATTEMPTS: usize = 5;
+
+type Shared = State<Arc<Api>>;
+type Params = Query<HashMap<String, String>>;
+
+/// The routes.
+pub fn router(api: Arc<Api>) -> Router {
+    // Policies are read here and written through Git and kubectl only.
+    let read_only = |reads| {
+        axum::routing::MethodRouter::from(reads)
+            .post(policies_read_only)
+            .put(policies_read_only)
+            .patch(policies_read_only)
+            .delete(policies_read_only)
+    };
+    Router::new()
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/policies", read_only(get(list_policies)))
+        .route("/v1/policies/evaluate", post(evaluate))
+        .route("/v1/policies/{name}", read_only(get(get_policy)))
+        .route("/v1/approvals/pending", get(pending))
+        .route("/v1/approvals/history", get(history))
+        .route("/v1/approvals/{namespace}/{name}", get(get_request))
+        .route("/v1/approvals/{namespace}/{name}/{action}", post(act_on))
+        .fallback(no_route)
+        .with_state(api)
+}
+
+/// Authenticates, runs `body` for the caller, and answers through [`Api::finish`].
+async fn call<F, Fut>(api: Arc<Api>, headers: &HeaderMap, what: String, body: F) -> Response
+where
+    F: FnOnce(Arc<Api>, Caller) -> Fut,
+    Fut: Future<Output = Result<Value, Problem>>,
+{
+    match api.authenticate(headers).await {
+        Err(p) => api.finish(None, &what, Err(p)).await,
+        Ok(caller) => {
+            let outcome = body(api.clone(), caller.clone()).await;
+            api.finish(Some(&caller), &what, outcome).await
+        }
+    }
+}
+
+/// 403 unless `caller` holds `permission` (by roles that hold in every environment), with the
+/// permission check's own words.
+fn require(mapping: &RoleMapping, caller: &Caller, permission: Permission) -> Result<(), Problem> {
+    match mapping.can(&caller.subject(mapping, ""), permission, "") {
+        Check::Allowed { .. } => Ok(()),
+        Check::NeedsApproval { reason } | Check::Denied { reason } => {
+            Err(Problem::forbidden(reason))
+        }
+    }
+}
+
+fn env<'a>(api: &'a Api, mapping: &'a RoleMapping) -> Env<'a> {
+    Env {
+        mapping,
+        key: &api.shared.key,
+        operator: &api.shared.operator,
+    }
+}
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+async fn no_route(State(api): Shared, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    let what = uri.path().to_owned();
+    call(api, &headers, what.clone(), |_, _| async move {
+        Err(Problem::not_found(format!(
+            "no route {what}; the routes are described at /v1/openapi.json"
+        )))
+    })
+    .await
+}
+
+async fn policies_read_only(
+    State(api): Shared,
+    headers: HeaderMap,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Response {
+    let what = format!("{method} {}", uri.path());
+    call(api, &headers, what, |_, _| async move {
+        Err(Problem {
+            allow: Some("GET"),
+            ..Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "policies are read-only here: they are changed through Git and kubectl (kubectl apply -f policy.yaml), where the admission webhook checks them and the change is reviewed like any other",
+            )
+        })
+    })
+    .await
+}
+
+async fn list_policies(State(api): Shared, headers: HeaderMap) -> Response {
+    call(
+        api,
+        &headers,
+        "GET /v1/policies".into(),
+        |api, caller| async move {
+            let mapping = api.mapping()?;
+            require(checked(&mapping)?, &caller, Permission::ViewStatus)?;
+            let mut items: Vec<Value> = api
+                .sources
+                .policies
+                .state()
+                .iter()
+                .map(|p| json!({"name": p.metadata.name, "spec": p.spec}))
+                .collect();
+            items.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            Ok(json!({"items": items}))
+        },
+    )
+    .await
+}
+
+async fn get_policy(State(api): Shared, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    let what = format!("GET /v1/policies/{name}");
+    call(api, &headers, what, |api, caller| async move {
+        let mapping = api.mapping()?;
+        require(checked(&mapping)?, &caller, Permission::ViewStatus)?;
+        let policy = api
+            .sources
+            .policies
+            .get(&ObjectRef::new(&name))
+            .ok_or_else(|| Problem::not_found(format!("no DeploymentPolicy {name}")))?;
+        Ok(json!({"name": policy.metadata.name, "spec": policy.spec, "status": policy.status}))
+    })
+    .await
+}
+
+/// The mapping out of what [`Api::mapping`] returns (it has checked it is valid).
+fn checked(mapping: &Arc<Result<RoleMapping, String>>) -> Result<&RoleMapping, Problem> {
+    mapping
+        .as_ref()
+        .as_ref()
+        .map_err(|e| Problem::unavailable(e.clone()))
+}
+
+async fn evaluate(State(api): Shared, headers: HeaderMap, params: Params, body: Bytes) -> Response {
+    call(
+        api,
+        &headers,
+        "POST /v1/policies/evaluate".into(),
+        |api, caller| async move {
+            let mapping = api.mapping()?;
+            require(checked(&mapping)?, &caller, Permission::ViewStatus)?;
+            let adep: AgentDeployment = serde_json::from_slice(&body).map_err(|e| {
+                Problem::bad_request(format!(
+                    "the body must be an AgentDeployment manifest as JSON: {e}"
+                ))
+            })?;
+            let at = match params.get("at") {
+                None => Utc::now(),
+                Some(at) => at.parse::<DateTime<Utc>>().map_err(|e| {
+                    Problem::bad_request(format!("at must be an RFC 3339 time: {e}"))
+                })?,
+            };
+            let rules = api.sources.build().rules.map_err(|e| {
+                Problem::unavailable(format!("the policies cannot be used now: {e}"))
+            })?;
+            let requester = match &caller {
+                Caller::Person(id) | Caller::Application(id) => id.identity(),
+                Caller::Key { .. } => Identity {
+                    username: caller.username(),
+                    ..Identity::default()
+                },
+            };
+            let request = crate::cli::evaluate::request_for(&adep, Some(requester), false);
+            let decision = crate::policy::decide(&rules, &request, at);
+            Ok(json!({"outcome": decision.outcome, "decision": decision}))
+        },
+    )
+    .await
+}
+
+/// A request as the routes show it.
+fn summary(apr: &ApprovalRequest) -> Value {
+    let spec = &apr.spec;
+    json!({
+        "namespace": apr.metadata.namespace, "name": apr.metadata.name,
+        "agent": spec.agent, "environment": spec.environment, "platform": spec.platform,
+        "deployment": spec.deployment_ref.name, "specDigest": spec.spec_digest,
+        "requester": spec.requester.as_ref().map(|r| &r.username),
+        "justification": spec.justification,
+        "requirements": spec.requirements, "expiresAt": spec.expires_at,
+        "phase": phase(apr),
+    })
+}
+
+fn phase(apr: &ApprovalRequest) -> ApprovalPhase {
+    apr.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or(ApprovalPhase::Pending)
+}
+
+const ACTIONS: [(ActKind, &str); 3] = [
+    (ActKind::Approve, "approve"),
+    (ActKind::Reject, "reject"),
+    (ActKind::Cancel, "cancel"),
+];
+
+/// What `actor` may do to `apr` now: exactly what the webhook would accept.
+fn actions(
+    env: &Env,
+    actor: &Actor,
+    apr: &ApprovalRequest,
+    now: DateTime<Utc>,
+) -> Vec<&'static str> {
+    ACTIONS
+        .iter()
+        .filter(|(kind, _)| act(env, actor, apr, *kind, Some("a reason"), now).is_ok())
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+async fn pending(State(api): Shared, headers: HeaderMap, params: Params) -> Response {
+    call(
+        api,
+        &headers,
+        "GET /v1/approvals/pending".into(),
+        |api, caller| async move {
+            let mapping = api.mapping()?;
+            let mapping = checked(&mapping)?;
+            let env = env(&api, mapping);
+            let now = Utc::now();
+            let wanted = |key: &str, value: &str| params.get(key).is_none_or(|w| w == value);
+            let mut items = vec![];
+            for apr in api.requests.state() {
+                let spec = &apr.spec;
+                let ns = apr.metadata.namespace.as_deref().unwrap_or_default();
+                if !(wanted("namespace", ns)
+                    && wanted("environment", &spec.environment)
+                    && wanted("agent", &spec.agent))
+                    || phase(&apr) != ApprovalPhase::Pending
+                {
+                    continue;
+                }
+                let actor = caller.actor(mapping, &spec.environment);
+                let can = actions(&env, &actor, &apr, now);
+                if can.is_empty() {
+                    continue;
+                }
+                let mut item = summary(&apr);
+                crate::json::set(&mut item, "actions", can);
+                items.push(item);
+            }
+            items.sort_by(|a, b| a["expiresAt"].as_str().cmp(&b["expiresAt"].as_str()));
+            Ok(json!({"items": items}))
+        },
+    )
+    .await
+}
+
+fn act_summary(a: &SignedAct) -> Value {
+    json!({
+        "kind": a.kind, "username": a.subject.username,
+        "roles": a.subject.roles, "at": a.at, "comment": a.comment, "mfa": a.mfa,
+        "via": a.via.map_or("kubernetes", |_| "http"),
+    })
+}
+
+async fn get_request(
+    State(api): Shared,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let what = format!("GET /v1/approvals/{namespace}/{name}");
+    call(api, &headers, what, |api, caller| async move {
+        let mapping = api.mapping()?;
+        let mapping = checked(&mapping)?;
+        require(mapping, &caller, Permission::ViewStatus)?;
+        let apr = api
+            .requests
+            .get(&ObjectRef::new(&name).within(&namespace))
+            .ok_or_else(|| Problem::not_found(format!("no ApprovalRequest {namespace}/{name}")))?;
+        let acts = signed::Acts::read(&apr, &api.shared.key).unwrap_or_default();
+        let decision =
+            kube::Api::<AgentDeployment>::namespaced(api.shared.client.clone(), &namespace)
+                .get_opt(&apr.spec.deployment_ref.name)
+                .await
+                .map_err(|e| Problem::unavailable(format!("cannot read the AgentDeployment: {e}")))?
+                .and_then(|ad| ad.status)
+                .and_then(|s| s.decision);
+        let actor = caller.actor(mapping, &apr.spec.environment);
+        let mut out = summary(&apr);
+        crate::json::set(
+            &mut out,
+            "acts",
+            acts.verified.iter().map(act_summary).collect::<Vec<_>>(),
+        );
+        crate::json::set(&mut out, "status", crate::json::to_value(&apr.status));
+        crate::json::set(&mut out, "decision", crate::json::to_value(&decision));
+        crate::json::set(
+            &mut out,
+            "actions",
+            actions(&env(&api, mapping), &actor, &apr, Utc::now()),
+        );
+        Ok(out)
+    })
+    .await
+}
+
+/// The body of an act: `{"comment": "..."}` (approve, cancel) or `{"reason": "..."}` (reject).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ActBody {
+    comment: Option<String>,
+    reason: Option<String>,
+}
+
+async fn act_on(
+    State(api): Shared,
+    headers: HeaderMap,
+    Path((namespace, name, action)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    let what = format!("POST /v1/approvals/{namespace}/{name}/{action}");
+    call(api, &headers, what, |api, caller| async move {
+        let Some((kind, _)) = ACTIONS.iter().find(|(_, n)| *n == action) else {
+            return Err(Problem::not_found(format!(
+                "no action {action}: approve, reject or cancel"
+            )));
+        };
+        let given: ActBody = if body.iter().all(u8::is_ascii_whitespace) {
+            ActBody::default()
+        } else {
+            serde_json::from_slice(&body).map_err(|e| {
+                Problem::bad_request(format!(
+                    "the body must be {{\"comment\": \"...\"}} or {{\"reason\": \"...\"}}: {e}"
+                ))
+            })?
+        };
+        let comment = given.reason.or(given.comment);
+        if comment
+            .as_ref()
+            .is_some_and(|c| c.chars().count() > MAX_COMMENT)
+        {
+            return Err(Problem::bad_request(format!(
+                "the comment is longer than {MAX_COMMENT} characters"
+            )));
+        }
+        record_act(&api, &caller, &namespace, &name, *kind, comment.as_deref()).await
+    })
+    .await
+}
+
+/// Checks the act against the request as the API server has it now and stores the signed act
+/// at that very version (a lost race reads again and decides again).
+async fn record_act(
+    api: &Api,
+    caller: &Caller,
+    namespace: &str,
+    name: &str,
+    kind: ActKind,
+    comment: Option<&str>,
+) -> Result<Value, Problem> {
+    let requests = kube::Api::<ApprovalRequest>::namespaced(api.shared.client.clone(), namespace);
+    for _ in 0..ACT_ATTEMPTS {
+        let mapping = api.mapping()?;
+        let mapping = checked(&mapping)?;
+        let env = env(api, mapping);
+        let apr = requests
+            .get_opt(name)
+            .await
+            .map_err(|e| Problem::unavailable(format!("cannot read the ApprovalRequest: {e}")))?
+            .ok_or_else(|| Problem::not_found(format!("no ApprovalRequest {namespace}/{name}")))?;
+        let now = Utc::now();
+        let actor = caller.actor(mapping, &apr.spec.environment);
+        let signed = act(&env, &actor, &apr, kind, comment, now).map_err(|r| {
+            match (r.conflict, r.event) {
+                (true, _) => Problem::conflict(r.message),
+                (false, EventType::AuthFailure) => Problem::unauthorized(r.message),
+                (false, _) => Problem::forbidden(r.message),
+            }
+        })?;
+        let patch = json!({"metadata": {
+            "resourceVersion": apr.metadata.resource_version,
+            "annotations": {ACTS: acts_with(&env, &apr, signed.clone())},
+        }});
+        let params = PatchParams {
+            field_manager: Some("dvo-operator-http-api".into()),
+            ..PatchParams::default()
+        };
+        match requests.patch(name, &params, &Patch::Merge(&patch)).await {
+            Ok(stored) => {
+                let decided = signed::Acts::read(&stored, env.key)
+                    .unwrap_or_default()
+                    .evaluate(&stored.spec, None, false, now);
+                return Ok(json!({
+                    "request": format!("{namespace}/{name}"), "act": act_summary(&signed),
+                    "phase": decided.phase, "message": decided.message,
+                }));
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(kube::Error::Api(e)) => {
+                return Err(Problem::unavailable(format!(
+                    "the act could not be stored: {}",
+                    e.message
+                )));
+            }
+            Err(e) => {
+                return Err(Problem::unavailable(format!(
+                    "the act could not be stored: {e}"
+                )));
+            }
+        }
+    }
+    Err(Problem::unavailable(
+        "the ApprovalRequest kept changing while the act was stored; try again",
+    ))
+}
+
+async fn history(State(api): Shared, headers: HeaderMap, params: Params) -> Response {
+    call(
+        api,
+        &headers,
+        "GET /v1/approvals/history".into(),
+        |api, caller| async move {
+            let mapping = api.mapping()?;
+            require(checked(&mapping)?, &caller, Permission::ViewAuditLog)?;
+            let limit = match params.get("limit") {
+                None => 100,
+                Some(l) => l
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=MAX_HISTORY).contains(l))
+                    .ok_or_else(|| {
+                        Problem::bad_request(format!("limit must be 1 to {MAX_HISTORY}"))
+                    })?,
+            };
+            let events = [
+                EventType::ApprovalRequested,
+                EventType::ApprovalGranted,
+                EventType::ApprovalDenied,
+            ];
+            let event = match params.get("event") {
+            None => None,
+            Some(e) => Some(
+                events
+                    .into_iter()
+                    .find(|t| crate::json::to_value(t) == json!(e))
+                    .ok_or_else(|| {
+                        Problem::bad_request(
+                            "event must be approval_requested, approval_granted or approval_denied",
+                        )
+                    })?,
+            ),
+        };
+            let resource_ns = |r: &str| r.split_once('/').map(|(ns, _)| ns.to_owned());
+            let keep = |e: &crate::audit::Entry| {
+                let d = &e.draft;
+                events.contains(&d.event_type)
+                    && event.is_none_or(|t| t == d.event_type)
+                    && params.get("user").is_none_or(|u| *u == d.user_id)
+                    && params
+                        .get("environment")
+                        .is_none_or(|v| d.environment.as_ref() == Some(v))
+                    && params.get("agent").is_none_or(|a| d.agents.contains(a))
+                    && params
+                        .get("namespace")
+                        .is_none_or(|n| resource_ns(&d.resource).as_ref() == Some(n))
+            };
+            let (entries, complete) = crate::audit::store::newest(
+                &api.shared.client,
+                &api.shared.namespace,
+                keep,
+                limit,
+                HISTORY_SEGMENTS,
+            )
+            .await
+            .map_err(|e| Problem::unavailable(format!("cannot read the audit log: {e}")))?;
+            let items: Vec<Value> = entries
+                .iter()
+                .map(|e| {
+                    let d = &e.draft;
+                    json!({
+                        "seq": e.seq, "timestamp": d.timestamp, "event": d.event_type,
+                        "user": d.user_id, "roles": d.user_roles, "resource": d.resource,
+                        "status": d.status, "environment": d.environment, "agents": d.agents,
+                        "message": d.error_message, "via": d.metadata.get("via"),
+                        "entryHash": e.entry_hash,
+                    })
+                })
+                .collect();
+            Ok(json!({"items": items, "complete": complete}))
+        },
+    )
+    .await
+}
