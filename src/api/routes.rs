@@ -43,8 +43,8 @@ type Params = Query<HashMap<String, String>>;
 /// The routes.
 pub fn router(api: Arc<Api>) -> Router {
     // Policies are read here and written through Git and kubectl only.
-    let read_only = |reads| {
-        axum::routing::MethodRouter::from(reads)
+    let read_only = |reads: axum::routing::MethodRouter<Arc<Api>>| {
+        reads
             .post(policies_read_only)
             .put(policies_read_only)
             .patch(policies_read_only)
@@ -105,8 +105,13 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-async fn no_route(State(api): Shared, headers: HeaderMap, uri: axum::http::Uri) -> Response {
-    let what = uri.path().to_owned();
+async fn no_route(
+    State(api): Shared,
+    headers: HeaderMap,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Response {
+    let what = format!("{method} {}", uri.path());
     call(api, &headers, what.clone(), |_, _| async move {
         Err(Problem::not_found(format!(
             "no route {what}; the routes are described at /v1/openapi.json"

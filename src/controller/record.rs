@@ -162,7 +162,7 @@ pub fn transition(
 
 /// Adds the recipients the matching policies name (`notify`), when there are any.
 pub fn notify(d: &mut Draft, decision: &Decision) {
-    if !decision.notify.on_deploy.is_empty() || !decision.notify.on_failure.is_empty() {
+    if !decision.notify.is_empty() {
         crate::json::set(
             &mut d.metadata,
             "notify",

@@ -378,12 +378,18 @@ pub struct Notify {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub on_failure: Vec<String>,
+    /// Told when a matching deployment is refused by policy (a `Deny`, a window, a blackout or
+    /// a blocked action: the AgentDeployment is Blocked). Only policies that name recipients
+    /// here cause such a notice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub on_refusal: Vec<String>,
 }
 
 impl Notify {
     /// Whether there are no recipients at all.
     pub fn is_empty(&self) -> bool {
-        self.on_deploy.is_empty() && self.on_failure.is_empty()
+        self.on_deploy.is_empty() && self.on_failure.is_empty() && self.on_refusal.is_empty()
     }
 }
 

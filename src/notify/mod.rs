@@ -44,6 +44,9 @@ pub enum Kind {
     RolledBack,
     /// A break-glass override was used.
     BreakGlassUsed,
+    /// A policy refused the change (it is Blocked); told only where the policy asks for it
+    /// (`notify.onRefusal`) or a channel lists this kind in its `events`.
+    PolicyRefused,
 }
 
 impl Kind {
@@ -55,7 +58,9 @@ impl Kind {
             | Kind::ApprovalCancelled
             | Kind::ApprovalSuperseded
             | Kind::ApprovalExpired => Severity::Notice,
-            Kind::ApprovalRejected | Kind::Failed | Kind::RolledBack => Severity::Warning,
+            Kind::ApprovalRejected | Kind::Failed | Kind::RolledBack | Kind::PolicyRefused => {
+                Severity::Warning
+            }
             Kind::BreakGlassUsed => Severity::Critical,
         }
     }
@@ -72,6 +77,7 @@ impl Kind {
             Kind::Failed => "Rollout failed",
             Kind::RolledBack => "Rolled back",
             Kind::BreakGlassUsed => "Break-glass used",
+            Kind::PolicyRefused => "Refused by policy",
         }
     }
 }
@@ -146,6 +152,7 @@ pub fn notice(entry: &Entry) -> Option<Notice<'_>> {
         (EventType::DeploymentFailed, "failure", false) => Kind::Failed,
         (EventType::RollbackCompleted, "applied", false) => Kind::RolledBack,
         (EventType::BreakGlassUsed, "success", false) => Kind::BreakGlassUsed,
+        (EventType::PolicyViolation, "blocked", false) => Kind::PolicyRefused,
         _ => return None,
     };
     let (deployment, request) = if from_request {
@@ -167,10 +174,11 @@ pub fn notice(entry: &Entry) -> Option<Notice<'_>> {
         .unwrap_or_default();
     let list = match kind {
         Kind::Deployed => "onDeploy",
+        Kind::PolicyRefused => "onRefusal",
         _ => "onFailure",
     };
     let policy_recipients = match kind {
-        Kind::Deployed | Kind::Failed | Kind::RolledBack => {
+        Kind::Deployed | Kind::Failed | Kind::RolledBack | Kind::PolicyRefused => {
             texts(m.get("notify").and_then(|n| n.get(list)))
         }
         _ => vec![],
@@ -189,6 +197,7 @@ pub fn notice(entry: &Entry) -> Option<Notice<'_>> {
             why.extend(text(m, "justification").map(|j| format!("justification: {j}")));
         }
         Kind::RolledBack => why.extend(text(m, "rollbackTo").map(|g| format!("now running {g}"))),
+        Kind::PolicyRefused => why.extend(d.policy_violations.iter().cloned()),
         _ => {}
     }
     why.extend(d.error_message.clone().filter(|e| !e.is_empty()));
@@ -255,7 +264,12 @@ pub fn message(notice: &Notice, channel: &Channel, mapping: &RoleMapping) -> Opt
             && (channel.namespaces.is_empty() || channel.namespaces.contains(&notice.namespace))
             && (notice.kind != Kind::ApprovalRequested
                 || channel.roles.is_empty()
-                || !channel.roles.is_disjoint(&roles)));
+                || !channel.roles.is_disjoint(&roles))
+            // A refusal is told where a policy or the channel asks for it, not everywhere.
+            && (notice.kind != Kind::PolicyRefused
+                || channel.events.contains(&Kind::PolicyRefused)
+                || (matches!(channel.endpoint, Endpoint::Smtp(_))
+                    && notice.policy_recipients.iter().any(|r| config::is_address(r)))));
     if !wanted {
         return None;
     }

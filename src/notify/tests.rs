@@ -99,6 +99,10 @@ fn only_facts_worth_telling_are_notices() {
             ad(EventType::BreakGlassUsed, "success"),
             Some(Kind::BreakGlassUsed),
         ),
+        (
+            ad(EventType::PolicyViolation, "blocked"),
+            Some(Kind::PolicyRefused),
+        ),
         // Acts, intents, outcomes and transitions that are not the fact itself.
         (ar(EventType::ApprovalGranted, "approval_recorded"), None),
         (ar(EventType::ApprovalDenied, "rejection_recorded"), None),
@@ -300,6 +304,60 @@ fn channels_take_what_they_subscribe_to() {
             &n,
             &channel("{name: opsx, slack: {urlEnv: X}, events: [breakGlassUsed]}"),
             &m
+        )
+        .is_none()
+    );
+}
+
+#[test]
+fn a_refusal_is_told_only_where_a_policy_or_a_channel_asks_for_it() {
+    let m = mapping();
+    let blocked = |notify: Value| {
+        let mut e = entry(
+            EventType::PolicyViolation,
+            "blocked",
+            "AgentDeployment",
+            "agents/gha",
+            json!({"notify": notify}),
+        );
+        e.draft.policy_violations = vec!["policy/freeze: production is frozen".into()];
+        e
+    };
+    let asked = blocked(json!({"onRefusal": ["channel:sec", "sec@example.com"]}));
+    let n = notice(&asked).unwrap();
+    assert_eq!(n.kind, Kind::PolicyRefused);
+    assert_eq!(n.why, vec!["policy/freeze: production is frozen"]);
+    let to = |yaml: &str, n: &Notice| message(n, &channel(yaml), &m);
+    assert!(to("{name: sec, slack: {urlEnv: X}, events: [deployed]}", &n).is_some());
+    assert!(
+        to("{name: all, slack: {urlEnv: X}}", &n).is_none(),
+        "a channel that takes everything does not get refusals nobody asked it for"
+    );
+    assert!(
+        to(
+            "{name: all, slack: {urlEnv: X}, events: [policyRefused]}",
+            &n
+        )
+        .is_some()
+    );
+    let mail = to(
+        "{name: mail, smtp: {server: 'smtp:587', from: dvo@example.com}}",
+        &n,
+    )
+    .unwrap();
+    assert_eq!(mail.to, vec!["rosa@example.com", "sec@example.com"]);
+    assert!(
+        mail.title
+            .starts_with("Refused by policy: GHA to production")
+    );
+    // Asked by nobody: told nowhere but where a channel subscribes.
+    let quiet = blocked(json!({"onDeploy": ["ops@example.com"]}));
+    let n = notice(&quiet).unwrap();
+    assert!(to("{name: all, slack: {urlEnv: X}}", &n).is_none());
+    assert!(
+        to(
+            "{name: mail, smtp: {server: 'smtp:587', from: dvo@example.com}}",
+            &n
         )
         .is_none()
     );

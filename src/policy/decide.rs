@@ -183,6 +183,7 @@ struct Builder {
     requirements: BTreeSet<crate::crd::deployment_policy::Requirement>,
     on_deploy: BTreeSet<String>,
     on_failure: BTreeSet<String>,
+    on_refusal: BTreeSet<String>,
     /// Hashes of the warnings and of the sources of approval requirements so far (each is
     /// added once; a hash seen before is checked against the list).
     said: HashSet<u64>,
@@ -363,6 +364,7 @@ fn evaluate(
         requirements: BTreeSet::new(),
         on_deploy: BTreeSet::new(),
         on_failure: BTreeSet::new(),
+        on_refusal: BTreeSet::new(),
         said: HashSet::new(),
         asked_by: HashSet::new(),
         unique_names: rules.unique_names(),
@@ -388,12 +390,14 @@ fn evaluate(
         requirements,
         on_deploy,
         on_failure,
+        on_refusal,
         ..
     } = b;
     d.requirements = requirements.into_iter().collect();
     d.notify = Notify {
         on_deploy: on_deploy.into_iter().collect(),
         on_failure: on_failure.into_iter().collect(),
+        on_refusal: on_refusal.into_iter().collect(),
     };
     d.outcome = if !d.violations.is_empty() {
         Outcome::Deny
@@ -675,6 +679,7 @@ fn apply_match(
     b.requirements.extend(spec.requirements.iter().copied());
     b.on_deploy.extend(spec.notify.on_deploy.iter().cloned());
     b.on_failure.extend(spec.notify.on_failure.iter().cloned());
+    b.on_refusal.extend(spec.notify.on_refusal.iter().cloned());
 
     let mut notes = vec![];
     if spec.blocked_actions.contains(&request.spec.action) {
