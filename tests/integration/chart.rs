@@ -41,6 +41,12 @@ async fn the_chart_lints_and_its_manifests_pass_the_api_server() {
         "notifications.channels[0].roles[0]=release_manager",
         "--set",
         "notifications.secret=dvo-notify",
+        "--set",
+        "api.enabled=true",
+        "--set",
+        "api.keysSecret=dvo-api-keys",
+        "--set",
+        "api.allowedFrom[0].namespaceSelector.matchLabels.team=portal",
     ]);
     assert!(ok, "{manifests}");
     // The notification settings the chart renders are what `dvo run` reads.
@@ -68,6 +74,25 @@ async fn the_chart_lints_and_its_manifests_pass_the_api_server() {
             && manifests.contains("configMap: {name: apiserver-webhook-client-ca}")
             && manifests.contains("ipBlock: {cidr: \"10.0.0.0/16\"}"),
         "{manifests}"
+    );
+    // The HTTP API: its flags, port, Service port, keys from the Secret, who may reach it, and
+    // the one extra permission it needs (storing acts).
+    for want in [
+        "- --api-addr=0.0.0.0:8443",
+        "- --api-keys=/etc/dvo/api-keys/keys.yaml",
+        "- {name: api, containerPort: 8443}",
+        "secret: {secretName: dvo-api-keys}",
+        "targetPort: api",
+        "port: 8443}\n      from:\n        - namespaceSelector:",
+        "resources: [approvalrequests]\n    verbs: [patch]",
+    ] {
+        assert!(manifests.contains(want), "{want}: {manifests}");
+    }
+    let (plain, ok) = render(&[]);
+    assert!(ok, "{plain}");
+    assert!(
+        !plain.contains("--api-addr") && !plain.contains("verbs: [patch]\n"),
+        "off by default, and without its permission: {plain}"
     );
     for kind in [
         "NetworkPolicy",
@@ -196,8 +221,14 @@ async fn the_operator_gets_what_it_needs_and_people_get_aggregated_roles() {
         (vec!["get", "secrets", "-n", "team"], "no"),
         (vec!["delete", "secrets", "-n", OPERATOR_NS], "no"),
         (vec!["create", "deploymentpolicies.dvo.caat.io"], "no"),
+        // The suite installs the chart with the HTTP API on, which stores acts (off by
+        // default, the rule is not rendered: see the test above).
         (
             vec!["patch", "approvalrequests.dvo.caat.io", "-n", "team"],
+            "yes",
+        ),
+        (
+            vec!["update", "approvalrequests.dvo.caat.io", "-n", "team"],
             "no",
         ),
         (vec!["delete", "pods", "-n", "team"], "no"),
