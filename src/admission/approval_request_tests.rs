@@ -151,7 +151,7 @@ fn refusals_name_the_reason() {
             "ci",
             &pending,
             json!({(APPROVE): ""}),
-            "system:serviceaccount:ci:deployer is a service account; service accounts never count as human approvers",
+            "system:serviceaccount:ci:deployer is a machine (a service account, an application or an API key); machines never count as human approvers",
         ),
         (
             "rosa",

@@ -380,6 +380,18 @@ async fn act_on(
             })?
         };
         let comment = given.reason.or(given.comment);
+        let said = comment.as_deref().is_some_and(|c| !c.trim().is_empty());
+        if *kind == ActKind::Reject && !said {
+            return Err(Problem::bad_request(
+                "a rejection needs a reason: {\"reason\": \"<why>\"}",
+            ));
+        }
+        let said = comment.as_deref().is_some_and(|c| !c.trim().is_empty());
+        if *kind == ActKind::Reject && !said {
+            return Err(Problem::bad_request(
+                "a rejection needs a reason: {\"reason\": \"<why>\"}",
+            ));
+        }
         if comment
             .as_ref()
             .is_some_and(|c| c.chars().count() > MAX_COMMENT)

@@ -78,7 +78,7 @@ pub fn ineligible(spec: &ApprovalRequestSpec, req: &RequirementSpec, act: &Act) 
     let who = &act.subject.username;
     if act.subject.machine {
         return Some(format!(
-            "{who} is a service account; service accounts never count as human approvers"
+            "{who} is a machine (a service account, an application or an API key); machines never count as human approvers"
         ));
     }
     if requester_name(spec) == Some(who.as_str()) && !req.allow_self_approval {

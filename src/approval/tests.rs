@@ -151,7 +151,7 @@ fn reasons_for_approvals_that_do_not_count() {
         vec![
             Err("omar requested this deployment and cannot approve it (policy/prod)".to_owned()),
             Err("dana (roles: developer) holds none of the roles release_manager that policy/prod needs".to_owned()),
-            Err("system:serviceaccount:ci:deployer is a service account; service accounts never count as human approvers".to_owned()),
+            Err("system:serviceaccount:ci:deployer is a machine (a service account, an application or an API key); machines never count as human approvers".to_owned()),
             Ok(vec!["policy/prod".to_owned()]),
             Err("rosa already approved; each person counts once".to_owned()),
         ]

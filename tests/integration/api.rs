@@ -282,14 +282,14 @@ async fn every_route_and_refusal_over_https_and_one_quorum_with_kubectl() {
     assert!(
         machine
             .problem(403)
-            .contains("service accounts never count as human approvers"),
+            .contains("apikey:release-bot is a machine"),
         "{machine:?}"
     );
     let unreasoned = curl.call("POST", &format!("{one}/reject"), &bearer(&rosa_pwd), None);
     assert!(
         unreasoned
-            .problem(403)
-            .contains("a rejection needs a reason")
+            .problem(400)
+            .contains("a rejection needs a reason: {\"reason\"")
     );
 
     // What a release manager sees, then her approval over HTTP.

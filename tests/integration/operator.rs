@@ -383,7 +383,7 @@ async fn walkthrough_production_waits_for_two_release_managers_then_rolls_out_ex
         &apr_name,
         "ci",
         "approve",
-        "service accounts never count as human approvers",
+        "machines never count as human approvers",
     );
     accepted(&ns, &apr_name, "release-manager-1", "approve");
     let out = refused(
