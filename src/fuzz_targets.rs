@@ -60,7 +60,7 @@ pub fn admission_review(data: &[u8]) {
     for path in PATHS {
         let token = admission::request::approval_token(path, &req)
             .map(|_| Err("tokens are not verified here".to_owned()));
-        if let Ok(verdict) = admission::request::review(&env, path, &req, token, now()) {
+        if let Ok(verdict) = admission::request::review(&env, path, &req, token, None, now()) {
             // Whatever it allows carries a patch the API server can apply.
             let _ = serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(
                 verdict.patch,

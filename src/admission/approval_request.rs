@@ -100,10 +100,10 @@ pub fn review_create(env: &Env, user: &Identity, new: &ApprovalRequest) -> Verdi
 pub struct Actor {
     /// Who, with their roles.
     pub subject: Subject,
-    /// Their UID as authenticated.
+    /// Their UID (the API server's, or the `oid` of their token).
     pub uid: Option<String>,
     /// Whether they proved multi-factor authentication (a verified token, or the API server's
-    /// sign-in claims).
+    /// trusted sign-in claims).
     pub mfa: bool,
     /// `tid/oid` of their Entra ID identity, when known.
     pub entra: Option<String>,
@@ -111,11 +111,9 @@ pub struct Actor {
     pub via: Option<Via>,
 }
 
-/// Why an act was refused: the audit event it is recorded as and the message the caller sees.
+/// Why an act was refused: the message the caller sees.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
-    /// `permission_denied`, or `auth_failure` for a token that does not prove who acts.
-    pub event: EventType,
     /// What kubectl (or the HTTP API's problem detail) shows.
     pub message: String,
     /// Whether the request's state refuses it (decided, expired, already approved by this
@@ -126,7 +124,6 @@ pub struct Refusal {
 impl Refusal {
     fn denied(message: String) -> Refusal {
         Refusal {
-            event: EventType::PermissionDenied,
             message,
             conflict: false,
         }
@@ -170,10 +167,29 @@ pub fn act(
         )));
     }
     let subject = &actor.subject;
-    let life_cycle_act = Act {
+    // One person may carry several names (a token's `preferred_username`, the API server's
+    // `upn`): the Entra ID identity and UID say who it is.
+    let oid = actor
+        .entra
+        .as_deref()
+        .and_then(|e| e.split_once('/'))
+        .map(|(_, oid)| oid);
+    let requester = spec.requester.as_ref();
+    let is_requester = requester.is_some_and(|r| {
+        r.username.eq_ignore_ascii_case(&subject.username)
+            || (oid.is_some() && r.uid.as_deref() == oid)
+    });
+    let mut life_cycle_act = Act {
         subject: subject.clone(),
         at: now,
         mfa: actor.mfa,
+    };
+    if let (true, Some(r)) = (is_requester, requester) {
+        life_cycle_act.subject.username = r.username.clone();
+    }
+    let same_person = |a: &SignedAct| {
+        a.subject.username.eq_ignore_ascii_case(&subject.username)
+            || (actor.entra.is_some() && a.entra == actor.entra)
     };
     // Forged or unreadable acts count for nothing (and are dropped when the list is rewritten).
     let acts = signed::Acts::read(apr, env.key).unwrap_or_default();
@@ -188,10 +204,7 @@ pub fn act(
     let comment = comment.map(str::trim).filter(|c| !c.is_empty());
     match kind {
         ActKind::Approve => {
-            if acts
-                .of(ActKind::Approve)
-                .any(|a| a.subject.username == *who)
-            {
+            if acts.of(ActKind::Approve).any(same_person) {
                 return Err(Refusal::conflict(format!(
                     "{who} already approved ApprovalRequest {res}; each person counts once"
                 )));
@@ -239,9 +252,8 @@ pub fn act(
             }
         }
         ActKind::Cancel => {
-            let requester = spec.requester.as_ref().map(|r| r.username.as_str());
             let admin = subject.is_human() && subject.roles.contains(&Role::Admin);
-            if requester != Some(who.as_str()) && !admin {
+            if !is_requester && !admin {
                 return Err(Refusal::denied(format!(
                     "cancellation of ApprovalRequest {res} refused: {who} is neither the requester nor an admin"
                 )));
@@ -349,16 +361,11 @@ pub fn review_update(
                 verified.username, user.username
             ));
         }
-        let from_token = env.mapping.subject(&verified.identity(), &spec.environment);
-        subject.roles.extend(
-            from_token
-                .roles
-                .into_iter()
-                .filter(|r| *r != Role::Viewer)
-                .chain(verified.app_roles.iter().copied()),
-        );
+        subject
+            .roles
+            .extend(verified.roles(env.mapping, &spec.environment));
         mfa |= verified.mfa;
-        entra = Some(format!("{}/{}", verified.tid, verified.oid));
+        entra = Some(verified.entra_id());
     }
     let kind = match key {
         REJECT => ActKind::Reject,
@@ -376,7 +383,13 @@ pub fn review_update(
     let comment = (key != APPROVE_TOKEN).then_some(value);
     let signed = match act(env, &actor, old, kind, comment, now) {
         Ok(signed) => signed,
-        Err(refusal) => return refuse_as(refusal.event, refusal.message, &actor.subject.roles),
+        Err(refusal) => {
+            return refuse_as(
+                EventType::PermissionDenied,
+                refusal.message,
+                &actor.subject.roles,
+            );
+        }
     };
     let mut patch = AnnotationPatch::new(true);
     patch.remove(key);

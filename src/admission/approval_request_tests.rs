@@ -332,7 +332,8 @@ fn an_mfa_sign_in_the_api_server_vouched_for_satisfies_require_mfa() {
             ),
         ])
     };
-    let password_only = SignIn::from_extra(&extra(&["pwd"], &["t1"]), Some("oid-rosa"));
+    let trusted = Some(&["t1".to_owned(), "t2".to_owned()][..]);
+    let password_only = SignIn::from_extra(&extra(&["pwd"], &["t1"]), Some("oid-rosa"), trusted);
     let (refusal, _, _) = act_signed_in(
         "rosa",
         &password_only,
@@ -341,7 +342,7 @@ fn an_mfa_sign_in_the_api_server_vouched_for_satisfies_require_mfa() {
         None,
     );
     assert!(refusal.unwrap().contains("did not prove multi-factor"));
-    let with_mfa = SignIn::from_extra(&extra(&["pwd", "mfa"], &["t1"]), Some("oid-rosa"));
+    let with_mfa = SignIn::from_extra(&extra(&["pwd", "mfa"], &["t1"]), Some("oid-rosa"), trusted);
     assert_eq!(with_mfa.entra.as_deref(), Some("t1/oid-rosa"));
     let (refusal, after, _) =
         act_signed_in("rosa", &with_mfa, &pending, json!({(APPROVE): "ok"}), None);
@@ -352,15 +353,30 @@ fn an_mfa_sign_in_the_api_server_vouched_for_satisfies_require_mfa() {
     assert!(recorded[0].1, "the act with its sign-in facts verifies");
     // Two tenants, or none, name no Entra identity; the UID alone is not one either.
     assert_eq!(
-        SignIn::from_extra(&extra(&["mfa"], &["t1", "t2"]), Some("o")).entra,
+        SignIn::from_extra(&extra(&["mfa"], &["t1", "t2"]), Some("o"), trusted),
+        SignIn::default(),
+        "two tenants are none"
+    );
+    assert_eq!(
+        SignIn::from_extra(&extra(&["mfa"], &["t3"]), Some("o"), trusted),
+        SignIn::default(),
+        "a tenant not trusted"
+    );
+    assert_eq!(
+        SignIn::from_extra(&extra(&["mfa"], &["t1"]), Some("o"), None),
+        SignIn::default(),
+        "sign-ins not trusted at all"
+    );
+    assert_eq!(
+        SignIn::from_extra(&extra(&["mfa"], &["t1", "t2"]), Some("o"), trusted).entra,
         None
     );
     assert_eq!(
-        SignIn::from_extra(&extra(&["mfa"], &["t1"]), None).entra,
+        SignIn::from_extra(&extra(&["mfa"], &["t1"]), None, trusted).entra,
         None
     );
     assert_eq!(
-        SignIn::from_extra(&BTreeMap::new(), Some("o")),
+        SignIn::from_extra(&BTreeMap::new(), Some("o"), trusted),
         SignIn::default()
     );
 }
@@ -426,5 +442,71 @@ fn the_same_reason_for_several_requirements_is_said_once() {
     assert_eq!(
         merged(&reasons),
         "omar requested this (policy/a, permission/b); omar holds none of the roles that policy/c needs"
+    );
+}
+
+#[test]
+fn one_person_under_two_names_counts_once_and_never_approves_their_own_request() {
+    let mapping = mapping();
+    let env = Env {
+        mapping: &mapping,
+        key: KEY,
+        operator: OPERATOR,
+    };
+    let mut pending = apr(false, "Pending");
+    pending.spec.requester = Some(crate::crd::approval_request::Requester {
+        username: "dana@contoso.com".into(),
+        uid: Some("oid-dana".into()),
+        groups: vec![],
+    });
+    // The same Entra ID person as the API server names them (upn) and as a token does.
+    let actor = |name: &str, oid: &str| Actor {
+        subject: mapping.subject(&who(name), "production"),
+        uid: Some(oid.into()),
+        mfa: false,
+        entra: Some(format!("t1/{oid}")),
+        via: None,
+    };
+    let mut rosa_upn = actor("rosa", "oid-rosa");
+    rosa_upn.subject.username = "rosa@contoso.com".into();
+    let first = super::act(&env, &rosa_upn, &pending, ActKind::Approve, None, now()).unwrap();
+    let mut approved = pending.clone();
+    approved
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(ACTS.into(), acts_with(&env, &pending, first));
+    let mut rosa_token = actor("rosa", "oid-rosa");
+    rosa_token.subject.username = "rosa.h@contoso.com".into();
+    rosa_token.via = Some(Via::Http);
+    let again =
+        super::act(&env, &rosa_token, &approved, ActKind::Approve, None, now()).unwrap_err();
+    assert!(
+        again.conflict && again.message.contains("already approved"),
+        "{again:?}"
+    );
+    let raj = actor("raj", "oid-raj");
+    assert!(super::act(&env, &raj, &approved, ActKind::Approve, None, now()).is_ok());
+
+    // The requester under another name (a token's preferred_username) is still the requester:
+    // no approval of their own, but they may cancel.
+    let mut dana = actor("rosa", "oid-dana");
+    dana.subject.username = "dana.h@contoso.com".into();
+    let own = super::act(&env, &dana, &pending, ActKind::Approve, None, now()).unwrap_err();
+    assert!(
+        own.message
+            .contains("dana@contoso.com requested this deployment and cannot approve it"),
+        "{own:?}"
+    );
+    assert!(
+        super::act(
+            &env,
+            &dana,
+            &pending,
+            ActKind::Cancel,
+            Some("no longer needed"),
+            now()
+        )
+        .is_ok()
     );
 }

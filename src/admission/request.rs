@@ -21,10 +21,11 @@ pub fn user(req: &AdmissionRequest<DynamicObject>) -> Identity {
     }
 }
 
-/// What the API server vouched for about how the requester signed in (`userInfo.extra`).
-pub fn sign_in(req: &AdmissionRequest<DynamicObject>) -> SignIn {
+/// What the API server vouched for about how the requester signed in (`userInfo.extra`), when
+/// `tenants` trust it (see [`SignIn::from_extra`]).
+pub fn sign_in(req: &AdmissionRequest<DynamicObject>, tenants: Option<&[String]>) -> SignIn {
     match &req.user_info.extra {
-        Some(extra) => SignIn::from_extra(extra, req.user_info.uid.as_deref()),
+        Some(extra) => SignIn::from_extra(extra, req.user_info.uid.as_deref(), tenants),
         None => SignIn::default(),
     }
 }
@@ -48,13 +49,15 @@ pub fn approval_token(path: &str, req: &AdmissionRequest<DynamicObject>) -> Opti
 
 /// The verdict on `req`, sent to the webhook path `path` (`agentdeployments`,
 /// `agentdeployments-final`, `approvalrequests`, `deploymentpolicies`, `status`), with `token`
-/// the verification of [`approval_token`]. An error is a request the core cannot review: the
+/// the verification of [`approval_token`] and `sign_in_tenants` the tenants whose sign-ins at
+/// the API server are trusted (None: none). An error is a request the core cannot review: the
 /// webhook refuses it (fail closed).
 pub fn review(
     env: &Env,
     path: &str,
     req: &AdmissionRequest<DynamicObject>,
     token: Option<Result<EntraIdentity, String>>,
+    sign_in_tenants: Option<&[String]>,
     now: DateTime<Utc>,
 ) -> Result<Verdict, String> {
     let user = user(req);
@@ -94,7 +97,7 @@ pub fn review(
             super::approval_request::review_update(
                 env,
                 &user,
-                &sign_in(req),
+                &sign_in(req, sign_in_tenants),
                 &old,
                 &new,
                 token,

@@ -24,6 +24,8 @@ pub enum Caller {
         name: String,
         /// The roles it is scoped to.
         roles: BTreeSet<Role>,
+        /// Its rate.
+        requests_per_minute: u32,
     },
 }
 
@@ -52,7 +54,7 @@ impl Caller {
         match self {
             Caller::Person(id) | Caller::Application(id) => {
                 let mut subject = mapping.subject(&id.identity(), environment);
-                subject.roles.extend(id.app_roles.iter().copied());
+                subject.roles.extend(id.roles(mapping, environment));
                 if subject.roles.len() > 1 {
                     subject.roles.remove(&Role::Viewer);
                 }
@@ -72,8 +74,7 @@ impl Caller {
     pub fn actor(&self, mapping: &RoleMapping, environment: &str) -> Actor {
         let (uid, mfa, entra) = match self {
             Caller::Person(id) | Caller::Application(id) => {
-                let entra = format!("{}/{}", id.tid, id.oid);
-                (Some(entra.clone()), id.mfa, Some(entra))
+                (Some(id.oid.clone()), id.mfa, Some(id.entra_id()))
             }
             Caller::Key { .. } => (None, false, None),
         };
@@ -296,12 +297,18 @@ mod tests {
         assert!(person.subject.is_human());
         assert_eq!(person.subject.roles, [Role::ReleaseManager].into());
         assert_eq!((person.mfa, person.entra.as_deref()), (true, Some("t/o")));
+        assert_eq!(
+            person.uid.as_deref(),
+            Some("o"),
+            "the oid, as the API server's uid"
+        );
         assert_eq!(person.via, Some(Via::Http));
         let app = Caller::Application(id("app-oid", true)).actor(&mapping, "production");
         assert!(!app.subject.is_human(), "an application is a machine");
         let key = Caller::Key {
             name: "portal".into(),
             roles: [Role::Admin].into(),
+            requests_per_minute: 60,
         };
         let actor = key.actor(&mapping, "production");
         assert!(!actor.subject.is_human());

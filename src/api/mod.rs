@@ -63,12 +63,21 @@ pub struct Shared {
     pub verifier: Option<Arc<jwks::Verifier>>,
 }
 
+/// Calls per minute a person or application may make (a token bucket per Entra ID identity).
+const TOKEN_CALLS_PER_MINUTE: u32 = 300;
+/// The most callers whose rate is tracked at once; beyond that the buckets start afresh.
+const MAX_TRACKED_CALLERS: usize = 10_000;
+/// How long one call may take, reading its body included.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the API keys file is looked at again.
 const KEYS_RECHECK: Duration = Duration::from_secs(2);
 /// Unauthenticated refusals audited per second on average, and in a burst: beyond that they are
 /// answered and counted but not each written to the audit log (a flood cannot fill it).
-const ANONYMOUS_AUDITS_PER_SECOND: f64 = 5.0;
-const ANONYMOUS_AUDIT_BURST: f64 = 50.0;
+const ANONYMOUS_AUDITS_PER_SECOND: f64 = 1.0;
+const ANONYMOUS_AUDIT_BURST: f64 = 20.0;
+/// The longest call (method and path) and problem detail an audit entry keeps.
+const MAX_AUDITED_CALL: usize = 512;
+const MAX_AUDITED_DETAIL: usize = 1024;
 /// The largest request body read (an AgentDeployment to evaluate).
 const MAX_BODY: usize = 1024 * 1024;
 
@@ -136,7 +145,8 @@ pub struct Api {
     requests: Store<ApprovalRequest>,
     sources: Sources,
     keys: KeyFile,
-    limits: Mutex<HashMap<String, RateLimit>>,
+    /// Per caller: its rate (calls per minute) and bucket.
+    limits: Mutex<HashMap<String, (u32, RateLimit)>>,
     anonymous: Mutex<RateLimit>,
 }
 
@@ -152,7 +162,7 @@ impl Api {
         Ok(m)
     }
 
-    /// Who calls: a bearer token (Entra ID) or an API key (`X-API-Key`), within the key's rate.
+    /// Who calls: a bearer token (Entra ID) or an API key (`X-API-Key`).
     async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, Problem> {
         let header = |name: &str| -> Result<Option<&str>, Problem> {
             match headers.get(name) {
@@ -164,8 +174,10 @@ impl Api {
             }
         };
         let bearer = header("authorization")?.map(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
+            // The scheme is case-insensitive (RFC 9110).
+            h.split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token)
                 .ok_or_else(|| {
                     Problem::unauthorized(
                         "the Authorization header must be Bearer <Entra ID access token>",
@@ -195,16 +207,19 @@ impl Api {
             }
             (None, Some(presented)) => {
                 let keys = self.keys.current();
-                let keys = keys.as_ref().as_ref().map_err(|e| {
-                    Problem::unavailable(format!("API keys cannot be checked now: {e}"))
+                // What is wrong with the file is in the operator's log, not told to callers.
+                let keys = keys.as_ref().as_ref().map_err(|_| {
+                    Problem::unavailable(
+                        "API keys cannot be checked now: the operator's keys file is unreadable or invalid (see its log)",
+                    )
                 })?;
                 let key = keys
                     .find(presented)
                     .ok_or_else(|| Problem::unauthorized("the API key is not valid"))?;
-                self.within_rate(key)?;
                 Ok(Caller::Key {
                     name: key.name.clone(),
                     roles: key.roles.clone(),
+                    requests_per_minute: key.requests_per_minute,
                 })
             }
             (None, None) => Err(Problem::unauthorized(
@@ -213,25 +228,47 @@ impl Api {
         }
     }
 
-    /// Takes a token from the key's bucket, or refuses with 429 and when to come back.
-    fn within_rate(&self, key: &ApiKey) -> Result<(), Problem> {
+    /// Takes a token from the caller's bucket (an API key's configured rate, or
+    /// [`TOKEN_CALLS_PER_MINUTE`] per Entra ID identity; per replica), or refuses with 429 and
+    /// when to come back. A key whose rate was changed gets a bucket of the new rate.
+    fn within_rate(&self, caller: &Caller) -> Result<(), Problem> {
+        let (who, per_minute, what) = match caller {
+            Caller::Key {
+                name,
+                requests_per_minute,
+                ..
+            } => (
+                format!("key/{name}"),
+                *requests_per_minute,
+                format!("API key {name}"),
+            ),
+            Caller::Person(id) | Caller::Application(id) => (
+                format!("entra/{}", id.entra_id()),
+                TOKEN_CALLS_PER_MINUTE,
+                id.username.clone(),
+            ),
+        };
         let now = Instant::now();
         let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
-        let per_minute = f64::from(key.requests_per_minute);
-        let bucket = limits
-            .entry(key.name.clone())
-            .or_insert_with(|| RateLimit::new(per_minute / 60.0, per_minute, now));
-        if bucket.take(now) {
+        if limits.len() >= MAX_TRACKED_CALLERS && !limits.contains_key(&who) {
+            limits.clear();
+        }
+        let rate = f64::from(per_minute);
+        let fresh = || (per_minute, RateLimit::new(rate / 60.0, rate, now));
+        let entry = limits.entry(who).or_insert_with(fresh);
+        if entry.0 != per_minute {
+            *entry = fresh();
+        }
+        if entry.1.take(now) {
             return Ok(());
         }
-        let wait = bucket.wait().as_secs_f64().ceil().max(1.0);
+        let wait = entry.1.wait().as_secs_f64().ceil().max(1.0);
         Err(Problem {
             retry_after: Some(wait as u64),
             ..Problem::new(
                 axum::http::StatusCode::TOO_MANY_REQUESTS,
                 format!(
-                    "API key {} is over its rate of {} calls per minute; try again in {wait} s",
-                    key.name, key.requests_per_minute
+                    "{what} is over its rate of {per_minute} calls per minute; try again in {wait} s"
                 ),
             )
         })
@@ -274,13 +311,25 @@ impl Api {
             })
             .inc();
         if audited {
-            let draft = self.draft(caller, call, event, status, &outcome, code);
-            if let Err(e) = self.shared.audit.record(draft).await {
-                tracing::error!(%call, %e, "API call not recorded in the audit log; refusing");
-                return Problem::unavailable(format!(
-                    "this call could not be recorded in the audit log, so it is refused: {e}"
-                ))
-                .into_response();
+            let recorded = match self.draft(caller, call, event, status, &outcome, code) {
+                Some(draft) => self.shared.audit.record(draft).await.map(|_| ()),
+                None => Err("no random event id could be made".to_owned()),
+            };
+            if let Err(e) = recorded {
+                tracing::error!(%call, %e, "API call not recorded in the audit log");
+                // An act stored on its request is recorded by the operator when it sees it,
+                // whatever happens to this call's own entry: say so rather than "refused".
+                let stored = outcome.as_ref().is_ok_and(|v| v.get("act").is_some());
+                let detail = if stored {
+                    format!(
+                        "the act was stored on the request (the operator records it), but this call's own audit entry could not be written: {e}"
+                    )
+                } else {
+                    format!(
+                        "this call could not be recorded in the audit log, so it is refused: {e}"
+                    )
+                };
+                return Problem::unavailable(detail).into_response();
             }
         }
         match outcome {
@@ -297,9 +346,17 @@ impl Api {
         status: &str,
         outcome: &Result<serde_json::Value, Problem>,
         code: u16,
-    ) -> crate::audit::Draft {
+    ) -> Option<crate::audit::Draft> {
         let user = caller.map_or_else(|| "(anonymous)".to_owned(), Caller::username);
-        let mut d = crate::audit::Draft::new(event, &user, "http", call, "HttpApi", status);
+        // Bounded: what a caller sends cannot make big entries.
+        let mut d = crate::audit::Draft::new(
+            event,
+            &user,
+            "http",
+            crate::json::truncate(call, MAX_AUDITED_CALL),
+            "HttpApi",
+            status,
+        );
         d.auth_method = caller.map_or("none", Caller::auth_method).to_owned();
         if let (Some(c), Ok(mapping)) = (caller, self.mapping())
             && let Ok(mapping) = mapping.as_ref()
@@ -311,9 +368,14 @@ impl Api {
                 .map(|r| r.as_str().to_owned())
                 .collect();
         }
-        d.error_message = outcome.as_ref().err().map(|p| p.detail.clone());
+        d.error_message = outcome
+            .as_ref()
+            .err()
+            .map(|p| crate::json::truncate(&p.detail, MAX_AUDITED_DETAIL).to_owned());
+        // A random id, or none: the same id twice would make the log drop the second call as
+        // a repeat of the first.
         let mut id = [0u8; 8];
-        let _ = getrandom::fill(&mut id);
+        getrandom::fill(&mut id).ok()?;
         d.event_id = crate::hex_prefix(&id, 8);
         d.timestamp = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         d.idempotency_key = format!("http/{}", d.event_id);
@@ -321,22 +383,23 @@ impl Api {
             "via": "http", "httpStatus": code,
             "apiKey": match caller { Some(Caller::Key { name, .. }) => Some(name), _ => None },
             "entra": match caller {
-                Some(Caller::Person(id) | Caller::Application(id)) => Some(format!("{}/{}", id.tid, id.oid)),
+                Some(Caller::Person(id) | Caller::Application(id)) => Some(id.entra_id()),
                 _ => None,
             },
         });
-        d
+        Some(d)
     }
 }
 
-/// Serves the API on `settings.addr` with `tls` until `shutdown` completes; returns once its
-/// caches are loaded and it listens (the serving runs on).
+/// Serves the API on `listener` (bound to `settings.addr`) with `tls` until `shutdown`
+/// completes, once its caches are loaded.
 pub async fn serve(
     shared: Arc<Shared>,
     settings: Settings,
+    listener: tokio::net::TcpListener,
     tls: Arc<tokio_rustls::rustls::ServerConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) {
     let client = shared.client.clone();
     let (requests, writer) = reflector::store();
     let watch = reflector::reflector(
@@ -349,7 +412,6 @@ pub async fn serve(
     tokio::spawn(futures::StreamExt::for_each(watch, |_| async {}));
     let (sources, changes) = Sources::watch(&client, &shared.namespace);
     tokio::spawn(futures::StreamExt::for_each(changes, |()| async {}));
-    let listener = tokio::net::TcpListener::bind(settings.addr).await?;
     let api = Arc::new(Api {
         shared,
         requests: requests.clone(),
@@ -365,7 +427,9 @@ pub async fn serve(
     if let Err(e) = api.keys.current().as_ref() {
         tracing::error!(%e, "the HTTP API starts without API keys");
     }
-    let app = routes::router(api).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
+    let app = routes::router(api)
+        .layer(axum::middleware::from_fn(routes::within_deadline))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
     let ready = async move {
         let _ = requests.wait_until_ready().await;
         let _ = sources.policies.wait_until_ready().await;
@@ -373,12 +437,12 @@ pub async fn serve(
     };
     ready.await;
     tracing::info!(addr = %settings.addr, "HTTP API serving");
-    tokio::spawn(crate::https::serve(
+    crate::https::serve(
         listener,
         tokio_rustls::TlsAcceptor::from(tls),
         app,
         "api",
         shutdown,
-    ));
-    Ok(())
+    )
+    .await;
 }

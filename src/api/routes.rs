@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -31,9 +32,9 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// The longest comment or reason taken with an act.
 const MAX_COMMENT: usize = 2000;
-/// History entries answered at most per call, and segments searched at most.
+/// History entries answered at most per call, and segments (of up to 1 MiB) searched at most.
 const MAX_HISTORY: usize = 1000;
-const HISTORY_SEGMENTS: usize = 200;
+const HISTORY_SEGMENTS: usize = 20;
 /// Lost races an act survives before it is answered 503.
 const ACT_ATTEMPTS: usize = 5;
 
@@ -60,7 +61,32 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/approvals/{namespace}/{name}", get(get_request))
         .route("/v1/approvals/{namespace}/{name}/{action}", post(act_on))
         .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(api)
+}
+
+/// Ends a call that takes longer than [`super::CALL_TIMEOUT`], reading its body included, so
+/// that slow clients cannot hold connections.
+pub async fn within_deadline(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(super::CALL_TIMEOUT, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the call took longer than {} s",
+                super::CALL_TIMEOUT.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// An extractor's refusal (a body too large, a malformed query) as a problem.
+fn rejected(status: StatusCode, text: String) -> Problem {
+    Problem::new(status, text)
 }
 
 /// Authenticates, runs `body` for the caller, and answers through [`Api::finish`].
@@ -72,7 +98,10 @@ where
     match api.authenticate(headers).await {
         Err(p) => api.finish(None, &what, Err(p)).await,
         Ok(caller) => {
-            let outcome = body(api.clone(), caller.clone()).await;
+            let outcome = match api.within_rate(&caller) {
+                Ok(()) => body(api.clone(), caller.clone()).await,
+                Err(p) => Err(p),
+            };
             api.finish(Some(&caller), &what, outcome).await
         }
     }
@@ -120,6 +149,25 @@ async fn no_route(
     .await
 }
 
+async fn wrong_method(
+    State(api): Shared,
+    headers: HeaderMap,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Response {
+    let what = format!("{method} {}", uri.path());
+    call(api, &headers, what, |_, _| async move {
+        Err(Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "{method} is not allowed on {}; see /v1/openapi.json",
+                uri.path()
+            ),
+        ))
+    })
+    .await
+}
+
 async fn policies_read_only(
     State(api): Shared,
     headers: HeaderMap,
@@ -147,6 +195,7 @@ async fn list_policies(State(api): Shared, headers: HeaderMap) -> Response {
         |api, caller| async move {
             let mapping = api.mapping()?;
             require(checked(&mapping)?, &caller, Permission::ViewStatus)?;
+            kubernetes_permits(&api, &caller, &[READ_POLICIES]).await?;
             let mut items: Vec<Value> = api
                 .sources
                 .policies
@@ -166,6 +215,7 @@ async fn get_policy(State(api): Shared, headers: HeaderMap, Path(name): Path<Str
     call(api, &headers, what, |api, caller| async move {
         let mapping = api.mapping()?;
         require(checked(&mapping)?, &caller, Permission::ViewStatus)?;
+        kubernetes_permits(&api, &caller, &[READ_POLICIES]).await?;
         let policy = api
             .sources
             .policies
@@ -176,6 +226,96 @@ async fn get_policy(State(api): Shared, headers: HeaderMap, Path(name): Path<Str
     .await
 }
 
+/// Reading policies, as kubectl would (`kubectl get deploymentpolicies`).
+const READ_POLICIES: Access = Access {
+    verb: "list",
+    resource: "deploymentpolicies",
+    namespace: None,
+};
+
+/// What a caller does, as Kubernetes RBAC names it: `verb` on our `resource` (plural), in
+/// `namespace` (None: cluster-wide).
+#[derive(Clone, Copy)]
+struct Access<'a> {
+    verb: &'a str,
+    resource: &'a str,
+    namespace: Option<&'a str>,
+}
+
+/// Whether Kubernetes RBAC allows a person or application `access` (a SubjectAccessReview of
+/// the name and groups their token gives): the HTTP API acts and shows things only where
+/// kubectl would let them. API keys have no Kubernetes identity: their reach is their roles.
+async fn kubernetes_allows(
+    api: &Api,
+    caller: &Caller,
+    access: Access<'_>,
+) -> Result<bool, Problem> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let (Caller::Person(id) | Caller::Application(id)) = caller else {
+        return Ok(true);
+    };
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(id.username.clone()),
+            groups: Some(id.groups.clone()),
+            uid: Some(id.oid.clone()),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: access.namespace.map(str::to_owned),
+                verb: Some(access.verb.to_owned()),
+                group: Some("dvo.caat.io".to_owned()),
+                resource: Some(access.resource.to_owned()),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let answer = kube::Api::<SubjectAccessReview>::all(api.shared.client.clone())
+        .create(&kube::api::PostParams::default(), &review)
+        .await
+        .map_err(|e| Problem::unavailable(format!("cannot ask Kubernetes RBAC: {e}")))?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+/// [`kubernetes_allows`] for each of `all`, or 403 naming what is not allowed.
+async fn kubernetes_permits(api: &Api, caller: &Caller, all: &[Access<'_>]) -> Result<(), Problem> {
+    for &access in all {
+        if !kubernetes_allows(api, caller, access).await? {
+            let place = access
+                .namespace
+                .map_or("cluster-wide".to_owned(), |ns| format!("in namespace {ns}"));
+            return Err(Problem::forbidden(format!(
+                "{} may not {} {} {place} (Kubernetes RBAC): the HTTP API shows and does only what kubectl would let you",
+                caller.username(),
+                access.verb,
+                access.resource
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A request's namespace and name as Kubernetes allows them (a DNS label and a DNS subdomain),
+/// or 404: nothing else reaches the Kubernetes client.
+fn object_name(namespace: &str, name: &str) -> Result<(), Problem> {
+    let label = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+    };
+    if label(namespace, 63) && !namespace.contains('.') && label(name, 253) {
+        return Ok(());
+    }
+    Err(Problem::not_found(
+        "no such ApprovalRequest: a namespace and a name are lowercase letters, digits, '-' and '.'",
+    ))
+}
+
 /// The mapping out of what [`Api::mapping`] returns (it has checked it is valid).
 fn checked(mapping: &Arc<Result<RoleMapping, String>>) -> Result<&RoleMapping, Problem> {
     mapping
@@ -184,12 +324,19 @@ fn checked(mapping: &Arc<Result<RoleMapping, String>>) -> Result<&RoleMapping, P
         .map_err(|e| Problem::unavailable(e.clone()))
 }
 
-async fn evaluate(State(api): Shared, headers: HeaderMap, params: Params, body: Bytes) -> Response {
+async fn evaluate(
+    State(api): Shared,
+    headers: HeaderMap,
+    params: Result<Params, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     call(
         api,
         &headers,
         "POST /v1/policies/evaluate".into(),
         |api, caller| async move {
+            let params = params.map_err(|e| rejected(e.status(), e.body_text()))?;
+            let body = body.map_err(|e| rejected(e.status(), e.body_text()))?;
             let mapping = api.mapping()?;
             require(checked(&mapping)?, &caller, Permission::ViewStatus)?;
             let adep: AgentDeployment = serde_json::from_slice(&body).map_err(|e| {
@@ -213,7 +360,18 @@ async fn evaluate(State(api): Shared, headers: HeaderMap, params: Params, body: 
                     ..Identity::default()
                 },
             };
-            let request = crate::cli::evaluate::request_for(&adep, Some(requester), false);
+            // As `dvo evaluate --staging-validated`: the caller says whether the agent passed staging.
+            let staging_validated = match params.get("stagingValidated").map(String::as_str) {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(_) => {
+                    return Err(Problem::bad_request(
+                        "stagingValidated must be true or false",
+                    ));
+                }
+            };
+            let request =
+                crate::cli::evaluate::request_for(&adep, Some(requester), staging_validated);
             let decision = crate::policy::decide(&rules, &request, at);
             Ok(json!({"outcome": decision.outcome, "decision": decision}))
         },
@@ -262,17 +420,23 @@ fn actions(
         .collect()
 }
 
-async fn pending(State(api): Shared, headers: HeaderMap, params: Params) -> Response {
+async fn pending(
+    State(api): Shared,
+    headers: HeaderMap,
+    params: Result<Params, QueryRejection>,
+) -> Response {
     call(
         api,
         &headers,
         "GET /v1/approvals/pending".into(),
         |api, caller| async move {
+            let params = params.map_err(|e| rejected(e.status(), e.body_text()))?;
             let mapping = api.mapping()?;
             let mapping = checked(&mapping)?;
             let env = env(&api, mapping);
             let now = Utc::now();
             let wanted = |key: &str, value: &str| params.get(key).is_none_or(|w| w == value);
+            let mut may_patch: HashMap<String, bool> = HashMap::new();
             let mut items = vec![];
             for apr in api.requests.state() {
                 let spec = &apr.spec;
@@ -287,6 +451,22 @@ async fn pending(State(api): Shared, headers: HeaderMap, params: Params) -> Resp
                 let actor = caller.actor(mapping, &spec.environment);
                 let can = actions(&env, &actor, &apr, now);
                 if can.is_empty() {
+                    continue;
+                }
+                let rbac = match may_patch.get(ns) {
+                    Some(known) => *known,
+                    None => {
+                        let access = Access {
+                            verb: "patch",
+                            resource: "approvalrequests",
+                            namespace: Some(ns),
+                        };
+                        let known = kubernetes_allows(&api, &caller, access).await?;
+                        may_patch.insert(ns.to_owned(), known);
+                        known
+                    }
+                };
+                if !rbac {
                     continue;
                 }
                 let mut item = summary(&apr);
@@ -318,6 +498,18 @@ async fn get_request(
         let mapping = api.mapping()?;
         let mapping = checked(&mapping)?;
         require(mapping, &caller, Permission::ViewStatus)?;
+        object_name(&namespace, &name)?;
+        let get = |resource| Access {
+            verb: "get",
+            resource,
+            namespace: Some(&namespace),
+        };
+        kubernetes_permits(
+            &api,
+            &caller,
+            &[get("approvalrequests"), get("agentdeployments")],
+        )
+        .await?;
         let apr = api
             .requests
             .get(&ObjectRef::new(&name).within(&namespace))
@@ -361,10 +553,11 @@ async fn act_on(
     State(api): Shared,
     headers: HeaderMap,
     Path((namespace, name, action)): Path<(String, String, String)>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let what = format!("POST /v1/approvals/{namespace}/{name}/{action}");
     call(api, &headers, what, |api, caller| async move {
+        let body = body.map_err(|e| rejected(e.status(), e.body_text()))?;
         let Some((kind, _)) = ACTIONS.iter().find(|(_, n)| *n == action) else {
             return Err(Problem::not_found(format!(
                 "no action {action}: approve, reject or cancel"
@@ -380,12 +573,6 @@ async fn act_on(
             })?
         };
         let comment = given.reason.or(given.comment);
-        let said = comment.as_deref().is_some_and(|c| !c.trim().is_empty());
-        if *kind == ActKind::Reject && !said {
-            return Err(Problem::bad_request(
-                "a rejection needs a reason: {\"reason\": \"<why>\"}",
-            ));
-        }
         let said = comment.as_deref().is_some_and(|c| !c.trim().is_empty());
         if *kind == ActKind::Reject && !said {
             return Err(Problem::bad_request(
@@ -415,6 +602,13 @@ async fn record_act(
     kind: ActKind,
     comment: Option<&str>,
 ) -> Result<Value, Problem> {
+    object_name(namespace, name)?;
+    let patch = Access {
+        verb: "patch",
+        resource: "approvalrequests",
+        namespace: Some(namespace),
+    };
+    kubernetes_permits(api, caller, &[patch]).await?;
     let requests = kube::Api::<ApprovalRequest>::namespaced(api.shared.client.clone(), namespace);
     for _ in 0..ACT_ATTEMPTS {
         let mapping = api.mapping()?;
@@ -428,10 +622,10 @@ async fn record_act(
         let now = Utc::now();
         let actor = caller.actor(mapping, &apr.spec.environment);
         let signed = act(&env, &actor, &apr, kind, comment, now).map_err(|r| {
-            match (r.conflict, r.event) {
-                (true, _) => Problem::conflict(r.message),
-                (false, EventType::AuthFailure) => Problem::unauthorized(r.message),
-                (false, _) => Problem::forbidden(r.message),
+            if r.conflict {
+                Problem::conflict(r.message)
+            } else {
+                Problem::forbidden(r.message)
             }
         })?;
         let patch = json!({"metadata": {
@@ -444,9 +638,18 @@ async fn record_act(
         };
         match requests.patch(name, &params, &Patch::Merge(&patch)).await {
             Ok(stored) => {
-                let decided = signed::Acts::read(&stored, env.key)
-                    .unwrap_or_default()
-                    .evaluate(&stored.spec, None, false, now);
+                let acts = signed::Acts::read(&stored, env.key).unwrap_or_default();
+                // Said done only when it is there to see.
+                if !acts
+                    .verified
+                    .iter()
+                    .any(|a| a.signature == signed.signature)
+                {
+                    return Err(Problem::unavailable(
+                        "the act was not found on the request after it was written; try again",
+                    ));
+                }
+                let decided = acts.evaluate(&stored.spec, None, false, now);
                 return Ok(json!({
                     "request": format!("{namespace}/{name}"), "act": act_summary(&signed),
                     "phase": decided.phase, "message": decided.message,
@@ -471,12 +674,17 @@ async fn record_act(
     ))
 }
 
-async fn history(State(api): Shared, headers: HeaderMap, params: Params) -> Response {
+async fn history(
+    State(api): Shared,
+    headers: HeaderMap,
+    params: Result<Params, QueryRejection>,
+) -> Response {
     call(
         api,
         &headers,
         "GET /v1/approvals/history".into(),
         |api, caller| async move {
+            let params = params.map_err(|e| rejected(e.status(), e.body_text()))?;
             let mapping = api.mapping()?;
             require(checked(&mapping)?, &caller, Permission::ViewAuditLog)?;
             let limit = match params.get("limit") {

@@ -51,7 +51,7 @@ pub struct SignedAct {
     /// Who, with their roles in the request's environment.
     #[serde(flatten)]
     pub subject: Subject,
-    /// Their UID as the API server authenticated them.
+    /// Their UID: the API server's for an annotation, the token's `oid` over HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
     /// When the webhook accepted it.
@@ -59,7 +59,8 @@ pub struct SignedAct {
     /// Their comment or reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
-    /// Whether they proved multi-factor authentication with a verified Entra ID token.
+    /// Whether they proved multi-factor authentication: a verified Entra ID token, or a sign-in
+    /// at the API server whose `amr` it passed on (when trusted).
     #[serde(default)]
     pub mfa: bool,
     /// `tid/oid` of the Entra ID identity they acted as: from the token they gave, or from the

@@ -51,6 +51,12 @@ pub struct EntraConfig {
     /// many seconds. Default 300.
     #[serde(default = "default_refetch")]
     pub jwks_min_refetch_seconds: u64,
+    /// Trust what the API server passes on about a person's Entra ID sign-in
+    /// (`userInfo.extra` keys `dvo.caat.io/amr` and `dvo.caat.io/tid`, from the claim mappings
+    /// of its JWT authenticator) for `approval.requireMfa`, when the tenant is one of `tenants`.
+    /// Default false: only approval tokens prove MFA.
+    #[serde(default)]
+    pub trust_api_server_sign_in: bool,
 }
 
 fn default_refetch() -> u64 {
@@ -68,7 +74,7 @@ pub struct EntraIdentity {
     pub oid: String,
     /// Tenant ID.
     pub tid: String,
-    /// `preferred_username`, `upn` or `unique_name` (the `oid` when none).
+    /// `upn`, `preferred_username` or `unique_name` (the `oid` when none).
     pub username: String,
     /// Group object IDs.
     pub groups: Vec<String>,
@@ -83,13 +89,28 @@ pub struct EntraIdentity {
 }
 
 impl EntraIdentity {
-    /// As a Kubernetes-style identity for the role mapping (uid `tid/oid`).
+    /// The person's Entra ID identity, `tid/oid`: the same whichever name a token gives.
+    pub fn entra_id(&self) -> String {
+        format!("{}/{}", self.tid, self.oid)
+    }
+
+    /// As a Kubernetes-style identity for the role mapping (uid: the `oid`, as the API server's
+    /// claim mapping `uid: claims.oid` gives it).
     pub fn identity(&self) -> Identity {
         Identity {
             username: self.username.clone(),
-            uid: Some(format!("{}/{}", self.tid, self.oid)),
+            uid: Some(self.oid.clone()),
             groups: self.groups.clone(),
         }
+    }
+
+    /// The roles the token itself gives in `environment`: its user name's and groups' in the
+    /// role mapping (but the default viewer) and its app roles.
+    pub fn roles(&self, mapping: &super::RoleMapping, environment: &str) -> BTreeSet<Role> {
+        let mut roles = mapping.subject(&self.identity(), environment).roles;
+        roles.remove(&Role::Viewer);
+        roles.extend(self.app_roles.iter().copied());
+        roles
     }
 }
 
@@ -111,9 +132,14 @@ pub struct SignIn {
 }
 
 impl SignIn {
-    /// Reads `extra` (and the user's UID, the `oid`). Several tenants for one user are no
-    /// tenant.
-    pub fn from_extra(extra: &BTreeMap<String, Vec<String>>, uid: Option<&str>) -> SignIn {
+    /// Reads `extra` (and the user's UID, the `oid`) when `tenants` trust the API server's
+    /// sign-in claims: nothing when they do not (`None`), or when the sign-in names no tenant,
+    /// several, or one not listed.
+    pub fn from_extra(
+        extra: &BTreeMap<String, Vec<String>>,
+        uid: Option<&str>,
+        tenants: Option<&[String]>,
+    ) -> SignIn {
         let mfa = extra
             .get(EXTRA_AMR)
             .is_some_and(|amr| amr.iter().any(|m| m == "mfa"));
@@ -121,10 +147,12 @@ impl SignIn {
             [one] if !one.is_empty() => Some(one),
             _ => None,
         });
-        let entra = match (tid, uid) {
-            (Some(tid), Some(oid)) if !oid.is_empty() => Some(format!("{tid}/{oid}")),
-            _ => None,
+        let Some(tid) = tid.filter(|t| tenants.is_some_and(|all| all.contains(t))) else {
+            return SignIn::default();
         };
+        let entra = uid
+            .filter(|oid| !oid.is_empty())
+            .map(|oid| format!("{tid}/{oid}"));
         SignIn { mfa, entra }
     }
 }
@@ -275,9 +303,11 @@ pub fn verify(
     let application = claims.idtyp.as_deref() == Some("app") || !person;
     Ok(EntraIdentity {
         application,
+        // The upn first: the claim an API server's Entra authenticator maps to user names
+        // (README); preferred_username is mutable and only a display name.
         username: claims
-            .preferred_username
-            .or(claims.upn)
+            .upn
+            .or(claims.preferred_username)
             .or(claims.unique_name)
             .unwrap_or_else(|| claims.oid.clone()),
         app_roles: claims

@@ -68,8 +68,13 @@ fn a_good_token_gives_the_identity_groups_and_app_roles() {
     );
     assert_eq!(id.app_roles, [Role::ReleaseManager].into());
     assert_eq!(
-        id.identity().uid,
-        Some(format!("{TENANT}/0c0e7f3e-0000-4000-8000-00000000a001"))
+        id.identity().uid.as_deref(),
+        Some("0c0e7f3e-0000-4000-8000-00000000a001"),
+        "the oid, as the API server's claim mapping gives it"
+    );
+    assert_eq!(
+        id.entra_id(),
+        format!("{TENANT}/0c0e7f3e-0000-4000-8000-00000000a001")
     );
     assert_eq!(
         id.identity().groups,

@@ -280,17 +280,23 @@ pub fn message(notice: &Notice, channel: &Channel, mapping: &RoleMapping) -> Opt
                 to.push(a.to_owned());
             }
         };
-        channel.to.iter().for_each(|a| add(a));
-        if notice.kind == Kind::ApprovalRequested {
-            let (users, groups) = holders(mapping, &roles, &environment);
-            users.iter().for_each(|u| add(u));
-            for g in groups {
-                if let Some(address) = smtp.groups.get(g) {
-                    add(address);
+        // A refusal that only a policy's addresses ask for goes to those addresses alone.
+        let policy_only = notice.kind == Kind::PolicyRefused
+            && !named
+            && !channel.events.contains(&Kind::PolicyRefused);
+        if !policy_only {
+            channel.to.iter().for_each(|a| add(a));
+            if notice.kind == Kind::ApprovalRequested {
+                let (users, groups) = holders(mapping, &roles, &environment);
+                users.iter().for_each(|u| add(u));
+                for g in groups {
+                    if let Some(address) = smtp.groups.get(g) {
+                        add(address);
+                    }
                 }
+            } else if notice.kind != Kind::BreakGlassUsed {
+                notice.requester.iter().for_each(|r| add(r));
             }
-        } else if notice.kind != Kind::BreakGlassUsed {
-            notice.requester.iter().for_each(|r| add(r));
         }
         notice.policy_recipients.iter().for_each(|r| add(r));
         // The requester is told of outcomes, never asked to approve their own change.

@@ -345,7 +345,20 @@ fn a_refusal_is_told_only_where_a_policy_or_a_channel_asks_for_it() {
         &n,
     )
     .unwrap();
-    assert_eq!(mail.to, vec!["rosa@example.com", "sec@example.com"]);
+    assert_eq!(
+        mail.to,
+        vec!["sec@example.com"],
+        "only whom the policy names, not the channel's list"
+    );
+    let subscribed = to(
+        "{name: mail, smtp: {server: 'smtp:587', from: dvo@example.com}, to: [cab@example.com], events: [policyRefused]}",
+        &n,
+    )
+    .unwrap();
+    assert_eq!(
+        subscribed.to,
+        vec!["cab@example.com", "rosa@example.com", "sec@example.com"]
+    );
     assert!(
         mail.title
             .starts_with("Refused by policy: GHA to production")

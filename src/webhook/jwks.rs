@@ -58,6 +58,11 @@ impl Verifier {
         Ok(())
     }
 
+    /// The settings it verifies with.
+    pub fn config(&self) -> &EntraConfig {
+        &self.config
+    }
+
     /// Verifies `token` (MFA is judged by the caller from the identity's `mfa`).
     pub async fn verify(&self, token: &str) -> Result<EntraIdentity, String> {
         let mut cache = self.cache.lock().await;

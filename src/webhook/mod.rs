@@ -139,10 +139,32 @@ pub async fn serve(
             key: keys.stamp.clone(),
             operator: operator.clone(),
             audit: audit.clone(),
-            verifier: verifier.clone(),
+            // Its own key cache: a flood of tokens at the API never waits on the webhook's.
+            verifier: settings
+                .entra
+                .clone()
+                .map(jwks::Verifier::new)
+                .transpose()?
+                .map(Arc::new),
         };
         let tls = tls::server_config(&cert, None)?;
-        crate::api::serve(Arc::new(shared), api, tls, shutdown.clone()).await?;
+        // Whatever becomes of the API, admission goes on. Calls that come before its caches
+        // are loaded wait in the listen queue.
+        match tokio::net::TcpListener::bind(api.addr).await {
+            Ok(listener) => {
+                let stop = shutdown.clone();
+                tokio::spawn(crate::api::serve(
+                    Arc::new(shared),
+                    api,
+                    listener,
+                    tls,
+                    stop,
+                ));
+            }
+            Err(e) => {
+                tracing::error!(addr = %api.addr, %e, "the HTTP API cannot listen; admission goes on without it")
+            }
+        }
     }
     let shared = Arc::new(Shared {
         audit,
@@ -219,7 +241,13 @@ impl Shared {
                 ),
             }),
         };
-        admission::request::review(&env, path, req, token, Utc::now())
+        let tenants = self
+            .verifier
+            .as_ref()
+            .map(|v| v.config())
+            .filter(|c| c.trust_api_server_sign_in)
+            .map(|c| c.tenants.as_slice());
+        admission::request::review(&env, path, req, token, tenants, Utc::now())
     }
 
     async fn answer(

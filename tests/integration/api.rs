@@ -285,6 +285,29 @@ async fn every_route_and_refusal_over_https_and_one_quorum_with_kubectl() {
             .contains("apikey:release-bot is a machine"),
         "{machine:?}"
     );
+    // A release manager by her group, whom Kubernetes RBAC does not let act in this
+    // namespace, may not act here either.
+    let nina = token("nina@contoso.com", &[&rm], &["pwd", "mfa"]);
+    let outsider = curl.call("POST", &approve, &bearer(&nina), None);
+    assert!(
+        outsider
+            .problem(403)
+            .contains("may not patch approvalrequests in namespace"),
+        "{outsider:?}"
+    );
+    let seen_by_outsider = curl.call("GET", &one, &bearer(&nina), None);
+    seen_by_outsider.problem(403);
+    // What is not a Kubernetes name never reaches the Kubernetes client (no query smuggled in).
+    let smuggled = curl.call(
+        "POST",
+        &format!("/v1/approvals/{ns}/{apr}%3FdryRun=All/approve"),
+        &bearer(&token("rosa-release", &[&rm], &["pwd", "mfa"])),
+        None,
+    );
+    assert!(
+        smuggled.problem(404).contains("lowercase letters"),
+        "{smuggled:?}"
+    );
     let unreasoned = curl.call("POST", &format!("{one}/reject"), &bearer(&rosa_pwd), None);
     assert!(
         unreasoned

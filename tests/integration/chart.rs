@@ -85,6 +85,7 @@ async fn the_chart_lints_and_its_manifests_pass_the_api_server() {
         "targetPort: api",
         "port: 8443}\n      from:\n        - namespaceSelector:",
         "resources: [approvalrequests]\n    verbs: [patch]",
+        "resources: [subjectaccessreviews]\n    verbs: [create]",
     ] {
         assert!(manifests.contains(want), "{want}: {manifests}");
     }
@@ -230,6 +231,10 @@ async fn the_operator_gets_what_it_needs_and_people_get_aggregated_roles() {
         (
             vec!["update", "approvalrequests.dvo.caat.io", "-n", "team"],
             "no",
+        ),
+        (
+            vec!["create", "subjectaccessreviews.authorization.k8s.io"],
+            "yes",
         ),
         (vec!["delete", "pods", "-n", "team"], "no"),
     ] {

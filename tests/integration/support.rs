@@ -548,6 +548,8 @@ pub fn entra_config(
     serde_json::from_value(serde_json::json!({
         "tenants": [TENANT], "audience": AUDIENCE, "issuerVersion": "both",
         source: location, "jwksMinRefetchSeconds": refetch,
+        // The control plane's Entra look-alike issuer is of this tenant too.
+        "trustApiServerSignIn": true,
     }))
     .expect("Entra settings")
 }
