@@ -17,10 +17,10 @@ use crate::support::*;
 
 /// One answer: status, headers (lowercase names) and body.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: String,
-    body: String,
+pub struct Answer {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
 }
 
 impl Answer {
@@ -43,13 +43,13 @@ impl Answer {
 }
 
 /// The HTTP API as curl sees it, trusting the webhook's CA.
-struct Curl {
+pub struct Curl {
     ca: std::path::PathBuf,
     dir: std::path::PathBuf,
 }
 
 impl Curl {
-    async fn new(ns: &str) -> Curl {
+    pub async fn new(ns: &str) -> Curl {
         let secret = Api::<Secret>::namespaced(admin().await, OPERATOR_NS)
             .get("dvo-operator-webhook-tls")
             .await
@@ -64,7 +64,13 @@ impl Curl {
     }
 
     /// `method path` with `headers` and an optional JSON body.
-    fn call(&self, method: &str, path: &str, headers: &[String], body: Option<&Value>) -> Answer {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[String],
+        body: Option<&Value>,
+    ) -> Answer {
         let head = self.dir.join("headers");
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "--max-time", "30", "-X", method, "--cacert"])
@@ -357,6 +363,50 @@ async fn every_route_and_refusal_over_https_and_one_quorum_with_kubectl() {
     phase(&client, &ns, "gha", Phase::Deployed).await;
     let late = curl.call("POST", &approve, &bearer(&rosa), None);
     assert!(late.problem(409).contains("is Approved"), "{late:?}");
+
+    // Rejecting and cancelling over HTTP; an application's own token acts on nothing.
+    let mut second = manifest.clone();
+    let mut requests = vec![];
+    for name in ["gha-reject", "gha-cancel"] {
+        second["metadata"]["name"] = json!(name);
+        let ad = create_as("operator", &ns, second.clone()).await;
+        phase(&client, &ns, name, Phase::PendingApproval).await;
+        requests.push(format!(
+            "/v1/approvals/{ns}/{}",
+            dvo_operator::controller::agent_deployment::approval_request_name(
+                name,
+                ad.metadata.generation.unwrap(),
+                &dvo_operator::crd::agent_deployment::spec_digest(&ad.spec),
+            )
+        ));
+    }
+    let application = entra_key().sign(&json!({
+        "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"), "aud": AUDIENCE,
+        "exp": now + 600, "tid": TENANT, "oid": "oid-deploy-app", "idtyp": "app",
+        "roles": ["DVO.ReleaseManager"],
+    }));
+    let by_app = curl.call(
+        "POST",
+        &format!("{}/approve", requests[0]),
+        &bearer(&application),
+        None,
+    );
+    by_app.problem(403);
+    let rejected = curl.call(
+        "POST",
+        &format!("{}/reject", requests[0]),
+        &bearer(&rosa),
+        Some(&json!({"reason": "not this week"})),
+    );
+    assert_eq!(rejected.json()["phase"], "Rejected", "{rejected:?}");
+    let cancelled = curl.call(
+        "POST",
+        &format!("{}/cancel", requests[1]),
+        &bearer(&omar),
+        Some(&json!({"comment": "superseded by a later change"})),
+    );
+    assert_eq!(cancelled.json()["phase"], "Cancelled", "{cancelled:?}");
+    phase(&client, &ns, "gha-reject", Phase::Rejected).await;
 
     // Policies: read, evaluate, never written here.
     let policies = curl

@@ -150,7 +150,7 @@ async fn an_entra_sign_in_at_the_api_server_approves_with_the_mfa_it_vouched_for
         &ns,
         "mfa",
         json!({"action": "RequireApproval",
-               "approval": {"roles": ["release_manager"], "requireMfa": true}}),
+               "approval": {"roles": ["release_manager"], "minApprovals": 2, "requireMfa": true}}),
     )
     .await;
     let manifest = json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "gha"}, "spec": {
@@ -207,6 +207,36 @@ async fn an_entra_sign_in_at_the_api_server_approves_with_the_mfa_it_vouched_for
     let mfa = cp.entra_token(nina, "oid-nina", &[&group], &["pwd", "mfa"]);
     let (out, ok) = cp.kubectl_with_token(&mfa, &approve);
     assert!(ok, "{out}");
+
+    // She is one person, whatever name another token gives her: the HTTP API takes no second
+    // approval from her (same tenant and object ID, another user name).
+    let now = chrono::Utc::now().timestamp();
+    let api_token = |user: &str, oid: &str| {
+        entra_key().sign(&json!({
+            "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"), "aud": AUDIENCE,
+            "exp": now + 600, "tid": TENANT, "oid": oid, "preferred_username": user,
+            "scp": "access_as_user", "groups": [group], "amr": ["pwd", "mfa"],
+        }))
+    };
+    let curl = crate::api::Curl::new(&ns).await;
+    let approve_path = format!("/v1/approvals/{ns}/{apr}/approve");
+    let curl = |token: &str| {
+        curl.call(
+            "POST",
+            &approve_path,
+            &[format!("Authorization: Bearer {token}")],
+            None,
+        )
+        .body
+    };
+    let again = curl(&api_token("nina.h@contoso.com", "oid-nina"));
+    assert!(
+        again.contains("nina.h@contoso.com already approved") && again.contains("\"status\":409"),
+        "{again}"
+    );
+    // Another release manager completes the quorum over HTTP.
+    let rosa = curl(&api_token("rosa-release", "oid-rosa"));
+    assert!(rosa.contains("\"phase\":\"Approved\""), "{rosa}");
     phase(&client, &ns, "gha", Phase::Deployed).await;
     let stored = Api::<ApprovalRequest>::namespaced(client.clone(), &ns)
         .get(&apr)
@@ -215,7 +245,7 @@ async fn an_entra_sign_in_at_the_api_server_approves_with_the_mfa_it_vouched_for
     let acts = dvo_operator::approval::signed::Acts::read(&stored, &stamp_key(&client).await)
         .unwrap()
         .verified;
-    assert_eq!(acts.len(), 1, "{acts:?}");
+    assert_eq!(acts.len(), 2, "{acts:?}");
     let act = &acts[0];
     assert_eq!(act.subject.username, nina);
     assert_eq!(act.uid.as_deref(), Some("oid-nina"));
