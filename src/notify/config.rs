@@ -16,6 +16,10 @@ pub struct Config {
     /// down holds back nothing but itself.
     #[serde(default)]
     pub channels: Vec<Channel>,
+    /// The HTTP API's address as approvers reach it (e.g. `https://dvo.example.com:8443`):
+    /// approval notices then give its approve action too.
+    #[serde(default)]
+    pub api_url: Option<String>,
 }
 
 /// One place notifications are delivered to.
@@ -44,6 +48,9 @@ pub struct Channel {
     /// Mail only: addresses that get everything this channel takes.
     #[serde(default)]
     pub to: Vec<String>,
+    /// The HTTP API's address (the settings' `apiUrl`, given to every channel).
+    #[serde(skip)]
+    pub api_url: Option<String>,
 }
 
 /// How a channel is reached. Secrets are named by environment variable (filled from a Secret).
@@ -122,14 +129,20 @@ const MAX_CHANNELS: usize = 32;
 impl Config {
     /// Reads and checks the settings: every problem is named, nothing is half-configured.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config = crate::yaml::from_str(text).map_err(|e| e.to_string())?;
+        let mut config: Config = crate::yaml::from_str(text).map_err(|e| e.to_string())?;
         config.check()?;
+        for c in &mut config.channels {
+            c.api_url.clone_from(&config.api_url);
+        }
         Ok(config)
     }
 
     fn check(&self) -> Result<(), String> {
         if self.channels.len() > MAX_CHANNELS {
             return Err(format!("at most {MAX_CHANNELS} channels"));
+        }
+        if let Some(problem) = self.api_url.as_deref().and_then(url_problem) {
+            return Err(format!("apiUrl {problem}"));
         }
         let mut names = BTreeSet::new();
         for c in &self.channels {

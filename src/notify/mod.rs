@@ -356,11 +356,24 @@ pub fn message(notice: &Notice, channel: &Channel, mapping: &RoleMapping) -> Opt
     ));
     let ns = &notice.namespace;
     let commands = match (notice.kind, &notice.request) {
-        (Kind::ApprovalRequested, Some(apr)) => vec![
-            format!("kubectl dvo approve {apr} -n {ns} --message \"...\""),
-            format!("kubectl annotate approvalrequest {apr} -n {ns} dvo.caat.io/approve=\"...\""),
-            format!("kubectl annotate approvalrequest {apr} -n {ns} dvo.caat.io/reject=\"reason\""),
-        ],
+        (Kind::ApprovalRequested, Some(apr)) => {
+            let mut commands = vec![
+                format!("kubectl dvo approve {apr} -n {ns} --message \"...\""),
+                format!(
+                    "kubectl annotate approvalrequest {apr} -n {ns} dvo.caat.io/approve=\"...\""
+                ),
+                format!(
+                    "kubectl annotate approvalrequest {apr} -n {ns} dvo.caat.io/reject=\"reason\""
+                ),
+            ];
+            if let Some(api) = &channel.api_url {
+                commands.push(format!(
+                    "curl -X POST -H \"Authorization: Bearer $TOKEN\" {}/v1/approvals/{ns}/{apr}/approve -d '{{\"comment\": \"...\"}}'",
+                    api.trim_end_matches('/')
+                ));
+            }
+            commands
+        }
         _ => vec![format!("kubectl dvo status {} -n {ns}", notice.deployment)],
     };
     Some(Message {

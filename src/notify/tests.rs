@@ -484,6 +484,26 @@ fn an_approval_request_says_what_why_and_how_to_act() {
         )
     );
     assert_eq!(msg.key, "rm-h7");
+    assert_eq!(
+        msg.commands.len(),
+        3,
+        "no HTTP action without the API's address"
+    );
+    // With the HTTP API's address, its approve action too.
+    let config = Config::parse(
+        "apiUrl: https://dvo.example.com:8443/\nchannels: [{name: rm, slack: {urlEnv: X}}]",
+    )
+    .unwrap();
+    let msg = message(&notice(&r).unwrap(), &config.channels[0], &mapping()).unwrap();
+    assert_eq!(
+        msg.commands[3],
+        "curl -X POST -H \"Authorization: Bearer $TOKEN\" https://dvo.example.com:8443/v1/approvals/agents/gha-g1-abc/approve -d '{\"comment\": \"...\"}'"
+    );
+    let plain = Config::parse("apiUrl: http://dvo.example.com\nchannels: []").unwrap_err();
+    assert!(
+        plain.contains("apiUrl") && plain.contains("only https://"),
+        "{plain}"
+    );
 }
 
 #[test]

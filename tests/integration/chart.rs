@@ -42,6 +42,8 @@ async fn the_chart_lints_and_its_manifests_pass_the_api_server() {
         "--set",
         "notifications.secret=dvo-notify",
         "--set",
+        "notifications.apiUrl=https://dvo.example.com:8443",
+        "--set",
         "api.enabled=true",
         "--set",
         "api.keysSecret=dvo-api-keys",
@@ -69,6 +71,10 @@ async fn the_chart_lints_and_its_manifests_pass_the_api_server() {
     let config = dvo_operator::notify::Config::parse(&settings)
         .unwrap_or_else(|e| panic!("{e}: {settings}"));
     assert_eq!(config.channels[0].name, "release-managers");
+    assert_eq!(
+        config.api_url.as_deref(),
+        Some("https://dvo.example.com:8443")
+    );
     assert!(
         manifests.contains("- --webhook-client-ca=/etc/dvo/webhook-client-ca/ca.crt")
             && manifests.contains("configMap: {name: apiserver-webhook-client-ca}")
