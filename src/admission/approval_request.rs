@@ -150,11 +150,7 @@ pub fn act(
 ) -> Result<SignedAct, Refusal> {
     let res = resource(apr);
     let spec = &apr.spec;
-    let phase = apr
-        .status
-        .as_ref()
-        .and_then(|s| s.phase)
-        .unwrap_or(ApprovalPhase::Pending);
+    let phase = apr.phase();
     if phase != ApprovalPhase::Pending {
         return Err(Refusal::conflict(format!(
             "ApprovalRequest {res} is {phase:?}; it takes no more approvals, rejections or cancellations"

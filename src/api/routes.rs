@@ -389,15 +389,8 @@ fn summary(apr: &ApprovalRequest) -> Value {
         "requester": spec.requester.as_ref().map(|r| &r.username),
         "justification": spec.justification,
         "requirements": spec.requirements, "expiresAt": spec.expires_at,
-        "phase": phase(apr),
+        "phase": apr.phase(),
     })
-}
-
-fn phase(apr: &ApprovalRequest) -> ApprovalPhase {
-    apr.status
-        .as_ref()
-        .and_then(|s| s.phase)
-        .unwrap_or(ApprovalPhase::Pending)
 }
 
 const ACTIONS: [(ActKind, &str); 3] = [
@@ -444,7 +437,7 @@ async fn pending(
                 if !(wanted("namespace", ns)
                     && wanted("environment", &spec.environment)
                     && wanted("agent", &spec.agent))
-                    || phase(&apr) != ApprovalPhase::Pending
+                    || apr.phase() != ApprovalPhase::Pending
                 {
                     continue;
                 }

@@ -141,6 +141,16 @@ pub enum ApprovalPhase {
     Superseded,
 }
 
+impl ApprovalRequest {
+    /// Its phase as its status reports it; `Pending` until the operator has written one.
+    pub fn phase(&self) -> ApprovalPhase {
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or(ApprovalPhase::Pending)
+    }
+}
+
 /// Observed state of an ApprovalRequest.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]

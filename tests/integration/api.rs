@@ -506,6 +506,29 @@ async fn every_route_and_refusal_over_https_and_one_quorum_with_kubectl() {
     );
     assert_eq!(wrong_key.problem(401), "the API key is not valid");
 
+    // A keys file that goes bad accepts no key (and tells callers nothing of it); fixed, it
+    // is read again.
+    let good = std::fs::read_to_string(api_keys_file()).unwrap();
+    std::fs::write(api_keys_file(), "keys: [{name: Bad}]").unwrap();
+    let broken = until(
+        "the bad keys file is read",
+        || curl.call("GET", "/v1/approvals/pending", &key_header(&bot), None),
+        |a| a.status == 503,
+    )
+    .await;
+    let detail = broken.problem(503);
+    assert!(
+        detail.contains("keys file is unreadable or invalid") && !detail.contains("Bad"),
+        "{detail}"
+    );
+    std::fs::write(api_keys_file(), good).unwrap();
+    until(
+        "the keys file is read again",
+        || curl.call("GET", "/v1/approvals/pending", &key_header(&bot), None),
+        |a| a.status == 200,
+    )
+    .await;
+
     // Every call is in the audit log: who, what, outcome.
     let calls = dvo_operator::audit::store::newest(
         &client,
