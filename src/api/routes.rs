@@ -256,10 +256,22 @@ async fn kubernetes_allows(
     let (Caller::Person(id) | Caller::Application(id)) = caller else {
         return Ok(true);
     };
+    // Nor may a token's user name pass for a Kubernetes system user.
+    if id.username.starts_with("system:") {
+        return Ok(false);
+    }
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(id.username.clone()),
-            groups: Some(id.groups.clone()),
+            // A token's groups are directory groups: none may pass for a Kubernetes system
+            // group (system:masters would pass every check).
+            groups: Some(
+                id.groups
+                    .iter()
+                    .filter(|g| !g.starts_with("system:"))
+                    .cloned()
+                    .collect(),
+            ),
             uid: Some(id.oid.clone()),
             resource_attributes: Some(ResourceAttributes {
                 namespace: access.namespace.map(str::to_owned),

@@ -303,6 +303,18 @@ async fn every_route_and_refusal_over_https_and_one_quorum_with_kubectl() {
     );
     let seen_by_outsider = curl.call("GET", &one, &bearer(&nina), None);
     seen_by_outsider.problem(403);
+    // A token cannot claim Kubernetes system groups or users for that check.
+    for (user, groups) in [
+        ("nina@contoso.com", vec![rm.as_str(), "system:masters"]),
+        ("system:kube-controller-manager", vec![rm.as_str()]),
+    ] {
+        let claims = token(user, &groups, &["pwd", "mfa"]);
+        let forged = curl.call("GET", &one, &bearer(&claims), None);
+        assert!(
+            forged.problem(403).contains("(Kubernetes RBAC)"),
+            "{forged:?}"
+        );
+    }
     // What is not a Kubernetes name never reaches the Kubernetes client (no query smuggled in).
     let smuggled = curl.call(
         "POST",
