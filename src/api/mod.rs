@@ -71,10 +71,11 @@ const MAX_TRACKED_CALLERS: usize = 10_000;
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the API keys file is looked at again.
 const KEYS_RECHECK: Duration = Duration::from_secs(2);
-/// Unauthenticated refusals audited per second on average, and in a burst: beyond that they are
-/// answered and counted but not each written to the audit log (a flood cannot fill it).
-const ANONYMOUS_AUDITS_PER_SECOND: f64 = 1.0;
-const ANONYMOUS_AUDIT_BURST: f64 = 20.0;
+/// Unauthenticated refusals, and refusals for a caller's rate, audited per second on average
+/// and in a burst (each kind): beyond that they are answered and counted but not each written
+/// to the audit log (a flood cannot fill it).
+const REFUSAL_AUDITS_PER_SECOND: f64 = 1.0;
+const REFUSAL_AUDIT_BURST: f64 = 20.0;
 /// The longest call (method and path) and problem detail an audit entry keeps.
 const MAX_AUDITED_CALL: usize = 512;
 const MAX_AUDITED_DETAIL: usize = 1024;
@@ -147,7 +148,10 @@ pub struct Api {
     keys: KeyFile,
     /// Per caller: its rate (calls per minute) and bucket.
     limits: Mutex<HashMap<String, (u32, RateLimit)>>,
+    /// The audit budget of unauthenticated refusals.
     anonymous: Mutex<RateLimit>,
+    /// The audit budget of calls refused for their caller's rate (429).
+    over_rate: Mutex<RateLimit>,
 }
 
 impl Api {
@@ -295,14 +299,17 @@ impl Api {
             (_, 200) => (EventType::AuthSuccess, "success"),
             _ => (EventType::AuthSuccess, "failure"),
         };
-        let audited = match caller {
-            Some(_) => true,
-            None => self
-                .anonymous
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take(Instant::now()),
+        // Refusals a flood can cause are written within a budget, not each one.
+        let budget = match (caller, code) {
+            (None, _) => Some(&self.anonymous),
+            (Some(_), 429) => Some(&self.over_rate),
+            _ => None,
         };
+        let audited = budget.is_none_or(|b| {
+            b.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(Instant::now())
+        });
         crate::metrics::METRICS
             .api_calls
             .get_or_create(&crate::metrics::ApiLabels {
@@ -419,8 +426,13 @@ pub async fn serve(
         keys: KeyFile::new(settings.api_keys),
         limits: Mutex::default(),
         anonymous: Mutex::new(RateLimit::new(
-            ANONYMOUS_AUDITS_PER_SECOND,
-            ANONYMOUS_AUDIT_BURST,
+            REFUSAL_AUDITS_PER_SECOND,
+            REFUSAL_AUDIT_BURST,
+            Instant::now(),
+        )),
+        over_rate: Mutex::new(RateLimit::new(
+            REFUSAL_AUDITS_PER_SECOND,
+            REFUSAL_AUDIT_BURST,
             Instant::now(),
         )),
     });

@@ -6,6 +6,7 @@
 mod chain;
 mod checkpoint;
 mod entry;
+pub mod query;
 pub mod sink;
 pub mod store;
 mod verify;

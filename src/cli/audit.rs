@@ -1,11 +1,15 @@
-//! `dvo audit verify`: checks an exported audit log (segments and checkpoints) offline.
+//! `dvo audit verify | export | tail | query`: checks, exports and asks the audit log (of the
+//! cluster, or an export) offline.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{self, Checkpoint, Segment};
+use chrono::{DateTime, Utc};
+
+use crate::audit::query::Filter;
+use crate::audit::{self, Checkpoint, EventType, Segment};
 
 /// An export of the audit log: its segments in chain order and its checkpoints.
 #[derive(Debug, Serialize, Deserialize)]
@@ -223,4 +227,190 @@ pub fn render(export: &Export, format: ExportFormat, last: Option<usize>) -> Res
             .map(|e| crate::audit::sink::format::cef(e) + "\n")
             .collect(),
     })
+}
+
+/// Output formats of `dvo audit query`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueryFormat {
+    /// An aligned table, under a line saying what the chain verification found.
+    Table,
+    /// `{"verification": ..., "matched": N, "entries": [...]}`.
+    Json,
+    /// One entry per line (the verification on standard error).
+    Jsonl,
+    /// A header and one row per entry (the verification on standard error).
+    Csv,
+}
+
+/// Arguments of `dvo audit query`.
+#[derive(clap::Args, Debug)]
+pub struct QueryArgs {
+    /// An export (as `dvo audit export` writes it); without it, the log in the cluster.
+    #[arg(short = 'f', long = "filename")]
+    pub file: Option<PathBuf>,
+    /// The operator's namespace, where the log lives (cluster mode).
+    #[arg(long, default_value = "dvo-system")]
+    pub namespace: String,
+    /// The checkpoint public key (as for `dvo audit verify`; required with -f).
+    #[arg(long)]
+    pub public_key: Option<String>,
+    /// Entries at or after this time: RFC 3339, or an age such as 90d, 12h, 30m.
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// Entries before this time: RFC 3339, or an age.
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<DateTime<Utc>>,
+    /// The actor (repeat for several).
+    #[arg(long = "user")]
+    pub users: Vec<String>,
+    /// Event type, e.g. approval_granted, break_glass_used (repeat for several).
+    #[arg(long = "event", value_parser = parse_event)]
+    pub events: Vec<EventType>,
+    /// Environment (repeat for several).
+    #[arg(long = "environment")]
+    pub environments: Vec<String>,
+    /// The namespace of the objects the entries are about (repeat for several).
+    #[arg(long = "in-namespace")]
+    pub in_namespaces: Vec<String>,
+    /// Agent (repeat for several).
+    #[arg(long = "agent")]
+    pub agents: Vec<String>,
+    /// Outcome, the entry's status: success, failure, denied, blocked, approved, ... (repeat).
+    #[arg(long = "outcome")]
+    pub outcomes: Vec<String>,
+    /// The lowest severity (0-10, as the sinks give it: 10 break-glass, 7 refusals and
+    /// failures, 5 policy violations, 3 degraded, 1 the rest).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=10))]
+    pub min_severity: Option<u8>,
+    /// Only the newest N matches.
+    #[arg(short = 'n', long)]
+    pub last: Option<usize>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = QueryFormat::Table)]
+    pub output: QueryFormat,
+}
+
+/// An RFC 3339 time, or an age (`90d`, `12h`, `30m`, `45s`) before now.
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let bad = || format!("{s:?}: give an RFC 3339 time or an age such as 90d, 12h, 30m, 45s");
+    let unit = s.chars().last().ok_or_else(bad)?;
+    let n: i64 = s
+        .get(..s.len().saturating_sub(unit.len_utf8()))
+        .and_then(|n| n.parse().ok())
+        .filter(|n| (0..=36_500 * 86_400).contains(n))
+        .ok_or_else(bad)?;
+    let age = match unit {
+        'd' => chrono::Duration::days(n),
+        'h' => chrono::Duration::hours(n),
+        'm' => chrono::Duration::minutes(n),
+        's' => chrono::Duration::seconds(n),
+        _ => return Err(bad()),
+    };
+    Utc::now().checked_sub_signed(age).ok_or_else(bad)
+}
+
+fn parse_event(s: &str) -> Result<EventType, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+        format!("{s:?} is not an event type (e.g. approval_granted, break_glass_used)")
+    })
+}
+
+/// Runs `dvo audit query`: the entries that match, and what the verification of the chain they
+/// were read from found. Exit code 0 when intact, 3 when the chain is damaged (the matches are
+/// still shown, under that warning).
+pub fn query(args: &QueryArgs) -> Result<(String, u8)> {
+    let (export, key) = match &args.file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let export: Export = serde_json::from_str(&text)
+                .map_err(|e| anyhow!("{}: not an audit export: {e}", file.display()))?;
+            let key = args.public_key.as_deref().ok_or_else(|| {
+                anyhow!("--public-key is required to query an export (its chain is verified)")
+            })?;
+            (export, public_key(key)?)
+        }
+        None => tokio::runtime::Runtime::new()?
+            .block_on(from_cluster(&args.namespace, args.public_key.as_deref()))?,
+    };
+    let filter = Filter {
+        since: args.since,
+        until: args.until,
+        users: args.users.clone(),
+        events: args.events.clone(),
+        environments: args.environments.clone(),
+        namespaces: args.in_namespaces.clone(),
+        agents: args.agents.clone(),
+        outcomes: args.outcomes.clone(),
+        min_severity: args.min_severity,
+    };
+    let verified = audit::verify(&export.segments, &export.checkpoints, &key);
+    let mut matched: Vec<&audit::Entry> = export
+        .segments
+        .iter()
+        .flat_map(|s| &s.entries)
+        .filter(|e| filter.matches(e))
+        .collect();
+    let total = matched.len();
+    if let Some(n) = args.last {
+        matched.drain(..total.saturating_sub(n));
+    }
+    let (said, code) = match &verified {
+        Ok(r) => (
+            format!(
+                "chain intact: {} entries read, seq {}..{}, head {}, checkpoints verified up to seq {}",
+                r.entries,
+                r.first_seq,
+                r.last_seq,
+                r.head_hash,
+                r.last_checkpoint_seq
+                    .map_or("none".to_owned(), |s| s.to_string())
+            ),
+            0,
+        ),
+        Err(f) => (
+            format!("CHAIN DAMAGED, these results cannot be trusted: {f}"),
+            3,
+        ),
+    };
+    let text = match args.output {
+        QueryFormat::Table => format!(
+            "# {said}\n# {} of them match{}\n{}",
+            total,
+            if matched.len() < total {
+                format!(", the newest {} shown", matched.len())
+            } else {
+                String::new()
+            },
+            audit::query::table(&matched)
+        ),
+        QueryFormat::Json => {
+            let verification = match &verified {
+                Ok(r) => serde_json::json!({
+                    "intact": true, "entries": r.entries, "firstSeq": r.first_seq,
+                    "lastSeq": r.last_seq, "headHash": r.head_hash,
+                    "lastCheckpointSeq": r.last_checkpoint_seq,
+                }),
+                Err(f) => serde_json::json!({"intact": false, "fault": f.to_string()}),
+            };
+            serde_json::to_string_pretty(&serde_json::json!({
+                "verification": verification, "matched": total, "entries": matched,
+            }))? + "\n"
+        }
+        QueryFormat::Jsonl => {
+            eprintln!("{said}; {total} match");
+            matched
+                .iter()
+                .map(|e| crate::json::to_string(e) + "\n")
+                .collect()
+        }
+        QueryFormat::Csv => {
+            eprintln!("{said}; {total} match");
+            audit::query::csv(&matched)
+        }
+    };
+    Ok((text, code))
 }

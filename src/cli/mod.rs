@@ -38,6 +38,10 @@ pub enum AuditCommand {
     Export(audit::ReadArgs),
     /// Print the newest entries (default 20) as JSON lines, or `--format cef`.
     Tail(audit::ReadArgs),
+    /// The entries that match: by time, user, event type, environment, namespace, agent,
+    /// outcome, severity; as a table, JSON, JSON lines or CSV. The chain read is verified, and
+    /// the output says what that found (exit code 3 when damaged).
+    Query(Box<audit::QueryArgs>),
 }
 
 impl Offline {
@@ -51,6 +55,7 @@ impl Offline {
             }
             Offline::Audit(AuditCommand::Verify(args)) => audit::run(&args)?,
             Offline::Audit(AuditCommand::Export(args)) => (audit::export(&args)?, 0),
+            Offline::Audit(AuditCommand::Query(args)) => audit::query(&args)?,
             Offline::Audit(AuditCommand::Tail(mut args)) => {
                 if args.format == audit::ExportFormat::Json {
                     args.format = audit::ExportFormat::Jsonl;

@@ -57,7 +57,30 @@ pub struct EntraConfig {
     /// Default false: only approval tokens prove MFA.
     #[serde(default)]
     pub trust_api_server_sign_in: bool,
+    /// The claim that names a person: the one your API server's authenticator maps to user
+    /// names. Default `upn` (v2 access tokens carry it when the `upn` optional claim is
+    /// configured). A person's token without it is refused: no other claim stands in.
+    #[serde(default)]
+    pub username_claim: UsernameClaim,
 }
+
+/// The claim that names a person.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsernameClaim {
+    /// `upn`.
+    #[default]
+    Upn,
+    /// `preferred_username` (mutable in Entra ID: only where the cluster maps it too).
+    PreferredUsername,
+    /// `unique_name` (v1 tokens).
+    UniqueName,
+    /// `email`.
+    Email,
+}
+
+/// The longest user name a token may give (Entra ID's are at most 113 characters).
+const MAX_USERNAME: usize = 256;
 
 fn default_refetch() -> u64 {
     300
@@ -74,7 +97,7 @@ pub struct EntraIdentity {
     pub oid: String,
     /// Tenant ID.
     pub tid: String,
-    /// `upn`, `preferred_username` or `unique_name` (the `oid` when none).
+    /// The configured name claim of a person; the `oid` of an application.
     pub username: String,
     /// Group object IDs.
     pub groups: Vec<String>,
@@ -210,6 +233,8 @@ struct Claims {
     #[serde(default)]
     unique_name: Option<String>,
     #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
     groups: Vec<String>,
     #[serde(default)]
     roles: Vec<String>,
@@ -301,15 +326,45 @@ pub fn verify(
         || claims.unique_name.is_some()
         || claims.scp.is_some();
     let application = claims.idtyp.as_deref() == Some("app") || !person;
+    // A person is named by the configured claim alone, as the API server names them; an
+    // application by its object ID.
+    let username = if application {
+        claims.oid.clone()
+    } else {
+        let (name, claim) = match cfg.username_claim {
+            UsernameClaim::Upn => (claims.upn, "upn"),
+            UsernameClaim::PreferredUsername => (claims.preferred_username, "preferred_username"),
+            UsernameClaim::UniqueName => (claims.unique_name, "unique_name"),
+            UsernameClaim::Email => (claims.email, "email"),
+        };
+        name.ok_or_else(|| {
+            TokenError::Malformed(format!(
+                "the token has no {claim} claim, which names people here (usernameClaim)"
+            ))
+        })?
+    };
+    let plain = !username.is_empty()
+        && username.len() <= MAX_USERNAME
+        && username.trim() == username
+        && !username.chars().any(char::is_control)
+        && !username.starts_with("system:");
+    if !plain {
+        return Err(TokenError::Malformed(format!(
+            "the token's user name is empty, longer than {MAX_USERNAME} bytes, padded, has control characters or starts with system:"
+        )));
+    }
+    // Entra ID object IDs are GUIDs and a token lists at most 200 groups (then it is an
+    // overage): anything larger is not Entra's, and would only swell what is recorded.
+    let short = |s: &str| !s.is_empty() && s.len() <= 64 && !s.chars().any(char::is_control);
+    if !short(&claims.oid) || claims.groups.len() > 200 || !claims.groups.iter().all(|g| short(g)) {
+        return Err(TokenError::Malformed(
+            "the token's oid or groups are not object IDs (at most 64 bytes each, 200 groups)"
+                .into(),
+        ));
+    }
     Ok(EntraIdentity {
         application,
-        // The upn first: the claim an API server's Entra authenticator maps to user names
-        // (README); preferred_username is mutable and only a display name.
-        username: claims
-            .upn
-            .or(claims.preferred_username)
-            .or(claims.unique_name)
-            .unwrap_or_else(|| claims.oid.clone()),
+        username,
         app_roles: claims
             .roles
             .iter()

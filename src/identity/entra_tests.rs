@@ -37,7 +37,7 @@ fn claims() -> Value {
         "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"), "aud": AUD,
         "exp": now() + 3600, "nbf": now() - 60, "iat": now() - 60,
         "tid": TENANT, "oid": "0c0e7f3e-0000-4000-8000-00000000a001",
-        "preferred_username": "rosa@example.com",
+        "upn": "rosa@example.com", "preferred_username": "Rosa (display)",
         "groups": ["3f2a8c1e-5b7d-4e9a-a1c2-0d4e6f8b9a10"], "roles": ["DVO.ReleaseManager", "Other"],
         "amr": ["pwd", "mfa"],
     })
@@ -98,16 +98,74 @@ fn application_tokens_are_machines_and_user_tokens_people() {
             .application
     };
     assert!(!who(&claims()), "a user name: a person");
-    let app = with(claims(), "preferred_username", Value::Null);
+    let app = with(
+        with(claims(), "preferred_username", Value::Null),
+        "upn",
+        Value::Null,
+    );
     assert!(
         who(&app),
         "no user name and no delegated scope: an application"
     );
-    assert!(!who(&with(app.clone(), "scp", json!("access_as_user"))));
+    // A delegated scope makes a person, who must then be named.
+    let unnamed = with(app.clone(), "scp", json!("access_as_user"));
+    assert!(matches!(
+        verify(&sign(k1, "k1", &unnamed), &jwks(&[k1]), &config(), false),
+        Err(TokenError::Malformed(_))
+    ));
     assert!(
         who(&with(claims(), "idtyp", json!("app"))),
         "idtyp app whatever else it says"
     );
+}
+
+#[test]
+fn people_are_named_by_the_configured_claim_alone() {
+    let (k1, _) = keys();
+    let verify_with = |c: &Value, cfg: &EntraConfig| {
+        verify(&sign(k1, "k1", c), &jwks(&[k1]), cfg, false).map(|id| id.username)
+    };
+    assert_eq!(
+        verify_with(&claims(), &config()),
+        Ok("rosa@example.com".into())
+    );
+    // No upn: no other claim stands in for it.
+    let no_upn = with(claims(), "upn", Value::Null);
+    assert!(matches!(
+        verify_with(&no_upn, &config()),
+        Err(TokenError::Malformed(m)) if m.contains("no upn claim")
+    ));
+    let mut by_preferred = config();
+    by_preferred.username_claim = UsernameClaim::PreferredUsername;
+    assert_eq!(
+        verify_with(&no_upn, &by_preferred),
+        Ok("Rosa (display)".into())
+    );
+    let many = with(claims(), "groups", json!(vec!["g"; 201]));
+    assert!(matches!(
+        verify_with(&many, &config()),
+        Err(TokenError::Malformed(_))
+    ));
+    let long_oid = with(claims(), "oid", json!("o".repeat(65)));
+    assert!(matches!(
+        verify_with(&long_oid, &config()),
+        Err(TokenError::Malformed(_))
+    ));
+    for bad in [
+        json!("u".repeat(300)),
+        json!("rosa "),
+        json!("system:kube-controller-manager"),
+        json!(
+            "ro
+sa"
+        ),
+    ] {
+        let c = with(claims(), "upn", bad.clone());
+        assert!(
+            matches!(verify_with(&c, &config()), Err(TokenError::Malformed(_))),
+            "{bad}"
+        );
+    }
 }
 
 #[test]

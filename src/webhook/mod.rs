@@ -149,22 +149,26 @@ pub async fn serve(
         };
         let tls = tls::server_config(&cert, None)?;
         // Whatever becomes of the API, admission goes on. Calls that come before its caches
-        // are loaded wait in the listen queue.
-        match tokio::net::TcpListener::bind(api.addr).await {
-            Ok(listener) => {
-                let stop = shutdown.clone();
-                tokio::spawn(crate::api::serve(
-                    Arc::new(shared),
-                    api,
-                    listener,
-                    tls,
-                    stop,
-                ));
-            }
-            Err(e) => {
-                tracing::error!(addr = %api.addr, %e, "the HTTP API cannot listen; admission goes on without it")
-            }
-        }
+        // are loaded wait in the listen queue; a port that is taken is tried again.
+        let first = tokio::net::TcpListener::bind(api.addr).await;
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut bound = first;
+            let listener = loop {
+                match bound {
+                    Ok(listener) => break listener,
+                    Err(e) => {
+                        tracing::error!(addr = %api.addr, %e, "the HTTP API cannot listen (trying again in 5 s); admission goes on without it");
+                        tokio::select! {
+                            () = stop.clone() => return,
+                            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                        }
+                        bound = tokio::net::TcpListener::bind(api.addr).await;
+                    }
+                }
+            };
+            crate::api::serve(Arc::new(shared), api, listener, tls, stop).await;
+        });
     }
     let shared = Arc::new(Shared {
         audit,

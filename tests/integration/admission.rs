@@ -506,7 +506,7 @@ async fn approvals_that_must_prove_mfa_take_a_verified_entra_token() {
     let now = Utc::now().timestamp();
     let claims = |user: &str, amr: Value| {
         json!({"iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"), "aud": AUDIENCE,
-            "exp": now + 600, "nbf": now - 60, "tid": TENANT, "oid": "oid-rosa", "preferred_username": user, "amr": amr})
+            "exp": now + 600, "nbf": now - 60, "tid": TENANT, "oid": "oid-rosa", "upn": user, "amr": amr})
     };
     let cases = [
         (

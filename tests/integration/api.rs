@@ -100,13 +100,13 @@ impl Curl {
     }
 }
 
-/// An Entra ID access token of the test tenant for a person (`preferred_username`).
+/// An Entra ID access token of the test tenant for a person (`upn`).
 fn token(user: &str, groups: &[&str], amr: &[&str]) -> String {
     let now = chrono::Utc::now().timestamp();
     entra_key().sign(&json!({
         "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"), "aud": AUDIENCE,
         "exp": now + 600, "nbf": now - 60, "tid": TENANT, "oid": format!("oid-{user}"),
-        "preferred_username": user, "scp": "access_as_user", "groups": groups, "amr": amr,
+        "upn": user, "scp": "access_as_user", "groups": groups, "amr": amr,
     }))
 }
 
@@ -205,7 +205,7 @@ async fn every_route_and_refusal_over_https_and_one_quorum_with_kubectl() {
     let now = chrono::Utc::now().timestamp();
     let elsewhere = entra_key().sign(&json!({
         "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"), "aud": "api://other",
-        "exp": now + 600, "tid": TENANT, "oid": "o", "preferred_username": "rosa-release",
+        "exp": now + 600, "tid": TENANT, "oid": "o", "upn": "rosa-release",
     }));
     let refused = curl.call("GET", "/v1/approvals/pending", &bearer(&elsewhere), None);
     assert!(
@@ -303,18 +303,23 @@ async fn every_route_and_refusal_over_https_and_one_quorum_with_kubectl() {
     );
     let seen_by_outsider = curl.call("GET", &one, &bearer(&nina), None);
     seen_by_outsider.problem(403);
-    // A token cannot claim Kubernetes system groups or users for that check.
-    for (user, groups) in [
-        ("nina@contoso.com", vec![rm.as_str(), "system:masters"]),
-        ("system:kube-controller-manager", vec![rm.as_str()]),
-    ] {
-        let claims = token(user, &groups, &["pwd", "mfa"]);
-        let forged = curl.call("GET", &one, &bearer(&claims), None);
-        assert!(
-            forged.problem(403).contains("(Kubernetes RBAC)"),
-            "{forged:?}"
-        );
-    }
+    // A token cannot claim Kubernetes system groups for that check, nor a system user name.
+    let claims = token(
+        "nina@contoso.com",
+        &[&rm, "system:masters"],
+        &["pwd", "mfa"],
+    );
+    let forged = curl.call("GET", &one, &bearer(&claims), None);
+    assert!(
+        forged.problem(403).contains("(Kubernetes RBAC)"),
+        "{forged:?}"
+    );
+    let claims = token("system:kube-controller-manager", &[&rm], &["pwd", "mfa"]);
+    let forged = curl.call("GET", &one, &bearer(&claims), None);
+    assert!(
+        forged.problem(401).contains("starts with system:"),
+        "{forged:?}"
+    );
     // What is not a Kubernetes name never reaches the Kubernetes client (no query smuggled in).
     let smuggled = curl.call(
         "POST",
@@ -510,6 +515,34 @@ async fn every_route_and_refusal_over_https_and_one_quorum_with_kubectl() {
             .contains("over its rate of 4 calls per minute")
     );
     assert!(limited.headers.contains("retry-after: "), "{limited:?}");
+    // A flood over the rate is refused and counted, but written to the audit log only within
+    // a budget (20 at once, then 1 a second), so it cannot fill the log.
+    let started = std::time::Instant::now();
+    let refused = (0..40)
+        .filter(|_| {
+            curl.call("GET", "/v1/approvals/pending", &key_header(&portal), None)
+                .status
+                == 429
+        })
+        .count();
+    let elapsed = started.elapsed().as_secs();
+    assert_eq!(refused, 40);
+    let written = dvo_operator::audit::store::newest(
+        &client,
+        OPERATOR_NS,
+        |e| e.draft.user_id == "apikey:portal" && e.draft.status == "rate_limited",
+        1000,
+        50,
+    )
+    .await
+    .unwrap()
+    .0
+    .len() as u64;
+    assert!(
+        (1..=22 + elapsed).contains(&written),
+        "{written} of {} refusals written in {elapsed} s",
+        refused + 2
+    );
     let wrong_key = curl.call(
         "GET",
         "/v1/approvals/pending",

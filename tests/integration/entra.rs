@@ -61,7 +61,7 @@ fn token(key: &TestKey, amr: &[&str]) -> String {
     key.sign(&json!({
         "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"), "aud": AUDIENCE,
         "exp": now + 600, "nbf": now - 60, "tid": TENANT, "oid": "oid-rosa",
-        "preferred_username": "rosa-release", "amr": amr,
+        "upn": "rosa-release", "amr": amr,
     }))
 }
 
@@ -214,7 +214,7 @@ async fn an_entra_sign_in_at_the_api_server_approves_with_the_mfa_it_vouched_for
     let api_token = |user: &str, oid: &str| {
         entra_key().sign(&json!({
             "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"), "aud": AUDIENCE,
-            "exp": now + 600, "tid": TENANT, "oid": oid, "preferred_username": user,
+            "exp": now + 600, "tid": TENANT, "oid": oid, "upn": user,
             "scp": "access_as_user", "groups": [group], "amr": ["pwd", "mfa"],
         }))
     };

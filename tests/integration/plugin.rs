@@ -175,3 +175,114 @@ async fn kubectl_dvo_explains_lists_and_acts() {
         "{out}"
     );
 }
+
+/// `kubectl dvo audit query` asks the real history of a real flow: a refused act, an approval,
+/// a rollout; by namespace, user, event, severity and time, in every format, over a verified
+/// chain.
+#[tokio::test]
+async fn kubectl_dvo_audit_query_answers_questions_of_a_real_history() {
+    use dvo_operator::crd::agent_deployment::Phase;
+    let client = operator().await;
+    let ns = namespace(&client, "query").await;
+    crate::support::scoped_policy(
+        &client,
+        &ns,
+        "approve",
+        json!({"action": "RequireApproval", "approval": {"roles": ["release_manager"]}}),
+    )
+    .await;
+    let ad = crate::support::create_as(
+        "operator",
+        &ns,
+        json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "gha"}, "spec": {
+            "agent": "GHA", "platform": "langchain", "environment": "staging", "replicas": 1,
+            "steps": {"healthCheck": false},
+            "template": {"spec": {"containers": [{"name": "agent", "image": "gha:1"}]}},
+        }}),
+    )
+    .await;
+    crate::support::phase(&client, &ns, "gha", Phase::PendingApproval).await;
+    let apr = approval_request_name(
+        "gha",
+        ad.metadata.generation.unwrap(),
+        &spec_digest(&ad.spec),
+    );
+    let annotate = [
+        "annotate",
+        "approvalrequest",
+        &apr,
+        "-n",
+        &ns,
+        "dvo.caat.io/approve=ok",
+    ];
+    let (_, ok) = control_plane().kubectl("developer", &annotate);
+    assert!(!ok, "a developer may not approve");
+    let (out, ok) = control_plane().kubectl("release-manager-1", &annotate);
+    assert!(ok, "{out}");
+    crate::support::phase(&client, &ns, "gha", Phase::Deployed).await;
+
+    let query = |extra: &[&str]| {
+        let mut args = vec!["audit", "query", "--in-namespace", ns.as_str()];
+        args.extend_from_slice(extra);
+        kubectl_dvo("admin", &args)
+    };
+    let (out, code) = query(&["-o", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["verification"]["intact"], true, "{out}");
+    let events: Vec<&str> = answer["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    for want in [
+        "approval_requested",
+        "permission_denied",
+        "approval_granted",
+        "deployment_completed",
+    ] {
+        assert!(events.contains(&want), "{want} in {events:?}");
+    }
+    assert_eq!(answer["matched"], events.len());
+
+    let (csv, code) = query(&["--user", "rosa-release", "-o", "csv"]);
+    assert_eq!(code, 0, "{csv}");
+    let mut lines = csv.lines().filter(|l| !l.starts_with("chain intact"));
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("seq,timestamp,event,severity,user")
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert!(!rows.is_empty(), "{csv}");
+    assert!(rows.iter().all(|r| r.contains(",rosa-release,")), "{csv}");
+
+    let (table, code) = query(&["--min-severity", "7"]);
+    assert_eq!(code, 0, "{table}");
+    assert!(table.starts_with("# chain intact: "), "{table}");
+    assert!(
+        table.contains("permission_denied") && table.contains("dev-dana"),
+        "{table}"
+    );
+    assert!(!table.contains("deployment_completed"), "{table}");
+
+    let (jsonl, code) = query(&[
+        "--since",
+        "1h",
+        "--event",
+        "deployment_completed",
+        "-o",
+        "jsonl",
+    ]);
+    assert_eq!(code, 0, "{jsonl}");
+    let lines: Vec<&str> = jsonl.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(lines.len(), 1, "{jsonl}");
+    let (none, _) = query(&["--until", "2000-01-01T00:00:00Z", "-o", "json"]);
+    let none: serde_json::Value = serde_json::from_str(&none).unwrap();
+    assert_eq!(none["matched"], 0);
+    let (bad, code) = query(&["--event", "approved_by_magic"]);
+    assert_eq!(code, 2, "{bad}");
+    assert!(bad.contains("is not an event type"), "{bad}");
+}
