@@ -1,9 +1,11 @@
-//! The audit chain: append (hashing) rate and `verify()` time for 10 k, 100 k and 1 M entries,
-//! each also given as a ratio per entry to the 10 k baseline measured in the same process.
+//! The audit chain: append (hashing) rate, `verify()` time and `dvo audit query`'s filter time
+//! for 10 k, 100 k and 1 M entries, each also given as a ratio per entry to the 10 k baseline
+//! measured in the same process.
 
 use std::hint::black_box;
 use std::time::Instant;
 
+use dvo_operator::audit::query::Filter;
 use dvo_operator::audit::{Draft, EventType, Segment, SigningKey, append, verify};
 
 fn chain(n: usize, key: &SigningKey) -> (Vec<Segment>, Vec<dvo_operator::audit::Checkpoint>) {
@@ -54,6 +56,7 @@ fn main() {
     let public = key.public_key();
     let sizes = [10_000usize, 100_000, 1_000_000];
     let mut baseline = None;
+    let mut query_baseline = None;
     for n in sizes {
         let t = Instant::now();
         let (segments, checkpoints) = chain(n, &key);
@@ -70,6 +73,30 @@ fn main() {
             check.as_secs_f64(),
             per * 1e6,
             per / base
+        );
+        // `dvo audit query`: a filter by namespace, event and time over every entry.
+        let filter = Filter {
+            namespaces: vec!["agents".into()],
+            events: vec![EventType::PolicyEvaluated],
+            since: "2026-11-01T00:00:00Z".parse().ok(),
+            users: vec!["rosa-release".into()],
+            ..Filter::default()
+        };
+        let t = Instant::now();
+        let matched = segments
+            .iter()
+            .flat_map(|s| &s.entries)
+            .filter(|e| black_box(&filter).matches(e))
+            .count();
+        let query = t.elapsed();
+        assert_eq!(matched, n);
+        let per_query = query.as_secs_f64() / n as f64;
+        let query_base = *query_baseline.get_or_insert(per_query);
+        println!(
+            "audit/{n}: query {:>7.2} s ({:>5.2} µs/entry, {:.2}x the 10k per-entry baseline)",
+            query.as_secs_f64(),
+            per_query * 1e6,
+            per_query / query_base
         );
     }
 }

@@ -156,7 +156,7 @@ pub fn csv(entries: &[&Entry]) -> String {
 /// The entries as an aligned table for people: one line each, fields cut to fit, control
 /// characters shown as spaces.
 pub fn table(entries: &[&Entry]) -> String {
-    const WIDTH: [usize; 12] = [7, 20, 22, 3, 24, 16, 10, 40, 12, 12, 12, 60];
+    const WIDTH: [usize; 12] = [7, 20, 22, 8, 24, 16, 10, 40, 12, 12, 12, 60];
     let clean = |s: &str, w: usize| -> String {
         let s: String = s
             .chars()
