@@ -6,6 +6,7 @@ pub mod evaluate;
 pub mod load;
 pub mod plugin;
 pub mod test_runner;
+pub mod what_if;
 
 use std::path::PathBuf;
 

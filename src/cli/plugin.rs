@@ -46,6 +46,9 @@ enum Command {
     Reject(ActArgs),
     /// Withdraw an ApprovalRequest (the requester or an admin).
     Cancel(ActArgs),
+    /// What a policy change would do: every AgentDeployment decided under the policies in
+    /// force and with the given ones added (or --remove'd), and those whose outcome changes.
+    WhatIf(super::what_if::WhatIfArgs),
     #[command(flatten)]
     Offline(Offline),
 }
@@ -105,6 +108,7 @@ async fn run(command: Command) -> Result<(String, u8)> {
         Command::Approve(a) => act(&client, "approve", a, &ns_or_default).await,
         Command::Reject(a) => act(&client, "reject", a, &ns_or_default).await,
         Command::Cancel(a) => act(&client, "cancel", a, &ns_or_default).await,
+        Command::WhatIf(args) => super::what_if::run(&client, &args).await,
         Command::Offline(_) => unreachable!("handled without a client"),
     }
 }

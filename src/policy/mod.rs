@@ -8,6 +8,7 @@ pub mod decision;
 mod evidence;
 mod rules;
 pub mod time;
+pub mod what_if;
 
 pub mod break_glass;
 

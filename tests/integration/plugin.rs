@@ -286,3 +286,71 @@ async fn kubectl_dvo_audit_query_answers_questions_of_a_real_history() {
     assert_eq!(code, 2, "{bad}");
     assert!(bad.contains("is not an event type"), "{bad}");
 }
+
+/// `kubectl dvo what-if` decides the live AgentDeployments under the policies in force and under
+/// the proposed ones, and lists those whose outcome would change, and why.
+#[tokio::test]
+async fn kubectl_dvo_what_if_lists_what_a_policy_change_would_change() {
+    use dvo_operator::crd::agent_deployment::Phase;
+    let client = operator().await;
+    let ns = namespace(&client, "whatif").await;
+    let hold = crate::support::scoped_policy(
+        &client,
+        &ns,
+        "hold",
+        json!({"action": "RequireApproval", "approval": {"roles": ["release_manager"]},
+               "scope": {"environments": ["staging"]}}),
+    )
+    .await;
+    for (name, env) in [("held", "staging"), ("free", "development")] {
+        crate::support::create_as(
+            "operator",
+            &ns,
+            json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": name}, "spec": {
+                "agent": "GHA", "platform": "langchain", "environment": env, "replicas": 1,
+                "steps": {"healthCheck": false},
+                "template": {"spec": {"containers": [{"name": "agent", "image": "gha:1"}]}},
+            }}),
+        )
+        .await;
+    }
+    crate::support::phase(&client, &ns, "held", Phase::PendingApproval).await;
+    crate::support::phase(&client, &ns, "free", Phase::Deployed).await;
+
+    // A freeze of development, proposed from a file: only "free" would change.
+    let dir = std::env::temp_dir().join(format!("dvo-whatif-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("freeze.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: dvo.caat.io/v1alpha1\nkind: DeploymentPolicy\nmetadata: {{name: {ns}-freeze}}\nspec:\n  action: Deny\n  message: development is frozen\n  scope: {{namespaces: [{ns}], environments: [development]}}\n"
+        ),
+    )
+    .unwrap();
+    let (out, code) = kubectl_dvo(
+        "admin",
+        &["what-if", "-n", &ns, "-f", file.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 AgentDeployments decided at"), "{out}");
+    assert!(out.contains(": 1 would change"), "{out}");
+    assert!(
+        out.contains(&format!("{ns}/free: Allow -> Deny")) && out.contains("development is frozen"),
+        "{out}"
+    );
+    // Without the hold, "held" would go ahead.
+    let (out, code) = kubectl_dvo(
+        "admin",
+        &["what-if", "-n", &ns, "--remove", &hold, "-o", "json"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let changes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        changes,
+        json!([{"agentDeployment": format!("{ns}/held"), "now": "RequireApproval", "proposed": "Allow", "why": []}])
+    );
+    let (out, code) = kubectl_dvo("admin", &["what-if", "--remove", "no-such-policy"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no such DeploymentPolicy in force"), "{out}");
+}
