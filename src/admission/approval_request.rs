@@ -313,6 +313,11 @@ pub fn review_update(
         d.platform = Some(spec.platform.as_str().to_owned());
         d.agents = vec![spec.agent.clone()];
         crate::json::set(&mut d.metadata, "specDigest", spec.spec_digest.clone());
+        crate::json::set(
+            &mut d.metadata,
+            "deployment",
+            spec.deployment_ref.name.clone(),
+        );
         Verdict::refuse(message, d)
     };
     let held = subject.roles.clone();

@@ -7,6 +7,7 @@ mod chain;
 mod checkpoint;
 mod entry;
 pub mod query;
+pub mod report;
 pub mod sink;
 pub mod store;
 mod verify;

@@ -322,20 +322,11 @@ fn parse_event(s: &str) -> Result<EventType, String> {
 /// were read from found. Exit code 0 when intact, 3 when the chain is damaged (the matches are
 /// still shown, under that warning).
 pub fn query(args: &QueryArgs) -> Result<(String, u8)> {
-    let (export, key) = match &args.file {
-        Some(file) => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let export: Export = serde_json::from_str(&text)
-                .map_err(|e| anyhow!("{}: not an audit export: {e}", file.display()))?;
-            let key = args.public_key.as_deref().ok_or_else(|| {
-                anyhow!("--public-key is required to query an export (its chain is verified)")
-            })?;
-            (export, public_key(key)?)
-        }
-        None => tokio::runtime::Runtime::new()?
-            .block_on(from_cluster(&args.namespace, args.public_key.as_deref()))?,
-    };
+    let (export, verified) = read_verified(
+        args.file.as_deref(),
+        &args.namespace,
+        args.public_key.as_deref(),
+    )?;
     let filter = Filter {
         since: args.since,
         until: args.until,
@@ -347,7 +338,6 @@ pub fn query(args: &QueryArgs) -> Result<(String, u8)> {
         outcomes: args.outcomes.clone(),
         min_severity: args.min_severity,
     };
-    let verified = audit::verify(&export.segments, &export.checkpoints, &key);
     let mut matched: Vec<&audit::Entry> = export
         .segments
         .iter()
@@ -358,24 +348,7 @@ pub fn query(args: &QueryArgs) -> Result<(String, u8)> {
     if let Some(n) = args.last {
         matched.drain(..total.saturating_sub(n));
     }
-    let (said, code) = match &verified {
-        Ok(r) => (
-            format!(
-                "chain intact: {} entries read, seq {}..{}, head {}, checkpoints verified up to seq {}",
-                r.entries,
-                r.first_seq,
-                r.last_seq,
-                r.head_hash,
-                r.last_checkpoint_seq
-                    .map_or("none".to_owned(), |s| s.to_string())
-            ),
-            0,
-        ),
-        Err(f) => (
-            format!("CHAIN DAMAGED, these results cannot be trusted: {f}"),
-            3,
-        ),
-    };
+    let (said, code) = said(&verified);
     let text = match args.output {
         QueryFormat::Table => format!(
             "# {said}\n# {} of them match{}\n{}",
@@ -411,6 +384,118 @@ pub fn query(args: &QueryArgs) -> Result<(String, u8)> {
             eprintln!("{said}; {total} match");
             audit::query::csv(&matched)
         }
+    };
+    Ok((text, code))
+}
+
+/// The log of an export (`file`, whose checkpoints `key` verifies) or of the cluster, and what
+/// the verification of its chain found.
+fn read_verified(
+    file: Option<&std::path::Path>,
+    namespace: &str,
+    key: Option<&str>,
+) -> Result<(Export, Result<audit::Report, audit::Fault>)> {
+    let (export, key) = match file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let export: Export = serde_json::from_str(&text)
+                .map_err(|e| anyhow!("{}: not an audit export: {e}", file.display()))?;
+            let key = key.ok_or_else(|| {
+                anyhow!("--public-key is required with -f (the export's chain is verified)")
+            })?;
+            (export, public_key(key)?)
+        }
+        None => tokio::runtime::Runtime::new()?.block_on(from_cluster(namespace, key))?,
+    };
+    let verified = audit::verify(&export.segments, &export.checkpoints, &key);
+    Ok((export, verified))
+}
+
+/// What a verification found, in a sentence, and the exit code it means (0 intact, 3 damaged).
+fn said(verified: &Result<audit::Report, audit::Fault>) -> (String, u8) {
+    match verified {
+        Ok(r) => (
+            format!(
+                "chain intact: {} entries read, seq {}..{}, head {}, checkpoints verified up to seq {}",
+                r.entries,
+                r.first_seq,
+                r.last_seq,
+                r.head_hash,
+                r.last_checkpoint_seq
+                    .map_or("none".to_owned(), |s| s.to_string())
+            ),
+            0,
+        ),
+        Err(f) => (
+            format!("CHAIN DAMAGED, these results cannot be trusted: {f}"),
+            3,
+        ),
+    }
+}
+
+/// Output formats of `dvo audit report`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    /// Markdown.
+    Markdown,
+    /// One self-contained HTML page with charts.
+    Html,
+    /// The report's data as JSON.
+    Json,
+}
+
+/// Arguments of `dvo audit report`.
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// An export (as `dvo audit export` writes it); without it, the log in the cluster.
+    #[arg(short = 'f', long = "filename")]
+    pub file: Option<PathBuf>,
+    /// The operator's namespace, where the log lives (cluster mode).
+    #[arg(long, default_value = "dvo-system")]
+    pub namespace: String,
+    /// The checkpoint public key (as for `dvo audit verify`; required with -f).
+    #[arg(long)]
+    pub public_key: Option<String>,
+    /// Changes first seen at or after this time: RFC 3339, or an age such as 90d.
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// Changes first seen before this time: RFC 3339, or an age.
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<DateTime<Utc>>,
+    /// The environments reported on (repeat for several).
+    #[arg(long = "environment", default_values_t = ["production".to_owned()])]
+    pub environments: Vec<String>,
+    /// Only changes in these namespaces (repeat for several).
+    #[arg(long = "in-namespace")]
+    pub in_namespaces: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = ReportFormat::Markdown)]
+    pub output: ReportFormat,
+}
+
+/// Runs `dvo audit report`. Exit code 0 when the chain verified, 3 when it is damaged (the
+/// report says so at its top).
+pub fn report_of(args: &ReportArgs) -> Result<(String, u8)> {
+    let (export, verified) = read_verified(
+        args.file.as_deref(),
+        &args.namespace,
+        args.public_key.as_deref(),
+    )?;
+    let (sentence, code) = said(&verified);
+    let entries: Vec<&audit::Entry> = export.segments.iter().flat_map(|s| &s.entries).collect();
+    let report = audit::report::build(
+        &entries,
+        args.since,
+        args.until,
+        &args.environments,
+        &args.in_namespaces,
+        (code == 0, sentence),
+    );
+    let text = match args.output {
+        ReportFormat::Markdown => audit::report::markdown(&report),
+        ReportFormat::Html => audit::report::html(&report),
+        ReportFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
     };
     Ok((text, code))
 }

@@ -43,6 +43,11 @@ pub enum AuditCommand {
     /// outcome, severity; as a table, JSON, JSON lines or CSV. The chain read is verified, and
     /// the output says what that found (exit code 3 when damaged).
     Query(Box<audit::QueryArgs>),
+    /// The change-management report of a period: each production change with its requester,
+    /// approvals, outcomes, rollbacks, break-glass and refused attempts; totals, approval latency,
+    /// changes per week, refusals by reason; and the chain verification it rests on. Markdown,
+    /// one self-contained HTML page with charts, or JSON.
+    Report(Box<audit::ReportArgs>),
 }
 
 impl Offline {
@@ -57,6 +62,7 @@ impl Offline {
             Offline::Audit(AuditCommand::Verify(args)) => audit::run(&args)?,
             Offline::Audit(AuditCommand::Export(args)) => (audit::export(&args)?, 0),
             Offline::Audit(AuditCommand::Query(args)) => audit::query(&args)?,
+            Offline::Audit(AuditCommand::Report(args)) => audit::report_of(&args)?,
             Offline::Audit(AuditCommand::Tail(mut args)) => {
                 if args.format == audit::ExportFormat::Json {
                     args.format = audit::ExportFormat::Jsonl;

@@ -704,6 +704,12 @@ async fn rollout(
                 None => serde_json::json!({"required": false, "outcome": decision.outcome}),
             },
         );
+        // What runs: the change report names the images of each change.
+        crate::json::set(
+            &mut started.metadata,
+            "images",
+            crate::crd::agent_deployment::images(&ad.spec),
+        );
         ctx.audit.record(started).await.map_err(Error::Audit)?;
         if let Err(e) = apply(ctx, ad, &ns, template, digest).await {
             // An attempt, not an outcome: the write may still have happened (a timeout), and

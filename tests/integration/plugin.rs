@@ -354,3 +354,133 @@ async fn kubectl_dvo_what_if_lists_what_a_policy_change_would_change() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("no such DeploymentPolicy in force"), "{out}");
 }
+
+/// `kubectl dvo audit report` over a real history of production changes (an approval with a
+/// refused act, a break-glass, a rejection), rendered by a real headless browser: the page shows
+/// what the log holds.
+#[tokio::test]
+async fn kubectl_dvo_audit_report_shows_a_real_history_in_a_real_browser() {
+    use dvo_operator::crd::agent_deployment::Phase;
+    let client = operator().await;
+    let ns = namespace(&client, "report").await;
+    let manifest = |name: &str| {
+        json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": name}, "spec": {
+            "agent": "GHA", "platform": "langchain", "environment": "production", "replicas": 1,
+            "steps": {"healthCheck": false},
+            "template": {"spec": {"containers": [{"name": "agent", "image": format!("registry.example/{name}:1")}]}},
+        }})
+    };
+    let mut requests = vec![];
+    for name in ["approved", "risky", "hotfix"] {
+        let ad = crate::support::create_as("operator", &ns, manifest(name)).await;
+        crate::support::phase(&client, &ns, name, Phase::PendingApproval).await;
+        requests.push(approval_request_name(
+            name,
+            ad.metadata.generation.unwrap(),
+            &spec_digest(&ad.spec),
+        ));
+    }
+    let act = |who: &str, apr: &str, what: &str| {
+        control_plane().kubectl(who, &["annotate", "approvalrequest", apr, "-n", &ns, what])
+    };
+    let (_, ok) = act("developer", &requests[0], "dvo.caat.io/approve=me too");
+    assert!(!ok, "a developer may not approve");
+    let (out, ok) = act("release-manager-1", &requests[0], "dvo.caat.io/approve=ok");
+    assert!(ok, "{out}");
+    crate::support::phase(&client, &ns, "approved", Phase::Deployed).await;
+    let (out, ok) = act(
+        "release-manager-1",
+        &requests[1],
+        "dvo.caat.io/reject=too risky",
+    );
+    assert!(ok, "{out}");
+    crate::support::phase(&client, &ns, "risky", Phase::Rejected).await;
+    let (out, ok) = control_plane().kubectl(
+        "admin",
+        &[
+            "annotate",
+            "adep/hotfix",
+            "-n",
+            &ns,
+            "dvo.caat.io/break-glass=INC-7 outage",
+        ],
+    );
+    assert!(ok, "{out}");
+    crate::support::phase(&client, &ns, "hotfix", Phase::Deployed).await;
+
+    let (markdown, code) = kubectl_dvo("admin", &["audit", "report", "--in-namespace", &ns]);
+    assert_eq!(code, 0, "{markdown}");
+    assert!(
+        markdown.starts_with("# Change report: production"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains(&format!("| {ns}/approved | GHA |"))
+            && markdown.contains("registry.example/approved:1")
+            && markdown.contains("rosa-release (release_manager)"),
+        "{markdown}"
+    );
+
+    let (html, code) = kubectl_dvo(
+        "admin",
+        &["audit", "report", "--in-namespace", &ns, "-o", "html"],
+    );
+    assert_eq!(code, 0, "{html}");
+    let dir = std::env::temp_dir().join(format!("dvo-report-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let page = dir.join("report.html");
+    std::fs::write(&page, &html).unwrap();
+    let rendered = Command::new("chromium-headless-shell")
+        .args(["--no-sandbox", "--disable-gpu", "--dump-dom"])
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect(
+            "chromium-headless-shell (Debian package chromium-headless-shell) renders the report",
+        );
+    assert!(rendered.status.success(), "{rendered:?}");
+    let dom = String::from_utf8(rendered.stdout).unwrap();
+    let row = |name: &str| {
+        let start = dom
+            .find(&format!("<td>{ns}/{name}</td>"))
+            .unwrap_or_else(|| panic!("no row for {name} in {dom}"));
+        let end = dom[start..].find("</tr>").unwrap() + start;
+        dom[start..end].to_owned()
+    };
+    assert!(
+        dom.contains("class=\"ok\"><strong>Audit log:</strong> chain intact"),
+        "{dom}"
+    );
+    let approved = row("approved");
+    for want in [
+        "ops-omar",
+        "rosa-release (release_manager)",
+        "via kubernetes",
+        "Deployed",
+        "registry.example/approved:1",
+    ] {
+        assert!(approved.contains(want), "{want} in {approved}");
+    }
+    assert!(
+        approved.contains("dev-dana permission_denied denied"),
+        "the refused act: {approved}"
+    );
+    let risky = row("risky");
+    assert!(
+        risky.contains("Rejected") && risky.contains("too risky"),
+        "{risky}"
+    );
+    let hotfix = row("hotfix");
+    assert!(
+        hotfix.contains("alice-admin break_glass_used success"),
+        "{hotfix}"
+    );
+    // The charts are drawn: three of them, with bars for what the log holds.
+    for chart in ["weekly", "latency", "refusals"] {
+        assert!(dom.contains(&format!("<svg id=\"{chart}\"")), "{chart}");
+    }
+    assert!(dom.contains("rejected by an approver"), "{dom}");
+    assert!(
+        dom.contains("data-value=\"3\""),
+        "three changes this week: {dom}"
+    );
+}
