@@ -543,7 +543,7 @@ body{{font-family:system-ui,sans-serif;margin:2rem;color:#1b1f24}}\
 .bar{{fill:#4c6ef5}} .label,.value{{font-size:12px}}\
 table{{border-collapse:collapse;width:100%;font-size:13px}}\
 th,td{{border:1px solid #d0d7de;padding:4px 6px;text-align:left;vertical-align:top}}\
-th{{background:#f6f8fa}} code{{font-size:11px}}\
+th{{background:#f6f8fa}} code{{font-size:11px;word-break:break-all}}\
 </style></head><body><h1>{}</h1>",
         h(&title),
         h(&title)

@@ -417,13 +417,15 @@ fn said(verified: &Result<audit::Report, audit::Fault>) -> (String, u8) {
     match verified {
         Ok(r) => (
             format!(
-                "chain intact: {} entries read, seq {}..{}, head {}, checkpoints verified up to seq {}",
+                "chain intact: {} entries read, seq {}..{}, head {}, {}",
                 r.entries,
                 r.first_seq,
                 r.last_seq,
                 r.head_hash,
-                r.last_checkpoint_seq
-                    .map_or("none".to_owned(), |s| s.to_string())
+                r.last_checkpoint_seq.map_or(
+                    "no signed checkpoint yet (the hash chain alone vouches for it)".to_owned(),
+                    |s| format!("signed checkpoints verified up to seq {s}")
+                )
             ),
             0,
         ),
