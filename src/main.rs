@@ -84,6 +84,10 @@ struct RunArgs {
     /// approvals that must prove MFA with `dvo.caat.io/approve-token`.
     #[arg(long)]
     entra_config: Option<PathBuf>,
+    /// Keep dvo's decisions as wgpolicyk8s.io/v1alpha2 PolicyReports (one per namespace, named
+    /// dvo) and a ClusterPolicyReport of the policies (the report kinds must be installed).
+    #[arg(long, env = "DVO_POLICY_REPORTS")]
+    policy_reports: bool,
     /// Serve the HTTP API (`/v1`, TLS with the webhook's certificate) on this address; off
     /// when not given. Needs the webhook.
     #[arg(long, env = "DVO_API_ADDR")]
@@ -226,6 +230,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
             }),
             audit_sinks: args.audit_sinks,
             notifications,
+            policy_reports: args.policy_reports,
         };
         let controllers = dvo_operator::controller::run(client, settings, ready, stopped());
         let result = match webhook {

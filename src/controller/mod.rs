@@ -10,6 +10,7 @@ pub mod environment;
 pub mod events;
 pub mod leader;
 pub mod record;
+pub mod reports;
 pub mod status;
 pub mod stores;
 pub mod workload;
@@ -57,6 +58,8 @@ pub struct Settings {
     pub audit_sinks: Vec<(String, crate::audit::sink::Target)>,
     /// Notification channels, fed by the leader.
     pub notifications: crate::notify::Config,
+    /// Whether the leader keeps dvo's PolicyReports current (`wgpolicyk8s.io` installed).
+    pub policy_reports: bool,
 }
 
 /// Shared state of the reconcilers.
@@ -432,6 +435,7 @@ pub async fn run(
     // The caches every reconcile reads (no LIST inside a reconcile), each with its own watch
     // and backoff. Their drivers run as tasks for as long as the controllers do.
     let (sources, changes) = environment::Sources::watch(&client, &settings.namespace);
+    let policy_store = sources.policies.clone();
     let (agents, ad_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
     let (requests, apr_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
     let no_subscriber = || anyhow::anyhow!("a shared cache without subscribers (a bug)");
@@ -667,6 +671,15 @@ pub async fn run(
             |_: Option<&str>| {},
         )
     }));
+    let reports = {
+        let (client, agents, stop) = (client.clone(), agents.clone(), stop.clone());
+        let enabled = settings.policy_reports;
+        async move {
+            if enabled {
+                reports::run(client, agents, policy_store, stop).await;
+            }
+        }
+    };
     let notifiers = futures::future::join_all(notifiers.into_iter().map(|notifier| {
         let cursor = crate::audit::sink::Outbox::cursor(&notifier);
         let told = events::delivery(ctx.recorder.clone(), &settings.namespace, cursor);
@@ -680,9 +693,9 @@ pub async fn run(
     }));
     let all = async {
         tokio::join!(
-            ads, aprs, policies, retention, sinks, notifiers, pending, holder
+            ads, aprs, policies, retention, sinks, notifiers, pending, reports, holder
         )
-        .7
+        .8
     };
     // Reconciles in flight get a grace period once stopping starts; one stuck on the API server
     // must not keep the process past Kubernetes' termination grace (30 s by default).

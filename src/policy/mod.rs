@@ -6,6 +6,7 @@ mod context;
 mod decide;
 pub mod decision;
 mod evidence;
+pub mod report;
 mod rules;
 pub mod time;
 pub mod what_if;

@@ -44,6 +44,10 @@ async fn the_chart_lints_and_its_manifests_pass_the_api_server() {
         "--set",
         "notifications.apiUrl=https://dvo.example.com:8443",
         "--set",
+        "policyReports.enabled=true",
+        "--set",
+        "policyReports.installCRDs=true",
+        "--set",
         "api.enabled=true",
         "--set",
         "api.keysSecret=dvo-api-keys",
@@ -92,6 +96,9 @@ async fn the_chart_lints_and_its_manifests_pass_the_api_server() {
         "port: 8443}\n      from:\n        - namespaceSelector:",
         "resources: [approvalrequests]\n    verbs: [patch]",
         "resources: [subjectaccessreviews]\n    verbs: [create]",
+        "- --policy-reports",
+        "name: policyreports.wgpolicyk8s.io",
+        "resources: [policyreports, clusterpolicyreports]\n    verbs: [get, list, create, patch, delete]",
     ] {
         assert!(manifests.contains(want), "{want}: {manifests}");
     }

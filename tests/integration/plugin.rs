@@ -484,3 +484,108 @@ async fn kubectl_dvo_audit_report_shows_a_real_history_in_a_real_browser() {
         "three changes this week: {dom}"
     );
 }
+
+/// dvo's decisions as PolicyReports, kept current: what a namespace's AgentDeployments are held
+/// for or refused by shows in `kubectl get policyreport`, the cluster report lists the policies,
+/// nothing is rewritten while nothing changes, and a namespace left without AgentDeployments
+/// loses its report.
+#[tokio::test]
+async fn policy_reports_show_what_dvo_holds_back_and_why() {
+    use dvo_operator::crd::agent_deployment::Phase;
+    let client = operator().await;
+    let ns = namespace(&client, "polr").await;
+    crate::support::scoped_policy(
+        &client,
+        &ns,
+        "hold",
+        json!({"action": "RequireApproval", "approval": {"roles": ["release_manager"]},
+               "scope": {"environments": ["staging"]}}),
+    )
+    .await;
+    crate::support::scoped_policy(
+        &client,
+        &ns,
+        "freeze",
+        json!({"action": "Deny", "message": "development is frozen",
+               "scope": {"environments": ["development"]}}),
+    )
+    .await;
+    for (name, env) in [("held", "staging"), ("frozen", "development")] {
+        crate::support::create_as(
+            "operator",
+            &ns,
+            json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": name}, "spec": {
+                "agent": "GHA", "platform": "langchain", "environment": env, "replicas": 1,
+                "steps": {"healthCheck": false},
+                "template": {"spec": {"containers": [{"name": "agent", "image": "gha:1"}]}},
+            }}),
+        )
+        .await;
+    }
+    crate::support::phase(&client, &ns, "held", Phase::PendingApproval).await;
+    crate::support::phase(&client, &ns, "frozen", Phase::Blocked).await;
+
+    let kubectl = |args: &[&str]| control_plane().kubectl("admin", args);
+    let listed = crate::support::until(
+        "the namespace's PolicyReport, with both results",
+        || kubectl(&["get", "policyreport", "-n", &ns]),
+        |(out, ok)| *ok && out.contains("dvo") && !out.contains("No resources"),
+    )
+    .await
+    .0;
+    assert!(
+        listed.contains("PASS") && listed.contains("FAIL") && listed.contains("WARN"),
+        "{listed}"
+    );
+    let polr: serde_json::Value = crate::support::until(
+        "both AgentDeployments reported",
+        || {
+            let (out, _) = kubectl(&["get", "policyreport", "dvo", "-n", &ns, "-o", "json"]);
+            serde_json::from_str::<serde_json::Value>(&out).unwrap_or_default()
+        },
+        |r| r["summary"]["warn"] == 1 && r["summary"]["fail"] == 1,
+    )
+    .await;
+    let results = polr["results"].as_array().unwrap();
+    let of = |name: &str| {
+        results
+            .iter()
+            .find(|r| r["resources"][0]["name"] == name)
+            .unwrap_or_else(|| panic!("no result for {name}: {polr}"))
+    };
+    assert_eq!(of("held")["result"], "warn");
+    assert_eq!(of("held")["policy"], format!("{ns}-hold"));
+    assert_eq!(of("frozen")["result"], "fail");
+    assert_eq!(of("frozen")["message"], "development is frozen");
+
+    // The cluster report lists the policies, accepted.
+    let (out, ok) = kubectl(&["get", "clusterpolicyreport", "dvo", "-o", "json"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("\"policy\": \"{ns}-freeze\"")),
+        "{out}"
+    );
+
+    // Nothing changes, nothing is written: the report's resourceVersion stays over two rounds
+    // of the reporter (a window to watch, not a wait for something to happen).
+    let version = polr["metadata"]["resourceVersion"].clone();
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    let (out, _) = kubectl(&["get", "policyreport", "dvo", "-n", &ns, "-o", "json"]);
+    let again: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        again["metadata"]["resourceVersion"], version,
+        "rewritten while idle"
+    );
+
+    // Without AgentDeployments, the namespace's report goes.
+    for name in ["held", "frozen"] {
+        let (out, ok) = kubectl(&["delete", "adep", name, "-n", &ns, "--wait=true"]);
+        assert!(ok, "{out}");
+    }
+    crate::support::until(
+        "the report deleted",
+        || kubectl(&["get", "policyreport", "dvo", "-n", &ns]),
+        |(out, ok)| !*ok && out.contains("NotFound"),
+    )
+    .await;
+}

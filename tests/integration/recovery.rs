@@ -108,6 +108,7 @@ async fn after_an_api_server_outage_work_resumes_within_seconds_and_nothing_is_m
         identity: "outage-test".to_owned(),
         audit_sinks: vec![],
         notifications: Default::default(),
+        policy_reports: false,
     };
     let operator = tokio::spawn(dvo_operator::controller::run(
         client.clone(),

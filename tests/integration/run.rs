@@ -172,6 +172,7 @@ async fn only_the_leader_runs_and_a_follower_takes_over_when_it_stops() {
             identity: me.to_owned(),
             audit_sinks: vec![],
             notifications: Default::default(),
+            policy_reports: false,
         };
         let task = tokio::spawn(dvo_operator::controller::run(
             client.clone(),

@@ -469,8 +469,9 @@ fn install_chart() {
     std::fs::write(
         &values,
         // The HTTP API is on: the operator's RBAC then lets it store acts.
-        serde_json::json!({"roleMapping": mapping, "replicaCount": 0, "api": {"enabled": true}})
-            .to_string(),
+        serde_json::json!({"roleMapping": mapping, "replicaCount": 0, "api": {"enabled": true},
+            "policyReports": {"enabled": true, "installCRDs": true}})
+        .to_string(),
     )
     .expect("values");
     let chart = repo().join("charts/dvo-operator");
@@ -926,6 +927,8 @@ fn start_operator() -> Running {
             identity: "test-operator".to_owned(),
             audit_sinks: vec![],
             notifications: Default::default(),
+            // The chart installs the report kinds for the suite (policyReports.installCRDs).
+            policy_reports: true,
         };
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
