@@ -255,6 +255,16 @@ class EndToEnd(unittest.TestCase):
         self.assertIn("rollback_started", kinds)
         self.assertIn("rollback_completed", kinds)
         self.assertLess(kinds.index("rollback_started"), kinds.index("rollback_completed"))
+        # The change report tells the failed changes and their rollbacks, from the same log.
+        out = subprocess.run([BINARY, "audit", "report", "--environment", "development", "--in-namespace", NS,
+                              "-o", "json"], capture_output=True, text=True,
+                             env=dict(os.environ, KUBECONFIG=os.path.join(self.c.dir, "kubeconfig")), check=True)
+        report = json.loads(out.stdout)
+        self.assertTrue(report["intact"], report["verification"])
+        failed = [ch for ch in report["changes"] if ch["agentDeployment"] == f"{NS}/gha-dev" and ch["rollbacks"]]
+        self.assertEqual(len(failed), 2, [(ch["digest"], ch["outcome"]) for ch in report["changes"]])
+        self.assertTrue(all(ch["outcome"] == "Failed" for ch in failed), failed)
+        self.assertIn("rolledBack", report["totals"])
 
     def test_5_hook_jobs_run_as_pods_and_their_exit_codes_decide(self):
         c = self.c
