@@ -88,6 +88,8 @@ pub struct Metrics {
     pub admissions: Family<AdmissionLabels, Counter>,
     /// Calls of the dvo HTTP API by status and whether they were audited.
     pub api_calls: Family<ApiLabels, Counter>,
+    /// PolicyReport writes by result (`ok`, `error`): none while nothing changes.
+    pub policy_report_writes: Family<ValueLabel, Counter>,
     /// Audit appends by result (`ok`, `error`).
     pub audit_appends: Family<ValueLabel, Counter>,
     /// Admission refusals answered although the audit log could not record them, by resource.
@@ -122,6 +124,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         approval_latency: Histogram::new(exponential_buckets(30.0, 2.0, 14)),
         admissions: Family::default(),
         api_calls: Family::default(),
+        policy_report_writes: Family::default(),
         audit_appends: Family::default(),
         unrecorded_refusals: Family::default(),
         sink_lag: Family::default(),
@@ -155,6 +158,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "admissions",
         "Admission answers by resource and verdict",
         m.admissions.clone(),
+    );
+    registry.register(
+        "policy_report_writes",
+        "PolicyReport writes by result",
+        m.policy_report_writes.clone(),
     );
     registry.register(
         "http_api_calls",

@@ -318,6 +318,11 @@ pub fn review_update(
             "deployment",
             spec.deployment_ref.name.clone(),
         );
+        crate::json::set(
+            &mut d.metadata,
+            "generation",
+            spec.deployment_ref.generation,
+        );
         Verdict::refuse(message, d)
     };
     let held = subject.roles.clone();

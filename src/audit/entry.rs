@@ -36,6 +36,37 @@ pub enum EventType {
     CheckpointSigned,
 }
 
+impl EventType {
+    /// Its name as entries carry it (`approval_granted`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::AuthSuccess => "auth_success",
+            EventType::AuthFailure => "auth_failure",
+            EventType::AuthMfaRequired => "auth_mfa_required",
+            EventType::PermissionGranted => "permission_granted",
+            EventType::PermissionDenied => "permission_denied",
+            EventType::ApprovalRequested => "approval_requested",
+            EventType::ApprovalGranted => "approval_granted",
+            EventType::ApprovalDenied => "approval_denied",
+            EventType::ValidationStarted => "validation_started",
+            EventType::ValidationCompleted => "validation_completed",
+            EventType::DeploymentStarted => "deployment_started",
+            EventType::DeploymentCompleted => "deployment_completed",
+            EventType::DeploymentFailed => "deployment_failed",
+            EventType::RollbackStarted => "rollback_started",
+            EventType::RollbackCompleted => "rollback_completed",
+            EventType::PolicyEvaluated => "policy_evaluated",
+            EventType::PolicyViolation => "policy_violation",
+            EventType::CapabilityChecked => "capability_checked",
+            EventType::CapabilityDegraded => "capability_degraded",
+            EventType::CapabilityBlocked => "capability_blocked",
+            EventType::BreakGlassUsed => "break_glass_used",
+            EventType::RetentionApplied => "retention_applied",
+            EventType::CheckpointSigned => "checkpoint_signed",
+        }
+    }
+}
+
 /// What a writer supplies; the chain fills in `seq`, `previous_hash` and `entry_hash`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Draft {

@@ -50,11 +50,16 @@ pub fn namespace(entry: &Entry) -> Option<&str> {
     }
 }
 
-/// The entry's time, when it can be read (entries written by the operator always can).
-pub fn time(entry: &Entry) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(&entry.draft.timestamp)
+/// An RFC 3339 time in UTC, when it reads as one.
+pub fn rfc3339(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
         .ok()
         .map(|t| t.with_timezone(&Utc))
+}
+
+/// The entry's time, when it can be read (entries written by the operator always can).
+pub fn time(entry: &Entry) -> Option<DateTime<Utc>> {
+    rfc3339(&entry.draft.timestamp)
 }
 
 impl Filter {
@@ -102,19 +107,12 @@ const COLUMNS: [&str; 12] = [
     "message",
 ];
 
-fn event_name(event: EventType) -> String {
-    crate::json::to_value(&event)
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 fn row(e: &Entry) -> [String; 12] {
     let d = &e.draft;
     [
         e.seq.to_string(),
         d.timestamp.clone(),
-        event_name(d.event_type),
+        d.event_type.as_str().to_owned(),
         severity(e).to_string(),
         d.user_id.clone(),
         d.user_roles.join(" "),
@@ -162,9 +160,11 @@ pub fn table(entries: &[&Entry]) -> String {
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
-        match s.char_indices().nth(w) {
-            Some((cut, _)) => format!("{}…", s.get(..cut.saturating_sub(1)).unwrap_or_default()),
-            None => s,
+        if s.chars().count() > w {
+            let kept: String = s.chars().take(w.saturating_sub(1)).collect();
+            format!("{kept}…")
+        } else {
+            s
         }
     };
     let mut out = String::new();
@@ -359,6 +359,46 @@ mod tests {
         for (f, want) in cases {
             assert_eq!(seqs(&f), want, "{f:?}");
         }
+    }
+
+    #[test]
+    fn event_names_are_those_entries_carry() {
+        use EventType::*;
+        for e in [
+            AuthSuccess,
+            AuthFailure,
+            AuthMfaRequired,
+            PermissionGranted,
+            PermissionDenied,
+            ApprovalRequested,
+            ApprovalGranted,
+            ApprovalDenied,
+            ValidationStarted,
+            ValidationCompleted,
+            DeploymentStarted,
+            DeploymentCompleted,
+            DeploymentFailed,
+            RollbackStarted,
+            RollbackCompleted,
+            PolicyEvaluated,
+            PolicyViolation,
+            CapabilityChecked,
+            CapabilityDegraded,
+            CapabilityBlocked,
+            BreakGlassUsed,
+            RetentionApplied,
+            CheckpointSigned,
+        ] {
+            assert_eq!(crate::json::to_value(&e), serde_json::json!(e.as_str()));
+        }
+    }
+
+    #[test]
+    fn a_cut_field_keeps_its_first_characters_whatever_their_width() {
+        let mut e = log().remove(0);
+        e.draft.user_id = "ü".repeat(40);
+        let t = table(&[&e]);
+        assert!(t.contains(&format!("{}…", "ü".repeat(23))), "{t}");
     }
 
     #[test]

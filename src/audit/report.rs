@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use serde::Serialize;
 
-use super::query::{self, time};
+use super::query::{self, rfc3339, time};
 use super::{Entry, EventType};
 
 /// One approval given.
@@ -54,6 +54,8 @@ pub struct Event {
 pub struct Change {
     /// `namespace/name`.
     pub agent_deployment: String,
+    /// Its generation with this spec.
+    pub generation: i64,
     /// The spec digest.
     pub digest: String,
     /// The agent.
@@ -118,53 +120,52 @@ fn text<'a>(m: &'a serde_json::Value, key: &str) -> Option<&'a str> {
     m.get(key).and_then(|v| v.as_str())
 }
 
-fn event_name(e: EventType) -> String {
-    crate::json::to_value(&e)
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 fn event(e: &Entry) -> Event {
     let d = &e.draft;
     Event {
         at: d.timestamp.clone(),
         user: d.user_id.clone(),
-        event: event_name(d.event_type),
+        event: d.event_type.as_str().to_owned(),
         status: d.status.clone(),
         message: d.error_message.clone(),
         seq: e.seq,
     }
 }
 
-/// The change an entry belongs to: `(namespace/name of the AgentDeployment, digest)`.
-fn change_of(e: &Entry) -> Option<(String, String)> {
+/// The change an entry belongs to: the AgentDeployment (`namespace/name`), the generation and
+/// the digest. Going back to an earlier spec is a new generation, so a new change.
+fn change_of(e: &Entry) -> Option<(String, i64, String)> {
     let d = &e.draft;
     let m = &d.metadata;
+    let generation = m.get("generation").and_then(|g| g.as_i64())?;
     match d.resource_type.as_str() {
-        "AgentDeployment" => Some((d.resource.clone(), text(m, "digest")?.to_owned())),
+        "AgentDeployment" => Some((
+            d.resource.clone(),
+            generation,
+            text(m, "digest")?.to_owned(),
+        )),
         "ApprovalRequest" => {
             let ns = query::namespace(e)?;
             let digest = text(m, "digest").or_else(|| text(m, "specDigest"))?;
-            Some((
-                format!("{ns}/{}", text(m, "deployment")?),
-                digest.to_owned(),
-            ))
+            let deployment = text(m, "deployment")?;
+            Some((format!("{ns}/{deployment}"), generation, digest.to_owned()))
         }
         _ => None,
     }
 }
 
-/// The reason a refusal is counted under.
+/// The reason a refusal is counted under. An approval outcome is counted from the
+/// ApprovalRequest's entry only (the AgentDeployment records its phase too).
 fn refusal_reason(e: &Entry) -> Option<String> {
     let d = &e.draft;
-    let kind = match (d.event_type, d.status.as_str()) {
-        (EventType::PermissionDenied, _) => "permission denied",
-        (EventType::AuthFailure, _) => "authentication failed",
-        (EventType::PolicyViolation, "blocked") => "blocked by policy",
-        (EventType::ApprovalDenied, "rejected") => "rejected by an approver",
-        (EventType::ApprovalDenied, "expired") => "approval expired",
-        (EventType::CapabilityBlocked, _) => "capability blocked",
+    let from_request = d.resource_type == "ApprovalRequest";
+    let kind = match (d.event_type, d.status.as_str(), from_request) {
+        (EventType::PermissionDenied, _, _) => "permission denied",
+        (EventType::AuthFailure, _, _) => "authentication failed",
+        (EventType::PolicyViolation, "blocked", _) => "blocked by policy",
+        (EventType::ApprovalDenied, "rejected", true) => "rejected by an approver",
+        (EventType::ApprovalDenied, "expired", true) => "approval expired",
+        (EventType::CapabilityBlocked, _, _) => "capability blocked",
         _ => return None,
     };
     Some(kind.to_owned())
@@ -184,9 +185,13 @@ fn monday(t: DateTime<Utc>) -> NaiveDate {
     .unwrap_or(day)
 }
 
+/// The nearest-rank `p`th percentile of `sorted`.
 fn percentile(sorted: &[i64], p: usize) -> i64 {
-    let i = (sorted.len().saturating_mul(p) / 100).min(sorted.len().saturating_sub(1));
-    sorted.get(i).copied().unwrap_or_default()
+    let rank = sorted.len().saturating_mul(p).div_ceil(100);
+    sorted
+        .get(rank.saturating_sub(1))
+        .copied()
+        .unwrap_or_default()
 }
 
 /// The report of `entries` (already verified, as `verification` says) for the changes in
@@ -208,8 +213,8 @@ pub fn build(
             && (namespaces.is_empty()
                 || query::namespace(e).is_some_and(|ns| namespaces.iter().any(|n| n == ns)))
     };
-    let mut changes: BTreeMap<(String, String), Change> = BTreeMap::new();
-    let mut order: Vec<(String, String)> = vec![];
+    let mut changes: BTreeMap<(String, i64, String), Change> = BTreeMap::new();
+    let mut order: Vec<(String, i64, String)> = vec![];
     for e in entries.iter().copied().filter(|e| wanted(e)) {
         let Some(key) = change_of(e) else { continue };
         let d = &e.draft;
@@ -218,7 +223,8 @@ pub fn build(
             order.push(key.clone());
             Change {
                 agent_deployment: key.0.clone(),
-                digest: key.1.clone(),
+                generation: key.1,
+                digest: key.2.clone(),
                 ..Change::default()
             }
         });
@@ -283,27 +289,16 @@ pub fn build(
             c.phases.push(d.operation.clone());
         }
     }
-    let in_period = |c: &Change| {
-        let first = c
-            .first_seen
-            .as_deref()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc));
-        match first {
-            None => since.is_none() && until.is_none(),
-            Some(t) => since.is_none_or(|s| t >= s) && until.is_none_or(|u| t < u),
-        }
+    let in_period = |c: &Change| match c.first_seen.as_deref().and_then(rfc3339) {
+        None => since.is_none() && until.is_none(),
+        Some(t) => since.is_none_or(|s| t >= s) && until.is_none_or(|u| t < u),
     };
     let mut list: Vec<Change> = order
         .into_iter()
         .filter_map(|k| changes.remove(&k))
         .filter(|c| in_period(c))
         .collect();
-    let parse = |t: &Option<String>| {
-        t.as_deref()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc))
-    };
+    let parse = |t: &Option<String>| t.as_deref().and_then(rfc3339);
     let mut totals: BTreeMap<String, usize> = BTreeMap::new();
     let mut weekly: BTreeMap<String, usize> = BTreeMap::new();
     let mut refusals: BTreeMap<String, usize> = BTreeMap::new();
@@ -401,11 +396,24 @@ fn approvals_line(c: &Change) -> String {
     given.chain(refused).collect::<Vec<_>>().join("; ")
 }
 
-/// One Markdown table cell: pipes and line breaks cannot break the table.
+/// One Markdown table cell of user text: it stays text (no HTML, link, image, emphasis or code
+/// span can be made of it) and cannot break the table.
 fn md(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('|', "\\|")
-        .replace(['\n', '\r'], " ")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\n' | '\r' => out.push(' '),
+            '\\' | '|' | '[' | ']' | '(' | ')' | '`' | '*' | '_' | '!' | '#' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The report as Markdown.
@@ -532,7 +540,7 @@ pub fn html(r: &Report) -> String {
     );
     let _ = write!(
         s,
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>\
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\"><title>{}</title><style>\
 body{{font-family:system-ui,sans-serif;margin:2rem;color:#1b1f24}}\
 .ok{{background:#e6f4ea;border-left:6px solid #1e8e3e;padding:.6rem 1rem}}\
 .bad{{background:#fce8e6;border-left:6px solid #d93025;padding:.6rem 1rem}}\
@@ -679,7 +687,7 @@ mod tests {
     fn log() -> Log {
         let ad = "AgentDeployment";
         let apr = "ApprovalRequest";
-        let d = json!({"digest": "sha256:one"});
+        let d = json!({"digest": "sha256:one", "generation": 1});
         let mut l = Log(vec![]);
         l.add(
             EventType::PolicyEvaluated,
@@ -709,7 +717,7 @@ mod tests {
             "act",
             "denied",
             "2026-11-02T09:05:00Z",
-            json!({"specDigest": "sha256:one", "deployment": "gha"}),
+            json!({"specDigest": "sha256:one", "deployment": "gha", "generation": 1}),
         );
         l.add(
             EventType::ApprovalGranted,
@@ -719,7 +727,7 @@ mod tests {
             "approval_recorded",
             "approval_recorded",
             "2026-11-02T09:30:00Z",
-            json!({"specDigest": "sha256:one", "deployment": "gha", "via": "http", "mfa": true}),
+            json!({"specDigest": "sha256:one", "deployment": "gha", "generation": 1, "via": "http", "mfa": true}),
         );
         l.add(
             EventType::ApprovalGranted,
@@ -729,7 +737,7 @@ mod tests {
             "approved",
             "approved",
             "2026-11-02T09:30:00Z",
-            json!({"digest": "sha256:one", "deployment": "gha"}),
+            json!({"digest": "sha256:one", "deployment": "gha", "generation": 1}),
         );
         l.add(
             EventType::DeploymentStarted,
@@ -739,7 +747,7 @@ mod tests {
             "roll out",
             "success",
             "2026-11-02T09:31:00Z",
-            json!({"digest": "sha256:one", "images": ["gha:1"]}),
+            json!({"digest": "sha256:one", "generation": 1, "images": ["gha:1"]}),
         );
         l.add(
             EventType::DeploymentCompleted,
@@ -752,7 +760,7 @@ mod tests {
             d,
         );
         // Another change, a week later, by break-glass, with hostile text.
-        let two = json!({"digest": "sha256:two"});
+        let two = json!({"digest": "sha256:two", "generation": 2});
         l.add(
             EventType::BreakGlassUsed,
             "alice",
@@ -827,6 +835,87 @@ mod tests {
     }
 
     #[test]
+    fn a_spec_gone_back_to_is_a_new_change_and_outcomes_count_once() {
+        let mut l = log();
+        let back = json!({"digest": "sha256:one", "generation": 3});
+        l.add(
+            EventType::PolicyEvaluated,
+            "ops",
+            "AgentDeployment",
+            "team/gha",
+            "PendingApproval",
+            "success",
+            "2026-11-20T09:00:00Z",
+            back.clone(),
+        );
+        l.add(
+            EventType::ApprovalDenied,
+            "ops",
+            "AgentDeployment",
+            "team/gha",
+            "ApprovalExpired",
+            "expired",
+            "2026-11-21T09:00:00Z",
+            back,
+        );
+        l.add(
+            EventType::ApprovalDenied,
+            crate::audit::OPERATOR,
+            "ApprovalRequest",
+            "team/gha-g3",
+            "expired",
+            "expired",
+            "2026-11-21T09:00:00Z",
+            json!({"digest": "sha256:one", "deployment": "gha", "generation": 3}),
+        );
+        let entries: Vec<&Entry> = l.0.iter().collect();
+        let r = build(
+            &entries,
+            None,
+            None,
+            &["production".to_owned()],
+            &[],
+            (true, String::new()),
+        );
+        assert_eq!(r.changes.len(), 3, "{:?}", r.changes);
+        let back = &r.changes[2];
+        assert_eq!((back.generation, back.digest.as_str()), (3, "sha256:one"));
+        assert_eq!(back.outcome, "ApprovalExpired");
+        assert!(
+            back.approvals.is_empty(),
+            "generation 1's approvals stay with it"
+        );
+        assert_eq!(r.changes[0].approval_latency_seconds, Some(1800));
+        assert_eq!(r.refusals["approval expired"], 1, "counted once");
+        // Since the revert, only the revert.
+        let later = build(
+            &entries,
+            Some("2026-11-15T00:00:00Z".parse().unwrap()),
+            None,
+            &["production".to_owned()],
+            &[],
+            (true, String::new()),
+        );
+        assert_eq!(later.changes.len(), 1);
+        assert_eq!(later.changes[0].generation, 3);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        assert_eq!(percentile(&[10, 20], 50), 10);
+        let ten: Vec<i64> = (1..=10).collect();
+        assert_eq!(
+            (
+                percentile(&ten, 50),
+                percentile(&ten, 90),
+                percentile(&ten, 100)
+            ),
+            (5, 9, 10)
+        );
+        assert_eq!(percentile(&[], 50), 0);
+    }
+
+    #[test]
     fn renderings_keep_user_text_as_text() {
         let r = report(None);
         let page = html(&r);
@@ -838,7 +927,15 @@ mod tests {
         );
         let mut piped = r.clone();
         piped.changes[0].agent = "a|b\nc".into();
+        piped.changes[0].digest =
+            "<img src=x onerror=alert(1)> [x](javascript:y) ![t](https://t)".into();
         let text = markdown(&piped);
         assert!(text.contains("| a\\|b c |"), "{text}");
+        assert!(!text.contains("<img") && !text.contains("]("), "{text}");
+        assert!(
+            text.contains("&lt;img src=x onerror=alert\\(1\\)&gt;"),
+            "{text}"
+        );
+        assert!(page.contains("Content-Security-Policy"));
     }
 }

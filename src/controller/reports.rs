@@ -16,7 +16,7 @@ use crate::crd::{AgentDeployment, DeploymentPolicy};
 use crate::policy::report::{self, MANAGED_BY, NAME};
 
 /// How often the reports are brought up to date.
-const EVERY: Duration = Duration::from_secs(5);
+pub const EVERY: Duration = Duration::from_secs(10);
 /// The key of the cluster report among the namespaces written.
 const CLUSTER: &str = "";
 
@@ -28,6 +28,29 @@ fn digest(report: &serde_json::Value) -> Vec<u8> {
     Sha256::digest(crate::json::to_string(report).as_bytes()).to_vec()
 }
 
+/// What to do, given what was last `written` (namespace → digest; `""` is the cluster report)
+/// and the reports `wanted` now: the reports to write (index into `wanted`, with their digest),
+/// and the namespaces whose report is to go. Nothing, when nothing changed.
+fn plan(
+    written: &BTreeMap<String, Vec<u8>>,
+    wanted: &[(String, serde_json::Value)],
+) -> (Vec<(usize, Vec<u8>)>, Vec<String>) {
+    let write = wanted
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (ns, body))| {
+            let d = digest(body);
+            (written.get(ns) != Some(&d)).then_some((i, d))
+        })
+        .collect();
+    let gone = written
+        .keys()
+        .filter(|ns| !ns.is_empty() && !wanted.iter().any(|(w, _)| w == *ns))
+        .cloned()
+        .collect();
+    (write, gone)
+}
+
 /// Runs until `stop`.
 pub async fn run(
     client: Client,
@@ -36,7 +59,7 @@ pub async fn run(
     stop: impl Future<Output = ()>,
 ) {
     let (namespaced, cluster) = (resource("PolicyReport"), resource("ClusterPolicyReport"));
-    let apply = PatchParams::apply("dvo-operator").force();
+    let apply = PatchParams::apply(crate::MANAGER).force();
     // What each report was last written as (an empty digest: found, not written by us yet).
     let mut written: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut listed = false;
@@ -85,28 +108,30 @@ pub async fn run(
             CLUSTER.to_owned(),
             report::cluster_report(all_policies.iter().map(|p| p.as_ref())),
         ));
-        for (ns, body) in &wanted {
-            let d = digest(body);
-            if written.get(ns) == Some(&d) {
+        let (write, gone) = plan(&written, &wanted);
+        for (i, d) in write {
+            let Some((ns, body)) = wanted.get(i) else {
                 continue;
-            }
+            };
             let api = if ns.is_empty() {
                 Api::<DynamicObject>::all_with(client.clone(), &cluster)
             } else {
                 Api::<DynamicObject>::namespaced_with(client.clone(), ns, &namespaced)
             };
-            match api.patch(NAME, &apply, &Patch::Apply(body)).await {
+            let outcome = api.patch(NAME, &apply, &Patch::Apply(body)).await;
+            crate::metrics::METRICS
+                .policy_report_writes
+                .get_or_create(&crate::metrics::value(
+                    if outcome.is_ok() { "ok" } else { "error" }.to_owned(),
+                ))
+                .inc();
+            match outcome {
                 Ok(_) => {
                     written.insert(ns.clone(), d);
                 }
                 Err(e) => problems.push(format!("writing the PolicyReport of {ns:?}: {e}")),
             }
         }
-        let gone: Vec<String> = written
-            .keys()
-            .filter(|ns| !ns.is_empty() && !by_namespace.contains_key(*ns))
-            .cloned()
-            .collect();
         for ns in gone {
             let api = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &namespaced);
             match api.delete(NAME, &DeleteParams::default()).await {
@@ -125,5 +150,40 @@ pub async fn run(
             tracing::warn!(%problem, "policy reports not up to date; trying again");
         }
         last_problem = problem;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_what_changed_is_written_and_what_is_gone_deleted() {
+        let wanted = vec![
+            ("a".to_owned(), json!({"results": [1]})),
+            ("b".to_owned(), json!({"results": [2]})),
+            (CLUSTER.to_owned(), json!({"results": []})),
+        ];
+        let mut written: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        written.insert("old".into(), vec![]);
+        let (write, gone) = plan(&written, &wanted);
+        assert_eq!(write.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(gone, ["old"]);
+        // Once written, an unchanged cluster needs nothing.
+        for (i, d) in write {
+            written.insert(wanted[i].0.clone(), d);
+        }
+        written.remove("old");
+        assert_eq!(plan(&written, &wanted), (vec![], vec![]));
+        // One namespace changes: only it is written.
+        let mut changed = wanted.clone();
+        changed[1].1 = json!({"results": [3]});
+        let (write, gone) = plan(&written, &changed);
+        assert_eq!(write.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1]);
+        assert!(gone.is_empty());
+        // A report found but never written by this leader is written again.
+        written.insert("a".into(), vec![]);
+        assert_eq!(plan(&written, &wanted).0.len(), 1);
     }
 }

@@ -20,6 +20,33 @@ pub const NAME: &str = "dvo";
 /// The label on every report dvo writes.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "dvo-operator");
 
+/// The most results a report lists, and the longest message a result carries (in bytes):
+/// together they keep a report far below the API server's object size limit.
+pub const MAX_RESULTS: usize = 500;
+const MAX_MESSAGE: usize = 512;
+
+/// Keeps what needs attention first and at most [`MAX_RESULTS`] of `results`, with a note of
+/// how many more there are (the summary counts them all).
+fn bounded(results: &mut Vec<Value>) {
+    if results.len() <= MAX_RESULTS {
+        return;
+    }
+    let rank = |r: &Value| match r.get("result").and_then(|v| v.as_str()) {
+        Some("fail") => 0,
+        Some("error") => 1,
+        Some("warn") => 2,
+        _ => 3,
+    };
+    results.sort_by_key(rank);
+    let left = results.len().saturating_sub(MAX_RESULTS);
+    results.truncate(MAX_RESULTS);
+    results.push(json!({
+        "source": "dvo", "policy": "dvo-report", "category": "Report", "result": "skip",
+        "severity": "info", "scored": false,
+        "message": format!("{left} more results (passing first) are counted in the summary but not listed"),
+    }));
+}
+
 /// The counts of a report's results by outcome.
 fn summary(results: &[Value]) -> Value {
     let count = |r: &str| results.iter().filter(|x| x["result"] == r).count();
@@ -62,6 +89,7 @@ fn results_of(ad: &AgentDeployment) -> Vec<Value> {
         "digest": status.spec_digest.clone().unwrap_or_default(),
     });
     let result = |policy: &str, category: &str, result: &str, severity: &str, message: String| {
+        let message = crate::json::truncate(&message, MAX_MESSAGE);
         let mut r = json!({
             "source": "dvo", "policy": policy, "category": category, "result": result,
             "severity": severity, "scored": true, "message": message,
@@ -94,11 +122,18 @@ fn results_of(ad: &AgentDeployment) -> Vec<Value> {
             roles.join(", "),
             if req.require_mfa { ", with MFA" } else { "" }
         );
+        // Released (approved, or let through by break-glass) only once it rolled out; nothing
+        // else is called a pass.
         let (outcome, message) = match phase {
             Phase::PendingApproval => ("warn", format!("held until {needs}")),
             Phase::Rejected => ("fail", format!("rejected; needed {needs}")),
             Phase::ApprovalExpired => ("fail", format!("expired unapproved; needed {needs}")),
-            _ => ("pass", format!("approved: {needs}")),
+            Phase::Progressing | Phase::Deployed | Phase::Degraded | Phase::Failed => {
+                ("pass", format!("released ({phase:?}); needed {needs}"))
+            }
+            Phase::Pending | Phase::Blocked | Phase::ManualActionRequired => {
+                ("skip", format!("not yet asked ({phase:?}); needs {needs}"))
+            }
         };
         out.push(result(
             policy_name(&req.source),
@@ -131,12 +166,16 @@ pub fn namespace_report<'a>(
 ) -> Value {
     let mut ads: Vec<&AgentDeployment> = ads.into_iter().collect();
     ads.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    let results: Vec<Value> = ads.into_iter().flat_map(results_of).collect();
+    let mut results: Vec<Value> = ads.into_iter().flat_map(results_of).collect();
+    // The summary counts every result; the list keeps what needs attention first and stops at
+    // MAX_RESULTS, so that a report stays far below the API server's object size limit.
+    let counts = summary(&results);
+    bounded(&mut results);
     json!({
         "apiVersion": API_VERSION, "kind": "PolicyReport",
         "metadata": {"name": NAME, "namespace": namespace,
                      "labels": {MANAGED_BY.0: MANAGED_BY.1}},
-        "summary": summary(&results), "results": results,
+        "summary": counts, "results": results,
     })
 }
 
@@ -147,7 +186,7 @@ pub fn cluster_report<'a>(policies: impl IntoIterator<Item = &'a DeploymentPolic
     for p in policies {
         by_name.insert(p.metadata.name.clone().unwrap_or_default(), p);
     }
-    let results: Vec<Value> = by_name
+    let mut results: Vec<Value> = by_name
         .iter()
         .map(|(name, p)| {
             let accepted = p
@@ -155,8 +194,14 @@ pub fn cluster_report<'a>(policies: impl IntoIterator<Item = &'a DeploymentPolic
                 .as_ref()
                 .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Accepted"));
             let (outcome, message) = match accepted {
-                Some(c) if c.status == "True" => ("pass", c.message.clone()),
-                Some(c) => ("error", c.message.clone()),
+                Some(c) if c.status == "True" => (
+                    "pass",
+                    crate::json::truncate(&c.message, MAX_MESSAGE).to_owned(),
+                ),
+                Some(c) => (
+                    "error",
+                    crate::json::truncate(&c.message, MAX_MESSAGE).to_owned(),
+                ),
                 None => ("skip", "not checked by the operator yet".to_owned()),
             };
             let mut r = json!({
@@ -175,10 +220,12 @@ pub fn cluster_report<'a>(policies: impl IntoIterator<Item = &'a DeploymentPolic
             r
         })
         .collect();
+    let counts = summary(&results);
+    bounded(&mut results);
     json!({
         "apiVersion": API_VERSION, "kind": "ClusterPolicyReport",
         "metadata": {"name": NAME, "labels": {MANAGED_BY.0: MANAGED_BY.1}},
-        "summary": summary(&results), "results": results,
+        "summary": counts, "results": results,
     })
 }
 
@@ -246,6 +293,26 @@ mod tests {
         );
         let changed: chrono::DateTime<chrono::Utc> = "2026-11-26T10:00:00Z".parse().unwrap();
         assert_eq!(row("held")["timestamp"]["seconds"], changed.timestamp());
+        // A crowded namespace lists what needs attention first, within bounds.
+        let many: Vec<AgentDeployment> = (0..MAX_RESULTS + 10)
+            .map(|i| ad(&format!("ok-{i:04}"), "Deployed", decision(json!({}))))
+            .chain((0..MAX_RESULTS).map(|i| {
+                // Long messages, as a policy may give: the report stays bounded in bytes.
+                let long = "x".repeat(10_000);
+                ad(&format!("zz-frozen-{i:04}"), "Blocked", decision(json!({"outcome": "Deny", "violations": [{"source": "policy/freeze", "kind": "Blackout", "message": long, "breakGlassLifts": true}]})))
+            }))
+            .collect();
+        let crowded = namespace_report("team", many.iter());
+        let listed = crowded["results"].as_array().unwrap();
+        assert_eq!(listed.len(), MAX_RESULTS + 1);
+        assert_eq!(listed[0]["result"], "fail", "the refusal first");
+        assert_eq!(listed[MAX_RESULTS]["result"], "skip");
+        assert_eq!(
+            crowded["summary"]["pass"],
+            MAX_RESULTS + 10,
+            "the summary counts all"
+        );
+        assert!(crate::json::to_string(&crowded).len() < 600 * 1024);
         // The same objects in another order make the same report: nothing to write.
         let reversed = namespace_report("team", ads.iter().rev());
         assert_eq!(report, reversed);

@@ -6,10 +6,7 @@ use crate::audit::{Entry, EventType};
 /// CEF severity 0-10, from the seed's rules; break-glass is always the highest.
 pub fn severity(entry: &Entry) -> u8 {
     let d = &entry.draft;
-    let event = serde_json::to_value(d.event_type)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let event = d.event_type.as_str();
     if d.event_type == EventType::BreakGlassUsed {
         10
     } else if d.status.contains("failure")
@@ -43,10 +40,7 @@ fn extension(s: &str) -> String {
 /// with the seed's `cs1` (environment) and `cs2` (platform) labels and the chain position.
 pub fn cef(entry: &Entry) -> String {
     let d = &entry.draft;
-    let event = serde_json::to_value(d.event_type)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let event = d.event_type.as_str();
     let mut ext: Vec<(&str, String)> = vec![
         ("rt", d.timestamp.clone()),
         (
@@ -77,7 +71,7 @@ pub fn cef(entry: &Entry) -> String {
         .collect();
     format!(
         "CEF:0|KesselDigital|CAAT-DVO|1.0|{}|{}|{}|{}",
-        header(&event),
+        header(event),
         header(&d.operation),
         severity(entry),
         ext.join(" ")
