@@ -612,3 +612,111 @@ fn the_image_is_reproducible_and_runs_as_the_dockerfile_says() {
             .any(|(p, _, _)| p == "etc/ssl/certs/ca-certificates.crt")
     );
 }
+
+#[test]
+fn audit_query_and_report_read_exports_and_say_what_verification_found() {
+    use dvo_operator::audit::{Draft, EventType, Segment, SigningKey, append};
+    let key = SigningKey::from_seed(&[4; 32]).unwrap();
+    let mut entries = Vec::new();
+    let mut head = None;
+    for i in 0..6 {
+        let mut d = Draft::new(
+            if i == 2 {
+                EventType::BreakGlassUsed
+            } else {
+                EventType::DeploymentStarted
+            },
+            if i == 2 { "alice" } else { "dvo-operator" },
+            "rollout",
+            &format!("agents/gha-{i}"),
+            "AgentDeployment",
+            "success",
+        );
+        d.environment = Some("production".into());
+        d.timestamp = format!("2026-11-2{i}T10:00:00Z");
+        d.metadata = serde_json::json!({"digest": format!("sha256:{i}"), "generation": 1});
+        d.idempotency_key = format!("k{i}");
+        let e = append(head.as_ref(), d).unwrap();
+        head = Some(e.link());
+        entries.push(e);
+    }
+    let checkpoint = key.sign(6, &entries[5].entry_hash, "2026-11-26T10:00:00Z");
+    let dir = scratch("audit-query");
+    let pubkey = dvo_operator::hex(&key.public_key());
+    let export = |entries: &[dvo_operator::audit::Entry],
+                  checkpoints: &[&dvo_operator::audit::Checkpoint]| {
+        let segment = Segment {
+            name: "dvo-audit-0".into(),
+            previous: None,
+            entries: entries.to_vec(),
+            unreadable: None,
+        };
+        write(
+            &dir,
+            "export.json",
+            &serde_json::json!({"segments": [segment], "checkpoints": checkpoints}).to_string(),
+        )
+    };
+    let file = export(&entries, &[&checkpoint]);
+    let (out, err, code) = dvo(&[
+        "audit",
+        "query",
+        "-f",
+        &file,
+        "--public-key",
+        &pubkey,
+        "--event",
+        "break_glass_used",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("# chain intact: 6 entries read"), "{out}");
+    assert!(
+        out.contains("signed checkpoints verified up to seq 6"),
+        "{out}"
+    );
+    assert!(
+        out.contains("# 1 of them match") && out.contains("alice"),
+        "{out}"
+    );
+    let (out, _, code) = dvo(&[
+        "audit",
+        "report",
+        "-f",
+        &file,
+        "--public-key",
+        &pubkey,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["totals"]["changes"], 6, "{report}");
+    assert_eq!(report["totals"]["breakGlass"], 1, "{report}");
+
+    // Cut after seq 4, without its checkpoints: only a checkpoint kept outside tells.
+    let file = export(&entries[..4], &[]);
+    let (out, _, code) = dvo(&["audit", "query", "-f", &file, "--public-key", &pubkey]);
+    assert_eq!(code, 0, "{out}");
+    let outside = write(
+        &dir,
+        "trusted.jsonl",
+        &(serde_json::to_string(&checkpoint).unwrap() + "\n"),
+    );
+    for command in ["query", "report"] {
+        let (out, _, code) = dvo(&[
+            "audit",
+            command,
+            "-f",
+            &file,
+            "--public-key",
+            &pubkey,
+            "--checkpoint",
+            &outside,
+        ]);
+        assert_eq!(code, 3, "{command}: {out}");
+        assert!(out.contains("CHAIN DAMAGED"), "{command}: {out}");
+    }
+    let (_, err, code) = dvo(&["audit", "query", "-f", &file]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--public-key is required"), "{err}");
+}

@@ -89,26 +89,36 @@ fn public_key(arg: &str) -> Result<Vec<u8>> {
 
 /// Runs the verification; returns the report text and the exit code (0 intact, 3 fault).
 pub fn run(args: &VerifyArgs) -> Result<(String, u8)> {
-    let (export, key) = match &args.file {
-        Some(file) => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let export: Export = serde_json::from_str(&text)
-                .map_err(|e| anyhow!("{}: not an audit export: {e}", file.display()))?;
-            let key = args
-                .public_key
-                .as_deref()
-                .ok_or_else(|| anyhow!("--public-key is required to verify an export"))?;
-            (export, public_key(key)?)
-        }
-        None => tokio::runtime::Runtime::new()?
-            .block_on(from_cluster(&args.namespace, args.public_key.as_deref()))?,
-    };
+    let (export, key) = read_log(
+        args.file.as_deref(),
+        &args.namespace,
+        args.public_key.as_deref(),
+    )?;
     let mut trusted = Vec::new();
     for file in &args.trusted {
         trusted.extend(trusted_checkpoints(file)?);
     }
     Ok(report(&export, &trusted, &key))
+}
+
+/// The log of an export (`file`, whose checkpoints `key` checks) or of the cluster (the key
+/// then derived from the operator's Secret unless given), and the key.
+fn read_log(
+    file: Option<&std::path::Path>,
+    namespace: &str,
+    key: Option<&str>,
+) -> Result<(Export, Vec<u8>)> {
+    match file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let export: Export = serde_json::from_str(&text)
+                .map_err(|e| anyhow!("{}: not an audit export: {e}", file.display()))?;
+            let key = key.ok_or_else(|| anyhow!("--public-key is required to verify an export"))?;
+            Ok((export, public_key(key)?))
+        }
+        None => tokio::runtime::Runtime::new()?.block_on(from_cluster(namespace, key)),
+    }
 }
 
 async fn from_cluster(namespace: &str, key: Option<&str>) -> Result<(Export, Vec<u8>)> {
@@ -254,6 +264,10 @@ pub struct QueryArgs {
     /// The checkpoint public key (as for `dvo audit verify`; required with -f).
     #[arg(long)]
     pub public_key: Option<String>,
+    /// Trusted checkpoints kept outside the cluster (as for `dvo audit verify --checkpoint`):
+    /// the log read must extend each of them.
+    #[arg(long = "checkpoint")]
+    pub trusted: Vec<PathBuf>,
     /// Entries at or after this time: RFC 3339, or an age such as 90d, 12h, 30m.
     #[arg(long, value_parser = parse_time)]
     pub since: Option<DateTime<Utc>>,
@@ -326,6 +340,7 @@ pub fn query(args: &QueryArgs) -> Result<(String, u8)> {
         args.file.as_deref(),
         &args.namespace,
         args.public_key.as_deref(),
+        &args.trusted,
     )?;
     let filter = Filter {
         since: args.since,
@@ -388,27 +403,20 @@ pub fn query(args: &QueryArgs) -> Result<(String, u8)> {
     Ok((text, code))
 }
 
-/// The log of an export (`file`, whose checkpoints `key` verifies) or of the cluster, and what
-/// the verification of its chain found.
+/// The log (see [`read_log`]) and what the verification of its chain found, with checkpoints
+/// kept outside the cluster (`trusted`, files as `dvo audit verify --checkpoint` reads them).
 fn read_verified(
     file: Option<&std::path::Path>,
     namespace: &str,
     key: Option<&str>,
+    trusted: &[PathBuf],
 ) -> Result<(Export, Result<audit::Report, audit::Fault>)> {
-    let (export, key) = match file {
-        Some(file) => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let export: Export = serde_json::from_str(&text)
-                .map_err(|e| anyhow!("{}: not an audit export: {e}", file.display()))?;
-            let key = key.ok_or_else(|| {
-                anyhow!("--public-key is required with -f (the export's chain is verified)")
-            })?;
-            (export, public_key(key)?)
-        }
-        None => tokio::runtime::Runtime::new()?.block_on(from_cluster(namespace, key))?,
-    };
-    let verified = audit::verify(&export.segments, &export.checkpoints, &key);
+    let (export, key) = read_log(file, namespace, key)?;
+    let mut checkpoints = export.checkpoints.clone();
+    for file in trusted {
+        checkpoints.extend(trusted_checkpoints(file)?);
+    }
+    let verified = audit::verify(&export.segments, &checkpoints, &key);
     Ok((export, verified))
 }
 
@@ -459,6 +467,10 @@ pub struct ReportArgs {
     /// The checkpoint public key (as for `dvo audit verify`; required with -f).
     #[arg(long)]
     pub public_key: Option<String>,
+    /// Trusted checkpoints kept outside the cluster (as for `dvo audit verify --checkpoint`):
+    /// the log read must extend each of them.
+    #[arg(long = "checkpoint")]
+    pub trusted: Vec<PathBuf>,
     /// Changes first seen at or after this time: RFC 3339, or an age such as 90d.
     #[arg(long, value_parser = parse_time)]
     pub since: Option<DateTime<Utc>>,
@@ -483,6 +495,7 @@ pub fn report_of(args: &ReportArgs) -> Result<(String, u8)> {
         args.file.as_deref(),
         &args.namespace,
         args.public_key.as_deref(),
+        &args.trusted,
     )?;
     let (sentence, code) = said(&verified);
     let entries: Vec<&audit::Entry> = export.segments.iter().flat_map(|s| &s.entries).collect();

@@ -101,6 +101,7 @@ pub async fn run(client: &Client, args: &WhatIfArgs) -> Result<(String, u8)> {
     let before = Rules::new(current, capabilities.clone(), mapping.clone());
     let after = Rules::new(proposed, capabilities, mapping.clone());
 
+    // Every AgentDeployment: the staging evidence of one namespace may live in another.
     let all = Api::<AgentDeployment>::all(client.clone())
         .list(&ListParams::default())
         .await?
@@ -113,12 +114,15 @@ pub async fn run(client: &Client, args: &WhatIfArgs) -> Result<(String, u8)> {
                 .is_none_or(|ns| ad.namespace().as_ref() == Some(ns))
         })
         .map(|ad| {
-            // The requester as stamped (not verified here: the stamp key stays with the
-            // operator); the staging evidence as the operator computes it.
+            // The requester as stamped for this very spec (its signature is not checked here:
+            // the stamp key stays with the operator); the staging evidence as the operator
+            // computes it.
+            let digest = crate::crd::agent_deployment::spec_digest(&ad.spec);
             let requester = ad
                 .annotations()
                 .get(ANNOTATION)
                 .and_then(|a| Stamp::parse(a).ok())
+                .filter(|s| s.digest == digest)
                 .map(|s| s.identity);
             let staging = policy::staging_validated(ad, &all, &mapping);
             let name = format!("{}/{}", ad.namespace().unwrap_or_default(), ad.name_any());
@@ -136,7 +140,7 @@ pub async fn run(client: &Client, args: &WhatIfArgs) -> Result<(String, u8)> {
         Format::Json => serde_json::to_string_pretty(&changes)? + "\n",
         Format::Table => {
             let mut out = format!(
-                "{} AgentDeployments decided at {}: {} would change\n",
+                "{} AgentDeployments decided at {} (requesters as stamped, signatures not checked): {} would change\n",
                 requests.len(),
                 at.to_rfc3339(),
                 changes.len()

@@ -75,7 +75,8 @@ pub enum UsernameClaim {
     PreferredUsername,
     /// `unique_name` (v1 tokens).
     UniqueName,
-    /// `email`.
+    /// `email` (Entra ID does not verify it: only where the cluster maps it too and your
+    /// tenant controls it).
     Email,
 }
 

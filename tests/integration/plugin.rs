@@ -334,6 +334,10 @@ async fn kubectl_dvo_what_if_lists_what_a_policy_change_would_change() {
     );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("2 AgentDeployments decided at"), "{out}");
+    assert!(
+        out.contains("(requesters as stamped, signatures not checked)"),
+        "{out}"
+    );
     assert!(out.contains(": 1 would change"), "{out}");
     assert!(
         out.contains(&format!("{ns}/free: Allow -> Deny")) && out.contains("development is frozen"),
