@@ -335,6 +335,21 @@ pub fn build(
             bump(&mut refusals, reason, 1);
         }
     }
+    // Weeks without changes are shown as such, not left out.
+    let first = weekly
+        .keys()
+        .next()
+        .and_then(|w| w.parse::<NaiveDate>().ok());
+    let last = weekly
+        .keys()
+        .last()
+        .and_then(|w| w.parse::<NaiveDate>().ok());
+    if let (Some(mut week), Some(last)) = (first, last) {
+        while week < last {
+            week = week.checked_add_signed(Duration::days(7)).unwrap_or(last);
+            weekly.entry(week.to_string()).or_default();
+        }
+    }
     latencies.sort_unstable();
     let latency = (!latencies.is_empty()).then(|| {
         [
@@ -887,6 +902,28 @@ mod tests {
         );
         assert_eq!(r.changes[0].approval_latency_seconds, Some(1800));
         assert_eq!(r.refusals["approval expired"], 1, "counted once");
+        // A week without changes shows as one.
+        let without_second: Vec<&Entry> = entries
+            .iter()
+            .copied()
+            .filter(|e| e.draft.metadata.get("generation") != Some(&json!(2)))
+            .collect();
+        let gap = build(
+            &without_second,
+            None,
+            None,
+            &["production".to_owned()],
+            &[],
+            (true, String::new()),
+        );
+        assert_eq!(
+            gap.weekly.into_iter().collect::<Vec<_>>(),
+            [
+                ("2026-11-02".to_owned(), 1),
+                ("2026-11-09".to_owned(), 0),
+                ("2026-11-16".to_owned(), 1)
+            ]
+        );
         // Since the revert, only the revert.
         let later = build(
             &entries,
