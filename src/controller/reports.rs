@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use futures::FutureExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
@@ -51,6 +52,31 @@ fn plan(
     (write, gone)
 }
 
+/// Whose a report named `dvo` is, as the cluster holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Holder {
+    /// None there.
+    Missing,
+    /// Ours (our label).
+    Ours,
+    /// Someone else's: never changed or deleted.
+    Theirs,
+}
+
+fn holder(meta: Option<&kube::core::ObjectMeta>) -> Holder {
+    match meta {
+        None => Holder::Missing,
+        Some(m) => {
+            let ours = m
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(MANAGED_BY.0))
+                .is_some_and(|v| v == MANAGED_BY.1);
+            if ours { Holder::Ours } else { Holder::Theirs }
+        }
+    }
+}
+
 /// Runs until `stop`.
 pub async fn run(
     client: Client,
@@ -58,35 +84,65 @@ pub async fn run(
     policies: Store<DeploymentPolicy>,
     stop: impl Future<Output = ()>,
 ) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
     let (namespaced, cluster) = (resource("PolicyReport"), resource("ClusterPolicyReport"));
     let apply = PatchParams::apply(crate::MANAGER).force();
-    // What each report was last written as (an empty digest: found, not written by us yet).
+    // What the cluster holds: every PolicyReport named dvo (metadata only), from a watch.
+    let writer = reflector::store::Writer::<kube::core::PartialObjectMeta<DynamicObject>>::new(
+        namespaced.clone(),
+    );
+    let held = writer.as_reader();
+    let watch = reflector::reflector(
+        writer,
+        watcher::watcher(
+            Api::<kube::core::PartialObjectMeta<DynamicObject>>::all_with(
+                client.clone(),
+                &namespaced,
+            ),
+            watcher::Config::default().fields(&format!("metadata.name={NAME}")),
+        )
+        .default_backoff(),
+    );
+    let watching = tokio::spawn(watch.for_each(|_| async {}));
+    // What each report was last written as.
     let mut written: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut listed = false;
     let mut last_problem = String::new();
     let mut every = tokio::time::interval(EVERY);
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            () = &mut stop => return,
+            () = &mut stop => break,
             _ = every.tick() => {}
         }
         let mut problems = vec![];
-        if !listed {
-            let ours = ListParams::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-            match Api::<DynamicObject>::all_with(client.clone(), &namespaced)
-                .list_metadata(&ours)
-                .await
-            {
-                Ok(found) => {
-                    for r in found.items {
-                        written.insert(r.namespace().unwrap_or_default(), vec![]);
-                    }
-                    listed = true;
-                }
-                Err(e) => problems.push(format!("listing dvo's PolicyReports: {e}")),
-            }
+        if held.wait_until_ready().now_or_never().is_none() {
+            continue; // not listed yet (or the report kinds are not installed)
         }
+        let in_cluster = |ns: &str| -> Holder {
+            if ns == CLUSTER {
+                return Holder::Missing; // looked up below
+            }
+            let key = reflector::ObjectRef::new_with(NAME, namespaced.clone()).within(ns);
+            holder(held.get(&key).as_ref().map(|m| &m.metadata))
+        };
+        let cluster_holder = match Api::<DynamicObject>::all_with(client.clone(), &cluster)
+            .get_metadata_opt(NAME)
+            .await
+        {
+            Ok(m) => holder(m.as_ref().map(|m| &m.metadata)),
+            Err(e) => {
+                problems.push(format!("reading the ClusterPolicyReport: {e}"));
+                Holder::Theirs
+            }
+        };
+        let whose = |ns: &str| {
+            if ns == CLUSTER {
+                cluster_holder
+            } else {
+                in_cluster(ns)
+            }
+        };
         let mut by_namespace: BTreeMap<String, Vec<_>> = BTreeMap::new();
         for ad in agents.state() {
             by_namespace
@@ -108,11 +164,25 @@ pub async fn run(
             CLUSTER.to_owned(),
             report::cluster_report(all_policies.iter().map(|p| p.as_ref())),
         ));
-        let (write, gone) = plan(&written, &wanted);
+        // A report that is gone (deleted, or its kind reinstalled) is written again; one of
+        // ours found in the cluster that this leader did not write is checked against.
+        written.retain(|ns, _| whose(ns) == Holder::Ours);
+        for (ns, _) in &wanted {
+            if whose(ns) == Holder::Ours {
+                written.entry(ns.clone()).or_default();
+            }
+        }
+        let (write, _) = plan(&written, &wanted);
         for (i, d) in write {
             let Some((ns, body)) = wanted.get(i) else {
                 continue;
             };
+            if whose(ns) == Holder::Theirs {
+                problems.push(format!(
+                    "a report named {NAME} in {ns:?} is not dvo's: left as it is"
+                ));
+                continue;
+            }
             let api = if ns.is_empty() {
                 Api::<DynamicObject>::all_with(client.clone(), &cluster)
             } else {
@@ -132,6 +202,14 @@ pub async fn run(
                 Err(e) => problems.push(format!("writing the PolicyReport of {ns:?}: {e}")),
             }
         }
+        // Ours, in namespaces without AgentDeployments any more: deleted.
+        let gone: Vec<String> = held
+            .state()
+            .iter()
+            .filter(|m| holder(Some(&m.metadata)) == Holder::Ours)
+            .filter_map(|m| m.metadata.namespace.clone())
+            .filter(|ns| !by_namespace.contains_key(ns))
+            .collect();
         for ns in gone {
             let api = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &namespaced);
             match api.delete(NAME, &DeleteParams::default()).await {
@@ -144,13 +222,14 @@ pub async fn run(
                 Err(e) => problems.push(format!("deleting the PolicyReport of {ns}: {e}")),
             }
         }
-        // Said once per new problem, not every few seconds.
+        // Said once per new problem, not every round.
         let problem = problems.join("; ");
         if problem != last_problem && !problem.is_empty() {
             tracing::warn!(%problem, "policy reports not up to date; trying again");
         }
         last_problem = problem;
     }
+    watching.abort();
 }
 
 #[cfg(test)]

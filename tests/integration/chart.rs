@@ -98,7 +98,7 @@ async fn the_chart_lints_and_its_manifests_pass_the_api_server() {
         "resources: [subjectaccessreviews]\n    verbs: [create]",
         "- --policy-reports",
         "name: policyreports.wgpolicyk8s.io",
-        "resources: [policyreports, clusterpolicyreports]\n    resourceNames: [dvo]\n    verbs: [patch, delete]",
+        "resources: [policyreports, clusterpolicyreports]\n    resourceNames: [dvo]\n    verbs: [get, patch, delete]",
     ] {
         assert!(manifests.contains(want), "{want}: {manifests}");
     }

@@ -570,6 +570,43 @@ async fn policy_reports_show_what_dvo_holds_back_and_why() {
         "{out}"
     );
 
+    // A report named dvo that is someone else's is left as it is, even where dvo has results;
+    // one of dvo's that goes is written again.
+    let theirs = namespace(&client, "polr-theirs").await;
+    let foreign = json!({"apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": "PolicyReport",
+        "metadata": {"name": "dvo", "namespace": theirs, "labels": {"app.kubernetes.io/managed-by": "kyverno"}},
+        "summary": {"pass": 1}, "results": [{"policy": "kyverno-rule", "result": "pass"}]});
+    let file = std::env::temp_dir().join(format!("dvo-foreign-{theirs}.json"));
+    std::fs::write(&file, foreign.to_string()).unwrap();
+    let (out, ok) = kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    crate::support::create_as(
+        "operator",
+        &theirs,
+        json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "held"}, "spec": {
+            "agent": "GHA", "platform": "langchain", "environment": "production", "replicas": 1,
+            "steps": {"healthCheck": false},
+            "template": {"spec": {"containers": [{"name": "agent", "image": "gha:1"}]}},
+        }}),
+    )
+    .await;
+    crate::support::phase(&client, &theirs, "held", Phase::PendingApproval).await;
+    let (out, ok) = kubectl(&["delete", "policyreport", "dvo", "-n", &ns]);
+    assert!(ok, "{out}");
+    crate::support::until(
+        "dvo's deleted report written again",
+        || kubectl(&["get", "policyreport", "dvo", "-n", &ns]),
+        |(out, ok)| *ok && out.contains("dvo"),
+    )
+    .await;
+    let (out, _) = kubectl(&["get", "policyreport", "dvo", "-n", &theirs, "-o", "json"]);
+    let still: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        still["metadata"]["labels"]["app.kubernetes.io/managed-by"], "kyverno",
+        "{still}"
+    );
+    assert_eq!(still["results"][0]["policy"], "kyverno-rule", "{still}");
+
     // Without AgentDeployments, the namespace's report goes.
     for name in ["held", "frozen"] {
         let (out, ok) = kubectl(&["delete", "adep", name, "-n", &ns, "--wait=true"]);
