@@ -28,6 +28,8 @@ pub struct Approval {
     pub via: String,
     /// Whether they proved MFA.
     pub mfa: bool,
+    /// Their comment.
+    pub comment: Option<String>,
 }
 
 /// Something that happened to a change, in the log's words.
@@ -66,6 +68,8 @@ pub struct Change {
     pub images: Vec<String>,
     /// Who requested it (as the API server authenticated them).
     pub requester: Option<String>,
+    /// Why, in the requester's words.
+    pub justification: Option<String>,
     /// When it was first seen.
     pub first_seen: Option<String>,
     /// When approval was asked for.
@@ -247,6 +251,9 @@ pub fn build(
             (EventType::ApprovalRequested, _, false) => {
                 c.approval_requested
                     .get_or_insert_with(|| d.timestamp.clone());
+                if let Some(j) = text(m, "justification") {
+                    c.justification = Some(j.to_owned());
+                }
             }
             (EventType::ApprovalGranted, "approval_recorded", true) => {
                 c.approvals.push(Approval {
@@ -255,6 +262,7 @@ pub fn build(
                     at: d.timestamp.clone(),
                     via: text(m, "via").unwrap_or("kubernetes").to_owned(),
                     mfa: m.get("mfa").and_then(|v| v.as_bool()).unwrap_or(false),
+                    comment: text(m, "comment").map(str::to_owned),
                 });
             }
             (EventType::ApprovalDenied, "rejection_recorded" | "cancellation_recorded", true) => {
@@ -277,7 +285,10 @@ pub fn build(
             (EventType::RollbackStarted | EventType::RollbackCompleted, _, false) => {
                 c.rollbacks.push(event(e));
             }
-            (EventType::BreakGlassUsed, _, false) => c.break_glass.push(event(e)),
+            (EventType::BreakGlassUsed, _, false) => c.break_glass.push(Event {
+                message: text(m, "reason").map(str::to_owned),
+                ..event(e)
+            }),
             _ => {}
         }
         if refusal_reason(e).is_some() {
@@ -303,8 +314,26 @@ pub fn build(
     let mut weekly: BTreeMap<String, usize> = BTreeMap::new();
     let mut refusals: BTreeMap<String, usize> = BTreeMap::new();
     let mut latencies = vec![];
+    // A change left unfinished when a later generation of its AgentDeployment came was
+    // superseded by it.
+    let mut newest: BTreeMap<String, i64> = BTreeMap::new();
+    for c in &list {
+        let g = newest.entry(c.agent_deployment.clone()).or_default();
+        *g = (*g).max(c.generation);
+    }
     for c in &mut list {
         c.outcome = c.phases.last().cloned().unwrap_or_else(|| "Pending".into());
+        let unfinished = matches!(
+            c.outcome.as_str(),
+            "Pending" | "PendingApproval" | "Progressing"
+        );
+        if unfinished
+            && newest
+                .get(&c.agent_deployment)
+                .is_some_and(|g| *g > c.generation)
+        {
+            c.outcome = "Superseded".into();
+        }
         c.approval_latency_seconds = match (parse(&c.approval_requested), parse(&c.approved)) {
             (Some(asked), Some(done)) => {
                 Some(done.signed_duration_since(asked).num_seconds().max(0))
@@ -388,15 +417,27 @@ fn duration(seconds: i64) -> String {
     }
 }
 
+fn requested_line(c: &Change) -> String {
+    let who = c.requester.as_deref().unwrap_or("(unknown)");
+    match &c.justification {
+        Some(j) => format!("{who}: {j}"),
+        None => who.to_owned(),
+    }
+}
+
 fn approvals_line(c: &Change) -> String {
     let given = c.approvals.iter().map(|a| {
         format!(
-            "{} ({}) at {} via {}{}",
+            "{} ({}) at {} via {}{}{}",
             a.user,
             a.roles.join(", "),
             a.at,
             a.via,
-            if a.mfa { ", MFA" } else { "" }
+            if a.mfa { ", MFA" } else { "" },
+            a.comment
+                .as_deref()
+                .map(|t| format!(": {t}"))
+                .unwrap_or_default()
         )
     });
     let refused = c.rejections.iter().map(|r| {
@@ -411,20 +452,24 @@ fn approvals_line(c: &Change) -> String {
     given.chain(refused).collect::<Vec<_>>().join("; ")
 }
 
-/// One Markdown table cell of user text: it stays text (no HTML, link, image or code span can
-/// be made of it) and cannot break the table.
+/// One Markdown table cell of user text: it stays text (no HTML, link, autolink, image,
+/// emphasis or code span can be made of it) and cannot break the table.
 fn md(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
             '\n' | '\r' => out.push(' '),
-            '\\' | '|' | '[' | ']' | '`' => {
+            '\\' | '|' | '[' | ']' | '`' | '*' | '_' | '~' | '@' => {
                 out.push('\\');
                 out.push(c);
             }
+            // `scheme://` and `www.` would be linked by GitHub's autolinks.
+            ':' if chars.peek() == Some(&'/') => out.push_str("\\:"),
+            '.' if out.ends_with("www") || out.ends_with("WWW") => out.push_str("\\."),
             c => out.push(c),
         }
     }
@@ -483,7 +528,7 @@ pub fn markdown(r: &Report) -> String {
             md(&c.agent),
             md(&c.digest),
             md(&c.images.join(", ")),
-            md(c.requester.as_deref().unwrap_or("(unknown)")),
+            md(&requested_line(c)),
             md(&approvals_line(c)),
             c.approval_latency_seconds.map(duration).unwrap_or_default(),
             md(&c.outcome),
@@ -649,7 +694,7 @@ th{{background:#f6f8fa}} code{{font-size:11px;word-break:break-all}}\
             h(&c.agent),
             h(&c.digest),
             h(&c.images.join(", ")),
-            h(c.requester.as_deref().unwrap_or("(unknown)")),
+            h(&requested_line(c)),
             h(&approvals_line(c)),
             c.approval_latency_seconds.map(duration).unwrap_or_default(),
             h(&c.phases.join(" → ")),
@@ -722,7 +767,8 @@ mod tests {
             "request approval",
             "pending",
             "2026-11-02T09:00:00Z",
-            d.clone(),
+            json!({"digest": "sha256:one", "generation": 1,
+                   "justification": "fix CVE-1, see www.evil.example *now*"}),
         );
         l.add(
             EventType::PermissionDenied,
@@ -742,7 +788,7 @@ mod tests {
             "approval_recorded",
             "approval_recorded",
             "2026-11-02T09:30:00Z",
-            json!({"specDigest": "sha256:one", "deployment": "gha", "generation": 1, "via": "http", "mfa": true}),
+            json!({"specDigest": "sha256:one", "deployment": "gha", "generation": 1, "via": "http", "mfa": true, "comment": "looks good"}),
         );
         l.add(
             EventType::ApprovalGranted,
@@ -784,7 +830,7 @@ mod tests {
             "break_glass",
             "success",
             "2026-11-10T03:00:00Z",
-            two.clone(),
+            json!({"digest": "sha256:two", "generation": 2, "reason": "INC-7 outage"}),
         );
         l.add(
             EventType::DeploymentCompleted,
@@ -827,6 +873,11 @@ mod tests {
         assert_eq!(one.images, ["gha:1"]);
         assert_eq!(one.phases, ["PendingApproval", "Deployed"]);
         assert_eq!(one.refused.len(), 1, "eve's refused act");
+        assert_eq!(
+            one.justification.as_deref(),
+            Some("fix CVE-1, see www.evil.example *now*")
+        );
+        assert_eq!(one.approvals[0].comment.as_deref(), Some("looks good"));
         let two = &r.changes[1];
         assert_eq!(two.break_glass.len(), 1);
         assert_eq!(
@@ -835,6 +886,12 @@ mod tests {
             "the requester the API server vouched for, not who used break-glass"
         );
         assert_eq!(two.break_glass[0].user, "alice");
+        assert_eq!(two.break_glass[0].message.as_deref(), Some("INC-7 outage"));
+        let text = markdown(&r);
+        assert!(
+            text.contains("ops: fix CVE-1, see www\\.evil.example \\*now\\*"),
+            "no autolink, no emphasis: {text}"
+        );
         assert_eq!(r.totals["changes"], 2);
         assert_eq!(r.totals["breakGlass"], 1);
         assert_eq!(r.latency, Some([1800, 1800, 1800]));
@@ -902,6 +959,44 @@ mod tests {
         );
         assert_eq!(r.changes[0].approval_latency_seconds, Some(1800));
         assert_eq!(r.refusals["approval expired"], 1, "counted once");
+        // A change still held when a newer generation came was superseded.
+        let mut l2 = Log(l.0.clone());
+        for (generation, at) in [(5, "2026-11-22T09:00:00Z"), (6, "2026-11-22T10:00:00Z")] {
+            l2.add(
+                EventType::PolicyEvaluated,
+                "ops",
+                "AgentDeployment",
+                "team/gha",
+                "PendingApproval",
+                "success",
+                at,
+                json!({"digest": format!("sha256:g{generation}"), "generation": generation}),
+            );
+        }
+        let entries2: Vec<&Entry> = l2.0.iter().collect();
+        let r2 = build(
+            &entries2,
+            None,
+            None,
+            &["production".to_owned()],
+            &[],
+            (true, String::new()),
+        );
+        let outcomes: Vec<(i64, &str)> = r2
+            .changes
+            .iter()
+            .map(|c| (c.generation, c.outcome.as_str()))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                (1, "Deployed"),
+                (2, "Deployed"),
+                (3, "ApprovalExpired"),
+                (5, "Superseded"),
+                (6, "PendingApproval")
+            ]
+        );
         // A week without changes shows as one.
         let without_second: Vec<&Entry> = entries
             .iter()
@@ -968,6 +1063,7 @@ mod tests {
             "<img src=x onerror=alert(1)> [x](javascript:y) ![t](https://t)".into();
         let text = markdown(&piped);
         assert!(text.contains("| a\\|b c |"), "{text}");
+        assert!(text.contains("https\\://t"), "no autolink: {text}");
         assert!(!text.contains("<img") && !text.contains("[x]("), "{text}");
         assert!(
             text.contains("&lt;img src=x onerror=alert(1)&gt;"),

@@ -61,6 +61,12 @@ pub async fn run(client: &Client, args: &WhatIfArgs) -> Result<(String, u8)> {
     for file in &args.files {
         added.extend(load::policies(file)?);
     }
+    let mut names = std::collections::BTreeSet::new();
+    if let Some((twice, _)) = added.iter().find(|(name, _)| !names.insert(name.as_str())) {
+        return Err(anyhow!(
+            "DeploymentPolicy {twice} is given twice: give each proposed policy once"
+        ));
+    }
     let live = Api::<DeploymentPolicy>::all(client.clone())
         .list(&ListParams::default())
         .await?

@@ -354,6 +354,12 @@ async fn kubectl_dvo_what_if_lists_what_a_policy_change_would_change() {
         changes,
         json!([{"agentDeployment": format!("{ns}/held"), "now": "RequireApproval", "proposed": "Allow", "why": []}])
     );
+    let twice = dir.join("twice.yaml");
+    let doc = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&twice, format!("{doc}---\n{doc}")).unwrap();
+    let (out, code) = kubectl_dvo("admin", &["what-if", "-f", twice.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is given twice"), "{out}");
     let (out, code) = kubectl_dvo("admin", &["what-if", "--remove", "no-such-policy"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("no such DeploymentPolicy in force"), "{out}");
@@ -421,7 +427,7 @@ async fn kubectl_dvo_audit_report_shows_a_real_history_in_a_real_browser() {
     assert!(
         markdown.contains(&format!("| {ns}/approved | GHA |"))
             && markdown.contains("registry.example/approved:1")
-            && markdown.contains("rosa-release (release_manager)"),
+            && markdown.contains("rosa-release (release\\_manager)"),
         "{markdown}"
     );
 
