@@ -155,15 +155,9 @@ pub struct Api {
 }
 
 impl Api {
-    /// The role mapping now (503 while not loaded or invalid).
+    /// The role mapping now (503 while not loaded; routes then refuse an invalid one).
     fn mapping(&self) -> Result<Arc<Result<RoleMapping, String>>, Problem> {
-        let m = self.shared.mappings.get().map_err(Problem::unavailable)?;
-        if let Err(e) = m.as_ref() {
-            return Err(Problem::unavailable(format!(
-                "the role mapping is invalid: {e}"
-            )));
-        }
-        Ok(m)
+        self.shared.mappings.get().map_err(Problem::unavailable)
     }
 
     /// Who calls: a bearer token (Entra ID) or an API key (`X-API-Key`).

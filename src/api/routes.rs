@@ -324,12 +324,12 @@ fn object_name(namespace: &str, name: &str) -> Result<(), Problem> {
     ))
 }
 
-/// The mapping out of what [`Api::mapping`] returns (it has checked it is valid).
+/// The mapping [`Api::mapping`] gave, or 503 when it is invalid (nothing is decided on it).
 fn checked(mapping: &Arc<Result<RoleMapping, String>>) -> Result<&RoleMapping, Problem> {
     mapping
         .as_ref()
         .as_ref()
-        .map_err(|e| Problem::unavailable(e.clone()))
+        .map_err(|e| Problem::unavailable(format!("the role mapping is invalid: {e}")))
 }
 
 async fn evaluate(
