@@ -163,26 +163,14 @@ pub fn act(
         )));
     }
     let subject = &actor.subject;
-    // One person may carry several names (a token's `preferred_username`, the API server's
-    // `upn`): the Entra ID identity and UID say who it is.
-    let oid = actor
-        .entra
-        .as_deref()
-        .and_then(|e| e.split_once('/'))
-        .map(|(_, oid)| oid);
-    let requester = spec.requester.as_ref();
-    let is_requester = requester.is_some_and(|r| {
-        r.username.eq_ignore_ascii_case(&subject.username)
-            || (oid.is_some() && r.uid.as_deref() == oid)
-    });
-    let mut life_cycle_act = Act {
+    let life_cycle_act = Act {
         subject: subject.clone(),
         at: now,
         mfa: actor.mfa,
+        entra: actor.entra.clone(),
     };
-    if let (true, Some(r)) = (is_requester, requester) {
-        life_cycle_act.subject.username = r.username.clone();
-    }
+    // One person may carry several names (a token's, the API server's): the Entra ID identity
+    // says who it is.
     let same_person = |a: &SignedAct| {
         a.subject.username.eq_ignore_ascii_case(&subject.username)
             || (actor.entra.is_some() && a.entra == actor.entra)
@@ -249,7 +237,7 @@ pub fn act(
         }
         ActKind::Cancel => {
             let admin = subject.is_human() && subject.roles.contains(&Role::Admin);
-            if !is_requester && !admin {
+            if approval::requester_of(spec, &life_cycle_act).is_none() && !admin {
                 return Err(Refusal::denied(format!(
                     "cancellation of ApprovalRequest {res} refused: {who} is neither the requester nor an admin"
                 )));

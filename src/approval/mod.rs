@@ -28,6 +28,8 @@ pub struct Act {
     pub at: DateTime<Utc>,
     /// Whether the person proved multi-factor authentication (a verified Entra ID token).
     pub mfa: bool,
+    /// Their Entra ID identity, `tid/oid`, when known: one person under several names.
+    pub entra: Option<String>,
 }
 
 /// Everything the state machine looks at.
@@ -69,8 +71,18 @@ pub struct Evaluation {
     pub requeue_at: Option<DateTime<Utc>>,
 }
 
-fn requester_name(spec: &ApprovalRequestSpec) -> Option<&str> {
-    spec.requester.as_ref().map(|r| r.username.as_str())
+/// The requester's name when `act` is theirs: the same user name (whatever its case), or the
+/// same Entra ID object as the requester's UID (one person under another name).
+pub fn requester_of<'a>(spec: &'a ApprovalRequestSpec, act: &Act) -> Option<&'a str> {
+    let r = spec.requester.as_ref()?;
+    let oid = act
+        .entra
+        .as_deref()
+        .and_then(|e| e.split_once('/'))
+        .map(|(_, oid)| oid);
+    let same = r.username.eq_ignore_ascii_case(&act.subject.username)
+        || (oid.is_some() && r.uid.as_deref() == oid);
+    same.then_some(r.username.as_str())
 }
 
 /// Why `act` cannot count for `req`, if it cannot.
@@ -81,9 +93,9 @@ pub fn ineligible(spec: &ApprovalRequestSpec, req: &RequirementSpec, act: &Act) 
             "{who} is a machine (a service account, an application or an API key); machines never count as human approvers"
         ));
     }
-    if requester_name(spec) == Some(who.as_str()) && !req.allow_self_approval {
+    if let (Some(requester), false) = (requester_of(spec, act), req.allow_self_approval) {
         return Some(format!(
-            "{who} requested this deployment and cannot approve it ({})",
+            "{requester} requested this deployment and cannot approve it ({})",
             req.source
         ));
     }
@@ -263,7 +275,7 @@ pub fn evaluate(input: &Input) -> Evaluation {
         ineligible_for_all(spec, act).or_else(|| after_approval(met_at, act, "rejection"))
     });
     let ignored_cancellation = input.cancellation.and_then(|act| {
-        let is_requester = requester_name(spec) == Some(act.subject.username.as_str());
+        let is_requester = requester_of(spec, act).is_some();
         let is_admin = act.subject.roles.contains(&Role::Admin) && !act.subject.machine;
         if !is_requester && !is_admin {
             return Some(format!(

@@ -102,6 +102,7 @@ impl SignedAct {
             subject: self.subject.clone(),
             at: self.at,
             mfa: self.mfa,
+            entra: self.entra.clone(),
         }
     }
 

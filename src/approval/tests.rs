@@ -32,6 +32,7 @@ fn act(user: &str, roles: &[Role], when: &str) -> Act {
         },
         at: at(when),
         mfa: false,
+        entra: None,
     }
 }
 
@@ -520,4 +521,28 @@ fn the_first_decisive_act_decides() {
             None => assert_eq!(why, None, "case {i}"),
         }
     }
+}
+
+#[test]
+fn the_requester_under_another_name_is_still_the_requester() {
+    let mut s = spec(&[("policy/p", &[ReleaseManager], 1, false)]);
+    if let Some(r) = s.requester.as_mut() {
+        r.uid = Some("oid-omar".into());
+    }
+    let same_object = Act {
+        entra: Some("tenant/oid-omar".into()),
+        ..act("omar.h@contoso.com", &[ReleaseManager], BEFORE)
+    };
+    assert_eq!(
+        ineligible(&s, &s.requirements[0], &same_object).as_deref(),
+        Some("omar requested this deployment and cannot approve it (policy/p)")
+    );
+    let other_case = act("OMAR", &[ReleaseManager], BEFORE);
+    assert!(ineligible(&s, &s.requirements[0], &other_case).is_some());
+    let someone_else = Act {
+        entra: Some("tenant/oid-rosa".into()),
+        ..act("rosa", &[ReleaseManager], BEFORE)
+    };
+    assert_eq!(ineligible(&s, &s.requirements[0], &someone_else), None);
+    assert!(!run(&s, &[same_object], BEFORE).progress[0].met, "no self-approval");
 }
