@@ -62,7 +62,9 @@ impl RateLimit {
     /// How long until the next token (zero when one is there).
     pub fn wait(&self) -> std::time::Duration {
         let missing = (1.0 - self.tokens).max(0.0);
-        std::time::Duration::from_secs_f64(missing / self.rate.max(f64::MIN_POSITIVE))
+        // A rate too low to refill in any representable time waits for ever, not panics.
+        std::time::Duration::try_from_secs_f64(missing / self.rate.max(f64::MIN_POSITIVE))
+            .unwrap_or(std::time::Duration::MAX)
     }
 }
 
@@ -174,5 +176,17 @@ mod tests {
         let later = t0 + Duration::from_secs(60);
         let refilled = (0..5).filter(|_| limit.take(later)).count();
         assert_eq!(refilled, 3, "never more than the burst");
+    }
+
+    #[test]
+    fn the_wait_for_a_token_is_what_the_rate_refills_and_never_panics() {
+        let t0 = Instant::now();
+        let mut limit = RateLimit::new(2.0, 1.0, t0);
+        assert_eq!(limit.wait(), Duration::ZERO, "a token is there");
+        assert!(limit.take(t0));
+        assert_eq!(limit.wait(), Duration::from_millis(500));
+        let mut never = RateLimit::new(0.0, 1.0, t0);
+        assert!(never.take(t0));
+        assert_eq!(never.wait(), Duration::MAX);
     }
 }

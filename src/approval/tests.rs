@@ -544,5 +544,8 @@ fn the_requester_under_another_name_is_still_the_requester() {
         ..act("rosa", &[ReleaseManager], BEFORE)
     };
     assert_eq!(ineligible(&s, &s.requirements[0], &someone_else), None);
-    assert!(!run(&s, &[same_object], BEFORE).progress[0].met, "no self-approval");
+    assert!(
+        !run(&s, &[same_object], BEFORE).progress[0].met,
+        "no self-approval"
+    );
 }

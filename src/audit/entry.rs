@@ -37,6 +37,38 @@ pub enum EventType {
 }
 
 impl EventType {
+    /// Every event type.
+    pub const ALL: [EventType; 23] = [
+        EventType::AuthSuccess,
+        EventType::AuthFailure,
+        EventType::AuthMfaRequired,
+        EventType::PermissionGranted,
+        EventType::PermissionDenied,
+        EventType::ApprovalRequested,
+        EventType::ApprovalGranted,
+        EventType::ApprovalDenied,
+        EventType::ValidationStarted,
+        EventType::ValidationCompleted,
+        EventType::DeploymentStarted,
+        EventType::DeploymentCompleted,
+        EventType::DeploymentFailed,
+        EventType::RollbackStarted,
+        EventType::RollbackCompleted,
+        EventType::PolicyEvaluated,
+        EventType::PolicyViolation,
+        EventType::CapabilityChecked,
+        EventType::CapabilityDegraded,
+        EventType::CapabilityBlocked,
+        EventType::BreakGlassUsed,
+        EventType::RetentionApplied,
+        EventType::CheckpointSigned,
+    ];
+
+    /// The event type named `name` (as entries carry it), if any.
+    pub fn named(name: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+
     /// Its name as entries carry it (`approval_granted`).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -363,34 +363,11 @@ mod tests {
 
     #[test]
     fn event_names_are_those_entries_carry() {
-        use EventType::*;
-        for e in [
-            AuthSuccess,
-            AuthFailure,
-            AuthMfaRequired,
-            PermissionGranted,
-            PermissionDenied,
-            ApprovalRequested,
-            ApprovalGranted,
-            ApprovalDenied,
-            ValidationStarted,
-            ValidationCompleted,
-            DeploymentStarted,
-            DeploymentCompleted,
-            DeploymentFailed,
-            RollbackStarted,
-            RollbackCompleted,
-            PolicyEvaluated,
-            PolicyViolation,
-            CapabilityChecked,
-            CapabilityDegraded,
-            CapabilityBlocked,
-            BreakGlassUsed,
-            RetentionApplied,
-            CheckpointSigned,
-        ] {
+        for e in EventType::ALL {
             assert_eq!(crate::json::to_value(&e), serde_json::json!(e.as_str()));
+            assert_eq!(EventType::named(e.as_str()), Some(e));
         }
+        assert_eq!(EventType::named("approved_by_magic"), None);
     }
 
     #[test]

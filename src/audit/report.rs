@@ -401,6 +401,14 @@ pub fn build(
     }
 }
 
+fn title(r: &Report) -> String {
+    format!(
+        "Change report: {} ({})",
+        r.environments.join(", "),
+        period(r)
+    )
+}
+
 fn period(r: &Report) -> String {
     format!(
         "{} to {}",
@@ -479,12 +487,7 @@ fn md(s: &str) -> String {
 /// The report as Markdown.
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "# Change report: {} ({})\n",
-        r.environments.join(", "),
-        period(r)
-    );
+    let _ = writeln!(s, "# {}\n", title(r));
     let _ = writeln!(
         s,
         "**Audit log:** {}{}\n",
@@ -593,11 +596,7 @@ fn bars(title: &str, id: &str, rows: &[(String, usize)]) -> String {
 /// The report as one self-contained HTML page (no scripts, no outside resources).
 pub fn html(r: &Report) -> String {
     let mut s = String::new();
-    let title = format!(
-        "Change report: {} ({})",
-        r.environments.join(", "),
-        period(r)
-    );
+    let title = title(r);
     let _ = write!(
         s,
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\"><title>{}</title><style>\

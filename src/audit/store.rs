@@ -196,22 +196,13 @@ pub async fn head(client: &Client, namespace: &str) -> Result<u64, String> {
     Ok(segment.entries.last().map_or(after, |e| e.seq))
 }
 
-/// The entries after `seq`, reading only the segments that hold them (their names and the
-/// heads they continue from come from a metadata-only list), and no more segments once
-/// `limit` entries are read: what a sink delivers next costs what is new, not the size of the
-/// log.
-pub async fn entries_after(
-    client: &Client,
-    namespace: &str,
-    seq: u64,
-    limit: usize,
-) -> Result<Vec<Entry>, String> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+/// The segments in chain order, from a metadata-only list: index, name, and the `seq` their
+/// entries start after.
+async fn segments_in_order(api: &Api<ConfigMap>) -> Result<Vec<(u64, String, u64)>, String> {
     let list = api
         .list_metadata(&ListParams::default().labels(SEGMENT_LABEL))
         .await
         .map_err(|e| format!("cannot list audit segments: {e}"))?;
-    // (index, name, the seq its entries start after)
     let mut segments: Vec<(u64, String, u64)> = list
         .items
         .iter()
@@ -227,6 +218,38 @@ pub async fn entries_after(
         })
         .collect();
     segments.sort();
+    Ok(segments)
+}
+
+/// The entries of segment `name`; None when it is gone (retention); an error when it cannot be
+/// read or is damaged.
+async fn segment_entries(api: &Api<ConfigMap>, name: &str) -> Result<Option<Vec<Entry>>, String> {
+    let Some(cm) = api
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("cannot read audit segment {name}: {e}"))?
+    else {
+        return Ok(None);
+    };
+    let (segment, _) = read_segment(&cm)?;
+    if let Some(damage) = segment.unreadable {
+        return Err(format!("the audit log is damaged ({damage})"));
+    }
+    Ok(Some(segment.entries))
+}
+
+/// The entries after `seq`, reading only the segments that hold them (their names and the
+/// heads they continue from come from a metadata-only list), and no more segments once
+/// `limit` entries are read: what a sink delivers next costs what is new, not the size of the
+/// log.
+pub async fn entries_after(
+    client: &Client,
+    namespace: &str,
+    seq: u64,
+    limit: usize,
+) -> Result<Vec<Entry>, String> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let segments = segments_in_order(&api).await?;
     // A segment holds entries after `seq` unless the next one starts at or before it.
     let starts: Vec<u64> = segments.iter().map(|(_, _, after)| *after).collect();
     let mut out = Vec::new();
@@ -238,18 +261,10 @@ pub async fn entries_after(
         if next_start.is_some_and(|n| n <= seq) {
             continue;
         }
-        let Some(cm) = api
-            .get_opt(name)
-            .await
-            .map_err(|e| format!("cannot read audit segment {name}: {e}"))?
-        else {
+        let Some(entries) = segment_entries(&api, name).await? else {
             continue; // deleted by retention meanwhile
         };
-        let (segment, _) = read_segment(&cm)?;
-        if let Some(damage) = segment.unreadable {
-            return Err(format!("the audit log is damaged ({damage})"));
-        }
-        out.extend(segment.entries.into_iter().filter(|e| e.seq > seq));
+        out.extend(entries.into_iter().filter(|e| e.seq > seq));
     }
     Ok(out)
 }
@@ -265,41 +280,17 @@ pub async fn newest(
     max_segments: usize,
 ) -> Result<(Vec<Entry>, bool), String> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let list = api
-        .list_metadata(&ListParams::default().labels(SEGMENT_LABEL))
-        .await
-        .map_err(|e| format!("cannot list audit segments: {e}"))?;
-    let mut names: Vec<(u64, String)> = list
-        .items
-        .iter()
-        .filter_map(|m| Some((index_of(&m.name_any())?, m.name_any())))
-        .collect();
-    names.sort_unstable_by(|a, b| b.cmp(a));
+    let segments = segments_in_order(&api).await?;
     let mut out = Vec::new();
-    for (read, (_, name)) in names.iter().enumerate() {
+    for (read, (_, name, _)) in segments.iter().rev().enumerate() {
         if out.len() >= limit || read >= max_segments {
             return Ok((out, false));
         }
-        let Some(cm) = api
-            .get_opt(name)
-            .await
-            .map_err(|e| format!("cannot read audit segment {name}: {e}"))?
-        else {
+        let Some(entries) = segment_entries(&api, name).await? else {
             continue; // deleted by retention meanwhile
         };
-        let (segment, _) = read_segment(&cm)?;
-        if let Some(damage) = segment.unreadable {
-            return Err(format!("the audit log is damaged ({damage})"));
-        }
         let room = limit.saturating_sub(out.len());
-        out.extend(
-            segment
-                .entries
-                .into_iter()
-                .rev()
-                .filter(|e| keep(e))
-                .take(room),
-        );
+        out.extend(entries.into_iter().rev().filter(|e| keep(e)).take(room));
     }
     Ok((out, true))
 }

@@ -327,7 +327,7 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 }
 
 fn parse_event(s: &str) -> Result<EventType, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+    EventType::named(s).ok_or_else(|| {
         format!("{s:?} is not an event type (e.g. approval_granted, break_glass_used)")
     })
 }

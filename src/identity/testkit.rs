@@ -49,27 +49,8 @@ impl TestKey {
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let pem = dir.join("key.pem");
-        let der = dir.join("key.der");
-        let pem_s = pem.to_str().expect("utf-8 path");
-        openssl(&["genrsa", "-out", pem_s, "2048"]);
-        openssl(&[
-            "rsa",
-            "-in",
-            pem_s,
-            "-traditional",
-            "-outform",
-            "DER",
-            "-out",
-            der.to_str().expect("utf-8 path"),
-        ]);
-        let modulus = openssl(&["rsa", "-in", pem_s, "-noout", "-modulus"]);
-        let n = crate::unhex(modulus.trim().trim_start_matches("Modulus="))
-            .expect("openssl prints the modulus in hex");
-        let key = TestKey {
-            kid: kid.to_owned(),
-            der: std::fs::read(&der).expect("DER key"),
-            jwk: json!({"kty": "RSA", "use": "sig", "kid": kid, "n": URL_SAFE_NO_PAD.encode(n), "e": "AQAB"}),
-        };
+        openssl(&["genrsa", "-out", pem.to_str().expect("utf-8 path"), "2048"]);
+        let key = TestKey::from_pem(kid, &pem);
         std::fs::remove_dir_all(&dir).expect("remove temp dir");
         key
     }
