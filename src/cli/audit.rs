@@ -22,9 +22,10 @@ pub struct Export {
     pub checkpoints: Vec<Checkpoint>,
 }
 
-/// Arguments of `dvo audit verify`.
+/// Which log to read, and what vouches for it: the arguments of `dvo audit verify`, shared by
+/// `query` and `report`.
 #[derive(clap::Args, Debug)]
-pub struct VerifyArgs {
+pub struct LogArgs {
     /// An export (JSON: `{"segments": [...], "checkpoints": [...]}`); without it, the log in the
     /// cluster of the current kubeconfig.
     #[arg(short = 'f', long = "filename")]
@@ -88,12 +89,8 @@ fn public_key(arg: &str) -> Result<Vec<u8>> {
 }
 
 /// Runs the verification; returns the report text and the exit code (0 intact, 3 fault).
-pub fn run(args: &VerifyArgs) -> Result<(String, u8)> {
-    let (export, key) = read_log(
-        args.file.as_deref(),
-        &args.namespace,
-        args.public_key.as_deref(),
-    )?;
+pub fn run(args: &LogArgs) -> Result<(String, u8)> {
+    let (export, key) = read_log(args)?;
     let mut trusted = Vec::new();
     for file in &args.trusted {
         trusted.extend(trusted_checkpoints(file)?);
@@ -101,23 +98,23 @@ pub fn run(args: &VerifyArgs) -> Result<(String, u8)> {
     Ok(report(&export, &trusted, &key))
 }
 
-/// The log of an export (`file`, whose checkpoints `key` checks) or of the cluster (the key
-/// then derived from the operator's Secret unless given), and the key.
-fn read_log(
-    file: Option<&std::path::Path>,
-    namespace: &str,
-    key: Option<&str>,
-) -> Result<(Export, Vec<u8>)> {
-    match file {
+/// The log of an export (`-f`, whose checkpoints `--public-key` checks) or of the cluster (the
+/// key then derived from the operator's Secret unless given), and the key.
+fn read_log(args: &LogArgs) -> Result<(Export, Vec<u8>)> {
+    match &args.file {
         Some(file) => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let export: Export = serde_json::from_str(&text)
                 .map_err(|e| anyhow!("{}: not an audit export: {e}", file.display()))?;
-            let key = key.ok_or_else(|| anyhow!("--public-key is required to verify an export"))?;
+            let key = args
+                .public_key
+                .as_deref()
+                .ok_or_else(|| anyhow!("--public-key is required to verify an export"))?;
             Ok((export, public_key(key)?))
         }
-        None => tokio::runtime::Runtime::new()?.block_on(from_cluster(namespace, key)),
+        None => tokio::runtime::Runtime::new()?
+            .block_on(from_cluster(&args.namespace, args.public_key.as_deref())),
     }
 }
 
@@ -255,19 +252,9 @@ pub enum QueryFormat {
 /// Arguments of `dvo audit query`.
 #[derive(clap::Args, Debug)]
 pub struct QueryArgs {
-    /// An export (as `dvo audit export` writes it); without it, the log in the cluster.
-    #[arg(short = 'f', long = "filename")]
-    pub file: Option<PathBuf>,
-    /// The operator's namespace, where the log lives (cluster mode).
-    #[arg(long, default_value = "dvo-system")]
-    pub namespace: String,
-    /// The checkpoint public key (as for `dvo audit verify`; required with -f).
-    #[arg(long)]
-    pub public_key: Option<String>,
-    /// Trusted checkpoints kept outside the cluster (as for `dvo audit verify --checkpoint`):
-    /// the log read must extend each of them.
-    #[arg(long = "checkpoint")]
-    pub trusted: Vec<PathBuf>,
+    /// The log read, and what vouches for it.
+    #[command(flatten)]
+    pub log: LogArgs,
     /// Entries at or after this time: RFC 3339, or an age such as 90d, 12h, 30m.
     #[arg(long, value_parser = parse_time)]
     pub since: Option<DateTime<Utc>>,
@@ -336,12 +323,7 @@ fn parse_event(s: &str) -> Result<EventType, String> {
 /// were read from found. Exit code 0 when intact, 3 when the chain is damaged (the matches are
 /// still shown, under that warning).
 pub fn query(args: &QueryArgs) -> Result<(String, u8)> {
-    let (export, verified) = read_verified(
-        args.file.as_deref(),
-        &args.namespace,
-        args.public_key.as_deref(),
-        &args.trusted,
-    )?;
+    let (export, verified) = read_verified(&args.log)?;
     let filter = Filter {
         since: args.since,
         until: args.until,
@@ -404,16 +386,11 @@ pub fn query(args: &QueryArgs) -> Result<(String, u8)> {
 }
 
 /// The log (see [`read_log`]) and what the verification of its chain found, with checkpoints
-/// kept outside the cluster (`trusted`, files as `dvo audit verify --checkpoint` reads them).
-fn read_verified(
-    file: Option<&std::path::Path>,
-    namespace: &str,
-    key: Option<&str>,
-    trusted: &[PathBuf],
-) -> Result<(Export, Result<audit::Report, audit::Fault>)> {
-    let (export, key) = read_log(file, namespace, key)?;
+/// kept outside the cluster (`--checkpoint`).
+fn read_verified(args: &LogArgs) -> Result<(Export, Result<audit::Report, audit::Fault>)> {
+    let (export, key) = read_log(args)?;
     let mut checkpoints = export.checkpoints.clone();
-    for file in trusted {
+    for file in &args.trusted {
         checkpoints.extend(trusted_checkpoints(file)?);
     }
     let verified = audit::verify(&export.segments, &checkpoints, &key);
@@ -458,19 +435,9 @@ pub enum ReportFormat {
 /// Arguments of `dvo audit report`.
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
-    /// An export (as `dvo audit export` writes it); without it, the log in the cluster.
-    #[arg(short = 'f', long = "filename")]
-    pub file: Option<PathBuf>,
-    /// The operator's namespace, where the log lives (cluster mode).
-    #[arg(long, default_value = "dvo-system")]
-    pub namespace: String,
-    /// The checkpoint public key (as for `dvo audit verify`; required with -f).
-    #[arg(long)]
-    pub public_key: Option<String>,
-    /// Trusted checkpoints kept outside the cluster (as for `dvo audit verify --checkpoint`):
-    /// the log read must extend each of them.
-    #[arg(long = "checkpoint")]
-    pub trusted: Vec<PathBuf>,
+    /// The log read, and what vouches for it.
+    #[command(flatten)]
+    pub log: LogArgs,
     /// Changes first seen at or after this time: RFC 3339, or an age such as 90d.
     #[arg(long, value_parser = parse_time)]
     pub since: Option<DateTime<Utc>>,
@@ -491,12 +458,7 @@ pub struct ReportArgs {
 /// Runs `dvo audit report`. Exit code 0 when the chain verified, 3 when it is damaged (the
 /// report says so at its top).
 pub fn report_of(args: &ReportArgs) -> Result<(String, u8)> {
-    let (export, verified) = read_verified(
-        args.file.as_deref(),
-        &args.namespace,
-        args.public_key.as_deref(),
-        &args.trusted,
-    )?;
+    let (export, verified) = read_verified(&args.log)?;
     let (sentence, code) = said(&verified);
     let entries: Vec<&audit::Entry> = export.segments.iter().flat_map(|s| &s.entries).collect();
     let report = audit::report::build(

@@ -34,7 +34,7 @@ pub enum Offline {
 pub enum AuditCommand {
     /// Verify an exported audit log: every hash, link, seq, segment and checkpoint. Exit code 0
     /// intact, 3 tampered (the first bad entry is named), 1 bad input.
-    Verify(audit::VerifyArgs),
+    Verify(audit::LogArgs),
     /// Print the log of the cluster: `--format json` (verifiable with `verify -f`), `jsonl` or `cef`.
     Export(audit::ReadArgs),
     /// Print the newest entries (default 20) as JSON lines, or `--format cef`.
