@@ -153,11 +153,7 @@ async fn an_entra_sign_in_at_the_api_server_approves_with_the_mfa_it_vouched_for
                "approval": {"roles": ["release_manager"], "minApprovals": 2, "requireMfa": true}}),
     )
     .await;
-    let manifest = json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "gha"}, "spec": {
-        "agent": "GHA", "platform": "langchain", "environment": "staging", "replicas": 1,
-        "steps": {"healthCheck": false},
-        "template": {"spec": {"containers": [{"name": "agent", "image": "gha:1"}]}},
-    }});
+    let manifest = agent_manifest("gha", "staging", "gha:1");
     let ad = create_as("operator", &ns, manifest).await;
     phase(&client, &ns, "gha", Phase::PendingApproval).await;
     let apr = dvo_operator::controller::agent_deployment::approval_request_name(

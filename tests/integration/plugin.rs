@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::support::{control_plane, namespace, operator, wait_for};
+use crate::support::{agent_manifest, control_plane, namespace, operator, wait_for};
 use dvo_operator::controller::agent_deployment::approval_request_name;
 use dvo_operator::crd::agent_deployment::spec_digest;
 use dvo_operator::crd::{AgentDeployment, ApprovalRequest};
@@ -191,16 +191,8 @@ async fn kubectl_dvo_audit_query_answers_questions_of_a_real_history() {
         json!({"action": "RequireApproval", "approval": {"roles": ["release_manager"]}}),
     )
     .await;
-    let ad = crate::support::create_as(
-        "operator",
-        &ns,
-        json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "gha"}, "spec": {
-            "agent": "GHA", "platform": "langchain", "environment": "staging", "replicas": 1,
-            "steps": {"healthCheck": false},
-            "template": {"spec": {"containers": [{"name": "agent", "image": "gha:1"}]}},
-        }}),
-    )
-    .await;
+    let ad =
+        crate::support::create_as("operator", &ns, agent_manifest("gha", "staging", "gha:1")).await;
     crate::support::phase(&client, &ns, "gha", Phase::PendingApproval).await;
     let apr = approval_request_name(
         "gha",
@@ -303,16 +295,7 @@ async fn kubectl_dvo_what_if_lists_what_a_policy_change_would_change() {
     )
     .await;
     for (name, env) in [("held", "staging"), ("free", "development")] {
-        crate::support::create_as(
-            "operator",
-            &ns,
-            json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": name}, "spec": {
-                "agent": "GHA", "platform": "langchain", "environment": env, "replicas": 1,
-                "steps": {"healthCheck": false},
-                "template": {"spec": {"containers": [{"name": "agent", "image": "gha:1"}]}},
-            }}),
-        )
-        .await;
+        crate::support::create_as("operator", &ns, agent_manifest(name, env, "gha:1")).await;
     }
     crate::support::phase(&client, &ns, "held", Phase::PendingApproval).await;
     crate::support::phase(&client, &ns, "free", Phase::Deployed).await;
@@ -373,13 +356,8 @@ async fn kubectl_dvo_audit_report_shows_a_real_history_in_a_real_browser() {
     use dvo_operator::crd::agent_deployment::Phase;
     let client = operator().await;
     let ns = namespace(&client, "report").await;
-    let manifest = |name: &str| {
-        json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": name}, "spec": {
-            "agent": "GHA", "platform": "langchain", "environment": "production", "replicas": 1,
-            "steps": {"healthCheck": false},
-            "template": {"spec": {"containers": [{"name": "agent", "image": format!("registry.example/{name}:1")}]}},
-        }})
-    };
+    let manifest =
+        |name: &str| agent_manifest(name, "production", &format!("registry.example/{name}:1"));
     let mut requests = vec![];
     for name in ["approved", "risky", "hotfix"] {
         let ad = crate::support::create_as("operator", &ns, manifest(name)).await;
@@ -521,16 +499,7 @@ async fn policy_reports_show_what_dvo_holds_back_and_why() {
     )
     .await;
     for (name, env) in [("held", "staging"), ("frozen", "development")] {
-        crate::support::create_as(
-            "operator",
-            &ns,
-            json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": name}, "spec": {
-                "agent": "GHA", "platform": "langchain", "environment": env, "replicas": 1,
-                "steps": {"healthCheck": false},
-                "template": {"spec": {"containers": [{"name": "agent", "image": "gha:1"}]}},
-            }}),
-        )
-        .await;
+        crate::support::create_as("operator", &ns, agent_manifest(name, env, "gha:1")).await;
     }
     crate::support::phase(&client, &ns, "held", Phase::PendingApproval).await;
     crate::support::phase(&client, &ns, "frozen", Phase::Blocked).await;
@@ -589,11 +558,7 @@ async fn policy_reports_show_what_dvo_holds_back_and_why() {
     crate::support::create_as(
         "operator",
         &theirs,
-        json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment", "metadata": {"name": "held"}, "spec": {
-            "agent": "GHA", "platform": "langchain", "environment": "production", "replicas": 1,
-            "steps": {"healthCheck": false},
-            "template": {"spec": {"containers": [{"name": "agent", "image": "gha:1"}]}},
-        }}),
+        agent_manifest("held", "production", "gha:1"),
     )
     .await;
     crate::support::phase(&client, &theirs, "held", Phase::PendingApproval).await;

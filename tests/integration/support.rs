@@ -1010,3 +1010,14 @@ pub async fn until<T: std::fmt::Debug>(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// An AgentDeployment manifest of agent GHA named `name`, for `env`, running `image`, with no
+/// health check (no node runs its pods in these tests).
+pub fn agent_manifest(name: &str, env: &str, image: &str) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "dvo.caat.io/v1alpha1", "kind": "AgentDeployment",
+        "metadata": {"name": name}, "spec": {
+        "agent": "GHA", "platform": "langchain", "environment": env, "replicas": 1,
+        "steps": {"healthCheck": false},
+        "template": {"spec": {"containers": [{"name": "agent", "image": image}]}},
+    }})
+}
