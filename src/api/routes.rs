@@ -716,20 +716,17 @@ async fn history(
                     })?,
             ),
         };
-            let resource_ns = |r: &str| r.split_once('/').map(|(ns, _)| ns.to_owned());
-            let keep = |e: &crate::audit::Entry| {
-                let d = &e.draft;
-                events.contains(&d.event_type)
-                    && event.is_none_or(|t| t == d.event_type)
-                    && params.get("user").is_none_or(|u| *u == d.user_id)
-                    && params
-                        .get("environment")
-                        .is_none_or(|v| d.environment.as_ref() == Some(v))
-                    && params.get("agent").is_none_or(|a| d.agents.contains(a))
-                    && params
-                        .get("namespace")
-                        .is_none_or(|n| resource_ns(&d.resource).as_ref() == Some(n))
+            // The same filter as `dvo audit query`, over the approval events only.
+            let one = |key: &str| params.get(key).cloned().into_iter().collect::<Vec<_>>();
+            let filter = crate::audit::query::Filter {
+                users: one("user"),
+                events: event.map_or_else(|| events.to_vec(), |e| vec![e]),
+                environments: one("environment"),
+                namespaces: one("namespace"),
+                agents: one("agent"),
+                ..Default::default()
             };
+            let keep = |e: &crate::audit::Entry| filter.matches(e);
             let (entries, complete) = crate::audit::store::newest(
                 &api.shared.client,
                 &api.shared.namespace,
